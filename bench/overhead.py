@@ -1,0 +1,79 @@
+"""Engine overhead: one federated round vs one epoch of plain PyTorch SGD, same run.
+
+    python -m bench.overhead [--rounds 3] [--model cnn] [--data-dir ../shared/data]
+
+Ten clients each train one epoch on their 6,000 examples (B=50), so a round is the
+same 1,200 gradient steps as one plain epoch over all 60,000. The ratio
+round seconds / plain epoch seconds is the engine's overhead plus how well it uses
+the cores (< 1 means parallel clients beat one process using every thread).
+Required: <= 1.05. Goal: <= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_handler import load_mnist
+from experiment_config import ExperimentConfig
+from federated_learning import FederatedRun, train_client
+from model import create_model
+
+
+def plain_epoch_seconds(data, model_name: str, batch_size: int, learning_rate: float) -> float:
+    """One epoch of single-process SGD over the whole training set, all torch threads."""
+    model = create_model(model_name, seed=0)
+    indices = np.arange(len(data.train_y))
+    started = time.perf_counter()
+    train_client(
+        model, data.train_x, data.train_y, indices,
+        local_epochs=1, batch_size=batch_size, learning_rate=learning_rate, seed=0,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+def federated_round_seconds(data, model_name: str, rounds: int, num_workers: int) -> list[float]:
+    config = ExperimentConfig.from_dict(
+        {
+            "model": {"name": model_name},
+            "federation": {"num_clients": 10, "clients_per_round": 10, "rounds": rounds},
+            "system": {"num_workers": num_workers},
+        }
+    )
+    return [result.seconds for result in FederatedRun(config, data=data).rounds()]
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="cnn", choices=("cnn", "mlp"))
+    parser.add_argument("--data-dir", default=str(here.parent / "shared" / "data"))
+    parser.add_argument("--skip-sequential", action="store_true", help="skip the 1-worker engine run")
+    args = parser.parse_args()
+
+    data = load_mnist(args.data_dir, download=False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
+    plain = plain_epoch_seconds(data, args.model, 50, 0.05)
+    print(f"plain PyTorch epoch (1 process, {torch.get_num_threads()} threads): {plain:.1f} s")
+
+    runs = {"parallel (auto workers)": 0}
+    if not args.skip_sequential:
+        runs["sequential (1 worker, in-process)"] = 1
+    for label, workers in runs.items():
+        seconds = federated_round_seconds(data, args.model, args.rounds, workers)
+        steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+        print(
+            f"engine {label}: rounds {', '.join(f'{s:.1f}' for s in seconds)} s; "
+            f"median after round 1 {steady:.1f} s; ratio {steady / plain:.2f} "
+            f"(worst round {max(seconds) / plain:.2f}; required <= 1.05, goal <= 0.80)"
+        )
+
+
+if __name__ == "__main__":
+    main()

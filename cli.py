@@ -1,0 +1,276 @@
+"""Federated Privacy Lab, headless.
+
+    python cli.py run [--config FILE.toml] [--set section.key=value ...] [--db URL] [--json]
+    python cli.py list [--db URL] [--json]
+    python cli.py show ID [--db URL] [--json]
+
+`run` validates the config first: a bad one exits 2 with one line on stderr and
+writes nothing. Then every round is committed to the database as it finishes.
+With `--json` it prints one JSON object per round, then one with `experiment_id`.
+Ctrl-C (or SIGTERM) stops after the current round; a second one aborts.
+
+The page starts runs through the same code: `python cli.py worker ID` runs an
+experiment already stored (queued) in the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+from database import ExperimentStore, ExperimentSummary
+from experiment_config import ExperimentConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_config(config_path: str | None, assignments: list[str]) -> ExperimentConfig:
+    """Defaults, then the TOML file, then `--set` assignments, validated once."""
+    config = ExperimentConfig.from_toml(config_path) if config_path else ExperimentConfig()
+    return config.with_overrides(assignments) if assignments else config
+
+
+def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig, *, out: TextIO, as_json: bool) -> int:
+    """Run a stored experiment to the end, committing each round; returns the exit code."""
+    stop_event = threading.Event()
+    _install_stop_signals(stop_event)
+    store.mark_running(experiment_id)
+    last: dict[str, Any] = {}
+    try:
+        from federated_learning import FederatedRun  # torch loads only when a run starts
+
+        run = FederatedRun(config)
+        store.set_label_counts(experiment_id, run.label_counts.tolist())
+        for result in run.rounds(stop_event):
+            row = result.to_dict()
+            store.record_round(experiment_id, row)
+            last = row
+            _print_round(out, row, config.federation.rounds, as_json)
+            if store.stop_requested(experiment_id):
+                stop_event.set()
+    except KeyboardInterrupt:
+        store.finish(experiment_id, "interrupted", error="aborted by a second interrupt", final=last)
+        print(f"error: experiment {experiment_id} aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # recorded with the run, so the page shows it
+        message = f"{type(error).__name__}: {error}"
+        store.finish(experiment_id, "failed", error=message, final=last)
+        print(f"error: {message}", file=sys.stderr)
+        if as_json:
+            _emit(out, {"experiment_id": experiment_id, "status": "failed", "error": message})
+        return EXIT_FAILED
+    stopped = stop_event.is_set() and last.get("round", 0) < config.federation.rounds
+    status = "stopped" if stopped else "completed"
+    store.finish(experiment_id, status, final=last)
+    final = {
+        "experiment_id": experiment_id,
+        "status": status,
+        "rounds": last.get("round", 0),
+        "accuracy": last.get("accuracy"),
+        "loss": last.get("loss"),
+        "epsilon": last.get("epsilon", 0.0),
+    }
+    if as_json:
+        _emit(out, final)
+    else:
+        print(f"experiment {experiment_id} {status} after {final['rounds']} rounds", file=out)
+    return EXIT_OK
+
+
+def _install_stop_signals(stop_event: threading.Event) -> None:
+    """First SIGINT/SIGTERM: stop after this round. Second: abort now."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop_event.is_set():
+            raise KeyboardInterrupt
+        stop_event.set()
+        print("stopping after the current round (interrupt again to abort)", file=sys.stderr)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+
+def _emit(out: TextIO, payload: dict[str, Any]) -> None:
+    out.write(json.dumps(payload) + "\n")
+    out.flush()
+
+
+def _print_round(out: TextIO, row: dict[str, Any], total_rounds: int, as_json: bool) -> None:
+    if as_json:
+        keys = ("round", "accuracy", "loss", "epsilon", "delta", "seconds", "eval_seconds", "bytes_up", "bytes_down")
+        _emit(out, {**{k: row[k] for k in keys}, "clients": row["clients"]})
+        return
+    print(
+        f"round {row['round']:>4}/{total_rounds}  accuracy {100 * row['accuracy']:6.2f}%  "
+        f"loss {row['loss']:.4f}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval",
+        file=out,
+        flush=True,
+    )
+
+
+def launch_worker(store: ExperimentStore, experiment_id: int) -> subprocess.Popen[bytes]:
+    """Start `cli.py worker ID` in its own session (it outlives page reruns); records its PID."""
+    log_path = Path(tempfile.gettempdir()) / f"fpl-worker-{experiment_id}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "worker", str(experiment_id), "--db", store.url],
+            cwd=Path(__file__).resolve().parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    store.set_worker(experiment_id, process.pid)
+    return process
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def command_run(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args.config, args.set or [])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store = ExperimentStore(args.db)
+    experiment_id = store.create_experiment(config.to_dict(), name=args.name)
+    if not args.json:
+        print(f"experiment {experiment_id}: {_describe(config.to_dict())}  (database {store.url})")
+    return execute(store, experiment_id, config, out=sys.stdout, as_json=args.json)
+
+
+def command_worker(args: argparse.Namespace) -> int:
+    store = ExperimentStore(args.db)
+    experiment = store.get_experiment(args.id)
+    if experiment is None:
+        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        config = ExperimentConfig.from_dict(experiment.config)
+    except ValueError as error:
+        store.finish(args.id, "failed", error=f"invalid stored config: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return execute(store, args.id, config, out=sys.stdout, as_json=True)
+
+
+def command_list(args: argparse.Namespace) -> int:
+    store = ExperimentStore(args.db)
+    store.mark_interrupted_if_dead(pid_alive)
+    experiments = store.list_experiments()
+    if args.json:
+        print(json.dumps([e.to_json_dict() for e in experiments]))
+        return EXIT_OK
+    if not experiments:
+        print(f"no experiments in {store.url}")
+        return EXIT_OK
+    print(f"{'id':>5}  {'status':<11}  {'rounds':>9}  {'accuracy':>8}  {'created':<19}  settings")
+    for e in experiments:
+        accuracy = f"{100 * e.final_accuracy:.2f}%" if e.final_accuracy is not None else "-"
+        total = e.config.get("federation", {}).get("rounds", "?")
+        print(
+            f"{e.id:>5}  {e.status:<11}  {f'{e.rounds_done}/{total}':>9}  {accuracy:>8}  "
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}  {_describe(e.config)}"
+        )
+    return EXIT_OK
+
+
+def command_show(args: argparse.Namespace) -> int:
+    store = ExperimentStore(args.db)
+    store.mark_interrupted_if_dead(pid_alive)
+    experiment = store.get_experiment(args.id)
+    if experiment is None:
+        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+        return EXIT_FAILED
+    rounds = store.rounds_frame([args.id]).drop(columns=["experiment_id", "created_at"])
+    if args.json:
+        payload = experiment.to_json_dict()
+        payload["rounds"] = rounds.to_dict(orient="records")
+        print(json.dumps(payload))
+        return EXIT_OK
+    _print_summary(experiment)
+    if not rounds.empty:
+        print(rounds.to_string(index=False))
+    return EXIT_OK
+
+
+def _print_summary(e: ExperimentSummary) -> None:
+    print(f"experiment {e.id}  {e.status}  ({e.runtime}, code {e.code_version})")
+    print(f"  created {e.created_at:%Y-%m-%d %H:%M:%S}  rounds done {e.rounds_done}")
+    if e.duration_seconds is not None:
+        print(f"  duration {e.duration_seconds:.1f} s")
+    if e.final_accuracy is not None:
+        print(f"  final accuracy {100 * e.final_accuracy:.2f}%  loss {e.final_loss:.4f}")
+    if e.error:
+        print(f"  error: {e.error}")
+    print("  config: " + json.dumps(e.config, sort_keys=True))
+
+
+def _describe(config: dict[str, Any]) -> str:
+    data, federation = config.get("data", {}), config.get("federation", {})
+    return (
+        f"{data.get('dataset')}/{config.get('model', {}).get('name')} {data.get('partition')} "
+        f"{federation.get('clients_per_round')}/{federation.get('num_clients')} clients "
+        f"{federation.get('strategy')}"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="cli.py", description="Federated Privacy Lab, headless.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an experiment and store every round")
+    run.add_argument("--config", help="TOML file (sections data, model, federation, privacy, system)")
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one key (repeatable)")
+    run.add_argument("--name", default="", help="a label for the experiment")
+    run.set_defaults(handler=command_run)
+
+    listing = commands.add_parser("list", help="list stored experiments")
+    listing.set_defaults(handler=command_list)
+
+    show = commands.add_parser("show", help="show one experiment and its rounds")
+    show.add_argument("id", type=int)
+    show.set_defaults(handler=command_show)
+
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("id", type=int)
+    worker.set_defaults(handler=command_worker)
+
+    for sub in (run, listing, show, worker):
+        sub.add_argument("--db", default=None, help="SQLAlchemy URL (default: $DATABASE_URL or sqlite:///experiments.db)")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

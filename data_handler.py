@@ -1,0 +1,172 @@
+"""Datasets and how they are split across clients.
+
+MNIST comes through torchvision's own loader (it downloads into `data_dir` on first
+use) and is held in memory as normalised float tensors; clients take their batches
+by index, with no per-step DataLoader. Partitioners split example indices across
+clients, seeded, disjoint and covering every example.
+
+    data = load_mnist("data")                       # FederatedData, tensors in memory
+    parts = partition(data.train_y.numpy(), "dirichlet", num_clients=10, alpha=0.5, seed=0)
+    label_counts(parts, data.train_y.numpy(), 10)   # (clients, classes) histogram
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Train and test tensors. x: (N, 1, 28, 28) float32, normalised; y: (N,) int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    def share_memory(self) -> FederatedData:
+        """Move the tensors into shared memory so worker processes read them without copies."""
+        for tensor in (self.train_x, self.train_y, self.test_x, self.test_y):
+            tensor.share_memory_()
+        return self
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is not on disk and could not be downloaded."""
+
+
+def load_mnist(data_dir: str | Path, *, download: bool = True) -> FederatedData:
+    """MNIST from `data_dir` (torchvision layout: `data_dir/MNIST/raw/*-ubyte`).
+
+    Missing files are downloaded by torchvision when `download` is true; if that fails
+    (offline), `DataNotFoundError` says where we looked and how to get the files.
+    """
+    from torchvision.datasets import MNIST
+
+    root = Path(data_dir).expanduser()
+    splits = {}
+    for train in (True, False):
+        try:
+            dataset = MNIST(root=str(root), train=train, download=False)
+        except RuntimeError:
+            if not download:
+                raise DataNotFoundError(_missing_message(root)) from None
+            try:
+                dataset = MNIST(root=str(root), train=train, download=True)
+            except Exception as error:  # torchvision raises several kinds when offline
+                raise DataNotFoundError(f"{_missing_message(root)} Download failed: {error}") from None
+        x = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
+        x.sub_(MNIST_MEAN).div_(MNIST_STD)
+        splits[train] = (x.contiguous(), dataset.targets.to(torch.int64).contiguous())
+    (train_x, train_y), (test_x, test_y) = splits[True], splits[False]
+    return FederatedData(train_x, train_y, test_x, test_y, MNIST_CLASSES)
+
+
+def _missing_message(root: Path) -> str:
+    return (
+        f"MNIST not found under {root.resolve() / 'MNIST' / 'raw'} "
+        "(expected train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, plain or .gz). Connect to the internet to let torchvision "
+        "download them, or copy them there and point data.data_dir (or FPL_DATA_DIR) at "
+        f"{root.resolve()}."
+    )
+
+
+def subset(data: FederatedData, *, max_train: int, max_test: int, seed: int) -> FederatedData:
+    """A seeded random subset (0 keeps a split whole); used for quick runs and tests."""
+    generator = np.random.default_rng(seed)
+
+    def pick(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if limit <= 0 or limit >= len(y):
+            return x, y
+        keep = torch.from_numpy(np.sort(generator.permutation(len(y))[:limit]))
+        return x[keep].contiguous(), y[keep].contiguous()
+
+    train_x, train_y = pick(data.train_x, data.train_y, max_train)
+    test_x, test_y = pick(data.test_x, data.test_y, max_test)
+    return FederatedData(train_x, train_y, test_x, test_y, data.num_classes)
+
+
+# -- partitioners: labels (N,) -> list of index arrays, one per client ------------------
+
+
+def partition_iid(labels: np.ndarray, *, num_clients: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffle cut into `num_clients` parts whose sizes differ by at most one."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
+
+
+def partition_dirichlet(
+    labels: np.ndarray, *, num_clients: int, alpha: float, seed: int, min_examples: int = 1
+) -> list[np.ndarray]:
+    """Label skew: each class is split across clients in proportions ~ Dir(alpha).
+
+    Small alpha gives clients few classes; large alpha approaches IID. Draws are
+    repeated (seeded) until every client has at least `min_examples` examples.
+    """
+    if len(labels) < num_clients * min_examples:
+        raise ValueError(f"{len(labels)} examples cannot give {num_clients} clients {min_examples} each")
+    generator = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _attempt in range(1000):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for label in classes:
+            members = generator.permutation(np.flatnonzero(labels == label))
+            shares = generator.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+        result = [np.sort(np.concatenate(chunks)) for chunks in parts]
+        if min(len(p) for p in result) >= min_examples:
+            return result
+    raise ValueError(
+        f"could not give every one of {num_clients} clients {min_examples} examples with "
+        f"dirichlet_alpha={alpha}; raise alpha or lower the number of clients"
+    )
+
+
+def partition_shards(
+    labels: np.ndarray, *, num_clients: int, seed: int, shards_per_client: int = 2
+) -> list[np.ndarray]:
+    """McMahan et al.'s pathological split: sort by label, cut into equal shards, deal 2 each."""
+    num_shards = num_clients * shards_per_client
+    if len(labels) < num_shards:
+        raise ValueError(f"{len(labels)} examples cannot make {num_shards} shards")
+    generator = np.random.default_rng(seed)
+    # Stable sort by label; ties broken by a seeded shuffle so shards differ per seed.
+    shuffled = generator.permutation(len(labels))
+    by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    shards = np.array_split(by_label, num_shards)
+    order = generator.permutation(num_shards)
+    return [
+        np.sort(np.concatenate([shards[s] for s in order[c * shards_per_client : (c + 1) * shards_per_client]]))
+        for c in range(num_clients)
+    ]
+
+
+def partition(labels: np.ndarray, scheme: str, *, num_clients: int, seed: int, alpha: float = 0.5) -> list[np.ndarray]:
+    """Dispatch to a partitioner by its config name (`iid`, `dirichlet`, `shards`)."""
+    if num_clients > len(labels):
+        raise ValueError(f"{num_clients} clients but only {len(labels)} training examples")
+    if scheme == "iid":
+        return partition_iid(labels, num_clients=num_clients, seed=seed)
+    if scheme == "dirichlet":
+        return partition_dirichlet(labels, num_clients=num_clients, alpha=alpha, seed=seed)
+    if scheme == "shards":
+        return partition_shards(labels, num_clients=num_clients, seed=seed)
+    raise ValueError(f"unknown partition {scheme!r}")
+
+
+def label_counts(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(clients, classes) matrix of example counts, for the label-distribution heatmap."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros(
+        (0, num_classes), dtype=np.int64
+    )

@@ -1,0 +1,399 @@
+"""Experiment storage: SQLAlchemy 2.0 models and the repository the CLI, worker and page use.
+
+The database is the source of truth for every run. The worker writes; the page reads.
+Each finished round is committed in its own short transaction, so a reader (the live
+view, a second tab) sees every round as soon as it exists.
+
+    store = ExperimentStore()                     # DATABASE_URL or sqlite:///experiments.db
+    experiment_id = store.create_experiment(config.to_dict())
+    store.record_round(experiment_id, round_result)
+    store.finish(experiment_id, "completed", final={"accuracy": 0.99})
+    store.rounds_frame([experiment_id])            # pandas DataFrame for the charts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+DEFAULT_URL = "sqlite:///experiments.db"
+STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
+FINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    runtime: Mapped[str] = mapped_column(String(40), default="in-process")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    code_version: Mapped[str] = mapped_column(String(64), default="")
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Per-client label counts of the partition: list (clients) of lists (classes).
+    label_counts: Mapped[list[list[int]] | None] = mapped_column(JSON, nullable=True)
+    final_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    final_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("experiment_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float] = mapped_column(Float)
+    epsilon: Mapped[float] = mapped_column(Float, default=0.0)
+    delta: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds: Mapped[float] = mapped_column(Float)
+    eval_seconds: Mapped[float] = mapped_column(Float)
+    bytes_up: Mapped[int] = mapped_column(Integer)
+    bytes_down: Mapped[int] = mapped_column(Integer)
+    num_clients: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ClientRound(Base):
+    __tablename__ = "client_rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[int] = mapped_column(Integer)
+    num_examples: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float] = mapped_column(Float)
+    epsilon: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """A plain, session-free view of one experiment for the CLI and the page."""
+
+    id: int
+    name: str
+    status: str
+    config: dict[str, Any]
+    runtime: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    code_version: str
+    worker_pid: int | None
+    worker_host: str | None
+    stop_requested: bool
+    label_counts: list[list[int]] | None
+    final_accuracy: float | None
+    final_loss: float | None
+    final_epsilon: float | None
+    rounds_done: int
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    def to_json_dict(self) -> dict[str, Any]:
+        out = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        for key in ("created_at", "started_at", "finished_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        out["duration_seconds"] = self.duration_seconds
+        return out
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL given, else `DATABASE_URL`, else `sqlite:///experiments.db`."""
+    return url or os.environ.get("DATABASE_URL") or DEFAULT_URL
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine with the schema created; SQLite gets WAL and a busy timeout."""
+    url = resolve_url(url)
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    cursor.execute("PRAGMA busy_timeout=30000")  # ms a writer waits for a lock
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def code_version() -> str:
+    """The git commit of this checkout, or `unknown`."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+class ExperimentStore:
+    """Repository over one database. One per process; every method is one transaction."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_url(url)
+        self.engine = make_engine(self.url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- writing (the worker) -------------------------------------------------
+
+    def create_experiment(self, config: dict[str, Any], *, name: str = "", runtime: str = "in-process") -> int:
+        with self.sessions.begin() as session:
+            experiment = Experiment(
+                name=name, status="queued", config=config, runtime=runtime, code_version=code_version()
+            )
+            session.add(experiment)
+            session.flush()
+            return experiment.id
+
+    def mark_running(self, experiment_id: int, *, pid: int | None = None) -> None:
+        now = utcnow()
+        self._update(
+            experiment_id,
+            status="running",
+            started_at=now,
+            heartbeat_at=now,
+            worker_pid=pid if pid is not None else os.getpid(),
+            worker_host=socket.gethostname(),
+        )
+
+    def set_worker(self, experiment_id: int, pid: int) -> None:
+        """Record the process that will run a queued experiment (to detect if it dies)."""
+        self._update(experiment_id, worker_pid=pid, worker_host=socket.gethostname())
+
+    def set_label_counts(self, experiment_id: int, label_counts: list[list[int]]) -> None:
+        self._update(experiment_id, label_counts=label_counts)
+
+    def heartbeat(self, experiment_id: int) -> None:
+        self._update(experiment_id, heartbeat_at=utcnow())
+
+    def record_round(self, experiment_id: int, result: dict[str, Any]) -> None:
+        """Store one round (`round, accuracy, loss, ...`, `clients: [...]`) atomically."""
+        with self.sessions.begin() as session:
+            row = Round(
+                experiment_id=experiment_id,
+                round=int(result["round"]),
+                accuracy=float(result["accuracy"]),
+                loss=float(result["loss"]),
+                epsilon=float(result.get("epsilon", 0.0)),
+                delta=float(result.get("delta", 0.0)),
+                seconds=float(result["seconds"]),
+                eval_seconds=float(result.get("eval_seconds", 0.0)),
+                bytes_up=int(result["bytes_up"]),
+                bytes_down=int(result["bytes_down"]),
+                num_clients=len(result.get("clients", [])),
+            )
+            row.clients = [
+                ClientRound(
+                    client_id=int(client["id"]),
+                    num_examples=int(client["num_examples"]),
+                    steps=int(client["steps"]),
+                    loss=float(client["loss"]),
+                    epsilon=float(client.get("epsilon", 0.0)),
+                )
+                for client in result.get("clients", [])
+            ]
+            session.add(row)
+            session.execute(
+                update(Experiment).where(Experiment.id == experiment_id).values(heartbeat_at=utcnow())
+            )
+
+    def finish(
+        self, experiment_id: int, status: str, *, error: str | None = None, final: dict[str, float] | None = None
+    ) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+        final = final or {}
+        self._update(
+            experiment_id,
+            status=status,
+            error=error,
+            finished_at=utcnow(),
+            final_accuracy=final.get("accuracy"),
+            final_loss=final.get("loss"),
+            final_epsilon=final.get("epsilon"),
+        )
+
+    def request_stop(self, experiment_id: int) -> None:
+        """Ask the worker to stop after its current round (it polls this flag)."""
+        self._update(experiment_id, stop_requested=True)
+
+    def stop_requested(self, experiment_id: int) -> bool:
+        with self.sessions() as session:
+            return bool(session.scalar(select(Experiment.stop_requested).where(Experiment.id == experiment_id)))
+
+    def delete_experiment(self, experiment_id: int) -> None:
+        with self.sessions.begin() as session:
+            round_ids = select(Round.id).where(Round.experiment_id == experiment_id)
+            session.execute(delete(ClientRound).where(ClientRound.round_id.in_(round_ids)))
+            session.execute(delete(Round).where(Round.experiment_id == experiment_id))
+            session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+
+    def _update(self, experiment_id: int, **values: Any) -> None:
+        with self.sessions.begin() as session:
+            result = session.execute(update(Experiment).where(Experiment.id == experiment_id).values(**values))
+            if result.rowcount == 0:
+                raise KeyError(f"no experiment with id {experiment_id}")
+
+    # -- reading (the page, the CLI) ----------------------------------------------
+
+    def list_experiments(self) -> list[ExperimentSummary]:
+        """All experiments, newest first."""
+        with self.sessions() as session:
+            experiments = session.scalars(select(Experiment).order_by(Experiment.id.desc())).all()
+            counts = self._round_counts(session)
+            return [_summary(e, counts.get(e.id, 0)) for e in experiments]
+
+    def get_experiment(self, experiment_id: int) -> ExperimentSummary | None:
+        with self.sessions() as session:
+            experiment = session.get(Experiment, experiment_id)
+            if experiment is None:
+                return None
+            return _summary(experiment, self._round_counts(session, experiment_id).get(experiment_id, 0))
+
+    def rounds_frame(self, experiment_ids: list[int]) -> pd.DataFrame:
+        """One row per round: experiment_id, round, accuracy, loss, epsilon, ..."""
+        columns = [
+            "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
+            "eval_seconds", "bytes_up", "bytes_down", "num_clients", "created_at",
+        ]  # fmt: skip
+        with self.sessions() as session:
+            rows = session.execute(
+                select(*(getattr(Round, c) for c in columns))
+                .where(Round.experiment_id.in_(experiment_ids))
+                .order_by(Round.experiment_id, Round.round)
+            ).all()
+        return pd.DataFrame(rows, columns=columns)
+
+    def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
+        """One row per client per round: round, client_id, num_examples, steps, loss, epsilon."""
+        columns = ["round", "client_id", "num_examples", "steps", "loss", "epsilon"]
+        with self.sessions() as session:
+            rows = session.execute(
+                select(
+                    Round.round, ClientRound.client_id, ClientRound.num_examples,
+                    ClientRound.steps, ClientRound.loss, ClientRound.epsilon,
+                )  # fmt: skip
+                .join(Round, ClientRound.round_id == Round.id)
+                .where(Round.experiment_id == experiment_id)
+                .order_by(Round.round, ClientRound.client_id)
+            ).all()
+        return pd.DataFrame(rows, columns=columns)
+
+    def mark_interrupted_if_dead(self, is_alive: Any) -> list[int]:
+        """Mark `running`/`queued` runs of this host whose worker PID `is_alive(pid)` denies."""
+        host = socket.gethostname()
+        marked = []
+        with self.sessions.begin() as session:
+            candidates = session.scalars(
+                select(Experiment).where(
+                    Experiment.status.in_(("queued", "running")), Experiment.worker_host == host
+                )
+            ).all()
+            for experiment in candidates:
+                if experiment.worker_pid is not None and not is_alive(experiment.worker_pid):
+                    experiment.status = "interrupted"
+                    experiment.finished_at = utcnow()
+                    experiment.error = "the worker process ended without finishing the run"
+                    marked.append(experiment.id)
+        return marked
+
+    @staticmethod
+    def _round_counts(session: Any, experiment_id: int | None = None) -> dict[int, int]:
+        query = select(Round.experiment_id, func.count(Round.id)).group_by(Round.experiment_id)
+        if experiment_id is not None:
+            query = query.where(Round.experiment_id == experiment_id)
+        return dict(session.execute(query).all())
+
+
+def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
+    return ExperimentSummary(
+        id=experiment.id,
+        name=experiment.name,
+        status=experiment.status,
+        config=json.loads(json.dumps(experiment.config)),
+        runtime=experiment.runtime,
+        created_at=experiment.created_at,
+        started_at=experiment.started_at,
+        finished_at=experiment.finished_at,
+        error=experiment.error,
+        code_version=experiment.code_version,
+        worker_pid=experiment.worker_pid,
+        worker_host=experiment.worker_host,
+        stop_requested=experiment.stop_requested,
+        label_counts=experiment.label_counts,
+        final_accuracy=experiment.final_accuracy,
+        final_loss=experiment.final_loss,
+        final_epsilon=experiment.final_epsilon,
+        rounds_done=rounds_done,
+    )

@@ -1,0 +1,123 @@
+"""Models and the parameters clients and server exchange.
+
+    model = create_model("cnn")                    # McMahan et al. 2017 CNN, 1,663,370 params
+    params = get_parameters(model)                 # {clean name: tensor}, shared storage
+    set_parameters(model, params)
+    parameter_bytes(params)                        # bytes one transfer costs (float32)
+
+No BatchNorm anywhere: per-sample gradients (DP-SGD) need layers without batch statistics.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+Parameters = OrderedDict[str, torch.Tensor]
+
+# Prefixes that wrappers add to parameter names (Opacus, torch.compile, DataParallel).
+WRAPPER_PREFIXES = ("_module.", "_orig_mod.", "module.")
+
+
+class MnistCNN(nn.Module):
+    """conv5x5(32) → pool → conv5x5(64) → pool → FC 512 → 10 (McMahan et al. 2017)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 7 * 7, 512)
+        self.fc2 = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
+        x = self.pool(torch.relu(self.conv1(x)))  # (B, 32, 14, 14)
+        x = self.pool(torch.relu(self.conv2(x)))  # (B, 64, 7, 7)
+        x = torch.relu(self.fc1(x.flatten(1)))  # (B, 512)
+        return self.fc2(x)  # (B, classes) logits
+
+
+class MnistMLP(nn.Module):
+    """The 2NN of McMahan et al. 2017: 784 → 200 → 200 → 10, ReLU."""
+
+    def __init__(self, num_classes: int = 10, hidden: int = 200) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+MODEL_FACTORIES = {"cnn": MnistCNN, "mlp": MnistMLP}
+
+
+def create_model(name: str, *, num_classes: int = 10, seed: int | None = None) -> nn.Module:
+    """A fresh model by config name; `seed` makes its initial weights reproducible."""
+    if name not in MODEL_FACTORIES:
+        raise ValueError(f"model.name must be one of {', '.join(MODEL_FACTORIES)}; got {name!r}")
+    if seed is None:
+        return MODEL_FACTORIES[name](num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODEL_FACTORIES[name](num_classes=num_classes)
+
+
+def clean_name(name: str) -> str:
+    """Strip framework wrapper prefixes so names match across wrapped and plain models."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def get_parameters(model: nn.Module) -> Parameters:
+    """The exchanged (trainable) parameters by clean name; tensors share the model's storage."""
+    return OrderedDict((clean_name(n), p.data) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def set_parameters(model: nn.Module, params: Parameters) -> None:
+    """Copy `params` into the model in place; names and shapes must match exactly."""
+    own = get_parameters(model)
+    if own.keys() != params.keys():
+        missing, extra = own.keys() - params.keys(), params.keys() - own.keys()
+        raise ValueError(f"parameter names differ: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if tensor.shape != params[name].shape:
+                raise ValueError(f"{name}: shape {tuple(params[name].shape)} != model's {tuple(tensor.shape)}")
+            tensor.copy_(params[name])
+
+
+def parameter_count(params: Parameters) -> int:
+    return sum(t.numel() for t in params.values())
+
+
+def parameter_bytes(params: Parameters) -> int:
+    """Bytes on the wire for one copy of `params`, at their dtypes (no framing)."""
+    return sum(t.numel() * t.element_size() for t in params.values())
+
+
+def flatten(params: Parameters) -> torch.Tensor:
+    """All parameters as one 1-D float32 vector, in name order."""
+    return torch.cat([t.reshape(-1).to(torch.float32) for t in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Parameters) -> Parameters:
+    """Inverse of `flatten`: views of `vector` shaped like `like`."""
+    needed = sum(t.numel() for t in like.values())
+    if vector.numel() != needed:
+        raise ValueError(f"vector has {vector.numel()} values, parameters need {needed}")
+    out, offset = OrderedDict(), 0
+    for name, tensor in like.items():
+        out[name] = vector[offset : offset + tensor.numel()].view_as(tensor)
+        offset += tensor.numel()
+    return out

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+from database import ExperimentStore
+
+TINY = [
+    "--set", "model.name=mlp", "--set", "data.max_train_examples=600", "--set", "data.max_test_examples=500",
+    "--set", "federation.num_clients=3", "--set", "federation.clients_per_round=2",
+    "--set", "federation.rounds=2", "--set", "system.num_workers=1",
+]  # fmt: skip
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_run_json_prints_rounds_then_the_experiment_id(db_url):
+    result = cli("run", "--json", "--db", db_url, *TINY)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    rounds, final = lines[:-1], lines[-1]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for row in rounds:
+        assert set(row) >= {"round", "accuracy", "loss", "epsilon", "delta", "seconds", "bytes_up", "bytes_down", "clients"}
+        assert len(row["clients"]) == 2
+        assert set(row["clients"][0]) == {"id", "num_examples", "steps", "loss", "epsilon"}
+    assert final["status"] == "completed" and final["accuracy"] == rounds[-1]["accuracy"]
+
+    store = ExperimentStore(db_url)
+    stored = store.rounds_frame([final["experiment_id"]])
+    assert stored["accuracy"].tolist() == [r["accuracy"] for r in rounds]
+
+    listed = json.loads(cli("list", "--json", "--db", db_url).stdout)
+    assert [e["id"] for e in listed] == [final["experiment_id"]] and listed[0]["status"] == "completed"
+    shown = json.loads(cli("show", str(final["experiment_id"]), "--json", "--db", db_url).stdout)
+    assert [r["round"] for r in shown["rounds"]] == [1, 2] and shown["config"]["model"]["name"] == "mlp"
+    assert "completed" in cli("list", "--db", db_url).stdout
+
+
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    db_file = tmp_path / "untouched.db"
+    for args in (["--set", "federation.rounds=0"], ["--set", "model.name=vgg"], ["--config", str(tmp_path / "none.toml")]):
+        result = cli("run", "--db", f"sqlite:///{db_file}", *args)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+        assert result.stdout == ""
+    assert not db_file.exists()
+
+
+def test_config_file_and_overrides_combine(tmp_path, db_url):
+    config = tmp_path / "exp.toml"
+    config.write_text('[model]\nname = "cnn"\n[federation]\nrounds = 5\n')
+    result = cli("run", "--json", "--db", db_url, "--config", str(config), *TINY, "--set", "federation.rounds=1")
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.splitlines()[-1])
+    stored = ExperimentStore(db_url).get_experiment(final["experiment_id"]).config
+    assert stored["model"]["name"] == "mlp" and stored["federation"]["rounds"] == 1
+
+
+def test_show_unknown_experiment_fails_clearly(db_url):
+    result = cli("show", "42", "--db", db_url)
+    assert result.returncode == 1 and "no experiment 42" in result.stderr
+
+
+def test_worker_runs_a_queued_experiment_and_honours_stop(db_url):
+    from experiment_config import ExperimentConfig
+
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"] + ["federation.rounds=50"])
+    experiment_id = store.create_experiment(config.to_dict())
+    store.request_stop(experiment_id)  # asked before it starts: it stops after round 1
+    result = cli("worker", str(experiment_id), "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    experiment = store.get_experiment(experiment_id)
+    assert experiment.status == "stopped" and experiment.rounds_done == 1
+
+
+def test_launch_worker_detaches_and_completes(db_url):
+    from cli import launch_worker, pid_alive
+    from experiment_config import ExperimentConfig
+
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"])
+    experiment_id = store.create_experiment(config.to_dict())
+    process = launch_worker(store, experiment_id)
+    assert store.get_experiment(experiment_id).worker_pid == process.pid
+    process.wait(timeout=120)
+    assert not pid_alive(process.pid)
+    experiment = store.get_experiment(experiment_id)
+    assert experiment.status == "completed" and experiment.rounds_done == 2
+
+
+def test_failed_run_records_its_error(db_url, tmp_path):
+    result = cli("run", "--db", db_url, *TINY, "--set", f"data.data_dir={tmp_path / 'nothing'}")
+    # Offline the download fails; the run is stored as failed with the reason.
+    assert result.returncode == 1
+    (experiment,) = ExperimentStore(db_url).list_experiments()
+    assert experiment.status == "failed" and "MNIST not found" in experiment.error
+
+
+def test_interrupt_stops_after_the_current_round(db_url):
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), "run", "--json", "--db", db_url, *TINY, "--set", "federation.rounds=200"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    first = process.stdout.readline()  # wait until a round has been written
+    assert json.loads(first)["round"] == 1
+    process.send_signal(2)
+    out, _ = process.communicate(timeout=60)
+    final = json.loads(out.splitlines()[-1])
+    assert process.returncode == 0 and final["status"] == "stopped" and final["rounds"] < 200

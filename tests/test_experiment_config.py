@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from experiment_config import SECTIONS, ExperimentConfig, default_data_dir
+
+# For every field: values that must be rejected (wrong type, out of range, unknown name).
+BAD_VALUES = {
+    "data.dataset": ["imagenet", 3, None],
+    "data.partition": ["random", ""],
+    "data.dirichlet_alpha": [0.0, -1.0, float("nan"), "0.5"],
+    "data.ngss_task": [5, None],
+    "data.csv_path": [1, None],
+    "data.data_dir": ["", "   ", 7],
+    "data.max_train_examples": [-1, 1.5, "10"],
+    "data.max_test_examples": [-1, True],
+    "model.name": ["resnet", None],
+    "federation.num_clients": [0, -3, 2.0, "10", True],
+    "federation.clients_per_round": [0, 11, 1.0],
+    "federation.rounds": [0, 100_001, "5"],
+    "federation.local_epochs": [0, 2.5],
+    "federation.batch_size": [0, -50, "50"],
+    "federation.learning_rate": [0.0, -0.1, float("inf"), "fast"],
+    "federation.strategy": ["fedsomething", 1],
+    "privacy.mode": ["sometimes", 0],
+    "privacy.noise_multiplier": [-1.0, "1", float("nan")],
+    "privacy.max_grad_norm": [0.0, -1.0],
+    "privacy.target_epsilon": [-0.5, "3"],
+    "privacy.delta": [0.0, 1.0, 1.5, -1e-5],
+    "privacy.accountant": ["moments", None],
+    "system.seed": [-1, 2**32, 1.5, "0"],
+    "system.num_workers": [-1, 1000, "2"],
+}
+
+
+def all_fields() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def test_every_field_has_bad_values_listed():
+    assert sorted(BAD_VALUES) == sorted(all_fields())
+
+
+@pytest.mark.parametrize(("dotted", "value"), [(k, v) for k, vs in BAD_VALUES.items() for v in vs])
+def test_bad_value_raises_naming_the_field(dotted: str, value: object):
+    section, key = dotted.split(".")
+    with pytest.raises(ValueError, match=dotted.replace(".", r"\.")):
+        ExperimentConfig.from_dict({section: {key: value}})
+
+
+def test_defaults_are_design_defaults():
+    config = ExperimentConfig()
+    assert (config.data.dataset, config.data.partition, config.model.name) == ("mnist", "iid", "cnn")
+    assert (config.federation.num_clients, config.federation.rounds, config.federation.batch_size) == (10, 20, 50)
+    assert config.federation.learning_rate == 0.05
+    assert (config.privacy.mode, config.privacy.delta) == ("none", 1e-5)
+
+
+def test_round_trip_through_dict_json_and_toml(tmp_path):
+    config = ExperimentConfig().with_overrides(
+        ["model.name=mlp", "federation.learning_rate=0.1", "data.partition=dirichlet", "data.dirichlet_alpha=0.3"]
+    )
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    assert ExperimentConfig.from_json(json.dumps(config.to_dict())) == config
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nname = "mlp"\n[federation]\nlearning_rate = 1\nrounds = 3\n')
+    loaded = ExperimentConfig.from_toml(path)
+    assert loaded.model.name == "mlp" and loaded.federation.rounds == 3
+    assert loaded.federation.learning_rate == 1.0 and isinstance(loaded.federation.learning_rate, float)
+
+
+def test_unknown_sections_keys_and_bad_files_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown config section 'optim'"):
+        ExperimentConfig.from_dict({"optim": {}})
+    with pytest.raises(ValueError, match="unknown key federation.lr"):
+        ExperimentConfig.from_dict({"federation": {"lr": 0.1}})
+    with pytest.raises(ValueError, match="section.key=value"):
+        ExperimentConfig().with_overrides(["rounds=3"])
+    with pytest.raises(ValueError, match="not found"):
+        ExperimentConfig.from_toml(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[federation\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        ExperimentConfig.from_toml(tmp_path / "bad.toml")
+
+
+def test_privacy_modes_of_later_releases_fail_closed():
+    with pytest.raises(ValueError, match="privacy.mode = 'local' is not available"):
+        ExperimentConfig.from_dict({"privacy": {"mode": "local"}})
+
+
+def test_overrides_parse_scalars_as_toml():
+    config = ExperimentConfig().with_overrides(["federation.rounds=7", "data.partition=shards", "system.seed=42"])
+    assert (config.federation.rounds, config.data.partition, config.system.seed) == (7, "shards", 42)
+
+
+def test_data_dir_default_follows_environment(monkeypatch):
+    monkeypatch.setenv("FPL_DATA_DIR", "/somewhere/else")
+    assert default_data_dir() == "/somewhere/else" == ExperimentConfig().data.data_dir
+    monkeypatch.delenv("FPL_DATA_DIR")
+    assert ExperimentConfig().data.data_dir == "data"
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ExperimentConfig().federation.rounds = 3  # type: ignore[misc]
