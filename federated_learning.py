@@ -2,7 +2,7 @@
 
 It knows no storage and no UI: it yields one `RoundResult` per round and checks a stop
 event between rounds. Clients train in parallel worker processes (one thread each,
-training data in shared memory, weights passed through shared buffers, not pickled),
+training data shared with them, weights passed through shared buffers, not pickled),
 or in this process when `system.num_workers` is 1.
 
     run = FederatedRun(ExperimentConfig())
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,10 @@ __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "r
 
 EVAL_BATCH = 1000
 WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
+# Linux forks trainers: they share this process's loaded torch and training set
+# copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
+# run with one thread, so no OpenMP pool is used after the fork. macOS must spawn.
+START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 
 @dataclass(frozen=True)
@@ -229,17 +234,19 @@ def _next_task(tasks: Any, parent: int) -> TrainTask | None:
 
 
 class ProcessPoolTrainer:
-    """Clients trained in parallel by `num_workers` spawned processes, one thread each.
+    """Clients trained in parallel by `num_workers` worker processes, one thread each.
 
-    Training data and both weight buffers live in shared memory: a task message carries
-    only the client's example indices and seed, and a reply only its step count and loss.
+    Training data and both weight buffers are shared (copy-on-write after fork, or shared
+    memory when spawning): a task message carries only the client's example indices and
+    seed, and a reply only its step count and loss.
     """
 
     def __init__(
         self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int, num_workers: int
     ) -> None:
-        context = mp.get_context("spawn")
-        data.share_memory()
+        context = mp.get_context(START_METHOD)
+        if START_METHOD != "fork":
+            data.share_memory()  # spawned trainers map it instead of receiving copies
         self.global_weights = torch.zeros(num_params).share_memory_()
         self.results = torch.zeros(slots, num_params).share_memory_()
         self.tasks = context.Queue()

@@ -1,0 +1,401 @@
+"""differential_privacy: ε from Opacus's accountants, real clipping and noise, fail-closed checks.
+
+References are independent of the module: published accountant values (REFERENCES.md),
+Opacus accountants stepped by hand, and per-sample gradients from `torch.func`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from differential_privacy import (
+    DPSGDModel,
+    LocalDPClient,
+    PrivacyError,
+    accountant_from_history,
+    calibrate_noise,
+    central_epsilon,
+    central_noise,
+    clip_update,
+    epsilon_from_history,
+    local_sample_rate,
+    make_accountant,
+    poisson_batches,
+    steps_per_epoch,
+    would_exceed,
+)
+from model import create_model, flatten, get_parameters
+
+DELTA = 1e-5
+MODES = ("ghost", "hooks")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine lose a lot to them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic(num_examples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N,1,28,28) whose label is written in one pixel row, so they are learnable."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (num_examples,), generator=generator)
+    x = 0.1 * torch.randn(num_examples, 1, 28, 28, generator=generator)
+    x[torch.arange(num_examples), 0, y, :] += 1.0
+    return x, y
+
+
+def by_hand(noise_multiplier: float, sample_rate: float, steps: int, accountant: type = RDPAccountant) -> float:
+    reference = accountant()
+    for _ in range(steps):
+        reference.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    return reference.get_epsilon(delta=DELTA)
+
+
+def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, P) per-example gradients of the cross-entropy, in `model.flatten` order, by torch.func."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([grads[name].reshape(len(x), -1) for name in params], dim=1)
+
+
+def clipped_sum(per_sample: torch.Tensor, max_norm: float) -> torch.Tensor:
+    factors = (max_norm / per_sample.norm(dim=1)).clamp(max=1.0)
+    return (per_sample * factors[:, None]).sum(0)
+
+
+def one_full_batch_step(mode: str, x, y, *, noise_multiplier: float, max_norm: float, learning_rate: float, seed: int):
+    """One DP-SGD step with q = 1 (every example in the batch): (weights before, weights after)."""
+    model = create_model("mlp", seed=0)
+    before = flatten(get_parameters(model)).clone()
+    client = LocalDPClient(
+        model,
+        num_examples=len(y),
+        batch_size=len(y),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_norm,
+        grad_sample_mode=mode,
+    )
+    result = client.train(x, y, np.arange(len(y)), local_epochs=1, learning_rate=learning_rate, seed=seed)
+    assert result.steps == 1 and result.sample_rate == 1.0
+    return before, flatten(client.get_parameters())
+
+
+# -- accounting --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accountant", "noise_multiplier", "sample_rate", "steps", "expected", "tolerance"),
+    [
+        ("rdp", 1.5, 0.04, 2250, 7.329, 0.005),
+        ("prv", 1.5, 0.04, 2250, 6.779, 0.02),
+        ("rdp", 1.1, 256 / 60000, 14062, 2.597, 0.005),
+        ("rdp", 1.1, 250 / 60000, 3600, 1.265, 0.005),
+    ],
+)
+def test_epsilon_matches_published_accountant_values(
+    accountant, noise_multiplier, sample_rate, steps, expected, tolerance
+):
+    epsilon = epsilon_from_history([(noise_multiplier, sample_rate, steps)], DELTA, accountant)
+    assert epsilon == pytest.approx(expected, abs=tolerance)
+
+
+def test_make_accountant_returns_opacus_accountants():
+    assert isinstance(make_accountant("rdp"), RDPAccountant)
+    assert isinstance(make_accountant("prv"), PRVAccountant)
+    with pytest.raises(ValueError, match="accountant must be one of"):
+        make_accountant("gdp")
+
+
+def test_epsilon_of_nothing_is_zero_and_of_no_noise_is_infinite():
+    assert epsilon_from_history([], DELTA) == 0.0
+    for accountant in ("rdp", "prv"):
+        assert epsilon_from_history([(0.0, 0.1, 5)], DELTA, accountant) == math.inf
+
+
+def test_central_epsilon_equals_rdp_accountant_stepped_by_hand():
+    expected = by_hand(1.2, 0.1, 200)
+    assert central_epsilon(noise_multiplier=1.2, sample_rate=0.1, rounds=200, delta=DELTA) == pytest.approx(expected)
+    assert central_epsilon(noise_multiplier=1.2, sample_rate=0.1, rounds=0, delta=DELTA) == 0.0
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
+def test_calibrate_noise_reaches_target_from_below(target):
+    sigma = calibrate_noise(target_epsilon=target, delta=DELTA, sample_rate=0.02, steps=1500)
+    reference = RDPAccountant()
+    reference.history = [(sigma, 0.02, 1500)]
+    assert 0.9 * target <= reference.get_epsilon(delta=DELTA) <= target
+
+
+def test_calibrate_noise_with_prv_and_impossible_target():
+    sigma = calibrate_noise(target_epsilon=3.0, delta=DELTA, sample_rate=0.05, steps=200, accountant="prv")
+    assert 2.7 <= epsilon_from_history([(sigma, 0.05, 200)], DELTA, "prv") <= 3.0
+    with pytest.raises(PrivacyError, match="no noise multiplier"):
+        calibrate_noise(target_epsilon=1e-9, delta=DELTA, sample_rate=1.0, steps=10_000)
+
+
+def test_would_exceed_compares_the_next_round_with_the_budget():
+    history, next_round = [(1.0, 0.1, 100)], [(1.0, 0.1, 100)]
+    after = by_hand(1.0, 0.1, 200)
+    assert would_exceed(history, next_round, delta=DELTA, max_epsilon=0.99 * after)
+    assert not would_exceed(history, next_round, delta=DELTA, max_epsilon=1.01 * after)
+
+
+# -- local DP-SGD -------------------------------------------------------------------------
+
+
+def test_local_epsilon_is_cumulative_and_history_restores_it():
+    x, y = synthetic(120)
+    indices = np.arange(120)
+    client = LocalDPClient(
+        create_model("mlp", seed=0), num_examples=120, batch_size=12, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+    assert client.sample_rate == 0.1 and steps_per_epoch(client.sample_rate) == 10
+    epsilons = []
+    for round_number in range(3):
+        result = client.train(x, y, indices, local_epochs=1, learning_rate=0.1, seed=round_number)
+        assert result.steps == 10
+        epsilons.append(client.epsilon(DELTA))
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    assert client.steps == 30 and client.accountant_history == [(1.0, 0.1, 30)]
+    assert epsilons[2] == pytest.approx(by_hand(1.0, 0.1, 30))
+
+    # The server keeps the history as JSON; another process picks the client up from it.
+    stored = json.loads(json.dumps(client.accountant_history))
+    assert epsilon_from_history(stored, DELTA) == epsilons[2]
+    elsewhere = LocalDPClient(
+        create_model("mlp"), num_examples=120, batch_size=12, noise_multiplier=1.0, max_grad_norm=1.0, history=stored
+    )
+    assert elsewhere.epsilon(DELTA) == epsilons[2]
+    elsewhere.set_weights(flatten(client.get_parameters()))
+    elsewhere.train(x, y, indices, local_epochs=2, learning_rate=0.1, seed=3)
+    assert elsewhere.steps == 50 and elsewhere.epsilon(DELTA) == pytest.approx(by_hand(1.0, 0.1, 50))
+
+
+def test_one_dp_model_serves_clients_with_their_own_accountants():
+    x, y = synthetic(100)
+    dp_model = DPSGDModel(create_model("mlp", seed=0), max_grad_norm=1.0)
+    small = accountant_from_history([], "rdp")
+    large = accountant_from_history([(1.0, 0.5, 4)], "rdp")  # a client seen before
+    dp_model.train(
+        x,
+        y,
+        np.arange(20),
+        local_epochs=1,
+        batch_size=5,
+        learning_rate=0.1,
+        noise_multiplier=1.0,
+        accountant=small,
+        seed=1,
+    )
+    dp_model.train(
+        x,
+        y,
+        np.arange(20, 100),
+        local_epochs=1,
+        batch_size=5,
+        learning_rate=0.1,
+        noise_multiplier=1.0,
+        accountant=large,
+        seed=2,
+    )
+    assert small.history == [(1.0, 0.25, 4)]
+    assert large.history == [(1.0, 0.5, 4), (1.0, 0.0625, 16)]
+
+
+def test_parameter_names_are_clean_and_weights_load():
+    plain = create_model("cnn", seed=1)
+    dp_model = DPSGDModel(create_model("cnn", seed=2), max_grad_norm=1.0)
+    assert any(name.startswith("_module.") for name, _ in dp_model.module.named_parameters())
+    assert list(dp_model.get_parameters()) == list(get_parameters(plain))
+    dp_model.set_weights(flatten(get_parameters(plain)))
+    assert torch.equal(flatten(dp_model.get_parameters()), flatten(get_parameters(plain)))
+
+
+def test_poisson_batches_include_each_example_with_probability_q():
+    indices = torch.arange(1000)
+    batches = list(poisson_batches(indices, sample_rate=0.05, steps=400, generator=torch.Generator().manual_seed(0)))
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
+    assert len(batches) == 400
+    assert sizes.mean().item() == pytest.approx(50, rel=0.03)  # binomial(1000, 0.05): sd of the mean 0.34
+    assert sizes.var().item() == pytest.approx(1000 * 0.05 * 0.95, rel=0.25)
+    counts = torch.bincount(torch.cat(batches), minlength=1000).to(torch.float64)
+    assert counts.mean().item() == pytest.approx(20, rel=0.03)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_clipping_bounds_a_huge_example(mode):
+    x, y = synthetic(8)
+    x[3] *= 1e4  # one example whose gradient is enormous
+    learning_rate, max_norm = 0.1, 0.5
+    per_sample = per_sample_gradients(create_model("mlp", seed=0), x, y)
+    assert per_sample.norm(dim=1).max() > 1e3 * max_norm
+
+    before, after = one_full_batch_step(
+        mode, x, y, noise_multiplier=0.0, max_norm=max_norm, learning_rate=learning_rate, seed=0
+    )
+
+    update = after - before
+    assert update.norm() <= learning_rate * max_norm * (1 + 1e-4)
+    expected = -learning_rate * clipped_sum(per_sample, max_norm) / len(y)  # mean over E[B] = N
+    torch.testing.assert_close(update, expected, atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_noise_on_the_summed_gradient_has_std_sigma_c(mode):
+    x, y = synthetic(8)
+    learning_rate, max_norm, sigma = 0.1, 0.5, 1.5
+    clipped = clipped_sum(per_sample_gradients(create_model("mlp", seed=0), x, y), max_norm)
+    noises = []
+    for seed in range(3):
+        before, after = one_full_batch_step(
+            mode, x, y, noise_multiplier=sigma, max_norm=max_norm, learning_rate=learning_rate, seed=seed
+        )
+        noise = -(after - before) * len(y) / learning_rate - clipped  # (P,) the added Gaussian
+        assert noise.std().item() == pytest.approx(sigma * max_norm, rel=0.02)  # P ≈ 2e5 draws
+        assert abs(noise.mean().item()) < 5 * sigma * max_norm / math.sqrt(noise.numel())
+        noises.append(noise)
+    assert not torch.allclose(noises[0], noises[1])
+    _, again = one_full_batch_step(
+        mode, x, y, noise_multiplier=sigma, max_norm=max_norm, learning_rate=learning_rate, seed=0
+    )
+    torch.testing.assert_close(-(again - before) * len(y) / learning_rate - clipped, noises[0])
+
+
+def test_training_survives_empty_poisson_batches_and_learns():
+    x, y = synthetic(10)
+    client = LocalDPClient(
+        create_model("mlp", seed=0), num_examples=10, batch_size=1, noise_multiplier=0.3, max_grad_norm=1.0
+    )
+    result = client.train(x, y, np.arange(10), local_epochs=3, learning_rate=0.5, seed=0)  # P(empty) = 0.35 a step
+    assert result.steps == 30 and client.steps == 30
+    assert all(torch.isfinite(p).all() for p in client.get_parameters().values())
+
+    x, y = synthetic(400, seed=1)
+    learner = LocalDPClient(
+        create_model("mlp", seed=0), num_examples=400, batch_size=40, noise_multiplier=0.5, max_grad_norm=1.0
+    )
+    losses = [learner.train(x, y, np.arange(400), local_epochs=1, learning_rate=0.5, seed=r).loss for r in range(3)]
+    assert losses[2] < 0.8 * losses[0]
+
+
+# -- central DP ----------------------------------------------------------------------------
+
+
+def test_clip_update_bounds_the_norm_and_keeps_small_updates():
+    generator = torch.Generator().manual_seed(0)
+    large = 10 * torch.randn(10_000, generator=generator)
+    clipped, norm = clip_update(large, 2.0)
+    assert norm == pytest.approx(large.double().norm().item())
+    assert clipped.norm().item() == pytest.approx(2.0, rel=1e-6)
+    torch.testing.assert_close(clipped, large * (2.0 / norm))
+    small = torch.full((100,), 0.01)
+    unchanged, small_norm = clip_update(small, 2.0)
+    assert torch.equal(unchanged, small) and small_norm == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="non-finite"):
+        clip_update(torch.tensor([1.0, math.nan]), 1.0)
+
+
+def test_central_noise_std_is_sigma_c_over_expected_participants():
+    total = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
+    sigma, max_norm, participants = 1.3, 0.7, 10.0
+    averaged = central_noise(
+        total,
+        noise_multiplier=sigma,
+        max_norm=max_norm,
+        expected_participants=participants,
+        generator=torch.Generator().manual_seed(2),
+    )
+    noise = averaged - total / participants
+    assert noise.std().item() == pytest.approx(sigma * max_norm / participants, rel=0.02)
+    assert abs(noise.mean().item()) < 5 * sigma * max_norm / participants / math.sqrt(noise.numel())
+    again = central_noise(
+        total,
+        noise_multiplier=sigma,
+        max_norm=max_norm,
+        expected_participants=participants,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert torch.equal(again, averaged)
+
+
+# -- failing closed -------------------------------------------------------------------------
+
+
+def test_batchnorm_model_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    for mode in MODES:
+        with pytest.raises(PrivacyError, match="BatchNorm"):
+            LocalDPClient(
+                model, num_examples=10, batch_size=2, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode
+            )
+
+
+def client_with(**changes):
+    settings = dict(num_examples=10, batch_size=2, noise_multiplier=1.0, max_grad_norm=1.0)
+    return lambda: LocalDPClient(create_model("mlp"), **{**settings, **changes})
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (client_with(noise_multiplier=-0.1), "noise_multiplier"),
+        (client_with(max_grad_norm=0.0), "max_grad_norm"),
+        (client_with(max_grad_norm=-1.0), "max_grad_norm"),
+        (client_with(num_examples=0), "num_examples"),
+        (client_with(batch_size=0), "batch_size"),
+        (client_with(accountant="moments"), "accountant"),
+        (client_with(grad_sample_mode="ew"), "grad_sample_mode"),
+        (lambda: clip_update(torch.ones(3), 0.0), "max_norm"),
+        (
+            lambda: central_noise(
+                torch.ones(3), noise_multiplier=-1.0, max_norm=1.0, expected_participants=1, generator=None
+            ),
+            "noise_multiplier",
+        ),
+        (
+            lambda: central_noise(
+                torch.ones(3), noise_multiplier=1.0, max_norm=1.0, expected_participants=0, generator=None
+            ),
+            "expected_participants",
+        ),
+        (lambda: central_epsilon(noise_multiplier=-1.0, sample_rate=0.1, rounds=10, delta=DELTA), "noise_multiplier"),
+        (lambda: central_epsilon(noise_multiplier=1.0, sample_rate=1.5, rounds=10, delta=DELTA), "sample_rate"),
+        (lambda: central_epsilon(noise_multiplier=1.0, sample_rate=0.1, rounds=10, delta=1.0), "delta"),
+        (lambda: epsilon_from_history([(1.0, 0.1, 10)], 0.0), "delta"),
+        (lambda: epsilon_from_history([(1.0, 0.0, 10)], DELTA), "sample_rate"),
+        (lambda: calibrate_noise(target_epsilon=1.0, delta=DELTA, sample_rate=1.2, steps=10), "sample_rate"),
+        (lambda: calibrate_noise(target_epsilon=0.0, delta=DELTA, sample_rate=0.1, steps=10), "target_epsilon"),
+        (
+            lambda: calibrate_noise(target_epsilon=1.0, delta=DELTA, sample_rate=0.1, steps=10, epsilon_tolerance=0.0),
+            "epsilon_tolerance",
+        ),
+        (lambda: calibrate_noise(target_epsilon=1.0, delta=2.0, sample_rate=0.1, steps=10), "delta"),
+        (lambda: would_exceed([], [(1.0, 0.1, 1)], delta=DELTA, max_epsilon=0.0), "max_epsilon"),
+        (lambda: local_sample_rate(0, 10), "num_examples"),
+    ],
+)
+def test_bad_parameters_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_training_needs_the_clients_own_examples():
+    x, y = synthetic(10)
+    with pytest.raises(ValueError, match="10 examples"):
+        client_with()().train(x, y, np.arange(5), local_epochs=1, learning_rate=0.1, seed=0)

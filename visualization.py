@@ -1,0 +1,190 @@
+"""Plotly figures for the page: metric rows (pandas DataFrames) in, figures out.
+
+Pure functions with no Streamlit and no I/O, so they are tested on hand-made frames:
+
+    rounds = store.rounds_frame([3, 4])          # experiment_id, round, accuracy, ...
+    accuracy_figure(rounds, labels={3: "#3 cnn", 4: "#4 mlp"})  # one line per experiment
+    client_loss_figure(store.client_rounds_frame(3))            # one line per client
+    label_heatmap(experiment.label_counts)                      # clients x classes
+
+Every figure shares one look (`_style`): white template, compact margins, a
+horizontal legend above the plot, and an annotation instead of an empty plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+FIGURE_HEIGHT = 320  # px; two charts side by side fit a laptop screen
+PALETTE = (
+    "#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea",
+    "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
+)  # fmt: skip
+
+
+def accuracy_figure(
+    rounds: pd.DataFrame, labels: Mapping[int, str] | None = None, *, title: str = "Test accuracy"
+) -> go.Figure:
+    """Accuracy (0-1, shown as %) per round; one line per `experiment_id`, for overlays."""
+    figure = _per_experiment_lines(rounds, "accuracy", labels)
+    _style(figure, title=title, x_title="round", y_title="accuracy", empty=rounds.empty)
+    figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return figure
+
+
+def loss_figure(
+    rounds: pd.DataFrame, labels: Mapping[int, str] | None = None, *, title: str = "Test loss"
+) -> go.Figure:
+    """Test loss (mean cross-entropy) per round; one line per `experiment_id`."""
+    figure = _per_experiment_lines(rounds, "loss", labels)
+    _style(figure, title=title, x_title="round", y_title="loss", empty=rounds.empty)
+    return figure
+
+
+def epsilon_figure(
+    rounds: pd.DataFrame, labels: Mapping[int, str] | None = None, *, title: str = "Privacy budget spent (ε)"
+) -> go.Figure:
+    """Cumulative ε per round; one line per `experiment_id`."""
+    figure = _per_experiment_lines(rounds, "epsilon", labels)
+    _style(figure, title=title, x_title="round", y_title="ε", empty=rounds.empty)
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training loss per client") -> go.Figure:
+    """Mean local training loss per round; one line per `client_id` (columns round, client_id, loss)."""
+    figure = go.Figure()
+    if not clients.empty:
+        for index, (client_id, rows) in enumerate(clients.sort_values("round").groupby("client_id", sort=True)):
+            figure.add_trace(
+                go.Scatter(
+                    x=rows["round"].to_numpy(),
+                    y=rows["loss"].to_numpy(),
+                    mode="lines+markers",
+                    name=f"client {client_id}",
+                    line={"color": PALETTE[index % len(PALETTE)], "width": 1.5},
+                    marker={"size": 5},
+                )
+            )
+    _style(figure, title=title, x_title="round", y_title="loss", empty=clients.empty)
+    if not clients.empty and clients["client_id"].nunique() > len(PALETTE):
+        figure.update_layout(showlegend=False)  # a legend of 50 clients hides the plot
+    return figure
+
+
+def label_heatmap(label_counts: Sequence[Sequence[int]] | None, *, title: str = "Labels per client") -> go.Figure:
+    """Examples per class (columns) held by each client (rows), from the partition."""
+    figure = go.Figure()
+    counts = np.asarray(label_counts if label_counts else [], dtype=np.int64)
+    if counts.ndim == 2 and counts.size:
+        num_clients, num_classes = counts.shape
+        figure.add_trace(
+            go.Heatmap(
+                z=counts,
+                x=[str(label) for label in range(num_classes)],
+                y=[f"client {client}" for client in range(num_clients)],
+                colorscale="Blues",
+                colorbar={"title": {"text": "examples"}, "thickness": 12},
+                texttemplate="%{z}" if counts.size <= 200 else None,
+                hovertemplate="%{y}, label %{x}: %{z} examples<extra></extra>",
+            )
+        )
+        figure.update_yaxes(autorange="reversed", type="category")
+        figure.update_xaxes(type="category")
+    _style(figure, title=title, x_title="label", y_title="", empty=not counts.size, x_is_round=False)
+    return figure
+
+
+def bytes_figure(rounds: pd.DataFrame, *, title: str = "Bytes exchanged per round") -> go.Figure:
+    """Bytes sent to clients (down) and back to the server (up) per round, as grouped bars.
+
+    With several experiments in `rounds` the bars show their sum per round.
+    """
+    figure = go.Figure()
+    if not rounds.empty:
+        per_round = rounds.groupby("round", sort=True)[["bytes_down", "bytes_up"]].sum().reset_index()
+        directions = (("bytes_down", "server → clients", PALETTE[0]), ("bytes_up", "clients → server", PALETTE[1]))
+        for column, name, color in directions:
+            figure.add_trace(
+                go.Bar(
+                    x=per_round["round"].to_numpy(),
+                    y=per_round[column].to_numpy(),
+                    name=name,
+                    marker_color=color,
+                    hovertemplate="round %{x}: %{y:.3s}B<extra>" + name + "</extra>",
+                )
+            )
+        figure.update_layout(barmode="group", bargap=0.25)
+    _style(figure, title=title, x_title="round", y_title="bytes", empty=rounds.empty)
+    figure.update_yaxes(tickformat=".2s", ticksuffix="B")
+    return figure
+
+
+def time_figure(rounds: pd.DataFrame, *, title: str = "Seconds per round") -> go.Figure:
+    """Wall-clock seconds of each round, stacked: client training (`seconds`) then evaluation."""
+    figure = go.Figure()
+    if not rounds.empty:
+        per_round = rounds.groupby("round", sort=True)[["seconds", "eval_seconds"]].sum().reset_index()
+        for column, name, color in (("seconds", "training", PALETTE[0]), ("eval_seconds", "evaluation", PALETTE[2])):
+            figure.add_trace(
+                go.Bar(
+                    x=per_round["round"].to_numpy(),
+                    y=per_round[column].to_numpy(),
+                    name=name,
+                    marker_color=color,
+                    hovertemplate="round %{x}: %{y:.2f} s<extra>" + name + "</extra>",
+                )
+            )
+        figure.update_layout(barmode="stack", bargap=0.25)
+    _style(figure, title=title, x_title="round", y_title="seconds", empty=rounds.empty)
+    return figure
+
+
+def _per_experiment_lines(rounds: pd.DataFrame, column: str, labels: Mapping[int, str] | None) -> go.Figure:
+    figure = go.Figure()
+    if rounds.empty:
+        return figure
+    groups = rounds.sort_values("round").groupby("experiment_id", sort=True)
+    for index, (experiment_id, rows) in enumerate(groups):
+        name = (labels or {}).get(int(experiment_id), f"#{experiment_id}")
+        figure.add_trace(
+            go.Scatter(
+                x=rows["round"].to_numpy(),
+                y=rows[column].to_numpy(),
+                mode="lines+markers",
+                name=name,
+                line={"color": PALETTE[index % len(PALETTE)], "width": 2},
+                marker={"size": 6},
+            )
+        )
+    figure.update_layout(showlegend=groups.ngroups > 1)
+    return figure
+
+
+def _style(
+    figure: go.Figure, *, title: str, x_title: str, y_title: str, empty: bool, x_is_round: bool = True
+) -> None:
+    figure.update_layout(
+        template="plotly_white",
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
+        height=FIGURE_HEIGHT,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        hovermode="x unified" if x_is_round else "closest",
+    )
+    figure.update_xaxes(title_text=x_title, showgrid=False)
+    figure.update_yaxes(title_text=y_title)
+    if x_is_round:
+        # Rounds are integers: without dtick=1 a 2-round run gets ticks at 1, 1.5, 2.
+        last_round = max((max(trace.x) for trace in figure.data if trace.x is not None and len(trace.x)), default=0)
+        figure.update_xaxes(tickformat="d", dtick=1 if last_round <= 20 else None)
+    if empty:
+        figure.add_annotation(
+            text="no data yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"color": "#6b7280"}
+        )
+        figure.update_xaxes(showticklabels=False)
+        figure.update_yaxes(showticklabels=False)
