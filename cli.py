@@ -49,6 +49,8 @@ def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig
 
         run = FederatedRun(config)
         store.set_label_counts(experiment_id, run.label_counts.tolist())
+        if run.privacy.mode != "none":
+            store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
         for result in run.rounds(stop_event):
             row = result.to_dict()
             store.record_round(experiment_id, row)
@@ -67,12 +69,14 @@ def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig
         if as_json:
             _emit(out, {"experiment_id": experiment_id, "status": "failed", "error": message})
         return EXIT_FAILED
-    stopped = stop_event.is_set() and last.get("round", 0) < config.federation.rounds
+    stopped = last.get("round", 0) < config.federation.rounds
     status = "stopped" if stopped else "completed"
-    store.finish(experiment_id, status, final=last)
+    reason = run.stop_reason if stopped else None
+    store.finish(experiment_id, status, final=last, stop_reason=reason)
     final = {
         "experiment_id": experiment_id,
         "status": status,
+        "stop_reason": reason,
         "rounds": last.get("round", 0),
         "accuracy": last.get("accuracy"),
         "loss": last.get("loss"),
@@ -81,7 +85,8 @@ def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig
     if as_json:
         _emit(out, final)
     else:
-        print(f"experiment {experiment_id} {status} after {final['rounds']} rounds", file=out)
+        why = f" ({reason})" if reason else ""
+        print(f"experiment {experiment_id} {status} after {final['rounds']} rounds{why}", file=out)
     return EXIT_OK
 
 
@@ -106,12 +111,12 @@ def _emit(out: TextIO, payload: dict[str, Any]) -> None:
 
 def _print_round(out: TextIO, row: dict[str, Any], total_rounds: int, as_json: bool) -> None:
     if as_json:
-        keys = ("round", "accuracy", "loss", "epsilon", "delta", "seconds", "eval_seconds", "bytes_up", "bytes_down")
-        _emit(out, {**{k: row[k] for k in keys}, "clients": row["clients"]})
+        _emit(out, row)
         return
+    privacy = f"  ε {row['epsilon']:.3f}" if row["accountant"] else ""
     print(
         f"round {row['round']:>4}/{total_rounds}  accuracy {100 * row['accuracy']:6.2f}%  "
-        f"loss {row['loss']:.4f}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval",
+        f"loss {row['loss']:.4f}{privacy}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval",
         file=out,
         flush=True,
     )

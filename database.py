@@ -78,6 +78,9 @@ class Experiment(Base):
     final_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     final_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The σ the run used (after target-ε calibration) and why it ended early, if it did.
+    noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
@@ -98,6 +101,12 @@ class Round(Base):
     bytes_up: Mapped[int] = mapped_column(Integer)
     bytes_down: Mapped[int] = mapped_column(Integer)
     num_clients: Mapped[int] = mapped_column(Integer)
+    # The privacy ledger (zeros / empty without privacy); see federated_learning.RoundResult.
+    noise_multiplier: Mapped[float] = mapped_column(Float, default=0.0)
+    max_grad_norm: Mapped[float] = mapped_column(Float, default=0.0)
+    sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    privacy_steps: Mapped[int] = mapped_column(Integer, default=0)
+    accountant: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -113,6 +122,7 @@ class ClientRound(Base):
     steps: Mapped[int] = mapped_column(Integer)
     loss: Mapped[float] = mapped_column(Float)
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
+    sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,8 @@ class ExperimentSummary:
     final_accuracy: float | None
     final_loss: float | None
     final_epsilon: float | None
+    noise_multiplier: float | None
+    stop_reason: str | None
     rounds_done: int
 
     @property
@@ -252,6 +264,11 @@ class ExperimentStore:
                 bytes_up=int(result["bytes_up"]),
                 bytes_down=int(result["bytes_down"]),
                 num_clients=len(result.get("clients", [])),
+                noise_multiplier=float(result.get("noise_multiplier", 0.0)),
+                max_grad_norm=float(result.get("max_grad_norm", 0.0)),
+                sample_rate=float(result.get("sample_rate", 0.0)),
+                privacy_steps=int(result.get("privacy_steps", 0)),
+                accountant=str(result.get("accountant", "")),
             )
             row.clients = [
                 ClientRound(
@@ -260,6 +277,7 @@ class ExperimentStore:
                     steps=int(client["steps"]),
                     loss=float(client["loss"]),
                     epsilon=float(client.get("epsilon", 0.0)),
+                    sample_rate=float(client.get("sample_rate", 0.0)),
                 )
                 for client in result.get("clients", [])
             ]
@@ -268,8 +286,18 @@ class ExperimentStore:
                 update(Experiment).where(Experiment.id == experiment_id).values(heartbeat_at=utcnow())
             )
 
+    def set_noise_multiplier(self, experiment_id: int, noise_multiplier: float) -> None:
+        """Record the σ the run uses (the calibrated one when a target ε was set)."""
+        self._update(experiment_id, noise_multiplier=noise_multiplier)
+
     def finish(
-        self, experiment_id: int, status: str, *, error: str | None = None, final: dict[str, float] | None = None
+        self,
+        experiment_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        final: dict[str, float] | None = None,
+        stop_reason: str | None = None,
     ) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
@@ -278,6 +306,7 @@ class ExperimentStore:
             experiment_id,
             status=status,
             error=error,
+            stop_reason=stop_reason,
             finished_at=utcnow(),
             final_accuracy=final.get("accuracy"),
             final_loss=final.get("loss"),
@@ -325,7 +354,8 @@ class ExperimentStore:
         """One row per round: experiment_id, round, accuracy, loss, epsilon, ..."""
         columns = [
             "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
-            "eval_seconds", "bytes_up", "bytes_down", "num_clients", "created_at",
+            "eval_seconds", "bytes_up", "bytes_down", "num_clients", "noise_multiplier",
+            "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "created_at",
         ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(
@@ -336,13 +366,13 @@ class ExperimentStore:
         return pd.DataFrame(rows, columns=columns)
 
     def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
-        """One row per client per round: round, client_id, num_examples, steps, loss, epsilon."""
-        columns = ["round", "client_id", "num_examples", "steps", "loss", "epsilon"]
+        """One row per client per round: round, client_id, num_examples, steps, loss, epsilon, sample_rate."""
+        columns = ["round", "client_id", "num_examples", "steps", "loss", "epsilon", "sample_rate"]
         with self.sessions() as session:
             rows = session.execute(
                 select(
                     Round.round, ClientRound.client_id, ClientRound.num_examples,
-                    ClientRound.steps, ClientRound.loss, ClientRound.epsilon,
+                    ClientRound.steps, ClientRound.loss, ClientRound.epsilon, ClientRound.sample_rate,
                 )  # fmt: skip
                 .join(Round, ClientRound.round_id == Round.id)
                 .where(Round.experiment_id == experiment_id)
@@ -395,5 +425,7 @@ def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
         final_accuracy=experiment.final_accuracy,
         final_loss=experiment.final_loss,
         final_epsilon=experiment.final_epsilon,
+        noise_multiplier=experiment.noise_multiplier,
+        stop_reason=experiment.stop_reason,
         rounds_done=rounds_done,
     )

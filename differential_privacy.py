@@ -319,6 +319,14 @@ class DPSGDModel:
                 f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}; got {grad_sample_mode!r}"
             )
         self.grad_sample_mode = grad_sample_mode
+        # Opacus's validator skips BatchNorm without affine parameters, yet in training it
+        # still normalises each example by its batch-mates: no per-example bound then holds.
+        batch_norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batch_norms:
+            raise PrivacyError(
+                f"DP-SGD cannot be applied to {type(model).__name__}: BatchNorm layers ({', '.join(batch_norms)}) "
+                "mix examples within a batch; use GroupNorm or LayerNorm"
+            )
         try:
             ModuleValidator.validate(model, strict=True)
             if grad_sample_mode == "ghost":

@@ -28,7 +28,7 @@ DATASETS = ("mnist",)
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("cnn", "mlp")
 STRATEGIES = ("fedavg",)
-PRIVACY_MODES = ("none",)
+PRIVACY_MODES = ("none", "local", "central")
 ACCOUNTANTS = ("rdp", "prv")
 
 # Values in DESIGN.md's contract that a later release implements. Asking for them
@@ -36,7 +36,6 @@ ACCOUNTANTS = ("rdp", "prv")
 NOT_YET = {
     ("data", "dataset"): {"ngss", "csv"},
     ("data", "partition"): {"natural"},
-    ("privacy", "mode"): {"local", "central"},
 }
 
 
@@ -104,12 +103,15 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
+    # none: no formal privacy. local: DP-SGD on every client (sample-level ε per client).
+    # central: DP-FedAvg, clipped updates + server noise (user-level ε).
     mode: str = "none"
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    target_epsilon: float = 0.0
+    noise_multiplier: float = 1.0  # σ: noise std / clip norm; ignored when target_epsilon > 0
+    max_grad_norm: float = 1.0  # C: per-example gradient (local) or per-client update (central) bound
+    target_epsilon: float = 0.0  # > 0: calibrate σ so the whole run ends at <= this ε
     delta: float = 1e-5
     accountant: str = "rdp"
+    max_epsilon: float = 0.0  # > 0: a budget; the run stops before a round that would exceed it
 
     def validate(self) -> None:
         _one_of("privacy.mode", self.mode, PRIVACY_MODES, NOT_YET.get(("privacy", "mode")))
@@ -120,6 +122,20 @@ class PrivacyConfig:
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
         _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
+        _number("privacy.max_epsilon", self.max_epsilon, low=0.0, high=1e4)
+        if self.mode != "none" and self.target_epsilon == 0 and self.noise_multiplier == 0:
+            raise ValueError(
+                "privacy.noise_multiplier must be > 0 with privacy.mode = "
+                f"{self.mode!r} (σ = 0 gives ε = ∞); or set privacy.target_epsilon"
+            )
+        if self.target_epsilon > 0 and self.max_epsilon > 0 and self.max_epsilon < self.target_epsilon:
+            raise ValueError(
+                f"privacy.max_epsilon ({self.max_epsilon}) is below privacy.target_epsilon ({self.target_epsilon})"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,11 @@ class ExperimentConfig:
             if not isinstance(section, cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(section).__name__}")
             section.validate()
+        if self.privacy.mode == "central" and self.federation.strategy != "fedavg":
+            raise ValueError(
+                "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
+                f"got {self.federation.strategy!r}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:

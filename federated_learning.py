@@ -16,12 +16,15 @@ result does not depend on which worker trained which client).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import queue
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -48,16 +51,28 @@ START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 @dataclass(frozen=True)
 class ClientResult:
+    """One client in one round. With local DP, `steps` and `epsilon` are cumulative over
+    every round the client took part in (its accountant's totals); otherwise `steps` are
+    this round's SGD steps and `epsilon` is 0."""
+
     id: int
     num_examples: int
     steps: int
     loss: float
     epsilon: float = 0.0
+    sample_rate: float = 0.0
 
 
 @dataclass(frozen=True)
 class RoundResult:
-    """One finished round. `seconds` is client training + aggregation, without evaluation."""
+    """One finished round. `seconds` is client training + aggregation, without evaluation.
+
+    The privacy ledger: `epsilon` (the run's ε so far: max over clients for local DP),
+    `delta`, `noise_multiplier` σ, `max_grad_norm` C, `sample_rate` (central: client
+    sampling rate q; local: the largest per-client batch sampling rate this round),
+    `privacy_steps` (central: rounds so far; local: the most DP-SGD steps of a client)
+    and the `accountant`. All zero / empty without privacy.
+    """
 
     round: int
     accuracy: float
@@ -69,6 +84,11 @@ class RoundResult:
     bytes_up: int
     bytes_down: int
     clients: list[ClientResult] = field(default_factory=list)
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 0.0
+    sample_rate: float = 0.0
+    privacy_steps: int = 0
+    accountant: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +102,17 @@ class TrainTask:
     client_id: int
     indices: np.ndarray
     seed: int
+    history: tuple[tuple[float, float, int], ...] = ()  # local DP: the client's accountant so far
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a trainer reports for one task; the weights are in the result buffer row."""
+
+    task: TrainTask
+    steps: int
+    loss: float
+    history: tuple[tuple[float, float, int], ...] = ()
 
 
 class StopEvent(Protocol):
@@ -148,42 +179,72 @@ class TrainSettings:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    local_dp: bool = False  # DP-SGD on every client
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 0.0
+    accountant: str = "rdp"
+
+
+class ClientTrainer:
+    """One process's trainer: a model reused for every client it trains.
+
+    With local DP the model is wrapped once for per-sample clipping; each task brings
+    the client's accountant history and takes the updated one back, so any process
+    can train any client and ε stays cumulative.
+    """
+
+    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings) -> None:
+        self.train_x, self.train_y, self.settings = train_x, train_y, settings
+        self.model = create_model(settings.model_name, num_classes=settings.num_classes)
+        self.params = get_parameters(self.model)
+        self.dp_model: Any = None
+
+    def run(self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor) -> TaskOutcome:
+        """Train one client from `global_weights`; its new weights go to `out` (P,)."""
+        for name, tensor in unflatten(global_weights, self.params).items():
+            self.params[name].copy_(tensor)
+        settings = self.settings
+        if settings.local_dp:
+            outcome = self._run_private(task)
+        else:
+            steps, loss = train_client(
+                self.model, self.train_x, self.train_y, task.indices,
+                local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate, seed=task.seed,
+            )  # fmt: skip
+            outcome = TaskOutcome(task, steps, loss)
+        torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
+        return outcome
+
+    def _run_private(self, task: TrainTask) -> TaskOutcome:
+        import differential_privacy as dp  # opacus: ~66 MB, loaded only by private runs
+
+        settings = self.settings
+        if self.dp_model is None:
+            self.dp_model = dp.DPSGDModel(self.model, max_grad_norm=settings.max_grad_norm)
+        accountant = dp.accountant_from_history(task.history, settings.accountant)
+        result = self.dp_model.train(
+            self.train_x, self.train_y, task.indices,
+            local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, noise_multiplier=settings.noise_multiplier,
+            accountant=accountant, seed=task.seed,
+        )  # fmt: skip
+        history = tuple((float(s), float(q), int(n)) for s, q, n in accountant.history)
+        return TaskOutcome(task, result.steps, result.loss, history)
 
 
 class InProcessTrainer:
     """Trains clients one after another in this process, with all of torch's threads."""
 
     def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
-        self.data, self.settings = data, settings
-        self.model = create_model(settings.model_name, num_classes=settings.num_classes)
+        self.trainer = ClientTrainer(data.train_x, data.train_y, settings)
         self.results = torch.empty(slots, num_params)
 
-    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[tuple[TrainTask, int, float]]:
-        params = get_parameters(self.model)
-        out = []
-        for task in tasks:
-            for name, tensor in unflatten(global_weights, params).items():
-                params[name].copy_(tensor)
-            steps, loss = _train_task(self.model, self.data, self.settings, task)
-            torch.cat([p.reshape(-1) for p in params.values()], out=self.results[task.slot])
-            out.append((task, steps, loss))
-        return out
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
+        return [self.trainer.run(task, global_weights, self.results[task.slot]) for task in tasks]
 
     def close(self) -> None:
         pass
-
-
-def _train_task(model: nn.Module, data: FederatedData, settings: TrainSettings, task: TrainTask) -> tuple[int, float]:
-    return train_client(
-        model,
-        data.train_x,
-        data.train_y,
-        task.indices,
-        local_epochs=settings.local_epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        seed=task.seed,
-    )
 
 
 def _worker_main(
@@ -200,18 +261,13 @@ def _worker_main(
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     parent = os.getppid()
-    data = FederatedData(train_x, train_y, train_x[:0], train_y[:0], settings.num_classes)
-    model = create_model(settings.model_name, num_classes=settings.num_classes)
-    params = get_parameters(model)
-    _warm_up(model, train_x[: settings.batch_size], train_y[: settings.batch_size])
+    trainer = ClientTrainer(train_x, train_y, settings)
+    _warm_up(trainer.model, train_x[: settings.batch_size], train_y[: settings.batch_size])
     replies.put(("ready", worker_index, None))
     while (task := _next_task(tasks, parent)) is not None:
         try:
-            for name, tensor in unflatten(global_weights, params).items():
-                params[name].copy_(tensor)
-            steps, loss = _train_task(model, data, settings, task)
-            torch.cat([p.reshape(-1) for p in params.values()], out=results[task.slot])
-            replies.put(("done", task.slot, (steps, loss)))
+            outcome = trainer.run(task, global_weights, results[task.slot])
+            replies.put(("done", task.slot, outcome))
         except Exception as error:  # reported to the server, which fails the run
             replies.put(("error", task.slot, f"{type(error).__name__}: {error}"))
 
@@ -269,18 +325,18 @@ class ProcessPoolTrainer:
             self.close()
             raise
 
-    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[tuple[TrainTask, int, float]]:
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         self.global_weights.copy_(global_weights)
         by_slot = {task.slot: task for task in tasks}
         for task in tasks:
             self.tasks.put(task)
-        done = {}
+        done: dict[int, TaskOutcome] = {}
         while len(done) < len(tasks):
             kind, slot, payload = self._reply(None)
             if kind == "error":
                 raise RuntimeError(f"client {by_slot[slot].client_id} failed in a trainer process: {payload}")
             done[slot] = payload
-        return [(by_slot[slot], *done[slot]) for slot in sorted(done)]
+        return [done[slot] for slot in sorted(done)]
 
     def _reply(self, timeout: float | None) -> tuple[str, int, Any]:
         """The next message from a worker; raises if a worker died or none answered in time."""
@@ -321,8 +377,21 @@ def resolve_workers(config: ExperimentConfig) -> int:
 # -- the run ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The privacy a run applies, fixed before it starts (σ calibrated if a target was set)."""
+
+    mode: str  # none | local | central
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    max_epsilon: float  # 0: no budget
+    client_sample_rate: float  # central: Poisson rate q of client sampling
+
+
 class FederatedRun:
-    """Everything a run needs, prepared once: data, partition, model, strategy."""
+    """Everything a run needs, prepared once: data, partition, model, strategy, privacy."""
 
     def __init__(self, config: ExperimentConfig, *, data: FederatedData | None = None) -> None:
         self.config = config
@@ -344,17 +413,30 @@ class FederatedRun:
         self.model = create_model(config.model.name, num_classes=self.data.num_classes, seed=seed)
         self.strategy = make_strategy(config.federation.strategy)
         self.num_workers = resolve_workers(config)
+        self.privacy = plan_privacy(config, self)
+        self.histories: dict[int, tuple[tuple[float, float, int], ...]] = {}  # local DP, per client
+        self.client_epsilons: dict[int, float] = {}
+        self.stop_reason: str | None = None  # set when the run ends early (stop event, budget)
 
     def sample_clients(self, round_number: int) -> list[int]:
-        """`clients_per_round` distinct client ids, uniformly at random, seeded per round."""
+        """This round's clients, seeded per round.
+
+        Uniformly `clients_per_round` distinct clients; in central DP mode, Poisson: each
+        client independently with probability q = clients_per_round / num_clients, which
+        is the sampling the central accountant assumes (the count varies, may be 0).
+        """
         federation = self.config.federation
         generator = np.random.default_rng([self.config.system.seed, round_number])
+        if self.config.privacy.mode == "central":
+            rate = federation.clients_per_round / federation.num_clients
+            return [int(c) for c in np.flatnonzero(generator.random(federation.num_clients) < rate)]
         chosen = generator.choice(federation.num_clients, size=federation.clients_per_round, replace=False)
         return sorted(int(c) for c in chosen)
 
     def rounds(self, stop_event: StopEvent | None = None) -> Iterator[RoundResult]:
-        """Run the rounds, yielding each result; ends early after a round if `stop_event` is set."""
-        config = self.config
+        """Run the rounds, yielding each result; ends early after a round if `stop_event` is
+        set, or before a round that would take ε past `privacy.max_epsilon`."""
+        config, plan = self.config, self.privacy
         params = get_parameters(self.model)
         global_weights = flatten(params)
         settings = TrainSettings(
@@ -363,8 +445,12 @@ class FederatedRun:
             local_epochs=config.federation.local_epochs,
             batch_size=config.federation.batch_size,
             learning_rate=config.federation.learning_rate,
+            local_dp=plan.mode == "local",
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            accountant=plan.accountant,
         )
-        slots = config.federation.clients_per_round
+        slots = config.federation.clients_per_round  # central DP trains Poisson samples in chunks of this
         if self.num_workers > 1:
             trainer: Any = ProcessPoolTrainer(self.data, settings, global_weights.numel(), slots, self.num_workers)
         else:
@@ -372,39 +458,188 @@ class FederatedRun:
         transfer_bytes = parameter_bytes(params)
         try:
             for round_number in range(1, config.federation.rounds + 1):
+                clients = self.sample_clients(round_number)
+                if (reason := self._budget_exhausted(round_number, clients)) is not None:
+                    self.stop_reason = reason
+                    break
                 started = time.perf_counter()
                 tasks = [
-                    TrainTask(slot, client, self.partitions[client], client_seed(config.system.seed, round_number, client))
-                    for slot, client in enumerate(self.sample_clients(round_number))
+                    TrainTask(
+                        slot % slots, client, self.partitions[client],
+                        client_seed(config.system.seed, round_number, client), self.histories.get(client, ()),
+                    )  # fmt: skip
+                    for slot, client in enumerate(clients)
                 ]
-                trained = trainer.train(global_weights, tasks)
-                updates = [
-                    ClientUpdate(task.client_id, trainer.results[task.slot], len(task.indices), steps, loss)
-                    for task, steps, loss in trained
-                ]
-                global_weights = self.strategy.aggregate(global_weights, updates)
+                if plan.mode == "central":
+                    global_weights, outcomes = self._central_round(trainer, global_weights, tasks, round_number)
+                else:
+                    outcomes = trainer.train(global_weights, tasks)
+                    updates = [
+                        ClientUpdate(o.task.client_id, trainer.results[o.task.slot], len(o.task.indices), o.steps, o.loss)
+                        for o in outcomes
+                    ]
+                    global_weights = self.strategy.aggregate(global_weights, updates)
                 seconds = time.perf_counter() - started
 
                 eval_started = time.perf_counter()
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
                 accuracy, loss = evaluate(self.model, self.data.test_x, self.data.test_y)
-                yield RoundResult(
-                    round=round_number,
-                    accuracy=accuracy,
-                    loss=loss,
-                    epsilon=0.0,
-                    delta=0.0,
-                    seconds=seconds,
-                    eval_seconds=time.perf_counter() - eval_started,
-                    bytes_up=transfer_bytes * len(updates),
-                    bytes_down=transfer_bytes * len(updates),
-                    clients=[ClientResult(u.client_id, u.num_examples, u.steps, u.loss) for u in updates],
-                )
+                yield self._round_result(
+                    round_number, outcomes, accuracy=accuracy, loss=loss, seconds=seconds,
+                    eval_seconds=time.perf_counter() - eval_started, transfer_bytes=transfer_bytes,
+                )  # fmt: skip
                 if stop_event is not None and stop_event.is_set():
+                    self.stop_reason = "stopped on request"
                     break
         finally:
             trainer.close()
+
+    def _central_round(
+        self, trainer: Any, global_weights: torch.Tensor, tasks: list[TrainTask], round_number: int
+    ) -> tuple[torch.Tensor, list[TaskOutcome]]:
+        """DP-FedAvg: clip each client's update to C, sum unweighted, add N(0, σ²C²), divide
+        by the expected participant count q·n; train in chunks of the result buffer's size."""
+        import differential_privacy as dp
+
+        plan, federation = self.privacy, self.config.federation
+        clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
+        outcomes: list[TaskOutcome] = []
+        slots = trainer.results.shape[0]
+        for start in range(0, len(tasks), slots):
+            for outcome in trainer.train(global_weights, tasks[start : start + slots]):
+                update = trainer.results[outcome.task.slot] - global_weights
+                if not torch.isfinite(update).all():
+                    raise RuntimeError(
+                        f"client {outcome.task.client_id} returned non-finite weights in round {round_number}: "
+                        "training diverged (lower the learning rate, or use more clients per round so the "
+                        "server noise σC/(q·n) per weight is smaller)"
+                    )
+                clipped, _norm = dp.clip_update(update, plan.max_grad_norm)
+                clipped_sum += clipped.to(torch.float64)
+                outcomes.append(outcome)
+        # The server's noise seed: the client-id slot one past the last client.
+        generator = torch.Generator().manual_seed(
+            client_seed(self.config.system.seed, round_number, federation.num_clients)
+        )
+        noised_mean = dp.central_noise(
+            clipped_sum,
+            noise_multiplier=plan.noise_multiplier,
+            max_norm=plan.max_grad_norm,
+            expected_participants=plan.client_sample_rate * federation.num_clients,
+            generator=generator,
+        )
+        return (global_weights.to(torch.float64) + noised_mean).to(global_weights.dtype), outcomes
+
+    def _budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
+        """Why the next round may not run under `privacy.max_epsilon`, or None if it may."""
+        plan = self.privacy
+        if plan.mode == "none" or plan.max_epsilon <= 0:
+            return None
+        import differential_privacy as dp
+
+        if plan.mode == "central":
+            epsilon = dp.central_epsilon(
+                noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate,
+                rounds=round_number, delta=plan.delta, accountant=plan.accountant,
+            )  # fmt: skip
+            if epsilon > plan.max_epsilon:
+                return f"privacy budget: round {round_number} would reach ε = {epsilon:.3f} > {plan.max_epsilon}"
+            return None
+        for client in clients:
+            rate = dp.local_sample_rate(len(self.partitions[client]), self.config.federation.batch_size)
+            steps = self.config.federation.local_epochs * dp.steps_per_epoch(rate)
+            planned = [(plan.noise_multiplier, rate, steps)]
+            if dp.would_exceed(
+                self.histories.get(client, ()), planned, delta=plan.delta, max_epsilon=plan.max_epsilon,
+                accountant=plan.accountant,
+            ):  # fmt: skip
+                return f"privacy budget: round {round_number} would take client {client} past ε = {plan.max_epsilon}"
+        return None
+
+    def _round_result(
+        self, round_number: int, outcomes: list[TaskOutcome], *, accuracy: float, loss: float,
+        seconds: float, eval_seconds: float, transfer_bytes: int,
+    ) -> RoundResult:  # fmt: skip
+        plan = self.privacy
+        clients = []
+        epsilon, sample_rate, privacy_steps = 0.0, 0.0, 0
+        if plan.mode == "local":
+            import differential_privacy as dp
+
+            for o in outcomes:
+                client = o.task.client_id
+                self.histories[client] = o.history
+                self.client_epsilons[client] = dp.epsilon_from_history(o.history, plan.delta, plan.accountant)
+                rate = o.history[-1][1] if o.history else 0.0
+                total_steps = sum(n for _, _, n in o.history)
+                clients.append(
+                    ClientResult(client, len(o.task.indices), total_steps, o.loss, self.client_epsilons[client], rate)
+                )
+                sample_rate, privacy_steps = max(sample_rate, rate), max(privacy_steps, total_steps)
+            epsilon = max(self.client_epsilons.values(), default=0.0)  # never decreases
+        else:
+            clients = [ClientResult(o.task.client_id, len(o.task.indices), o.steps, o.loss) for o in outcomes]
+        if plan.mode == "central":
+            import differential_privacy as dp
+
+            sample_rate, privacy_steps = plan.client_sample_rate, round_number
+            epsilon = dp.central_epsilon(
+                noise_multiplier=plan.noise_multiplier, sample_rate=sample_rate, rounds=round_number,
+                delta=plan.delta, accountant=plan.accountant,
+            )  # fmt: skip
+        private = plan.mode != "none"
+        return RoundResult(
+            round=round_number,
+            accuracy=accuracy,
+            loss=loss,
+            epsilon=epsilon,
+            delta=plan.delta if private else 0.0,
+            seconds=seconds,
+            eval_seconds=eval_seconds,
+            bytes_up=transfer_bytes * len(outcomes),
+            bytes_down=transfer_bytes * len(outcomes),
+            clients=clients,
+            noise_multiplier=plan.noise_multiplier if private else 0.0,
+            max_grad_norm=plan.max_grad_norm if private else 0.0,
+            sample_rate=sample_rate,
+            privacy_steps=privacy_steps,
+            accountant=plan.accountant if private else "",
+        )
+
+
+def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
+    """Resolve σ: the configured one, or calibrated so the whole run ends at <= target ε.
+
+    Local mode: every client k that the (seeded) schedule picks R_k times takes
+    R_k · local_epochs · round(1/q_k) DP-SGD steps at q_k = batch_size / N_k; one σ must
+    keep every client under the target, so it is the largest σ any client needs.
+    """
+    privacy, federation = config.privacy, config.federation
+    rate = federation.clients_per_round / federation.num_clients
+    plan = PrivacyPlan(
+        mode=privacy.mode, noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
+        delta=privacy.delta, accountant=privacy.accountant, max_epsilon=privacy.max_epsilon, client_sample_rate=rate,
+    )  # fmt: skip
+    if privacy.mode == "none" or privacy.target_epsilon <= 0:
+        return plan
+    import differential_privacy as dp
+
+    calibrate = functools.partial(
+        dp.calibrate_noise, target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant
+    )
+    if privacy.mode == "central":
+        sigma = calibrate(sample_rate=rate, steps=federation.rounds)
+    else:
+        participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
+        needs = set()
+        for client, times in participation.items():
+            q = dp.local_sample_rate(len(run.partitions[client]), federation.batch_size)
+            needs.add((q, times * federation.local_epochs * dp.steps_per_epoch(q)))
+        # ε grows with both q and steps: only clients no other client dominates can need the most noise.
+        frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]
+        sigma = max(calibrate(sample_rate=q, steps=n) for q, n in frontier)
+    return dataclasses.replace(plan, noise_multiplier=sigma)
 
 
 def run_experiment(

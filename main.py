@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 import visualization as viz
 from cli import launch_worker, pid_alive
 from database import ExperimentStore, ExperimentSummary, resolve_url
-from experiment_config import DATASETS, MODELS, PARTITIONS, STRATEGIES, ExperimentConfig
+from experiment_config import ACCOUNTANTS, DATASETS, MODELS, PARTITIONS, PRIVACY_MODES, STRATEGIES, ExperimentConfig
 
 ACTIVE_STATUSES = ("queued", "running")
 STATUS_ICONS = {
@@ -185,6 +185,23 @@ FEDERATION_FIELDS = (
     Field("system", "seed", "Seed", "Seeds partitioning, client sampling, initialisation and noise: same seed, same "
           "run.", low=0, high=2**32 - 1),
 )  # fmt: skip
+PRIVACY_FIELDS = (
+    Field("privacy", "mode", "Privacy", "none: no formal guarantee. local: DP-SGD on every client (sample-level ε "
+          "per client, the run reports the largest). central: DP-FedAvg, clipped client updates plus server noise "
+          "(user-level ε; clients are then sampled by Poisson).", options=PRIVACY_MODES, key="privacy_mode"),
+    Field("privacy", "accountant", "Accountant", "Opacus accountant that turns the noise into ε: rdp (Rényi DP) "
+          "or prv (tighter numerical bound).", options=ACCOUNTANTS),
+    Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
+          "Ignored when a target ε is set.", low=0.0, high=10_000.0, step=0.1, format="%.3f"),
+    Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "
+          "each client's update.", low=1e-8, high=1e6, step=0.1, format="%.3f"),
+    Field("privacy", "target_epsilon", "Target ε", "> 0: choose σ before the run so the whole run ends at or "
+          "below this ε (0 = use σ as given).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
+    Field("privacy", "max_epsilon", "Budget ε", "> 0: stop before a round that would exceed this ε (0 = no "
+          "budget).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
+    Field("privacy", "delta", "δ", "The δ of (ε, δ)-DP; keep it well below 1 / (examples per client).",
+          low=1e-12, high=0.5, step=1e-6, format="%.1e"),
+)  # fmt: skip
 ADVANCED_FIELDS = (
     Field("data", "max_train_examples", "Max train examples", "Train on a seeded random subset of the training "
           "set; 0 = all of it.", low=0, high=10_000_000),
@@ -197,12 +214,13 @@ ADVANCED_FIELDS = (
 
 def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str, Any]]]:
     """The form's widgets, paired in two columns; returns the run name and the raw config."""
-    raw: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}, "system": {}}
+    raw: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}, "privacy": {}, "system": {}}
     name = st.text_input(
         "Name (optional)", key="experiment_name", placeholder="e.g. non-IID baseline",
         help="A label for the history table and the comparison legend.",
     )  # fmt: skip
-    for caption, fields in (("DATA & MODEL", DATA_FIELDS), ("FEDERATION", FEDERATION_FIELDS)):
+    sections = (("DATA & MODEL", DATA_FIELDS), ("FEDERATION", FEDERATION_FIELDS), ("PRIVACY", PRIVACY_FIELDS))
+    for caption, fields in sections:
         st.caption(caption)
         columns = st.columns(2)
         for index, field in enumerate(fields):
@@ -274,7 +292,8 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
     elif experiment.status == "interrupted":
         st.warning(f"Interrupted: {experiment.error or 'the worker ended early'}", icon=":material/warning:")
     elif experiment.status == "stopped":
-        st.info(f"Stopped on request after round {experiment.rounds_done}.", icon=":material/stop_circle:")
+        reason = experiment.stop_reason or "stopped on request"
+        st.info(f"Stopped after round {experiment.rounds_done}: {reason}.", icon=":material/stop_circle:")
 
 
 def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
@@ -290,7 +309,11 @@ def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
     columns[0].metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True)
     columns[1].metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True)
     if privacy_on(experiment):
-        columns[2].metric(f"ε (δ = {last.delta:.0e})", f"{last.epsilon:.3g}", border=True)
+        columns[2].metric(
+            f"ε (δ = {last.delta:.0e})", f"{last.epsilon:.3g}", border=True,
+            help=f"{experiment.config['privacy']['mode']} DP, σ = {last.noise_multiplier:.3g}, "
+            f"C = {last.max_grad_norm:.3g}, {last.accountant} accountant",
+        )  # fmt: skip
     else:
         columns[2].metric("Privacy", "off", border=True)
     columns[3].metric("Time per round", format_seconds(seconds_per_round), border=True)

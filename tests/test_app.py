@@ -30,8 +30,9 @@ COMPARE = ":material/compare_arrows: Compare"
 NUMBER_KEYS = [
     "dirichlet_alpha", "num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
     "learning_rate", "seed", "max_train_examples", "max_test_examples", "num_workers",
+    "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta",
 ]  # fmt: skip
-SELECT_KEYS = ["dataset", "model", "partition", "strategy"]
+SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant"]
 TINY = {
     "model": "mlp", "num_clients": 2, "clients_per_round": 2, "rounds": 2,
     "max_train_examples": 600, "max_test_examples": 500, "num_workers": 1,
@@ -177,6 +178,28 @@ def test_start_runs_a_tiny_experiment_to_completion(store):
     table = app.dataframe[0].value
     assert table[["ID", "Status", "Model", "Rounds"]].values.tolist() == [[experiment.id, "completed", "mlp", "2/2"]]
     assert table["Final accuracy"][0] == pytest.approx(finished.final_accuracy)
+
+
+def test_a_private_run_from_the_sidebar_reports_its_epsilon(store):
+    app = page()
+    fill(app, {**TINY, "privacy_mode": "local", "target_epsilon": 3.0})
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    deadline = time.monotonic() + 90
+    while store.get_experiment(experiment.id).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    finished = store.get_experiment(experiment.id)
+    assert finished.status == "completed", finished.error
+    assert 0.9 * 3.0 <= finished.final_epsilon <= 3.0 and finished.noise_multiplier > 0
+    rounds = store.rounds_frame([experiment.id])
+    assert rounds["epsilon"].is_monotonic_increasing and set(rounds["accountant"]) == {"rdp"}
+
+    app.run()
+    assert len(app.get("plotly_chart")) == 7  # the ε curve joins the six charts
+    (epsilon_metric,) = [m for m in app.metric if m.label.startswith("ε")]
+    assert float(epsilon_metric.value) == pytest.approx(finished.final_epsilon, rel=1e-2)
 
 
 # -- live view ------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from database import ExperimentStore
 
@@ -29,7 +31,7 @@ def test_run_json_prints_rounds_then_the_experiment_id(db_url):
     for row in rounds:
         assert set(row) >= {"round", "accuracy", "loss", "epsilon", "delta", "seconds", "bytes_up", "bytes_down", "clients"}
         assert len(row["clients"]) == 2
-        assert set(row["clients"][0]) == {"id", "num_examples", "steps", "loss", "epsilon"}
+        assert set(row["clients"][0]) >= {"id", "num_examples", "steps", "loss", "epsilon"}
     assert final["status"] == "completed" and final["accuracy"] == rounds[-1]["accuracy"]
 
     store = ExperimentStore(db_url)
@@ -115,3 +117,26 @@ def test_interrupt_stops_after_the_current_round(db_url):
     out, _ = process.communicate(timeout=60)
     final = json.loads(out.splitlines()[-1])
     assert process.returncode == 0 and final["status"] == "stopped" and final["rounds"] < 200
+
+
+def test_private_run_prints_and_stores_the_ledger_and_stops_at_its_budget(db_url):
+    private = [
+        "--set", "privacy.mode=central", "--set", "privacy.noise_multiplier=3.0",
+        "--set", "privacy.max_grad_norm=0.01", "--set", "federation.rounds=10", "--set", "privacy.max_epsilon=3.0",
+    ]  # fmt: skip
+    result = cli("run", "--json", "--db", db_url, *TINY, *private)
+    assert result.returncode == 0, result.stderr
+    *rounds, final = [json.loads(line) for line in result.stdout.splitlines()]
+    assert final["status"] == "stopped" and final["stop_reason"].startswith("privacy budget")
+    assert len(rounds) == 7 and all(0 < r["epsilon"] <= 3.0 for r in rounds)  # ε(8 rounds) = 3.05
+    for row in rounds:
+        assert (row["noise_multiplier"], row["max_grad_norm"], row["accountant"], row["delta"]) == (3.0, 0.01, "rdp", 1e-5)
+        assert row["sample_rate"] == pytest.approx(2 / 3) and row["privacy_steps"] == row["round"]
+
+    store = ExperimentStore(db_url)
+    experiment = store.get_experiment(final["experiment_id"])
+    assert experiment.status == "stopped" and experiment.stop_reason == final["stop_reason"]
+    assert experiment.noise_multiplier == 3.0 and experiment.final_epsilon == rounds[-1]["epsilon"]
+    ledger = store.rounds_frame([experiment.id])
+    assert ledger["epsilon"].tolist() == [r["epsilon"] for r in rounds]
+    assert set(ledger["accountant"]) == {"rdp"} and ledger["privacy_steps"].tolist() == [r["round"] for r in rounds]

@@ -337,8 +337,11 @@ def test_central_noise_std_is_sigma_c_over_expected_participants():
 # -- failing closed -------------------------------------------------------------------------
 
 
-def test_batchnorm_model_is_refused():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_model_is_refused(affine):
+    # affine=False has no parameters, so Opacus's own validator lets it through; it still
+    # normalises each example by its batch-mates in training, so we refuse it too.
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=affine), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     for mode in MODES:
         with pytest.raises(PrivacyError, match="BatchNorm"):
             LocalDPClient(

@@ -31,6 +31,7 @@ BAD_VALUES = {
     "privacy.target_epsilon": [-0.5, "3"],
     "privacy.delta": [0.0, 1.0, 1.5, -1e-5],
     "privacy.accountant": ["moments", None],
+    "privacy.max_epsilon": [-1.0, "2", float("inf")],
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
 }
@@ -86,9 +87,14 @@ def test_unknown_sections_keys_and_bad_files_are_errors(tmp_path):
         ExperimentConfig.from_toml(tmp_path / "bad.toml")
 
 
-def test_privacy_modes_of_later_releases_fail_closed():
-    with pytest.raises(ValueError, match="privacy.mode = 'local' is not available"):
-        ExperimentConfig.from_dict({"privacy": {"mode": "local"}})
+def test_private_modes_need_noise_or_a_target():
+    with pytest.raises(ValueError, match="privacy.noise_multiplier must be > 0"):
+        ExperimentConfig.from_dict({"privacy": {"mode": "local", "noise_multiplier": 0.0}})
+    calibrated = ExperimentConfig.from_dict({"privacy": {"mode": "central", "noise_multiplier": 0.0, "target_epsilon": 2}})
+    assert calibrated.privacy.enabled
+    with pytest.raises(ValueError, match="privacy.max_epsilon"):
+        ExperimentConfig.from_dict({"privacy": {"mode": "local", "target_epsilon": 3, "max_epsilon": 2}})
+    assert not ExperimentConfig().privacy.enabled
 
 
 def test_overrides_parse_scalars_as_toml():

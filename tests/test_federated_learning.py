@@ -9,7 +9,7 @@ import torch
 from data_handler import subset
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun, client_seed, evaluate, run_experiment, train_client
-from model import create_model, flatten, get_parameters, parameter_bytes, set_parameters
+from model import MnistMLP, create_model, flatten, get_parameters, parameter_bytes, set_parameters
 
 
 def tiny_config(**federation) -> ExperimentConfig:
@@ -128,3 +128,124 @@ def test_seeded_runs_repeat_exactly(mnist):
     first = [r.accuracy for r in run_experiment(tiny_config(), data=mnist)]
     second = [r.accuracy for r in run_experiment(tiny_config(), data=mnist)]
     assert first == second
+
+
+# -- privacy wired through the engine ---------------------------------------------------
+
+
+def private_config(mode: str, **privacy) -> ExperimentConfig:
+    values = {"mode": mode, "noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    values.update(privacy)
+    return tiny_config(num_clients=4, clients_per_round=2, rounds=3).replace("privacy", **values)
+
+
+def rdp_epsilon(history, delta=1e-5) -> float:
+    """Opacus's own accountant, stepped by hand: the independent reference."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return accountant.get_epsilon(delta=delta)
+
+
+def test_local_dp_epsilon_is_each_clients_cumulative_accountant(mnist):
+    run = FederatedRun(private_config("local"), data=mnist)
+    results = list(run.rounds())
+    participated: dict[int, int] = {}
+    latest: dict[int, float] = {}
+    for result in results:
+        for client in result.clients:
+            participated[client.id] = participated.get(client.id, 0) + 1
+            rate = 20 / client.num_examples  # batch_size / N_k
+            steps = participated[client.id] * round(1 / rate)  # E=1, cumulative
+            assert client.steps == steps and client.sample_rate == pytest.approx(rate)
+            assert client.epsilon == pytest.approx(rdp_epsilon([(1.0, rate, steps)]), rel=1e-9)
+            latest[client.id] = client.epsilon
+        assert result.epsilon == pytest.approx(max(latest.values()))  # the run's ε: max over clients
+        assert (result.noise_multiplier, result.max_grad_norm, result.accountant) == (1.0, 1.0, "rdp")
+        assert result.delta == 1e-5
+    epsilons = [r.epsilon for r in results]
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0
+
+
+def test_local_dp_histories_survive_worker_processes(mnist):
+    in_process = [r.epsilon for r in FederatedRun(private_config("local"), data=mnist).rounds()]
+    pooled = FederatedRun(private_config("local").replace("system", num_workers=2), data=mnist)
+    assert pooled.num_workers == 2
+    assert [r.epsilon for r in pooled.rounds()] == pytest.approx(in_process, rel=1e-12)
+
+
+def test_central_dp_round_equals_clipped_noised_mean_by_hand(mnist):
+    config = private_config("central", noise_multiplier=0.5, max_grad_norm=0.5).replace("federation", rounds=1)
+    run = FederatedRun(config, data=mnist)
+    start = flatten(get_parameters(run.model)).clone()
+    chosen = run.sample_clients(1)
+    clipped_sum = torch.zeros_like(start, dtype=torch.float64)
+    for client in chosen:
+        model = create_model("mlp")
+        set_parameters(model, get_parameters(create_model("mlp", seed=0)))
+        train_client(
+            model, run.data.train_x, run.data.train_y, run.partitions[client],
+            local_epochs=1, batch_size=20, learning_rate=0.1, seed=client_seed(0, 1, client),
+        )  # fmt: skip
+        update = (flatten(get_parameters(model)) - start).double()
+        clipped_sum += update * min(1.0, 0.5 / float(update.norm()))
+    noise = torch.normal(0.0, 0.5 * 0.5, size=start.shape, generator=torch.Generator().manual_seed(client_seed(0, 1, 4)))
+    expected = start.double() + (clipped_sum + noise.double()) / (0.5 * 4)  # q·n = 2 expected participants
+
+    (result,) = list(run.rounds())
+    torch.testing.assert_close(flatten(get_parameters(run.model)).double(), expected, rtol=1e-4, atol=1e-5)
+    assert [c.id for c in result.clients] == chosen
+    assert result.epsilon == pytest.approx(rdp_epsilon([(0.5, 0.5, 1)]), rel=1e-9)
+    assert (result.sample_rate, result.privacy_steps) == (0.5, 1)
+
+
+def test_central_dp_samples_clients_by_poisson():
+    config = private_config("central").replace("federation", num_clients=200, clients_per_round=20)
+    counts = [len(FederatedRun.sample_clients(_Sampler(config), r)) for r in range(1, 201)]
+    assert len(set(counts)) > 5  # the number of participants varies
+    assert np.mean(counts) == pytest.approx(20, rel=0.05)  # q·n on average
+
+
+@pytest.mark.parametrize(("mode", "clip"), [("local", 1.0), ("central", 0.01)])
+def test_target_epsilon_is_met_by_the_whole_run(mnist, mode, clip):
+    # Central noise per weight is σC/(q·n): with 4 clients a small C keeps the model finite.
+    config = private_config(mode, target_epsilon=2.0, noise_multiplier=0.0, max_grad_norm=clip)
+    run = FederatedRun(config, data=mnist)
+    assert run.privacy.noise_multiplier > 0
+    final = list(run.rounds())[-1]
+    assert 0.9 * 2.0 <= final.epsilon <= 2.0
+    assert final.noise_multiplier == run.privacy.noise_multiplier
+
+
+@pytest.mark.parametrize(("mode", "clip"), [("local", 1.0), ("central", 0.01)])
+def test_budget_stops_before_the_round_that_would_exceed_it(mnist, mode, clip):
+    unlimited = [r.epsilon for r in FederatedRun(private_config(mode, max_grad_norm=clip), data=mnist).rounds()]
+    budget = (unlimited[0] + unlimited[1]) / 2  # round 1 fits, round 2 would not (for someone)
+    run = FederatedRun(private_config(mode, max_epsilon=budget, max_grad_norm=clip), data=mnist)
+    results = list(run.rounds())
+    assert 1 <= len(results) < 3 and all(r.epsilon <= budget for r in results)
+    assert run.stop_reason.startswith("privacy budget")
+
+
+def test_private_training_fails_closed_when_dp_cannot_be_applied(mnist, monkeypatch):
+    import federated_learning
+    from differential_privacy import PrivacyError
+
+    class MLPWithBatchNorm(MnistMLP):
+        """The same exchanged parameters as the MLP, plus batch statistics DP-SGD cannot allow."""
+
+        def __init__(self, num_classes: int = 10) -> None:
+            super().__init__(num_classes)
+            self.norm = torch.nn.BatchNorm1d(200, affine=False)
+
+        def forward(self, x):
+            return self.fc3(torch.relu(self.fc2(self.norm(torch.relu(self.fc1(x.flatten(1)))))))
+
+    def with_batch_norm(name, *, num_classes=10, seed=None):
+        return MLPWithBatchNorm(num_classes)
+
+    run = FederatedRun(private_config("local"), data=mnist)
+    monkeypatch.setattr(federated_learning, "create_model", with_batch_norm)
+    with pytest.raises(PrivacyError):
+        next(run.rounds())
