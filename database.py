@@ -81,6 +81,8 @@ class Experiment(Base):
     # The σ the run used (after target-ε calibration) and why it ended early, if it did.
     noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The empirical privacy audit of the final model (membership inference): auc, advantage, ...
+    audit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
@@ -148,6 +150,7 @@ class ExperimentSummary:
     final_epsilon: float | None
     noise_multiplier: float | None
     stop_reason: str | None
+    audit: dict[str, Any] | None
     rounds_done: int
 
     @property
@@ -290,6 +293,10 @@ class ExperimentStore:
         """Record the σ the run uses (the calibrated one when a target ε was set)."""
         self._update(experiment_id, noise_multiplier=noise_multiplier)
 
+    def set_audit(self, experiment_id: int, audit: dict[str, Any]) -> None:
+        """Store the membership-inference audit of the final model (JSON-able dict)."""
+        self._update(experiment_id, audit=audit)
+
     def finish(
         self,
         experiment_id: int,
@@ -427,5 +434,6 @@ def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
         final_epsilon=experiment.final_epsilon,
         noise_multiplier=experiment.noise_multiplier,
         stop_reason=experiment.stop_reason,
+        audit=experiment.audit,
         rounds_done=rounds_done,
     )
