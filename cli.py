@@ -2,15 +2,18 @@
 
     python cli.py run [--config FILE.toml] [--set section.key=value ...] [--db URL] [--json]
     python cli.py list [--db URL] [--json]
-    python cli.py show ID [--db URL] [--json]
+    python cli.py show ID [--db URL] [--json | --privacy-report]
 
 `run` validates the config first: a bad one exits 2 with one line on stderr and
 writes nothing. Then every round is committed to the database as it finishes.
 With `--json` it prints one JSON object per round, then one with `experiment_id`.
-Ctrl-C (or SIGTERM) stops after the current round; a second one aborts.
+Ctrl-C (or SIGTERM) stops after the current round; a second one aborts. After the
+rounds, unless `privacy.audit_examples = 0`, a membership-inference audit of the final
+model is stored with the run (`show ID --privacy-report` turns it, and the privacy
+guarantee, into a one-page statement).
 
-The page starts runs through the same code: `python cli.py worker ID` runs an
-experiment already stored (queued) in the database.
+The page starts runs through the same code: `python cli.py worker ID [ID ...]` runs
+experiments already stored (queued) in the database, one after the other.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig
     stopped = last.get("round", 0) < config.federation.rounds
     status = "stopped" if stopped else "completed"
     reason = run.stop_reason if stopped else None
+    audit = _audit(store, experiment_id, run, config) if last else None
     store.finish(experiment_id, status, final=last, stop_reason=reason)
     final = {
         "experiment_id": experiment_id,
@@ -81,13 +85,49 @@ def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig
         "accuracy": last.get("accuracy"),
         "loss": last.get("loss"),
         "epsilon": last.get("epsilon", 0.0),
+        "audit": audit,
     }
     if as_json:
         _emit(out, final)
     else:
         why = f" ({reason})" if reason else ""
         print(f"experiment {experiment_id} {status} after {final['rounds']} rounds{why}", file=out)
+        if audit is not None:
+            print(_describe_audit(audit), file=out)
     return EXIT_OK
+
+
+def _audit(store: ExperimentStore, experiment_id: int, run: Any, config: ExperimentConfig) -> dict[str, Any] | None:
+    """The membership-inference audit of the final model, stored with the run; None if
+    `privacy.audit_examples` is 0. A failure is recorded as `{"error": ...}`: the run's
+    rounds and status stand either way."""
+    if config.privacy.audit_examples <= 0:
+        return None
+    try:
+        audit = run.audit(config.privacy.audit_examples)
+    except KeyboardInterrupt:  # a second interrupt: skip the audit, still record the run
+        audit = {"error": "the audit was interrupted"}
+    except Exception as error:
+        audit = {"error": f"{type(error).__name__}: {error}"}
+    if audit is None:
+        return None
+    try:
+        store.set_audit(experiment_id, audit)
+    except Exception as error:
+        audit = {"error": f"could not store the audit: {type(error).__name__}: {error}"}
+        print(f"error: {audit['error']}", file=sys.stderr)
+    return audit
+
+
+def _describe_audit(audit: dict[str, Any]) -> str:
+    """One line for the membership-inference audit (or its error)."""
+    if "error" in audit:
+        return f"privacy audit failed: {audit['error']}"
+    return (
+        f"privacy audit (membership inference, loss threshold): AUC {audit['auc']:.4f}, "
+        f"advantage {audit['advantage']:.4f} ({audit['members']} members, {audit['non_members']} non-members; "
+        "chance: AUC 0.5, advantage 0)"
+    )
 
 
 def _install_stop_signals(stop_event: threading.Event) -> None:
@@ -122,19 +162,27 @@ def _print_round(out: TextIO, row: dict[str, Any], total_rounds: int, as_json: b
     )
 
 
-def launch_worker(store: ExperimentStore, experiment_id: int) -> subprocess.Popen[bytes]:
-    """Start `cli.py worker ID` in its own session (it outlives page reruns); records its PID."""
-    log_path = Path(tempfile.gettempdir()) / f"fpl-worker-{experiment_id}.log"
+def launch_worker(store: ExperimentStore, *experiment_ids: int) -> subprocess.Popen[bytes]:
+    """Start one `cli.py worker ID [ID ...]` in its own session (it outlives page reruns).
+
+    The worker runs the experiments in the order given; its PID is recorded on every one
+    of them, so a worker that dies leaves none of them `queued` forever.
+    """
+    if not experiment_ids:
+        raise ValueError("launch_worker needs at least one experiment id")
+    suffix = f"{experiment_ids[0]}" if len(experiment_ids) == 1 else f"{experiment_ids[0]}-{experiment_ids[-1]}"
+    log_path = Path(tempfile.gettempdir()) / f"fpl-worker-{suffix}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "worker", str(experiment_id), "--db", store.url],
+            [sys.executable, str(Path(__file__).resolve()), "worker", *map(str, experiment_ids), "--db", store.url],
             cwd=Path(__file__).resolve().parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
         )
-    store.set_worker(experiment_id, process.pid)
+    for experiment_id in experiment_ids:
+        store.set_worker(experiment_id, process.pid)
     return process
 
 
@@ -170,18 +218,36 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_worker(args: argparse.Namespace) -> int:
+    """Run stored experiments one after the other, each with its own status; exit code of the last that failed."""
     store = ExperimentStore(args.db)
-    experiment = store.get_experiment(args.id)
+    exit_code = EXIT_OK
+    for position, experiment_id in enumerate(args.ids):
+        code = _work_on(store, experiment_id, waited=position > 0)
+        exit_code = code if code != EXIT_OK else exit_code
+        if code == EXIT_INTERRUPTED:  # aborted: the rest of the queue must not start
+            for left in args.ids[position + 1 :]:
+                if (queued := store.get_experiment(left)) is not None and queued.status == "queued":
+                    store.finish(left, "interrupted", error="the worker was aborted before this run started")
+            break
+    return exit_code
+
+
+def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool) -> int:
+    """Run one stored experiment; one whose stop was asked for while it `waited` behind others never starts."""
+    experiment = store.get_experiment(experiment_id)
     if experiment is None:
-        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+        print(f"error: no experiment {experiment_id} in {store.url}", file=sys.stderr)
         return EXIT_FAILED
+    if waited and experiment.stop_requested:
+        store.finish(experiment_id, "stopped", stop_reason="stopped before it started")
+        return EXIT_OK
     try:
         config = ExperimentConfig.from_dict(experiment.config)
     except ValueError as error:
-        store.finish(args.id, "failed", error=f"invalid stored config: {error}")
+        store.finish(experiment_id, "failed", error=f"invalid stored config: {error}")
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return execute(store, args.id, config, out=sys.stdout, as_json=True)
+    return execute(store, experiment_id, config, out=sys.stdout, as_json=True)
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -213,15 +279,46 @@ def command_show(args: argparse.Namespace) -> int:
         print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
         return EXIT_FAILED
     rounds = store.rounds_frame([args.id]).drop(columns=["experiment_id", "created_at"])
+    if args.privacy_report:
+        from privacy_report import render_markdown
+
+        print(render_markdown(experiment, rounds))
+        return EXIT_OK
     if args.json:
-        payload = experiment.to_json_dict()
+        payload = experiment.to_json_dict()  # includes `audit`
         payload["rounds"] = rounds.to_dict(orient="records")
         print(json.dumps(payload))
         return EXIT_OK
     _print_summary(experiment)
     if not rounds.empty:
-        print(rounds.to_string(index=False))
+        print(_rounds_table(rounds))
+    if experiment.audit is not None:
+        print(_describe_audit(experiment.audit))
     return EXIT_OK
+
+
+# Per-round privacy ledger columns (all zero / empty for a run without privacy).
+LEDGER_COLUMNS = ["epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "privacy_steps", "accountant"]
+
+
+def _rounds_table(rounds: Any) -> str:
+    """The rounds as text: metrics, then (private runs only) the privacy ledger."""
+    metrics = rounds.drop(columns=[c for c in LEDGER_COLUMNS if c in rounds.columns])
+    text = metrics.to_string(index=False, formatters={
+        "accuracy": "{:.4f}".format, "loss": "{:.4f}".format, "seconds": "{:.2f}".format,
+        "eval_seconds": "{:.2f}".format,
+    })  # fmt: skip
+    ledger = rounds[["round", *LEDGER_COLUMNS]]
+    if (ledger["accountant"] == "").all() and (ledger[LEDGER_COLUMNS[:-1]] == 0).all().all():
+        return text + "\nprivacy ledger: none (privacy.mode = none: no formal privacy guarantee)"
+    ledger_text = ledger.to_string(index=False, formatters={
+        "epsilon": "{:.4f}".format, "delta": "{:.3g}".format, "noise_multiplier": "{:.6g}".format,
+        "max_grad_norm": "{:.6g}".format, "sample_rate": "{:.6g}".format,
+    })  # fmt: skip
+    return (
+        f"{text}\nprivacy ledger (noise_multiplier = σ, max_grad_norm = C; ε from the accountant, cumulative):\n"
+        f"{ledger_text}"
+    )
 
 
 def _print_summary(e: ExperimentSummary) -> None:
@@ -233,6 +330,8 @@ def _print_summary(e: ExperimentSummary) -> None:
         print(f"  final accuracy {100 * e.final_accuracy:.2f}%  loss {e.final_loss:.4f}")
     if e.error:
         print(f"  error: {e.error}")
+    if e.stop_reason:
+        print(f"  stopped early: {e.stop_reason}")
     print("  config: " + json.dumps(e.config, sort_keys=True))
 
 
@@ -260,10 +359,13 @@ def parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="show one experiment and its rounds")
     show.add_argument("id", type=int)
+    show.add_argument(
+        "--privacy-report", action="store_true", help="print the privacy statement (Markdown) for an ethics board"
+    )
     show.set_defaults(handler=command_show)
 
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
-    worker.add_argument("id", type=int)
+    worker.add_argument("ids", type=int, nargs="+", metavar="ID", help="stored experiments, run in this order")
     worker.set_defaults(handler=command_worker)
 
     for sub in (run, listing, show, worker):

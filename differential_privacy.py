@@ -59,10 +59,13 @@ __all__ = [
     "LocalDPClient",
     "PrivacyError",
     "accountant_from_history",
+    "adapt_clip_norm",
+    "adaptive_update_noise",
     "calibrate_noise",
     "central_epsilon",
     "central_noise",
     "clip_update",
+    "count_noise_stddev",
     "epsilon_from_history",
     "local_sample_rate",
     "make_accountant",
@@ -567,3 +570,57 @@ def central_noise(
         raise ValueError(f"expected_participants must be > 0, got {expected_participants!r}")
     noise = torch.normal(0.0, noise_multiplier * max_norm, size=sum_vector.shape, generator=generator)
     return ((sum_vector.to(torch.float64) + noise.to(torch.float64)) / expected_participants).to(sum_vector.dtype)
+
+
+# -- adaptive clipping for DP-FedAvg (Andrew et al. 2021) -------------------------------------
+
+
+def count_noise_stddev(expected_participants: float) -> float:
+    """σ_b, the noise on the count of unclipped updates: expected participants / 20, the
+    setting Andrew et al. (2021) recommend (it adds about 1/400 to the update noise's variance)."""
+    if _finite("expected_participants", expected_participants) <= 0:
+        raise ValueError(f"expected_participants must be > 0, got {expected_participants!r}")
+    return expected_participants / 20.0
+
+
+def adaptive_update_noise(*, noise_multiplier: float, count_stddev: float) -> float:
+    """The update noise multiplier σ_Δ when the unclipped count is also released with std σ_b.
+
+    Andrew et al. (2021, Thm. 1): the pair is exactly as private as one Gaussian mechanism
+    with multiplier σ when σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2), so the accountant keeps using σ.
+    Needs σ < 2σ_b: with too few expected participants (σ_b = participants / 20), the count
+    would have to be released with more noise than the whole budget σ allows.
+    """
+    noise_multiplier = _check_noise_multiplier(noise_multiplier)
+    count_stddev = _check_positive("count_stddev", count_stddev)
+    remaining = noise_multiplier**-2 - (2.0 * count_stddev) ** -2 if noise_multiplier > 0 else -1.0
+    if remaining <= 0:
+        raise PrivacyError(
+            f"adaptive clipping needs σ < 2σ_b = {2 * count_stddev:.3g} (σ_b = expected participants / 20), "
+            f"got σ = {noise_multiplier:.3g}: sample more clients per round, or lower σ"
+        )
+    return remaining**-0.5
+
+
+def adapt_clip_norm(
+    clip_norm: float,
+    *,
+    unclipped_count: int,
+    expected_participants: float,
+    target_quantile: float,
+    learning_rate: float,
+    count_stddev: float,
+    generator: torch.Generator | None,
+) -> tuple[float, float]:
+    """(next clip norm, the noised unclipped fraction b̃) by the geometric rule
+    C ← C · exp(−η (b̃ − γ)), b̃ = (#{‖Δ_k‖ ≤ C} + N(0, σ_b²)) / expected participants.
+
+    C shrinks when more than the target quantile γ of updates fit under it, grows otherwise.
+    """
+    clip_norm = _check_positive("clip_norm", clip_norm)
+    if not 0.0 < _finite("target_quantile", target_quantile) < 1.0:
+        raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile!r}")
+    learning_rate = _check_positive("learning_rate", learning_rate)
+    noise = float(torch.normal(0.0, _check_positive("count_stddev", count_stddev), size=(1,), generator=generator))
+    fraction = (unclipped_count + noise) / expected_participants
+    return clip_norm * math.exp(-learning_rate * (fraction - target_quantile)), fraction

@@ -111,7 +111,14 @@ class PrivacyConfig:
     target_epsilon: float = 0.0  # > 0: calibrate σ so the whole run ends at <= this ε
     delta: float = 1e-5
     accountant: str = "rdp"
+    # > 0: after the run, a membership-inference audit of the final model on this many
+    # trained-on and as many held-out examples (privacy_audit.py); 0: no audit.
+    audit_examples: int = 1000
     max_epsilon: float = 0.0  # > 0: a budget; the run stops before a round that would exceed it
+    # central only: adapt C each round towards the target quantile of update norms (Andrew et al. 2021)
+    adaptive_clipping: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
 
     def validate(self) -> None:
         _one_of("privacy.mode", self.mode, PRIVACY_MODES, NOT_YET.get(("privacy", "mode")))
@@ -122,7 +129,13 @@ class PrivacyConfig:
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
         _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
+        _integer("privacy.audit_examples", self.audit_examples, low=0, high=100_000)
         _number("privacy.max_epsilon", self.max_epsilon, low=0.0, high=1e4)
+        _boolean("privacy.adaptive_clipping", self.adaptive_clipping)
+        _number("privacy.target_quantile", self.target_quantile, low=0.01, high=0.99)
+        _number("privacy.clip_learning_rate", self.clip_learning_rate, low=1e-4, high=10.0)
+        if self.adaptive_clipping and self.mode != "central":
+            raise ValueError(f"privacy.adaptive_clipping needs privacy.mode = 'central', got {self.mode!r}")
         if self.mode != "none" and self.target_epsilon == 0 and self.noise_multiplier == 0:
             raise ValueError(
                 "privacy.noise_multiplier must be > 0 with privacy.mode = "
@@ -274,6 +287,11 @@ def _number(name: str, value: Any, *, low: float, high: float) -> None:
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def _boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _string(name: str, value: Any) -> None:

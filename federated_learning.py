@@ -42,6 +42,7 @@ from strategies import ClientUpdate, make_strategy
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "run_experiment"]
 
 EVAL_BATCH = 1000
+AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
 WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
 # Linux forks trainers: they share this process's loaded torch and training set
 # copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
@@ -388,6 +389,7 @@ class PrivacyPlan:
     accountant: str
     max_epsilon: float  # 0: no budget
     client_sample_rate: float  # central: Poisson rate q of client sampling
+    update_noise_multiplier: float = 0.0  # central: σ_Δ on the updates (σ, or more with adaptive clipping)
 
 
 class FederatedRun:
@@ -417,6 +419,8 @@ class FederatedRun:
         self.histories: dict[int, tuple[tuple[float, float, int], ...]] = {}  # local DP, per client
         self.client_epsilons: dict[int, float] = {}
         self.stop_reason: str | None = None  # set when the run ends early (stop event, budget)
+        self.trained_clients: set[int] = set()  # every client that has trained in some round
+        self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
 
     def sample_clients(self, round_number: int) -> list[int]:
         """This round's clients, seeded per round.
@@ -432,6 +436,29 @@ class FederatedRun:
             return [int(c) for c in np.flatnonzero(generator.random(federation.num_clients) < rate)]
         chosen = generator.choice(federation.num_clients, size=federation.clients_per_round, replace=False)
         return sorted(int(c) for c in chosen)
+
+    def audit(self, num_examples: int) -> dict[str, Any] | None:
+        """A loss-threshold membership-inference audit of the current global model
+        (`privacy_audit.audit_model`): members are a seeded sample of the examples of clients
+        that have trained, non-members one of the (held-out) test split, `num_examples` each
+        at most, equally many of both. None if `num_examples` is 0 or no client has trained.
+        """
+        if num_examples < 0:
+            raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        if num_examples == 0 or not self.trained_clients:
+            return None
+        from privacy_audit import audit_model
+
+        trained = np.concatenate([self.partitions[c] for c in sorted(self.trained_clients)])
+        size = min(num_examples, len(trained), len(self.data.test_y))
+        # Its own stream: round numbers start at 1, so (seed, 0, tag) is drawn by nothing else.
+        generator = np.random.default_rng([self.config.system.seed, 0, AUDIT_SEED_TAG])
+        members = torch.from_numpy(np.sort(generator.choice(trained, size=size, replace=False)))
+        held_out = torch.from_numpy(np.sort(generator.choice(len(self.data.test_y), size=size, replace=False)))
+        return audit_model(
+            self.model, self.data.train_x[members], self.data.train_y[members],
+            self.data.test_x[held_out], self.data.test_y[held_out],
+        )  # fmt: skip
 
     def rounds(self, stop_event: StopEvent | None = None) -> Iterator[RoundResult]:
         """Run the rounds, yielding each result; ends early after a round if `stop_event` is
@@ -470,6 +497,7 @@ class FederatedRun:
                     )  # fmt: skip
                     for slot, client in enumerate(clients)
                 ]
+                clip_norm = self.clip_norm
                 if plan.mode == "central":
                     global_weights, outcomes = self._central_round(trainer, global_weights, tasks, round_number)
                 else:
@@ -481,6 +509,7 @@ class FederatedRun:
                     global_weights = self.strategy.aggregate(global_weights, updates)
                 seconds = time.perf_counter() - started
 
+                self.trained_clients.update(o.task.client_id for o in outcomes)
                 eval_started = time.perf_counter()
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
@@ -488,6 +517,7 @@ class FederatedRun:
                 yield self._round_result(
                     round_number, outcomes, accuracy=accuracy, loss=loss, seconds=seconds,
                     eval_seconds=time.perf_counter() - eval_started, transfer_bytes=transfer_bytes,
+                    clip_norm=clip_norm,
                 )  # fmt: skip
                 if stop_event is not None and stop_event.is_set():
                     self.stop_reason = "stopped on request"
@@ -498,12 +528,15 @@ class FederatedRun:
     def _central_round(
         self, trainer: Any, global_weights: torch.Tensor, tasks: list[TrainTask], round_number: int
     ) -> tuple[torch.Tensor, list[TaskOutcome]]:
-        """DP-FedAvg: clip each client's update to C, sum unweighted, add N(0, σ²C²), divide
-        by the expected participant count q·n; train in chunks of the result buffer's size."""
+        """DP-FedAvg: clip each client's update to C, sum unweighted, add N(0, σ_Δ²C²), divide
+        by the expected participant count q·n; train in chunks of the result buffer's size.
+        With adaptive clipping, C then moves towards the target quantile of update norms."""
         import differential_privacy as dp
 
-        plan, federation = self.privacy, self.config.federation
+        plan, federation, privacy = self.privacy, self.config.federation, self.config.privacy
+        clip_norm = self.clip_norm
         clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
+        unclipped = 0
         outcomes: list[TaskOutcome] = []
         slots = trainer.results.shape[0]
         for start in range(0, len(tasks), slots):
@@ -515,20 +548,28 @@ class FederatedRun:
                         "training diverged (lower the learning rate, or use more clients per round so the "
                         "server noise σC/(q·n) per weight is smaller)"
                     )
-                clipped, _norm = dp.clip_update(update, plan.max_grad_norm)
+                clipped, norm = dp.clip_update(update, clip_norm)
                 clipped_sum += clipped.to(torch.float64)
+                unclipped += norm <= clip_norm
                 outcomes.append(outcome)
         # The server's noise seed: the client-id slot one past the last client.
         generator = torch.Generator().manual_seed(
             client_seed(self.config.system.seed, round_number, federation.num_clients)
         )
+        expected = plan.client_sample_rate * federation.num_clients
         noised_mean = dp.central_noise(
             clipped_sum,
-            noise_multiplier=plan.noise_multiplier,
-            max_norm=plan.max_grad_norm,
-            expected_participants=plan.client_sample_rate * federation.num_clients,
+            noise_multiplier=plan.update_noise_multiplier,
+            max_norm=clip_norm,
+            expected_participants=expected,
             generator=generator,
         )
+        if privacy.adaptive_clipping:
+            self.clip_norm, _fraction = dp.adapt_clip_norm(
+                clip_norm, unclipped_count=unclipped, expected_participants=expected,
+                target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
+                count_stddev=dp.count_noise_stddev(expected), generator=generator,
+            )  # fmt: skip
         return (global_weights.to(torch.float64) + noised_mean).to(global_weights.dtype), outcomes
 
     def _budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
@@ -559,7 +600,7 @@ class FederatedRun:
 
     def _round_result(
         self, round_number: int, outcomes: list[TaskOutcome], *, accuracy: float, loss: float,
-        seconds: float, eval_seconds: float, transfer_bytes: int,
+        seconds: float, eval_seconds: float, transfer_bytes: int, clip_norm: float,
     ) -> RoundResult:  # fmt: skip
         plan = self.privacy
         clients = []
@@ -601,7 +642,7 @@ class FederatedRun:
             bytes_down=transfer_bytes * len(outcomes),
             clients=clients,
             noise_multiplier=plan.noise_multiplier if private else 0.0,
-            max_grad_norm=plan.max_grad_norm if private else 0.0,
+            max_grad_norm=clip_norm if private else 0.0,
             sample_rate=sample_rate,
             privacy_steps=privacy_steps,
             accountant=plan.accountant if private else "",
@@ -609,22 +650,38 @@ class FederatedRun:
 
 
 def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
-    """Resolve σ: the configured one, or calibrated so the whole run ends at <= target ε.
-
-    Local mode: every client k that the (seeded) schedule picks R_k times takes
-    R_k · local_epochs · round(1/q_k) DP-SGD steps at q_k = batch_size / N_k; one σ must
-    keep every client under the target, so it is the largest σ any client needs.
-    """
+    """Resolve σ (the configured one, or calibrated so the whole run ends at <= target ε)
+    and, for central DP, the update noise σ_Δ: σ itself, or with adaptive clipping the
+    larger σ_Δ that leaves room for the noised count at the same ε (Andrew et al. 2021)."""
     privacy, federation = config.privacy, config.federation
     rate = federation.clients_per_round / federation.num_clients
     plan = PrivacyPlan(
         mode=privacy.mode, noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
         delta=privacy.delta, accountant=privacy.accountant, max_epsilon=privacy.max_epsilon, client_sample_rate=rate,
     )  # fmt: skip
-    if privacy.mode == "none" or privacy.target_epsilon <= 0:
+    if privacy.mode == "none":
         return plan
     import differential_privacy as dp
 
+    if privacy.target_epsilon > 0:
+        plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, run, dp))
+    update_noise = plan.noise_multiplier
+    if privacy.adaptive_clipping:
+        count_stddev = dp.count_noise_stddev(rate * federation.num_clients)
+        update_noise = dp.adaptive_update_noise(noise_multiplier=plan.noise_multiplier, count_stddev=count_stddev)
+    return dataclasses.replace(plan, update_noise_multiplier=update_noise)
+
+
+def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> float:
+    """σ such that the whole run ends at <= privacy.target_epsilon.
+
+    Central: q = clients_per_round / num_clients, one step per round. Local: every client k
+    that the (seeded) schedule picks R_k times takes R_k · local_epochs · round(1/q_k)
+    DP-SGD steps at q_k = batch_size / N_k; one σ must keep every client under the
+    target, so it is the largest σ any client needs.
+    """
+    privacy, federation = config.privacy, config.federation
+    rate = federation.clients_per_round / federation.num_clients
     calibrate = functools.partial(
         dp.calibrate_noise, target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant
     )
@@ -639,7 +696,7 @@ def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
         # ε grows with both q and steps: only clients no other client dominates can need the most noise.
         frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]
         sigma = max(calibrate(sample_rate=q, steps=n) for q, n in frontier)
-    return dataclasses.replace(plan, noise_multiplier=sigma)
+    return sigma
 
 
 def run_experiment(

@@ -6,8 +6,10 @@ UI only. The sidebar form builds an `ExperimentConfig`; Start stores the experim
 and launches a worker process (`cli.launch_worker`) that runs it and writes every
 round to the database. The page never trains: fragments poll the database, so a
 reload or a second tab shows the same run. Tabs: Live (the run in progress or just
-started), History (every experiment: charts, config, re-run, export, delete) and
-Compare (overlaid curves of several experiments).
+started), History (every experiment: charts, config, re-run, a baseline without
+privacy, export, delete; the privacy–utility trade-off across runs) and Compare
+(overlaid curves of several experiments). A target-ε sweep stores one experiment per
+value and runs them in sequence in one worker.
 
 Imports stay light (no torch) so the page is interactive within seconds.
 """
@@ -15,6 +17,7 @@ Imports stay light (no torch) so the page is interactive within seconds.
 from __future__ import annotations
 
 import functools
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import make_url
 
+import privacy_report
 import visualization as viz
 from cli import launch_worker, pid_alive
 from database import ExperimentStore, ExperimentSummary, resolve_url
@@ -40,6 +44,25 @@ IDLE_REFRESH_SECONDS = 5.0  # the Live tab notices runs started from another tab
 # Streamlit's default top padding (6rem) pushes the charts below the fold of a laptop screen.
 COMPACT_TOP = "<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>"
 TABS = (":material/monitoring: Live", ":material/history: History", ":material/compare_arrows: Compare")
+MAX_SWEEP_RUNS = 20
+PRIVACY_GUIDE = """
+**ε** bounds how much one protected unit can change what training reveals: every outcome
+becomes at most e^ε times more (or less) likely with or without it. **Smaller ε = more private.**
+
+- **ε ≤ 1**: strong protection.
+- **1 – 10**: moderate; where most published DP deep learning lands.
+- **ε > 10**: weak; a formal bound that promises little in practice.
+
+**δ** is the small chance that the bound fails: keep it well below 1/N, N = examples per
+client (local) or clients (central).
+
+**What each mode protects**
+- **none**: nothing formal; model updates can leak training examples.
+- **local**: DP-SGD on every client protects **one training example**; the server only sees
+  noised updates, so it need not be trusted.
+- **central**: protects **a client's whole data** (user-level), but the server sees the clipped
+  updates before it adds the noise: clients must trust it.
+"""
 
 
 @st.cache_resource
@@ -73,16 +96,24 @@ def list_experiments(store: ExperimentStore) -> list[ExperimentSummary]:
 
 def launch(store: ExperimentStore, config: ExperimentConfig, name: str) -> int:
     """Store the experiment, start its worker, and make it the one the Live tab shows."""
-    experiment_id = store.create_experiment(config.to_dict(), name=name)
+    return launch_many(store, [(config, name)])[0]
+
+
+def launch_many(store: ExperimentStore, runs: list[tuple[ExperimentConfig, str]]) -> list[int]:
+    """Store the experiments, start one worker that runs them in order, and show the first in the Live tab."""
+    experiment_ids = [store.create_experiment(config.to_dict(), name=name) for config, name in runs]
     try:
-        handle = launch_worker(store, experiment_id)
+        handle = launch_worker(store, *experiment_ids)
     except OSError as error:
-        store.finish(experiment_id, "failed", error=f"could not start the worker: {error}")
+        for experiment_id in experiment_ids:
+            store.finish(experiment_id, "failed", error=f"could not start the worker: {error}")
         raise
-    st.session_state.setdefault("workers", {})[experiment_id] = handle
-    st.session_state["live_id"] = experiment_id
+    workers = st.session_state.setdefault("workers", {})
+    for experiment_id in experiment_ids:
+        workers[experiment_id] = handle  # one process: its exit settles every run still queued
+    st.session_state["live_id"] = experiment_ids[0]
     st.session_state["view"] = TABS[0]
-    return experiment_id
+    return experiment_ids
 
 
 # -- formatting ---------------------------------------------------------------------
@@ -128,6 +159,17 @@ def total_rounds(experiment: ExperimentSummary) -> int:
 
 def privacy_on(experiment: ExperimentSummary) -> bool:
     return experiment.config.get("privacy", {}).get("mode", "none") != "none"
+
+
+def advantage_bound(epsilon: float, delta: float) -> float:
+    """The largest membership advantage (TPR − FPR) any attack can have against an (ε, δ)-DP training run.
+
+    Both error rates of a test are bounded (TPR ≤ e^ε FPR + δ and the same for 1 − FPR), which caps TPR − FPR at
+    (e^ε − 1 + 2δ) / (e^ε + 1) (Kairouz et al. 2015).
+    """
+    if epsilon > 700:  # e^ε overflows; the bound is 1 long before
+        return 1.0
+    return min((math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1), 1.0)
 
 
 # -- sidebar ------------------------------------------------------------------------
@@ -209,6 +251,9 @@ ADVANCED_FIELDS = (
           "0 = all of it.", low=0, high=10_000_000),
     Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
           "1 = inside the worker itself.", low=0, high=256),
+    Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
+          "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
+          high=100_000),
 )  # fmt: skip
 
 
@@ -222,6 +267,9 @@ def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str,
     sections = (("DATA & MODEL", DATA_FIELDS), ("FEDERATION", FEDERATION_FIELDS), ("PRIVACY", PRIVACY_FIELDS))
     for caption, fields in sections:
         st.caption(caption)
+        if fields is PRIVACY_FIELDS:
+            with st.popover("About ε and the modes", icon=":material/help:", width="stretch"):
+                st.markdown(PRIVACY_GUIDE)
         columns = st.columns(2)
         for index, field in enumerate(fields):
             raw[field.section][field.name] = field.widget(columns[index % 2], defaults)
@@ -235,27 +283,89 @@ def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str,
     return name.strip(), raw
 
 
+def parse_epsilons(text: str) -> list[float]:
+    """`"0.5, 1, 2"` → `[0.5, 1.0, 2.0]`; a `ValueError` names the first entry that is not a number > 0."""
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("enter target ε values separated by commas, e.g. 0.5, 1, 2, 4")
+    if len(entries) > MAX_SWEEP_RUNS:
+        raise ValueError(f"at most {MAX_SWEEP_RUNS} target ε values per sweep, got {len(entries)}")
+    values = []
+    for entry in entries:
+        try:
+            value = float(entry)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not a number; every target ε must be a number > 0") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"every target ε must be a number > 0, got {entry}")
+        values.append(value)
+    return values
+
+
+def sweep_configs(base: ExperimentConfig, target_epsilons: list[float]) -> list[ExperimentConfig]:
+    """One config per target ε, otherwise `base`; each is validated (e.g. against the ε budget)."""
+    if base.privacy.mode == "none":
+        raise ValueError("a target-ε sweep needs privacy mode local or central (set Privacy above)")
+    return [base.replace("privacy", target_epsilon=value) for value in target_epsilons]
+
+
+def start_one(store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str) -> None:
+    try:
+        config = ExperimentConfig.from_dict(raw)
+    except ValueError as error:
+        st.error(f"Invalid configuration: {error}", icon=":material/block:")
+        return
+    try:
+        experiment_id = launch(store, config, name)
+    except OSError as error:
+        st.error(f"Could not start the worker: {error}", icon=":material/error:")
+        return
+    st.toast(f"Experiment #{experiment_id} started")
+
+
+def start_sweep(store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, text: str) -> None:
+    """One experiment per target ε in `text`, run one after the other by a single worker."""
+    try:
+        base = ExperimentConfig.from_dict(raw)
+    except ValueError as error:
+        st.error(f"Invalid configuration: {error}", icon=":material/block:")
+        return
+    try:
+        configs = sweep_configs(base, parse_epsilons(text))
+    except ValueError as error:
+        st.error(f"Invalid sweep: {error}", icon=":material/block:")
+        return
+    runs = [(config, f"{name or 'sweep'} · target ε {config.privacy.target_epsilon:g}") for config in configs]
+    try:
+        experiment_ids = launch_many(store, runs)
+    except OSError as error:
+        st.error(f"Could not start the worker: {error}", icon=":material/error:")
+        return
+    st.toast(f"Sweep started: {len(experiment_ids)} runs (#{experiment_ids[0]}–#{experiment_ids[-1]}), in sequence")
+
+
 def render_sidebar(store: ExperimentStore) -> None:
     with st.sidebar:
         st.header("New experiment")
         with st.form("experiment_form", border=False):
             name, raw = config_widgets(ExperimentConfig())
-            submitted = st.form_submit_button(
+            sweep_text = st.text_input(
+                "Target ε values, comma separated", key="sweep_epsilons", placeholder="e.g. 0.5, 1, 2, 4, 8",
+                help="For a privacy–utility curve: **Sweep** starts one run per value (the settings above with that "
+                "target ε), one after the other. History then plots accuracy against ε.",
+            )  # fmt: skip
+            start_column, sweep_column = st.columns(2)
+            submitted = start_column.form_submit_button(
                 "Start", icon=":material/play_arrow:", type="primary", key="start", width="stretch"
             )
-        if not submitted:
-            return
-        try:
-            config = ExperimentConfig.from_dict(raw)
-        except ValueError as error:
-            st.error(f"Invalid configuration: {error}", icon=":material/block:")
-            return
-        try:
-            experiment_id = launch(store, config, name)
-        except OSError as error:
-            st.error(f"Could not start the worker: {error}", icon=":material/error:")
-            return
-        st.toast(f"Experiment #{experiment_id} started")
+            swept = sweep_column.form_submit_button(
+                "Sweep", icon=":material/stacked_line_chart:", key="sweep", width="stretch",
+                help="One run per target ε listed above, in sequence (privacy mode local or central).",
+            )  # fmt: skip
+        if submitted:
+            start_one(store, raw, name)
+        elif swept:
+            start_sweep(store, raw, name, sweep_text)
 
 
 # -- one experiment ------------------------------------------------------------------
@@ -265,7 +375,7 @@ def progress_text(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
     """`Round k/N · status · ETA` while active (mean train + eval seconds per round so far), else the duration."""
     text = f"Round {experiment.rounds_done}/{total_rounds(experiment)} · {experiment.status}"
     if experiment.status == "queued":
-        return f"{text} · starting the worker…"
+        return f"{text} · waiting for its worker…"  # starting, or busy with the runs before it (a sweep)
     if experiment.status == "running" and rounds.empty:
         return f"{text} · loading data and partitioning…"
     if experiment.status == "running":
@@ -320,18 +430,61 @@ def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
     columns[4].metric("Data exchanged", format_bytes(bytes_total), border=True)
 
 
+def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+    """The membership-inference audit of the final model as metrics, and the privacy report to download."""
+    audit = experiment.audit or {}
+    if not privacy_on(experiment) and not audit:
+        return
+    columns = st.columns(5, vertical_alignment="center")
+    if "auc" in audit:
+        sample = f"{audit.get('members', '?')} trained-on and {audit.get('non_members', '?')} held-out examples"
+        columns[0].metric(
+            "Attack AUC", f"{audit['auc']:.3f}", border=True,
+            help=f"Membership inference (loss threshold) on {sample}: 0.5 = the attacker cannot tell them apart, "
+            "1 = it always can. One simple attack gives a lower bound on leakage, never a proof of privacy.",
+        )  # fmt: skip
+        bound = ""
+        if privacy_on(experiment) and experiment.final_epsilon is not None and not rounds.empty:
+            epsilon, delta = experiment.final_epsilon, float(rounds.iloc[-1].delta)
+            limit = advantage_bound(epsilon, delta)
+            bound = f" (ε, δ) = ({epsilon:.3g}, {delta:.0e}) allows any attack at most {limit:.3f}."
+        columns[1].metric(
+            "Attack advantage", f"{audit['advantage']:.3f}", border=True,
+            help=f"Best TPR − FPR over loss thresholds (Yeom et al. 2018): 0 = no better than guessing.{bound}",
+        )  # fmt: skip
+    elif "error" in audit:
+        columns[0].caption(f"Privacy audit failed: {audit['error']}")
+    elif privacy_on(experiment) and experiment.status not in ACTIVE_STATUSES:
+        columns[0].caption("No privacy audit stored for this run.")
+    try:
+        report = privacy_report.render_markdown(experiment, rounds)
+    except Exception as error:  # a report bug must not take the run's page down
+        columns[4].caption(f"Privacy report unavailable: {type(error).__name__}: {error}")
+        return
+    columns[4].download_button(
+        "Privacy report (.md)", report, file_name=privacy_report.report_filename(experiment),
+        mime="text/markdown", icon=":material/download:", key=f"{where}-privacy-report", on_click="ignore",
+        width="stretch", help="The guarantee in words, the ε ledger and the audit, for a paper or a review.",
+    )  # fmt: skip
+
+
 def render_charts(store: ExperimentStore, experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
-    """Two charts per row: accuracy, loss, per-client loss, labels per client, bytes, seconds (and ε)."""
-    figures = {
-        "accuracy": viz.accuracy_figure(rounds),
+    """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
+    seconds."""
+    figures = {"accuracy": viz.accuracy_figure(rounds)}
+    if privacy_on(experiment):
+        privacy = experiment.config["privacy"]
+        figures["epsilon"] = viz.epsilon_figure(
+            rounds, budget=privacy.get("max_epsilon"), target=privacy.get("target_epsilon"),
+            last_round=total_rounds(experiment),
+        )  # fmt: skip
+    figures |= {
         "loss": viz.loss_figure(rounds),
         "client-loss": viz.client_loss_figure(store.client_rounds_frame(experiment.id)),
         "labels": viz.label_heatmap(experiment.label_counts),
         "bytes": viz.bytes_figure(rounds),
         "time": viz.time_figure(rounds),
     }
-    if privacy_on(experiment):
-        figures["epsilon"] = viz.epsilon_figure(rounds)
     names = list(figures)
     for start in range(0, len(names), 2):
         for column, name in zip(st.columns(2), names[start : start + 2]):
@@ -349,6 +502,7 @@ def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: s
     rounds = store.rounds_frame([experiment.id])
     render_status(store, experiment, rounds, where)
     render_metrics(experiment, rounds)
+    render_privacy(experiment, rounds, where)
     render_charts(store, experiment, rounds, where)
 
 
@@ -356,9 +510,9 @@ def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: s
 
 
 def pick_live(experiments: list[ExperimentSummary], live_id: int | None) -> ExperimentSummary | None:
-    """The run this session started while it is active, else the newest active run, else the latest run."""
+    """The run this session started while it is active, else the newest running (then queued) run, else the latest."""
     by_id = {experiment.id: experiment for experiment in experiments}
-    active = [experiment for experiment in experiments if experiment.status in ACTIVE_STATUSES]
+    active = [e for status in ("running", "queued") for e in experiments if e.status == status]
     if live_id in by_id and by_id[live_id].status in ACTIVE_STATUSES:
         return by_id[live_id]
     if active:
@@ -405,10 +559,46 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
             "Clients": federation.get("num_clients"),
             "Rounds": f"{experiment.rounds_done}/{federation.get('rounds', '?')}",
             "Final accuracy": experiment.final_accuracy,
+            "Privacy": experiment.config.get("privacy", {}).get("mode", "none"),
+            "Final ε": experiment.final_epsilon if privacy_on(experiment) else None,
             "Duration": format_seconds(experiment.duration_seconds),
             "Created (UTC)": experiment.created_at,
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def privacy_points(experiments: list[ExperimentSummary]) -> pd.DataFrame:
+    """Final ε, accuracy and audit of every private run that ended with results (completed, or stopped by its
+    budget or on request), one row each, for `viz.privacy_utility_figure` and `viz.audit_figure`."""
+    columns = ["experiment_id", "label", "name", "mode", "epsilon", "accuracy", "auc", "advantage"]
+    rows = []
+    for experiment in experiments:
+        ended = experiment.status in ("completed", "stopped")
+        if not (privacy_on(experiment) and ended and experiment.final_epsilon is not None):
+            continue
+        audit = experiment.audit or {}
+        rows.append([
+            experiment.id, f"#{experiment.id}", describe(experiment), experiment.config["privacy"]["mode"],
+            experiment.final_epsilon, experiment.final_accuracy, audit.get("auc"), audit.get("advantage"),
+        ])  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def render_privacy_utility(experiments: list[ExperimentSummary]) -> None:
+    """Accuracy and membership-inference AUC against ε across private runs (nothing without any)."""
+    points = privacy_points(experiments)
+    if points.empty:
+        return
+    with st.expander("Privacy vs utility across experiments", icon=":material/insights:", expanded=True):
+        left, right = st.columns(2)
+        left.plotly_chart(viz.privacy_utility_figure(points), key="privacy-utility", config={"displaylogo": False})
+        if points["auc"].notna().any():
+            right.plotly_chart(viz.audit_figure(points), key="privacy-audit", config={"displaylogo": False})
+        else:
+            right.info("No membership-inference audits yet: runs audit their final model when Advanced → Audit "
+                       "examples is above 0.", icon=":material/policy:")  # fmt: skip
+        st.caption("ε is per training example for local DP and per client for central DP: compare runs of one mode. "
+                   "A target-ε sweep (sidebar) traces the curve for one configuration.")  # fmt: skip
 
 
 def select_from_table(ids: list[int]) -> None:
@@ -427,6 +617,25 @@ def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> N
     st.session_state["flash"] = ("success", f"Started #{new_id}, a re-run of #{experiment.id}.")
 
 
+def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    """Start this private experiment's config with `privacy.mode = "none"` (same seed) and compare the two."""
+    try:
+        config = ExperimentConfig.from_dict(experiment.config)
+        changes: dict[str, Any] = {"mode": "none"}
+        if getattr(config.privacy, "adaptive_clipping", False):
+            changes["adaptive_clipping"] = False  # a DP-FedAvg option, invalid without privacy
+        config = config.replace("privacy", **changes)
+        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} without privacy")
+    except (ValueError, OSError) as error:
+        st.session_state["flash"] = ("error", f"Cannot start a baseline for #{experiment.id}: {error}")
+        return
+    st.session_state["compare_ids"] = [experiment.id, new_id]
+    st.session_state["view"] = TABS[2]
+    st.session_state["flash"] = (
+        "success", f"Started #{new_id}: #{experiment.id} without privacy, same seed. The gap is the cost of privacy.",
+    )  # fmt: skip
+
+
 def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
     store.delete_experiment(experiment_id)
     st.session_state.pop("history_selected", None)
@@ -440,6 +649,12 @@ def render_actions(store: ExperimentStore, experiment: ExperimentSummary) -> Non
         "Re-run", icon=":material/replay:", key="rerun", on_click=rerun_experiment, args=(store, experiment),
         help="Start a new experiment with this one's stored configuration.",
     )  # fmt: skip
+    if privacy_on(experiment):
+        actions.button(
+            "Run without privacy", icon=":material/lock_open:", key="baseline", on_click=run_baseline,
+            args=(store, experiment), help="Start this configuration with privacy off (same seed) and overlay both "
+            "in Compare: the gap is what privacy costs in accuracy.",
+        )  # fmt: skip
     actions.download_button(
         "Rounds CSV", store.rounds_frame([experiment.id]).to_csv(index=False), icon=":material/download:",
         file_name=f"experiment-{experiment.id}-rounds.csv", mime="text/csv", key="download_csv", on_click="ignore",
@@ -465,11 +680,13 @@ def render_history(store: ExperimentStore, experiments: list[ExperimentSummary])
         column_config={
             "ID": st.column_config.NumberColumn(width="small", format="%d"),
             "Final accuracy": st.column_config.NumberColumn(format="percent"),
+            "Final ε": st.column_config.NumberColumn(format="%.3g"),
             "Created (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
         },
     )  # fmt: skip
     if st.session_state.get("history_selected") not in by_id:
         st.session_state["history_selected"] = ids[0]
+    render_privacy_utility(experiments)
     selected = st.selectbox(
         "Experiment", ids, key="history_selected",
         format_func=lambda eid: f"{describe(by_id[eid])} · {by_id[eid].status}",
@@ -497,7 +714,9 @@ def config_differences(experiments: list[ExperimentSummary]) -> pd.DataFrame:
 
 
 def render_compare(store: ExperimentStore, experiments: list[ExperimentSummary]) -> None:
-    by_id = {experiment.id: experiment for experiment in experiments if experiment.rounds_done > 0}
+    by_id = {e.id: e for e in experiments if e.rounds_done > 0 or e.status in ACTIVE_STATUSES}
+    if "compare_ids" in st.session_state:  # drop deleted runs (a baseline may have been chosen before it began)
+        st.session_state["compare_ids"] = [eid for eid in st.session_state["compare_ids"] if eid in by_id]
     chosen = st.multiselect(
         "Experiments to compare", list(by_id), key="compare_ids", max_selections=10,
         format_func=lambda eid: describe(by_id[eid]), placeholder="Choose two or more experiments",
@@ -505,13 +724,27 @@ def render_compare(store: ExperimentStore, experiments: list[ExperimentSummary])
     if not chosen:
         st.info("Pick experiments above to overlay their accuracy and loss curves.", icon=":material/north:")
         return
-    rounds = store.rounds_frame(chosen)
-    labels = {eid: describe(by_id[eid]) for eid in chosen}
+    shown = {eid: by_id[eid].status for eid in chosen}
+    active = any(status in ACTIVE_STATUSES for status in shown.values())
+    st.fragment(run_every=LIVE_REFRESH_SECONDS if active else None)(compare_view)(store, shown)
+
+
+def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
+    """Overlaid curves, read fresh while one of the runs is still going (e.g. a baseline without privacy)."""
+    chosen = [store.get_experiment(eid) for eid in shown]
+    if any(e is None or e.status != shown[e.id] for e in chosen):
+        st.rerun()  # one started, ended or was deleted: redraw the page
+    rounds = store.rounds_frame(list(shown))
+    labels = {e.id: describe(e) for e in chosen}
     left, right = st.columns(2)
     left.plotly_chart(viz.accuracy_figure(rounds, labels), key="compare-accuracy", config={"displaylogo": False})
     right.plotly_chart(viz.loss_figure(rounds, labels), key="compare-loss", config={"displaylogo": False})
+    private = [e.id for e in chosen if privacy_on(e)]
+    if private:
+        epsilon = viz.epsilon_figure(rounds[rounds["experiment_id"].isin(private)], labels)
+        st.columns(2)[0].plotly_chart(epsilon, key="compare-epsilon", config={"displaylogo": False})
     st.markdown("**What differs**")
-    st.dataframe(config_differences([by_id[eid] for eid in chosen]), width="stretch")
+    st.dataframe(config_differences(chosen), width="stretch")
     st.download_button(
         "Rounds CSV", rounds.to_csv(index=False), icon=":material/download:", file_name="compared-rounds.csv",
         mime="text/csv", key="download_compare_csv", on_click="ignore",

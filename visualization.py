@@ -6,6 +6,9 @@ Pure functions with no Streamlit and no I/O, so they are tested on hand-made fra
     accuracy_figure(rounds, labels={3: "#3 cnn", 4: "#4 mlp"})  # one line per experiment
     client_loss_figure(store.client_rounds_frame(3))            # one line per client
     label_heatmap(experiment.label_counts)                      # clients x classes
+    epsilon_figure(rounds, budget=4.0, target=3.0, last_round=20)  # ε with dashed limits
+    privacy_utility_figure(points)   # final accuracy vs final ε, one point per private run
+    audit_figure(points)             # membership-inference AUC vs final ε
 
 Every figure shares one look (`_style`): white template, compact margins, a
 horizontal legend above the plot, and an annotation instead of an empty plot.
@@ -46,13 +49,122 @@ def loss_figure(
 
 
 def epsilon_figure(
-    rounds: pd.DataFrame, labels: Mapping[int, str] | None = None, *, title: str = "Privacy budget spent (ε)"
+    rounds: pd.DataFrame,
+    labels: Mapping[int, str] | None = None,
+    *,
+    budget: float | None = None,
+    target: float | None = None,
+    last_round: int | None = None,
+    title: str = "Privacy budget spent (ε)",
 ) -> go.Figure:
-    """Cumulative ε per round; one line per `experiment_id`."""
+    """Cumulative ε per round; one line per `experiment_id`.
+
+    `budget` (the run stops before exceeding it) and `target` (σ was calibrated to end
+    there) add a horizontal dashed / dotted line when > 0, drawn from round 1 to
+    `last_round` (the planned rounds; default: the last recorded one).
+    """
     figure = _per_experiment_lines(rounds, "epsilon", labels)
+    if not rounds.empty:
+        end = max(int(rounds["round"].max()), last_round or 0, 2)  # a line needs two distinct x
+        limits = (("target ε", target, "dot", "#6b7280"), ("budget ε", budget, "dash", "#dc2626"))
+        for name, value, dash, color in limits:
+            if value is not None and value > 0:
+                figure.add_trace(
+                    go.Scatter(
+                        x=[1, end],
+                        y=[value, value],
+                        mode="lines",
+                        name=f"{name} = {value:g}",
+                        line={"color": color, "width": 1.5, "dash": dash},
+                        hoverinfo="skip",
+                    )
+                )
+        if labels is None and rounds["experiment_id"].nunique() == 1:
+            figure.data[0].name = "ε spent"  # beside the limits, "#7" would say nothing
+        figure.update_layout(showlegend=len(figure.data) > 1)
     _style(figure, title=title, x_title="round", y_title="ε", empty=rounds.empty)
     figure.update_yaxes(rangemode="tozero")
     return figure
+
+
+MODE_COLORS = {"local": PALETTE[0], "central": PALETTE[1]}
+
+
+def privacy_utility_figure(points: pd.DataFrame, *, title: str = "Privacy vs utility") -> go.Figure:
+    """Final test accuracy (y) against final ε (x), one marker per private experiment.
+
+    `points` has columns experiment_id, label (the text beside the marker), name (for
+    the hover), mode (local | central: one colour each), epsilon, accuracy; rows with
+    a missing epsilon or accuracy are left out.
+    """
+    usable = points.dropna(subset=["epsilon", "accuracy"]) if not points.empty else points
+    figure = _points_by_mode(usable, "accuracy", "accuracy %{y:.2%}")
+    _style(figure, title=title, x_title="final ε", y_title="final accuracy",
+           empty=usable.empty, x_is_round=False)  # fmt: skip
+    figure.update_yaxes(tickformat=".0%")
+    if not usable.empty:
+        _headroom(figure, 0.0, float(usable["accuracy"].max()))
+    _epsilon_axis(figure, usable)
+    return figure
+
+
+def audit_figure(points: pd.DataFrame, *, title: str = "Membership inference vs ε") -> go.Figure:
+    """Membership-inference AUC (y) against final ε (x), one marker per audited private run.
+
+    Same `points` as `privacy_utility_figure` plus an `auc` column; rows without an
+    audit (auc missing) are left out. A dashed line marks AUC 0.5, a guessing attacker.
+    """
+    usable = points.dropna(subset=["epsilon", "auc"]) if not points.empty and "auc" in points else points.iloc[:0]
+    figure = _points_by_mode(usable, "auc", "AUC %{y:.3f}")
+    _style(figure, title=title, x_title="final ε", y_title="attack AUC",
+           empty=usable.empty, x_is_round=False)  # fmt: skip
+    if not usable.empty:
+        _headroom(figure, min(0.5, float(usable["auc"].min())), max(0.5, float(usable["auc"].max())))
+        figure.add_hline(
+            y=0.5, line={"color": "#6b7280", "dash": "dash", "width": 1},
+            annotation_text="guessing (0.5)", annotation_position="bottom right",
+        )  # fmt: skip
+    _epsilon_axis(figure, usable)
+    return figure
+
+
+def _points_by_mode(points: pd.DataFrame, column: str, value_hover: str) -> go.Figure:
+    figure = go.Figure()
+    if points.empty:
+        return figure
+    for index, (mode, rows) in enumerate(points.sort_values("epsilon").groupby("mode", sort=True)):
+        figure.add_trace(
+            go.Scatter(
+                x=rows["epsilon"].to_numpy(dtype=float),
+                y=rows[column].to_numpy(dtype=float),
+                mode="markers+text",
+                name=f"{mode} DP",
+                text=rows["label"].tolist(),
+                textposition="top center",
+                cliponaxis=False,  # a label above the highest point stays readable
+                customdata=rows["name"].tolist(),
+                marker={"color": MODE_COLORS.get(str(mode), PALETTE[(index + 2) % len(PALETTE)]), "size": 10},
+                hovertemplate="%{customdata}<br>ε %{x:.3g} · " + value_hover + "<extra>%{fullData.name}</extra>",
+            )
+        )
+    return figure
+
+
+def _headroom(figure: go.Figure, low: float, high: float) -> None:
+    """A y range from `low` with room above `high` for the point labels (which sit above the markers)."""
+    span = max(high - low, 0.02)
+    figure.update_yaxes(range=[low - 0.05 * span if low > 0 else low, high + 0.25 * span])
+
+
+def _epsilon_axis(figure: go.Figure, points: pd.DataFrame) -> None:
+    """A log ε axis once the values span 10x or more (sweeps go 0.5 … 8), else linear from 0."""
+    if points.empty:
+        return
+    low, high = float(points["epsilon"].min()), float(points["epsilon"].max())
+    if low > 0 and high / low >= 10:
+        figure.update_xaxes(type="log", title_text="final ε (log scale)")
+    else:
+        figure.update_xaxes(rangemode="tozero")
 
 
 def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training loss per client") -> go.Figure:

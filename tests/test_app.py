@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ COMPARE = ":material/compare_arrows: Compare"
 NUMBER_KEYS = [
     "dirichlet_alpha", "num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
     "learning_rate", "seed", "max_train_examples", "max_test_examples", "num_workers",
-    "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta",
+    "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta", "audit_examples",
 ]  # fmt: skip
 SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant"]
 TINY = {
@@ -58,12 +59,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ExperimentStore:
 
 
 @pytest.fixture
-def no_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Replace the worker launch; returns the experiment ids that would have started."""
-    launched: list[int] = []
+def no_workers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Replace the worker launch; returns one tuple of experiment ids per worker that would have started."""
+    launched: list[tuple[int, ...]] = []
 
-    def launch(store: ExperimentStore, experiment_id: int) -> IdleWorker:
-        launched.append(experiment_id)
+    def launch(store: ExperimentStore, *experiment_ids: int) -> IdleWorker:
+        launched.append(experiment_ids)
         return IdleWorker()
 
     monkeypatch.setattr(cli, "launch_worker", launch)
@@ -82,22 +83,29 @@ def fill(app: AppTest, values: dict) -> None:
         widget.set_value(value)
 
 
-def fabricate(store: ExperimentStore, *, rounds: int = 2, status: str = "completed", accuracy: float = 0.9, **config):
-    """A finished (or running) experiment with `rounds` recorded rounds of 2 clients."""
+def fabricate(
+    store: ExperimentStore, *, rounds: int = 2, status: str = "completed", accuracy: float = 0.9,
+    epsilon: float = 0.0, audit: dict | None = None, name: str = "", **config,
+):  # fmt: skip
+    """A finished (or running) experiment with `rounds` recorded rounds of 2 clients; ε grows linearly to `epsilon`."""
     base = {"model": {"name": "mlp"}, "federation": {"num_clients": 2, "clients_per_round": 2, "rounds": 3}}
     overrides = [f"{key}={value}" for key, value in config.items()]
-    experiment_id = store.create_experiment(ExperimentConfig.from_dict(base).with_overrides(overrides).to_dict())
+    config_dict = ExperimentConfig.from_dict(base).with_overrides(overrides).to_dict()
+    experiment_id = store.create_experiment(config_dict, name=name)
     store.mark_running(experiment_id)  # this process: alive, so never marked interrupted
     store.set_label_counts(experiment_id, [[3, 1, 0], [0, 2, 5]])
     for number in range(1, rounds + 1):
         store.record_round(experiment_id, {
             "round": number, "accuracy": accuracy * number / rounds, "loss": 2.0 / number, "seconds": 1.0,
-            "eval_seconds": 0.5, "bytes_up": 1_000, "bytes_down": 2_000,
+            "eval_seconds": 0.5, "bytes_up": 1_000, "bytes_down": 2_000, "epsilon": epsilon * number / rounds,
+            "delta": 1e-5 if epsilon else 0.0,
             "clients": [{"id": c, "num_examples": 30, "steps": 3, "loss": 1.0 / number + c} for c in range(2)],
         })  # fmt: skip
+    if audit is not None:
+        store.set_audit(experiment_id, audit)
     if status != "running":
         store.finish(experiment_id, status, error="boom: out of memory" if status == "failed" else None,
-                     final={"accuracy": accuracy})  # fmt: skip
+                     final={"accuracy": accuracy, "epsilon": epsilon})  # fmt: skip
     return experiment_id
 
 
@@ -244,7 +252,7 @@ def test_failed_run_shows_its_status_and_error(store):
 
 def test_worker_that_exits_before_starting_fails_its_run(store, monkeypatch):
     failing_worker = [sys.executable, "-c", "raise SystemExit(3)"]
-    monkeypatch.setattr(cli, "launch_worker", lambda store, experiment_id: subprocess.Popen(failing_worker))
+    monkeypatch.setattr(cli, "launch_worker", lambda store, *experiment_ids: subprocess.Popen(failing_worker))
     app = page()
     fill(app, TINY)
     app.button(key="start").click().run()
@@ -299,7 +307,7 @@ def test_rerun_starts_a_new_experiment_with_the_same_config(store, no_workers):
     app.button(key="rerun").click().run()
 
     newest = store.list_experiments()[0]
-    assert newest.id != original and no_workers == [newest.id]
+    assert newest.id != original and no_workers == [(newest.id,)]
     assert newest.config == store.get_experiment(original).config
     assert app.session_state["view"] == LIVE
     assert app.success[0].value == f"Started #{newest.id}, a re-run of #{original}."
@@ -329,6 +337,161 @@ def test_compare_overlays_the_accuracy_of_the_chosen_experiments(store):
     assert len(loss) == 2
     differences = app.dataframe[0].value
     assert differences.loc["federation.local_epochs"].tolist() == ["1", "3"]
+
+
+# -- privacy: budget, audit, report, baseline, sweep -------------------------------------
+
+
+LOCAL = {"privacy.mode": '"local"', "privacy.target_epsilon": 3.0, "privacy.max_epsilon": 4.0}
+AUDIT = {  # as privacy_audit.audit_model returns it
+    "auc": 0.52, "advantage": 0.04, "threshold": 0.3, "members": 100, "non_members": 100,
+    "member_loss": 0.35, "non_member_loss": 0.37, "attack": "loss threshold (Yeom et al. 2018)",
+}  # fmt: skip
+
+
+def test_private_run_shows_epsilon_beside_accuracy_with_target_and_budget_lines(store):
+    fabricate(store, rounds=2, status="running", epsilon=2.0, **LOCAL)
+
+    app = page()
+
+    traces = chart_traces(app)
+    assert len(traces) == 7
+    curve, target, budget = traces[1]  # second chart, beside accuracy
+    assert curve["y"] == pytest.approx([1.0, 2.0])
+    assert (target["name"], target["x"], target["y"]) == ("target ε = 3", [1, 3], [3.0, 3.0])  # to the planned round
+    assert (budget["name"], budget["x"], budget["y"]) == ("budget ε = 4", [1, 3], [4.0, 4.0])
+
+
+def test_private_run_shows_its_audit_and_the_most_any_attack_could_achieve(store):
+    # e^ε = 3 and δ = 1e-5: no attack can beat TPR − FPR = (3 − 1 + 2e-5) / (3 + 1) ≈ 0.500
+    fabricate(store, epsilon=math.log(3), audit=AUDIT, **{"privacy.mode": '"central"'})
+
+    app = page()
+
+    metrics = {metric.label: metric for metric in app.metric}
+    assert metrics["Attack AUC"].value == "0.520" and "100 trained-on and 100 held-out" in metrics["Attack AUC"].help
+    assert metrics["Attack advantage"].value == "0.040"
+    assert metrics["Attack advantage"].help.endswith("allows any attack at most 0.500.")
+
+
+def test_failed_audit_is_reported_instead_of_metrics(store):
+    fabricate(store, epsilon=1.0, audit={"error": "ValueError: no held-out data"}, **LOCAL)
+
+    app = page()
+
+    assert "Privacy audit failed: ValueError: no held-out data" in [caption.value for caption in app.caption]
+    assert not [metric for metric in app.metric if metric.label.startswith("Attack")]
+
+
+def test_private_run_offers_its_privacy_report(store):
+    fabricate(store, epsilon=1.0, audit=AUDIT, **LOCAL)
+
+    app = page()
+
+    assert not app.exception
+    labels = [button.proto.label for button in app.get("download_button")]
+    assert labels == ["Privacy report (.md)"]
+
+
+def test_history_plots_accuracy_and_attack_auc_against_epsilon_of_private_runs(store):
+    local = fabricate(store, accuracy=0.7, epsilon=1.0, audit=AUDIT, **LOCAL)
+    central = fabricate(store, accuracy=0.8, epsilon=4.0, **{"privacy.mode": '"central"'})  # not audited
+    fabricate(store, accuracy=0.6, epsilon=2.0, status="failed", **LOCAL)  # no result: not plotted
+    fabricate(store, accuracy=0.95)  # no privacy: not plotted, selected in the history
+
+    app = page(HISTORY)
+
+    utility, audit = chart_traces(app)[:2]
+    by_mode = {trace["name"]: trace for trace in utility}
+    assert (by_mode["local DP"]["x"], by_mode["local DP"]["y"]) == ([1.0], [0.7])
+    assert (by_mode["central DP"]["x"], by_mode["central DP"]["y"]) == ([4.0], [0.8])
+    assert (by_mode["local DP"]["text"], by_mode["central DP"]["text"]) == ([f"#{local}"], [f"#{central}"])
+    assert [(trace["name"], trace["x"], trace["y"]) for trace in audit] == [("local DP", [1.0], [0.52])]
+    table = app.dataframe[0].value
+    assert table["Privacy"].tolist() == ["none", "local", "central", "local"]
+    assert table["Final ε"].tolist()[1:] == [2.0, 4.0, 1.0]
+    assert "baseline" not in [button.key for button in app.button]  # the selected run has no privacy to remove
+
+
+def test_history_without_private_runs_has_no_privacy_chart(store):
+    fabricate(store)
+
+    app = page(HISTORY)
+
+    assert len(chart_traces(app)) == 6  # only the selected run's charts
+
+
+def test_run_without_privacy_starts_the_same_config_without_privacy_and_compares(store, no_workers):
+    private = fabricate(store, epsilon=2.0, name="dp", **{**LOCAL, "system.seed": 7})
+    app = page(HISTORY)
+
+    app.button(key="baseline").click().run()
+
+    baseline = store.list_experiments()[0]
+    assert baseline.id != private and no_workers == [(baseline.id,)]
+    original = store.get_experiment(private).config
+    assert baseline.config["privacy"]["mode"] == "none" and baseline.config["system"]["seed"] == 7
+    assert {**baseline.config, "privacy": {**baseline.config["privacy"], "mode": "local"}} == original
+    assert baseline.name == "dp without privacy"
+    assert app.session_state["view"] == COMPARE and not app.exception
+    assert app.multiselect(key="compare_ids").value == [private, baseline.id]
+    accuracy, _, epsilon = chart_traces(app)  # the baseline has no rounds yet; ε only for the private run
+    assert len(accuracy) == 1 and epsilon[0]["y"] == pytest.approx([1.0, 2.0])
+
+
+def test_sweep_stores_one_experiment_per_target_epsilon_for_one_worker(store, no_workers):
+    app = page()
+    fill(app, {**TINY, "privacy_mode": "central", "max_epsilon": 10.0})
+    app.text_input(key="sweep_epsilons").set_value(" 0.5, 2,8 ")
+
+    app.button(key="sweep").click().run()
+
+    experiments = store.list_experiments()[::-1]  # in the order they run
+    assert [e.config["privacy"]["target_epsilon"] for e in experiments] == [0.5, 2.0, 8.0]
+    assert {(e.config["privacy"]["mode"], e.config["privacy"]["max_epsilon"], e.config["model"]["name"])
+            for e in experiments} == {("central", 10.0, "mlp")}  # fmt: skip
+    assert [e.name for e in experiments] == ["sweep · target ε 0.5", "sweep · target ε 2", "sweep · target ε 8"]
+    assert no_workers == [tuple(e.id for e in experiments)]
+    assert not app.exception and app.session_state["live_id"] == experiments[0].id
+
+
+@pytest.mark.parametrize(
+    ("text", "settings", "message"),
+    [
+        ("1, two", {}, "'two' is not a number; every target ε must be a number > 0"),
+        ("1, -2", {}, "every target ε must be a number > 0, got -2"),
+        ("0", {}, "every target ε must be a number > 0, got 0"),
+        (" , ", {}, "enter target ε values separated by commas, e.g. 0.5, 1, 2, 4"),
+        ("1, 2", {"privacy_mode": "none"}, "a target-ε sweep needs privacy mode local or central (set Privacy above)"),
+        ("2, 8", {"max_epsilon": 4.0}, "privacy.max_epsilon (4.0) is below privacy.target_epsilon (8.0)"),
+    ],
+)
+def test_invalid_sweep_shows_the_error_and_writes_nothing(store, no_workers, text, settings, message):
+    app = page()
+    fill(app, {"privacy_mode": "local", **settings})
+    app.text_input(key="sweep_epsilons").set_value(text)
+
+    app.button(key="sweep").click().run()
+
+    assert [error.value for error in app.sidebar.error] == [f"Invalid sweep: {message}"]
+    assert store.list_experiments() == [] and no_workers == []
+
+
+def test_worker_runs_its_experiments_in_order_each_with_its_own_status(store):
+    """No training needed: a stored config that no longer validates fails, a run stopped while queued never starts."""
+    broken = ExperimentConfig().to_dict()
+    broken["federation"]["rounds"] = 0
+    first, stopped = store.create_experiment(broken), store.create_experiment(ExperimentConfig().to_dict())
+    store.request_stop(stopped)
+
+    code = cli.main(["worker", str(first), "999", str(stopped), "--db", store.url])
+
+    assert code == cli.EXIT_FAILED  # the last failure: experiment 999 does not exist; the others still ran
+    failed = store.get_experiment(first)
+    assert failed.status == "failed" and failed.error.startswith("invalid stored config: federation.rounds")
+    later = store.get_experiment(stopped)
+    assert (later.status, later.stop_reason, later.rounds_done) == ("stopped", "stopped before it started", 0)
+    assert failed.finished_at <= later.finished_at
 
 
 def test_page_imports_no_torch(tmp_path):

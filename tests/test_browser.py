@@ -1,7 +1,8 @@
 """The page in a real browser: `streamlit run main.py` driven by headless Chromium.
 
-Sets a tiny configuration in the sidebar, presses Start, waits for the charts and
-the end of the run, and saves docs/screenshot.png. Needs /usr/bin/chromium: the test
+Sets a tiny private configuration in the sidebar (local DP, target ε 3, budget 4),
+presses Start, waits for the charts (the ε curve beside accuracy) and the end of the
+run, and saves docs/screenshot.png. Needs /usr/bin/chromium: the test
 fails without it on CI (CI=true) and is skipped elsewhere.
 """
 
@@ -75,7 +76,7 @@ def server_url(tmp_path: Path):
         log.close()
 
 
-def test_start_a_tiny_run_and_watch_it_complete(server_url: str) -> None:
+def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing (apt-get install chromium)"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
@@ -93,6 +94,9 @@ def test_start_a_tiny_run_and_watch_it_complete(server_url: str) -> None:
             choose(page, "partition", "dirichlet")
             for key, value in {"num_clients": 2, "clients_per_round": 2, "rounds": 2, "local_epochs": 3}.items():
                 fill(page, key, value)
+            choose(page, "privacy_mode", "local")
+            for key, value in {"target_epsilon": 3, "max_epsilon": 4}.items():
+                fill(page, key, value)
             advanced = page.locator("[data-testid='stForm'] [data-testid='stExpander'] summary")
             advanced.click()
             for key, value in {"max_train_examples": 600, "max_test_examples": 500, "num_workers": 1}.items():
@@ -103,8 +107,10 @@ def test_start_a_tiny_run_and_watch_it_complete(server_url: str) -> None:
             expect(page.get_by_text(re.compile(r"Round 2/2 · completed"))).to_have_count(1, timeout=60_000)
             title = page.get_by_role("heading", name=re.compile(r"#1 · mlp · dirichlet\(α=0\.5\) · 2 clients"))
             expect(title).to_have_count(1)
-            expect(page.locator(".js-plotly-plot")).to_have_count(6, timeout=15_000)
+            expect(page.locator(".js-plotly-plot")).to_have_count(7, timeout=15_000)  # six + the ε curve
+            expect(page.get_by_text("budget ε = 4")).to_be_visible()  # the legend of the ε chart
             expect(page.locator("[data-testid='stMetric']").first).to_be_visible()
+            expect(page.get_by_role("button", name=re.compile("Privacy report"))).to_be_visible()
             advanced.click()  # fold the advanced fields and show the top of the sidebar in the screenshot
             page.locator("[data-testid='stSidebarContent']").evaluate("sidebar => sidebar.scrollTo(0, 0)")
             page.wait_for_timeout(1_000)  # let plotly finish its layout transitions
@@ -116,7 +122,10 @@ def test_start_a_tiny_run_and_watch_it_complete(server_url: str) -> None:
 
 
 def choose(page, key: str, option: str) -> None:
-    page.locator(f".st-key-{key} button[aria-haspopup='listbox']").click()
+    select = page.locator(f".st-key-{key} button[aria-haspopup='listbox']")
+    # Near the bottom of the sidebar the list would open off-screen and close again: centre the box first.
+    select.evaluate("element => element.scrollIntoView({block: 'center'})")
+    select.click()
     page.get_by_role("option", name=option, exact=True).click()
 
 

@@ -140,3 +140,72 @@ def test_private_run_prints_and_stores_the_ledger_and_stops_at_its_budget(db_url
     ledger = store.rounds_frame([experiment.id])
     assert ledger["epsilon"].tolist() == [r["epsilon"] for r in rounds]
     assert set(ledger["accountant"]) == {"rdp"} and ledger["privacy_steps"].tolist() == [r["round"] for r in rounds]
+
+
+LEDGER_HEADERS = ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "privacy_steps", "accountant")
+
+
+def test_run_audits_the_final_model_and_show_reports_it(db_url):
+    local = [
+        "--set", "privacy.mode=local", "--set", "privacy.noise_multiplier=1.1", "--set", "privacy.audit_examples=400",
+    ]  # fmt: skip
+    result = cli("run", "--json", "--db", db_url, *TINY, *local)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.splitlines()[-1])
+    audit = final["audit"]
+    assert 0.0 <= audit["auc"] <= 1.0 and 0.0 <= audit["advantage"] <= 1.0
+    assert audit["members"] == audit["non_members"] == 400 and audit["threshold"] > 0
+    experiment_id = str(final["experiment_id"])
+    assert ExperimentStore(db_url).get_experiment(final["experiment_id"]).audit == audit
+
+    assert json.loads(cli("show", experiment_id, "--json", "--db", db_url).stdout)["audit"] == audit
+    report = cli("show", experiment_id, "--privacy-report", "--db", db_url)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.startswith(f"# Privacy statement: experiment {experiment_id}")
+    assert f"AUC = {audit['auc']:.4f}" in report.stdout and "DP-SGD" in report.stdout
+    assert f"ε = {final['epsilon']:.6g}" in report.stdout
+
+    shown = cli("show", experiment_id, "--db", db_url).stdout
+    ledger = shown[shown.index("privacy ledger") :].splitlines()
+    assert all(header in ledger[1].split() for header in LEDGER_HEADERS)
+    assert ledger[3].split()[:4] == ["2", f"{final['epsilon']:.4f}", "1e-05", "1.1"] and "rdp" in ledger[3]
+    assert f"AUC {audit['auc']:.4f}" in shown
+
+
+def test_non_private_show_hides_the_empty_ledger_and_audit_can_be_off(db_url):
+    result = cli("run", "--json", "--db", db_url, *TINY, "--set", "privacy.audit_examples=0")
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.splitlines()[-1])
+    assert final["audit"] is None and ExperimentStore(db_url).get_experiment(final["experiment_id"]).audit is None
+
+    shown = cli("show", str(final["experiment_id"]), "--db", db_url).stdout
+    table = shown[shown.index(" round") :]
+    assert "accuracy" in table and not any(header in table.split() for header in LEDGER_HEADERS)
+    assert "no formal privacy" in shown and "privacy audit" not in shown
+
+
+def test_an_audit_failure_keeps_the_run(db_url, monkeypatch):
+    import io
+
+    import cli as cli_module
+    from experiment_config import ExperimentConfig
+    from federated_learning import FederatedRun
+
+    def broken(self, num_examples):
+        raise RuntimeError("audit exploded")
+
+    monkeypatch.setattr(FederatedRun, "audit", broken)
+    monkeypatch.setattr(cli_module, "_install_stop_signals", lambda stop_event: None)
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"])
+    experiment_id = store.create_experiment(config.to_dict())
+    out = io.StringIO()
+
+    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True)
+
+    final = json.loads(out.getvalue().splitlines()[-1])
+    assert code == 0 and final["status"] == "completed" and final["rounds"] == 2
+    assert final["audit"] == {"error": "RuntimeError: audit exploded"}
+    experiment = store.get_experiment(experiment_id)
+    assert experiment.status == "completed" and experiment.rounds_done == 2 and experiment.error is None
+    assert experiment.audit == final["audit"] and experiment.final_accuracy == final["accuracy"]

@@ -97,3 +97,35 @@ def test_url_comes_from_argument_then_environment(monkeypatch):
     assert resolve_url(None) == "sqlite:///from-env.db"
     monkeypatch.delenv("DATABASE_URL")
     assert resolve_url(None) == "sqlite:///experiments.db"
+
+
+def test_a_database_from_an_earlier_version_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:  # the first release's schema, with one finished run
+        connection.executescript(
+            """
+            CREATE TABLE experiments (id INTEGER PRIMARY KEY, name VARCHAR(200), status VARCHAR(20), config JSON,
+                runtime VARCHAR(40), created_at DATETIME, started_at DATETIME, finished_at DATETIME,
+                heartbeat_at DATETIME, error TEXT, code_version VARCHAR(64), worker_pid INTEGER,
+                worker_host VARCHAR(255), stop_requested BOOLEAN, label_counts JSON, final_accuracy FLOAT,
+                final_loss FLOAT, final_epsilon FLOAT);
+            CREATE TABLE rounds (id INTEGER PRIMARY KEY, experiment_id INTEGER, round INTEGER, accuracy FLOAT,
+                loss FLOAT, epsilon FLOAT, delta FLOAT, seconds FLOAT, eval_seconds FLOAT, bytes_up INTEGER,
+                bytes_down INTEGER, num_clients INTEGER, created_at DATETIME);
+            CREATE TABLE client_rounds (id INTEGER PRIMARY KEY, round_id INTEGER, client_id INTEGER,
+                num_examples INTEGER, steps INTEGER, loss FLOAT, epsilon FLOAT);
+            INSERT INTO experiments VALUES (1, 'old', 'completed', '{}', 'in-process', '2026-01-01 00:00:00',
+                NULL, NULL, NULL, NULL, 'abc', NULL, NULL, 0, NULL, 0.9, 0.3, 0.0);
+            INSERT INTO rounds VALUES (1, 1, 1, 0.9, 0.3, 0.0, 0.0, 1.0, 0.1, 10, 10, 2, '2026-01-01 00:00:00');
+            """
+        )
+    store = ExperimentStore(f"sqlite:///{path}")
+    (old,) = store.list_experiments()
+    assert (old.name, old.final_accuracy, old.audit, old.stop_reason) == ("old", 0.9, None, None)
+    ledger = store.rounds_frame([1])
+    assert ledger["accountant"].tolist() == [""] and ledger["privacy_steps"].tolist() == [0]
+    new = store.create_experiment({"b": 1})
+    store.record_round(new, round_row(1, 0.5))
+    assert store.rounds_frame([new])["accuracy"].tolist() == [0.5]

@@ -402,3 +402,37 @@ def test_training_needs_the_clients_own_examples():
     x, y = synthetic(10)
     with pytest.raises(ValueError, match="10 examples"):
         client_with()().train(x, y, np.arange(5), local_epochs=1, learning_rate=0.1, seed=0)
+
+
+# -- adaptive clipping (Andrew et al. 2021) ---------------------------------------------------
+
+
+def test_adaptive_update_noise_keeps_the_total_rdp_of_sigma():
+    from differential_privacy import adaptive_update_noise
+
+    # RDP of a Gaussian with multiplier z at order α is α / (2 z²); the count query has
+    # sensitivity 1/2 relative to its std, so the two compose to α / (2σ²) exactly.
+    sigma, count_stddev = 1.3, 0.8
+    update_noise = adaptive_update_noise(noise_multiplier=sigma, count_stddev=count_stddev)
+    assert update_noise > sigma
+    assert 1 / update_noise**2 + 1 / (2 * count_stddev) ** 2 == pytest.approx(1 / sigma**2, rel=1e-12)
+    with pytest.raises(PrivacyError, match="adaptive clipping needs"):
+        adaptive_update_noise(noise_multiplier=1.0, count_stddev=0.4)  # needs σ < 2σ_b
+
+
+def test_clip_norm_follows_the_geometric_rule():
+    from differential_privacy import adapt_clip_norm, count_noise_stddev
+
+    generator = torch.Generator().manual_seed(0)
+    noise = float(torch.normal(0.0, 1e-3, size=(1,), generator=torch.Generator().manual_seed(0)))
+    clip, fraction = adapt_clip_norm(
+        2.0, unclipped_count=8, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
+        count_stddev=1e-3, generator=generator,
+    )  # fmt: skip
+    assert fraction == pytest.approx((8 + noise) / 10)
+    assert clip == pytest.approx(2.0 * math.exp(-0.2 * (fraction - 0.5)))  # most fit: C shrinks
+    grown, _ = adapt_clip_norm(
+        2.0, unclipped_count=1, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
+        count_stddev=1e-3, generator=None,
+    )  # fmt: skip
+    assert grown > 2.0 and count_noise_stddev(100) == 5.0

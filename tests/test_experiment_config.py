@@ -31,7 +31,11 @@ BAD_VALUES = {
     "privacy.target_epsilon": [-0.5, "3"],
     "privacy.delta": [0.0, 1.0, 1.5, -1e-5],
     "privacy.accountant": ["moments", None],
+    "privacy.audit_examples": [-1, 100_001, 10.0, "1000", True],
     "privacy.max_epsilon": [-1.0, "2", float("inf")],
+    "privacy.adaptive_clipping": [1, "yes", None],
+    "privacy.target_quantile": [0.0, 1.0, "0.5"],
+    "privacy.clip_learning_rate": [0.0, -0.2, 100.0],
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
 }

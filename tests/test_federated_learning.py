@@ -249,3 +249,26 @@ def test_private_training_fails_closed_when_dp_cannot_be_applied(mnist, monkeypa
     monkeypatch.setattr(federated_learning, "create_model", with_batch_norm)
     with pytest.raises(PrivacyError):
         next(run.rounds())
+
+
+def test_adaptive_clipping_moves_c_and_keeps_the_accounted_epsilon(mnist):
+    config = private_config("central", noise_multiplier=1.5, max_grad_norm=1e-4, adaptive_clipping=True)
+    config = config.replace("federation", num_clients=40, clients_per_round=20, rounds=3).replace(
+        "data", max_train_examples=2_000
+    )
+    run = FederatedRun(config, data=mnist)
+    # Andrew et al.: 1/σ_Δ² + 1/(2σ_b)² = 1/σ², with σ_b = expected participants / 20 = 1.
+    assert run.privacy.update_noise_multiplier ** -2 + (2 * 1.0) ** -2 == pytest.approx(1.5**-2)
+    results = list(run.rounds())
+    clips = [r.max_grad_norm for r in results]
+    assert clips[0] == 1e-4 and clips[1] > clips[0] and clips[2] > clips[1]  # tiny C: all updates clipped, C grows
+    for r in results:
+        assert r.noise_multiplier == 1.5
+        assert r.epsilon == pytest.approx(rdp_epsilon([(1.5, 0.5, r.round)]), rel=1e-9)
+
+
+def test_adaptive_clipping_with_too_few_clients_is_refused(mnist):
+    from differential_privacy import PrivacyError
+
+    with pytest.raises(PrivacyError, match="adaptive clipping needs"):
+        FederatedRun(private_config("central", adaptive_clipping=True), data=mnist)

@@ -139,3 +139,82 @@ def test_missing_label_counts_give_an_empty_heatmap(label_counts):
 
 def test_few_rounds_get_integer_ticks(rounds):
     assert viz.accuracy_figure(rounds).layout.xaxis.dtick == 1
+
+
+def test_epsilon_figure_draws_the_budget_and_target_as_flat_lines_to_the_planned_round(rounds):
+    figure = viz.epsilon_figure(rounds[rounds.experiment_id == 7], budget=4.0, target=3.0, last_round=10)
+
+    curve, target, budget = figure.data
+    assert (curve.name, xy(curve)) == ("ε spent", ([1, 2, 3], [0.2, 0.4, 0.6]))
+    assert (target.name, xy(target), target.line.dash) == ("target ε = 3", ([1, 10], [3.0, 3.0]), "dot")
+    assert (budget.name, xy(budget), budget.line.dash) == ("budget ε = 4", ([1, 10], [4.0, 4.0]), "dash")
+    assert figure.layout.showlegend is True
+
+
+@pytest.mark.parametrize("budget", [None, 0.0])
+def test_epsilon_figure_without_a_budget_has_only_the_curve(rounds, budget):
+    figure = viz.epsilon_figure(rounds[rounds.experiment_id == 7], budget=budget, target=0.0)
+
+    assert len(figure.data) == 1 and figure.layout.showlegend is False
+
+
+def test_budget_line_after_one_round_still_spans_two_rounds(rounds):
+    first = rounds[(rounds.experiment_id == 7) & (rounds["round"] == 1)]
+
+    _, budget = viz.epsilon_figure(first, budget=2.0).data
+
+    assert list(budget.x) == [1, 2]
+
+
+@pytest.fixture
+def points() -> pd.DataFrame:
+    """Four private runs (one not audited, one without a final ε) and their audits."""
+    return pd.DataFrame({
+        "experiment_id": [3, 4, 5, 6],
+        "label": ["#3", "#4", "#5", "#6"],
+        "name": ["#3 sweep ε=8", "#4 sweep ε=1", "#5 central", "#6 broken"],
+        "mode": ["local", "local", "central", "local"],
+        "epsilon": [8.0, 1.0, 2.5, None],
+        "accuracy": [0.9, 0.7, 0.8, 0.5],
+        "auc": [0.56, None, 0.51, 0.6],
+    })  # fmt: skip
+
+
+def test_privacy_utility_figure_puts_each_run_at_its_epsilon_and_accuracy_by_mode(points):
+    figure = viz.privacy_utility_figure(points)
+
+    by_mode = {trace.name: trace for trace in figure.data}
+    assert set(by_mode) == {"local DP", "central DP"}
+    assert xy(by_mode["local DP"]) == ([1.0, 8.0], [0.7, 0.9])  # sorted by ε; #6 has no ε
+    assert list(by_mode["local DP"].text) == ["#4", "#3"]
+    assert xy(by_mode["central DP"]) == ([2.5], [0.8])
+    assert by_mode["local DP"].marker.color != by_mode["central DP"].marker.color
+    assert figure.layout.xaxis.type is None  # 1 … 8 is not spread enough for a log axis
+
+
+def test_privacy_utility_figure_uses_a_log_axis_for_a_wide_sweep(points):
+    wide = points.assign(epsilon=[0.5, 8.0, 2.0, 1.0])
+
+    assert viz.privacy_utility_figure(wide).layout.xaxis.type == "log"
+
+
+def test_audit_figure_skips_runs_without_an_audit_and_marks_guessing(points):
+    figure = viz.audit_figure(points)
+
+    by_mode = {trace.name: trace for trace in figure.data}
+    assert xy(by_mode["local DP"]) == ([8.0], [0.56])
+    assert xy(by_mode["central DP"]) == ([2.5], [0.51])
+    (guessing,) = figure.layout.shapes
+    assert (guessing.y0, guessing.y1) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("make", [viz.privacy_utility_figure, viz.audit_figure])
+def test_no_private_runs_give_an_empty_privacy_figure_with_a_note(points, make):
+    figure = make(points.iloc[:0])
+
+    assert len(figure.data) == 0
+    assert [annotation.text for annotation in figure.layout.annotations] == ["no data yet"]
+
+
+def test_audit_figure_without_any_audit_is_empty(points):
+    assert len(viz.audit_figure(points.assign(auc=None)).data) == 0
