@@ -193,6 +193,8 @@ class Field:
     def widget(self, container: Any, defaults: ExperimentConfig) -> Any:
         default = getattr(getattr(defaults, self.section), self.name)
         key = self.key or self.name
+        if isinstance(default, bool):
+            return container.checkbox(self.label, default, key=key, help=self.help)
         if self.options:
             index = self.options.index(default)
             return container.selectbox(self.label, self.options, index=index, key=key, help=self.help)
@@ -254,6 +256,13 @@ ADVANCED_FIELDS = (
     Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
           "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
           high=100_000),
+    Field("privacy", "adaptive_clipping", "Adaptive clipping (central DP)", "Move the clip norm C each round towards "
+          "the target quantile of client update norms (Andrew et al. 2021). The count it uses is noised too, and "
+          "the reported ε covers both; needs enough clients per round."),
+    Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
+          "should fit under C unclipped.", low=0.01, high=0.99, step=0.05, format="%.2f"),
+    Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "
+          "C ← C·exp(−rate·(unclipped share − target quantile)).", low=1e-4, high=10.0, step=0.05, format="%.2f"),
 )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ NUMBER_KEYS = [
     "dirichlet_alpha", "num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size",
     "learning_rate", "seed", "max_train_examples", "max_test_examples", "num_workers",
     "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta", "audit_examples",
+    "target_quantile", "clip_learning_rate",
 ]  # fmt: skip
 SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant"]
 TINY = {
@@ -147,6 +148,21 @@ def test_sidebar_has_every_widget_by_key_with_config_defaults_and_help(store):
     assert all(widget.help for widget in [*numbers.values(), *selects.values()])
     assert app.button(key="start").label == "Start"
     assert app.info[0].value.startswith("No experiments yet")
+
+
+def test_adaptive_clipping_checkbox_reaches_the_stored_config(store, no_workers):
+    app = page()
+    assert app.checkbox(key="adaptive_clipping").value is False
+    fill(app, {"num_clients": 400, "clients_per_round": 100, "privacy_mode": "central"})
+    app.checkbox(key="adaptive_clipping").check()
+    app.number_input(key="target_quantile").set_value(0.7)
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    privacy = ExperimentConfig.from_dict(experiment.config).privacy
+    assert (privacy.mode, privacy.adaptive_clipping, privacy.target_quantile) == ("central", True, 0.7)
+    assert len(no_workers) == 1
 
 
 def test_invalid_config_shows_the_error_and_writes_nothing(store, no_workers):
