@@ -41,10 +41,17 @@ def build_config(config_path: str | None, assignments: list[str]) -> ExperimentC
     return config.with_overrides(assignments) if assignments else config
 
 
-def execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig, *, out: TextIO, as_json: bool) -> int:
+def execute(
+    store: ExperimentStore,
+    experiment_id: int,
+    config: ExperimentConfig,
+    *,
+    out: TextIO,
+    as_json: bool,
+    signals: StopSignals | None = None,
+) -> int:
     """Run a stored experiment to the end, committing each round; returns the exit code."""
-    stop_event = threading.Event()
-    _install_stop_signals(stop_event)
+    stop_event = (signals or StopSignals()).new_run()
     store.mark_running(experiment_id)
     last: dict[str, Any] = {}
     try:
@@ -130,18 +137,33 @@ def _describe_audit(audit: dict[str, Any]) -> str:
     )
 
 
-def _install_stop_signals(stop_event: threading.Event) -> None:
-    """First SIGINT/SIGTERM: stop after this round. Second: abort now."""
+class StopSignals:
+    """SIGINT/SIGTERM for a process that runs one or more experiments in turn.
 
-    def handle(signum: int, _frame: Any) -> None:
-        if stop_event.is_set():
+    The first signal stops the current run after its round and keeps later runs from
+    starting (`received`); a second one aborts at once. A stop asked for through the
+    database ends only its own run: each run gets its own event from `new_run`.
+    """
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.current = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def new_run(self) -> threading.Event:
+        self.current = threading.Event()
+        if self.received.is_set():
+            self.current.set()
+        return self.current
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.received.is_set():
             raise KeyboardInterrupt
-        stop_event.set()
+        self.received.set()
+        self.current.set()
         print("stopping after the current round (interrupt again to abort)", file=sys.stderr)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handle)
-        signal.signal(signal.SIGTERM, handle)
 
 
 def _emit(out: TextIO, payload: dict[str, Any]) -> None:
@@ -220,19 +242,24 @@ def command_run(args: argparse.Namespace) -> int:
 def command_worker(args: argparse.Namespace) -> int:
     """Run stored experiments one after the other, each with its own status; exit code of the last that failed."""
     store = ExperimentStore(args.db)
+    signals = StopSignals()
     exit_code = EXIT_OK
     for position, experiment_id in enumerate(args.ids):
-        code = _work_on(store, experiment_id, waited=position > 0)
+        code = _work_on(store, experiment_id, waited=position > 0, signals=signals)
         exit_code = code if code != EXIT_OK else exit_code
-        if code == EXIT_INTERRUPTED:  # aborted: the rest of the queue must not start
+        if code == EXIT_INTERRUPTED or signals.received.is_set():  # the rest of the queue must not start
+            aborted = code == EXIT_INTERRUPTED
             for left in args.ids[position + 1 :]:
                 if (queued := store.get_experiment(left)) is not None and queued.status == "queued":
-                    store.finish(left, "interrupted", error="the worker was aborted before this run started")
+                    if aborted:
+                        store.finish(left, "interrupted", error="the worker was aborted before this run started")
+                    else:
+                        store.finish(left, "stopped", stop_reason="the worker was told to stop before this run started")
             break
     return exit_code
 
 
-def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool) -> int:
+def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool, signals: StopSignals) -> int:
     """Run one stored experiment; one whose stop was asked for while it `waited` behind others never starts."""
     experiment = store.get_experiment(experiment_id)
     if experiment is None:
@@ -247,7 +274,7 @@ def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool) -> int
         store.finish(experiment_id, "failed", error=f"invalid stored config: {error}")
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return execute(store, experiment_id, config, out=sys.stdout, as_json=True)
+    return execute(store, experiment_id, config, out=sys.stdout, as_json=True, signals=signals)
 
 
 def command_list(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import types
 
 import pytest
 
@@ -195,13 +197,13 @@ def test_an_audit_failure_keeps_the_run(db_url, monkeypatch):
         raise RuntimeError("audit exploded")
 
     monkeypatch.setattr(FederatedRun, "audit", broken)
-    monkeypatch.setattr(cli_module, "_install_stop_signals", lambda stop_event: None)
     store = ExperimentStore(db_url)
     config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"])
     experiment_id = store.create_experiment(config.to_dict())
     out = io.StringIO()
 
-    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True)
+    no_signal_handlers = types.SimpleNamespace(new_run=threading.Event)  # leave pytest's handlers alone
+    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True, signals=no_signal_handlers)
 
     final = json.loads(out.getvalue().splitlines()[-1])
     assert code == 0 and final["status"] == "completed" and final["rounds"] == 2
@@ -209,3 +211,23 @@ def test_an_audit_failure_keeps_the_run(db_url, monkeypatch):
     experiment = store.get_experiment(experiment_id)
     assert experiment.status == "completed" and experiment.rounds_done == 2 and experiment.error is None
     assert experiment.audit == final["audit"] and experiment.final_accuracy == final["accuracy"]
+
+
+def test_sigterm_to_a_sweep_worker_stops_the_current_run_and_the_queue(db_url):
+    from experiment_config import ExperimentConfig
+
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"] + ["federation.rounds=200"])
+    first, second = store.create_experiment(config.to_dict()), store.create_experiment(config.to_dict())
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), "worker", str(first), str(second), "--db", db_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert json.loads(process.stdout.readline())["round"] == 1  # the first run is training
+    process.terminate()
+    process.communicate(timeout=60)
+    assert process.returncode == 0
+    stopped, never_started = store.get_experiment(first), store.get_experiment(second)
+    assert stopped.status == "stopped" and 1 <= stopped.rounds_done < 200
+    assert never_started.status == "stopped" and never_started.rounds_done == 0
+    assert "before this run started" in never_started.stop_reason
