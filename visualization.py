@@ -216,21 +216,8 @@ def bytes_figure(rounds: pd.DataFrame, *, title: str = "Bytes exchanged per roun
 
     With several experiments in `rounds` the bars show their sum per round.
     """
-    figure = go.Figure()
-    if not rounds.empty:
-        per_round = rounds.groupby("round", sort=True)[["bytes_down", "bytes_up"]].sum().reset_index()
-        directions = (("bytes_down", "server → clients", PALETTE[0]), ("bytes_up", "clients → server", PALETTE[1]))
-        for column, name, color in directions:
-            figure.add_trace(
-                go.Bar(
-                    x=per_round["round"].to_numpy(),
-                    y=per_round[column].to_numpy(),
-                    name=name,
-                    marker_color=color,
-                    hovertemplate="round %{x}: %{y:.3s}B<extra>" + name + "</extra>",
-                )
-            )
-        figure.update_layout(barmode="group", bargap=0.25)
+    series = (("bytes_down", "server → clients", PALETTE[0]), ("bytes_up", "clients → server", PALETTE[1]))
+    figure = _per_round_bars(rounds, series, barmode="group", hover="%{y:.3s}B")
     _style(figure, title=title, x_title="round", y_title="bytes", empty=rounds.empty)
     figure.update_yaxes(tickformat=".2s", ticksuffix="B")
     return figure
@@ -238,21 +225,31 @@ def bytes_figure(rounds: pd.DataFrame, *, title: str = "Bytes exchanged per roun
 
 def time_figure(rounds: pd.DataFrame, *, title: str = "Seconds per round") -> go.Figure:
     """Wall-clock seconds of each round, stacked: client training (`seconds`) then evaluation."""
-    figure = go.Figure()
-    if not rounds.empty:
-        per_round = rounds.groupby("round", sort=True)[["seconds", "eval_seconds"]].sum().reset_index()
-        for column, name, color in (("seconds", "training", PALETTE[0]), ("eval_seconds", "evaluation", PALETTE[2])):
-            figure.add_trace(
-                go.Bar(
-                    x=per_round["round"].to_numpy(),
-                    y=per_round[column].to_numpy(),
-                    name=name,
-                    marker_color=color,
-                    hovertemplate="round %{x}: %{y:.2f} s<extra>" + name + "</extra>",
-                )
-            )
-        figure.update_layout(barmode="stack", bargap=0.25)
+    series = (("seconds", "training", PALETTE[0]), ("eval_seconds", "evaluation", PALETTE[2]))
+    figure = _per_round_bars(rounds, series, barmode="stack", hover="%{y:.2f} s")
     _style(figure, title=title, x_title="round", y_title="seconds", empty=rounds.empty)
+    return figure
+
+
+def _per_round_bars(
+    rounds: pd.DataFrame, series: tuple[tuple[str, str, str], ...], *, barmode: str, hover: str
+) -> go.Figure:
+    """One bar trace per (column, name, colour), summed per round over the experiments in `rounds`."""
+    figure = go.Figure()
+    if rounds.empty:
+        return figure
+    per_round = rounds.groupby("round", sort=True)[[column for column, _, _ in series]].sum().reset_index()
+    for column, name, color in series:
+        figure.add_trace(
+            go.Bar(
+                x=per_round["round"].to_numpy(),
+                y=per_round[column].to_numpy(),
+                name=name,
+                marker_color=color,
+                hovertemplate=f"round %{{x}}: {hover}<extra>{name}</extra>",
+            )
+        )
+    figure.update_layout(barmode=barmode, bargap=0.25)
     return figure
 
 
