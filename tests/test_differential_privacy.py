@@ -16,6 +16,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+import experiment_config
 from differential_privacy import (
     DPSGDModel,
     LocalDPClient,
@@ -436,3 +437,20 @@ def test_clip_norm_follows_the_geometric_rule():
         count_stddev=1e-3, generator=None,
     )  # fmt: skip
     assert grown > 2.0 and count_noise_stddev(100) == 5.0
+
+
+@pytest.mark.parametrize("name", list(experiment_config.MODELS))
+@pytest.mark.parametrize("mode", MODES)
+def test_every_model_the_app_offers_trains_under_dp_sgd(name, mode):
+    from model import create_model, flatten, get_parameters
+
+    model = create_model(name, seed=0)
+    before = flatten(get_parameters(model)).clone()
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    accountant = make_accountant("rdp")
+    result = DPSGDModel(model, max_grad_norm=1.0, grad_sample_mode=mode).train(
+        x, y, np.arange(40), local_epochs=1, batch_size=10, learning_rate=0.1,
+        noise_multiplier=1.0, accountant=accountant, seed=0,
+    )  # fmt: skip
+    assert result.steps == 4 and accountant.history == [(1.0, 0.25, 4)]
+    assert not torch.equal(before, flatten(get_parameters(model)))

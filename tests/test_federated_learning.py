@@ -272,3 +272,12 @@ def test_adaptive_clipping_with_too_few_clients_is_refused(mnist):
 
     with pytest.raises(PrivacyError, match="adaptive clipping needs"):
         FederatedRun(private_config("central", adaptive_clipping=True), data=mnist)
+
+
+def test_private_runs_with_different_seeds_differ(mnist):
+    weights = []
+    for seed in (0, 1):
+        run = FederatedRun(private_config("central", max_grad_norm=0.01).replace("system", seed=seed), data=mnist)
+        list(run.rounds())
+        weights.append(flatten(get_parameters(run.model)))
+    assert not torch.allclose(weights[0], weights[1])
