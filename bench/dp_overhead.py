@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client_trainers import train_client
 from data_handler import load_mnist
 from differential_privacy import DPSGDModel, make_accountant
 from experiment_config import ExperimentConfig
-from federated_learning import FederatedRun, train_client
+from federated_learning import FederatedRun
 from model import create_model
 
 

@@ -8,7 +8,8 @@ import torch
 
 from data_handler import subset
 from experiment_config import ExperimentConfig
-from federated_learning import FederatedRun, client_seed, evaluate, run_experiment, train_client
+from client_trainers import train_client
+from federated_learning import FederatedRun, client_seed, evaluate, run_experiment
 from model import MnistMLP, create_model, flatten, get_parameters, parameter_bytes, set_parameters
 
 
@@ -229,7 +230,7 @@ def test_budget_stops_before_the_round_that_would_exceed_it(mnist, mode, clip):
 
 
 def test_private_training_fails_closed_when_dp_cannot_be_applied(mnist, monkeypatch):
-    import federated_learning
+    import client_trainers
     from differential_privacy import PrivacyError
 
     class MLPWithBatchNorm(MnistMLP):
@@ -246,7 +247,7 @@ def test_private_training_fails_closed_when_dp_cannot_be_applied(mnist, monkeypa
         return MLPWithBatchNorm(num_classes)
 
     run = FederatedRun(private_config("local"), data=mnist)
-    monkeypatch.setattr(federated_learning, "create_model", with_batch_norm)
+    monkeypatch.setattr(client_trainers, "create_model", with_batch_norm)
     with pytest.raises(PrivacyError):
         next(run.rounds())
 

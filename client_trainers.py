@@ -1,0 +1,286 @@
+"""Client training: local SGD or DP-SGD for one client, run in this process or in a pool
+of single-threaded worker processes.
+
+The engine (`federated_learning`) hands a trainer the global weights and this round's
+`TrainTask`s and reads each client's new weights from the trainer's `results` buffer,
+row `task.slot`. In the pool, the training set and both weight buffers are shared with
+the workers (copy-on-write after fork, or shared memory when spawning): a task message
+carries only the client's example indices, seed and (local DP) accountant history, and a
+reply only its step count, loss and updated history.
+
+    trainer = ProcessPoolTrainer(data, settings, num_params, slots=10, num_workers=2)
+    outcomes = trainer.train(global_weights, tasks)   # trainer.results[task.slot]: (P,)
+    trainer.close()
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from data_handler import FederatedData
+from model import create_model, get_parameters, unflatten
+
+WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
+# Linux forks trainers: they share this process's loaded torch and training set
+# copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
+# run with one thread, so no OpenMP pool is used after the fork. macOS must spawn.
+START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One client's work in one round; `slot` is its row in the shared result buffer."""
+
+    slot: int
+    client_id: int
+    indices: np.ndarray
+    seed: int
+    history: tuple[tuple[float, float, int], ...] = ()  # local DP: the client's accountant so far
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a trainer reports for one task; the weights are in the result buffer row."""
+
+    task: TrainTask
+    steps: int
+    loss: float
+    history: tuple[tuple[float, float, int], ...] = ()
+
+
+def train_client(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    indices: np.ndarray,
+    *,
+    local_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> tuple[int, float]:
+    """Plain SGD on the client's examples, batches taken by index; returns (steps, mean loss)."""
+    generator = torch.Generator().manual_seed(seed)
+    index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    steps, loss_sum, seen = 0, 0.0, 0
+    for _epoch in range(local_epochs):
+        order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(train_x[batch]), train_y[batch])
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            loss_sum += loss.item() * len(batch)
+            seen += len(batch)
+    return steps, loss_sum / max(seen, 1)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model_name: str
+    num_classes: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    local_dp: bool = False  # DP-SGD on every client
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 0.0
+    accountant: str = "rdp"
+
+
+class ClientTrainer:
+    """One process's trainer: a model reused for every client it trains.
+
+    With local DP the model is wrapped once for per-sample clipping; each task brings
+    the client's accountant history and takes the updated one back, so any process
+    can train any client and ε stays cumulative.
+    """
+
+    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings) -> None:
+        self.train_x, self.train_y, self.settings = train_x, train_y, settings
+        self.model = create_model(settings.model_name, num_classes=settings.num_classes)
+        self.params = get_parameters(self.model)
+        self.dp_model: Any = None
+
+    def run(self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor) -> TaskOutcome:
+        """Train one client from `global_weights`; its new weights go to `out` (P,)."""
+        for name, tensor in unflatten(global_weights, self.params).items():
+            self.params[name].copy_(tensor)
+        settings = self.settings
+        if settings.local_dp:
+            outcome = self._run_private(task)
+        else:
+            steps, loss = train_client(
+                self.model, self.train_x, self.train_y, task.indices,
+                local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate, seed=task.seed,
+            )  # fmt: skip
+            outcome = TaskOutcome(task, steps, loss)
+        torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
+        return outcome
+
+    def _run_private(self, task: TrainTask) -> TaskOutcome:
+        import differential_privacy as dp  # opacus: ~66 MB, loaded only by private runs
+
+        settings = self.settings
+        if self.dp_model is None:
+            self.dp_model = dp.DPSGDModel(self.model, max_grad_norm=settings.max_grad_norm)
+        accountant = dp.accountant_from_history(task.history, settings.accountant)
+        result = self.dp_model.train(
+            self.train_x, self.train_y, task.indices,
+            local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, noise_multiplier=settings.noise_multiplier,
+            accountant=accountant, seed=task.seed,
+        )  # fmt: skip
+        history = tuple((float(s), float(q), int(n)) for s, q, n in accountant.history)
+        return TaskOutcome(task, result.steps, result.loss, history)
+
+
+class InProcessTrainer:
+    """Trains clients one after another in this process, with all of torch's threads."""
+
+    def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
+        self.trainer = ClientTrainer(data.train_x, data.train_y, settings)
+        self.results = torch.empty(slots, num_params)
+
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
+        return [self.trainer.run(task, global_weights, self.results[task.slot]) for task in tasks]
+
+    def close(self) -> None:
+        pass
+
+
+def _worker_main(
+    worker_index: int,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    settings: TrainSettings,
+    global_weights: torch.Tensor,
+    results: torch.Tensor,
+    tasks: Any,
+    replies: Any,
+) -> None:
+    """A client trainer process: one thread, reads shared data, writes its result row."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    parent = os.getppid()
+    trainer = ClientTrainer(train_x, train_y, settings)
+    _warm_up(trainer.model, train_x[: settings.batch_size], train_y[: settings.batch_size])
+    replies.put(("ready", worker_index, None))
+    while (task := _next_task(tasks, parent)) is not None:
+        try:
+            outcome = trainer.run(task, global_weights, results[task.slot])
+            replies.put(("done", task.slot, outcome))
+        except Exception as error:  # reported to the server, which fails the run
+            replies.put(("error", task.slot, f"{type(error).__name__}: {error}"))
+
+
+def _warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One forward/backward pass, discarded: torch's one-time kernel set-up happens here,
+    at start-up, instead of inside the first round's timing."""
+    nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _next_task(tasks: Any, parent: int) -> TrainTask | None:
+    """The next task, or None when told to stop or when the server process is gone."""
+    while True:
+        try:
+            return tasks.get(timeout=5.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # orphaned: the server was killed
+                return None
+
+
+class ProcessPoolTrainer:
+    """Clients trained in parallel by `num_workers` worker processes, one thread each.
+
+    Training data and both weight buffers are shared (copy-on-write after fork, or shared
+    memory when spawning): a task message carries only the client's example indices and
+    seed, and a reply only its step count and loss.
+    """
+
+    def __init__(
+        self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int, num_workers: int
+    ) -> None:
+        context = mp.get_context(START_METHOD)
+        if START_METHOD != "fork":
+            data.share_memory()  # spawned trainers map it instead of receiving copies
+        self.global_weights = torch.zeros(num_params).share_memory_()
+        self.results = torch.zeros(slots, num_params).share_memory_()
+        self.tasks = context.Queue()
+        self.replies = context.Queue()
+        self.processes = [
+            context.Process(
+                target=_worker_main,
+                args=(i, data.train_x, data.train_y, settings, self.global_weights, self.results, self.tasks, self.replies),
+                daemon=True,
+                name=f"fpl-client-trainer-{i}",
+            )
+            for i in range(num_workers)
+        ]
+        for process in self.processes:
+            process.start()
+        try:
+            for _ in self.processes:
+                self._reply(WORKER_START_SECONDS)
+        except BaseException:
+            self.close()
+            raise
+
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
+        self.global_weights.copy_(global_weights)
+        by_slot = {task.slot: task for task in tasks}
+        for task in tasks:
+            self.tasks.put(task)
+        done: dict[int, TaskOutcome] = {}
+        while len(done) < len(tasks):
+            kind, slot, payload = self._reply(None)
+            if kind == "error":
+                raise RuntimeError(f"client {by_slot[slot].client_id} failed in a trainer process: {payload}")
+            done[slot] = payload
+        return [done[slot] for slot in sorted(done)]
+
+    def _reply(self, timeout: float | None) -> tuple[str, int, Any]:
+        """The next message from a worker; raises if a worker died or none answered in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.replies.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in self.processes if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(
+                        f"client trainer process {dead[0].name} died (exit code {dead[0].exitcode})"
+                    ) from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RuntimeError(f"client trainer processes did not start within {timeout:.0f} s") from None
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                self.tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.tasks.close()
+        self.replies.close()
