@@ -1,0 +1,1 @@
+"""The Streamlit page's parts: the sidebar, the Live, History and Compare tabs and what they share."""

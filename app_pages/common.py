@@ -1,0 +1,123 @@
+"""What the page's parts share: the store, the worker launch, the run list and formatting.
+
+Workers are started through `cli.launch_worker`, looked up at call time, so replacing it (as the page tests do)
+takes effect even though this module is imported once per process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import streamlit as st
+from sqlalchemy.engine import make_url
+
+import cli
+from database import ExperimentStore, ExperimentSummary
+from experiment_config import ExperimentConfig
+
+ACTIVE_STATUSES = ("queued", "running")
+STATUS_ICONS = {
+    "queued": ":gray[:material/schedule:]", "running": ":blue[:material/autorenew:]",
+    "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
+    "stopped": ":orange[:material/stop_circle:]", "interrupted": ":orange[:material/warning:]",
+}  # fmt: skip
+LIVE_REFRESH_SECONDS = 1.5  # while a run is in progress
+IDLE_REFRESH_SECONDS = 5.0  # the Live tab notices runs started from another tab or the CLI
+TABS = (":material/monitoring: Live", ":material/history: History", ":material/compare_arrows: Compare")
+
+
+@st.cache_resource
+def get_store(url: str) -> ExperimentStore:
+    return ExperimentStore(url)
+
+
+def absolute_db_url(url: str) -> str:
+    """The URL with a relative SQLite path made absolute, so the worker opens the same file."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    return parsed.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
+
+
+def list_experiments(store: ExperimentStore) -> list[ExperimentSummary]:
+    """All experiments, newest first, after settling the fate of ended workers."""
+    workers: dict[int, subprocess.Popen] = st.session_state.setdefault("workers", {})
+    for experiment_id, worker in list(workers.items()):
+        if worker.poll() is None:
+            continue
+        del workers[experiment_id]  # reaped: polling collected its exit status
+        experiment = store.get_experiment(experiment_id)
+        if experiment is not None and experiment.status == "queued":
+            message = f"the worker exited with code {worker.returncode} before it started the run"
+            store.finish(experiment_id, "failed", error=message)
+    store.mark_interrupted_if_dead(cli.pid_alive)
+    return store.list_experiments()
+
+
+def launch(store: ExperimentStore, config: ExperimentConfig, name: str) -> int:
+    """Store the experiment, start its worker, and make it the one the Live tab shows."""
+    return launch_many(store, [(config, name)])[0]
+
+
+def launch_many(store: ExperimentStore, runs: list[tuple[ExperimentConfig, str]]) -> list[int]:
+    """Store the experiments, start one worker that runs them in order, and show the first in the Live tab."""
+    experiment_ids = [store.create_experiment(config.to_dict(), name=name) for config, name in runs]
+    try:
+        handle = cli.launch_worker(store, *experiment_ids)  # looked up per call: tests replace it
+    except OSError as error:
+        for experiment_id in experiment_ids:
+            store.finish(experiment_id, "failed", error=f"could not start the worker: {error}")
+        raise
+    workers = st.session_state.setdefault("workers", {})
+    for experiment_id in experiment_ids:
+        workers[experiment_id] = handle  # one process: its exit settles every run still queued
+    st.session_state["live_id"] = experiment_ids[0]
+    st.session_state["view"] = TABS[0]
+    return experiment_ids
+
+
+# -- formatting ---------------------------------------------------------------------
+
+
+def describe(experiment: ExperimentSummary) -> str:
+    """`#12 · my run · cnn · dirichlet(α=0.5) · 10 clients`."""
+    data, federation = experiment.config.get("data", {}), experiment.config.get("federation", {})
+    partition = data.get("partition", "?")
+    if partition == "dirichlet":
+        partition = f"dirichlet(α={data.get('dirichlet_alpha')})"
+    model = experiment.config.get("model", {}).get("name", "?")
+    parts = [f"#{experiment.id}", experiment.name, model, partition, f"{federation.get('num_clients', '?')} clients"]
+    return " · ".join(part for part in parts if part)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} TB"
+
+
+def format_share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def total_rounds(experiment: ExperimentSummary) -> int:
+    return int(experiment.config.get("federation", {}).get("rounds", 0))
+
+
+def privacy_on(experiment: ExperimentSummary) -> bool:
+    return experiment.config.get("privacy", {}).get("mode", "none") != "none"

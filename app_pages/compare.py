@@ -1,0 +1,62 @@
+"""The Compare tab: overlaid accuracy, loss and ε curves of chosen experiments and the settings that differ."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import visualization as viz
+from app_pages.common import ACTIVE_STATUSES, LIVE_REFRESH_SECONDS, describe, format_share, privacy_on
+from database import ExperimentStore, ExperimentSummary
+
+
+def config_differences(experiments: list[ExperimentSummary]) -> pd.DataFrame:
+    """The config keys whose values differ between the experiments, then their status and final accuracy."""
+    flat = pd.DataFrame({
+        f"#{e.id}": {f"{section}.{key}": value for section, table in e.config.items() for key, value in table.items()}
+        for e in experiments
+    })  # fmt: skip
+    differing = flat[flat.astype(str).nunique(axis=1) > 1].astype(str)
+    outcome = pd.DataFrame({
+        f"#{e.id}": {"status": e.status, "final accuracy": format_share(e.final_accuracy)}
+        for e in experiments
+    })  # fmt: skip
+    return pd.concat([differing, outcome])
+
+
+def render_compare(store: ExperimentStore, experiments: list[ExperimentSummary]) -> None:
+    by_id = {e.id: e for e in experiments if e.rounds_done > 0 or e.status in ACTIVE_STATUSES}
+    if "compare_ids" in st.session_state:  # drop deleted runs (a baseline may have been chosen before it began)
+        st.session_state["compare_ids"] = [eid for eid in st.session_state["compare_ids"] if eid in by_id]
+    chosen = st.multiselect(
+        "Experiments to compare", list(by_id), key="compare_ids", max_selections=10,
+        format_func=lambda eid: describe(by_id[eid]), placeholder="Choose two or more experiments",
+    )  # fmt: skip
+    if not chosen:
+        st.info("Pick experiments above to overlay their accuracy and loss curves.", icon=":material/north:")
+        return
+    shown = {eid: by_id[eid].status for eid in chosen}
+    active = any(status in ACTIVE_STATUSES for status in shown.values())
+    st.fragment(run_every=LIVE_REFRESH_SECONDS if active else None)(compare_view)(store, shown)
+
+
+def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
+    """Overlaid curves, read fresh while one of the runs is still going (e.g. a baseline without privacy)."""
+    chosen = [store.get_experiment(eid) for eid in shown]
+    if any(e is None or e.status != shown[e.id] for e in chosen):
+        st.rerun()  # one started, ended or was deleted: redraw the page
+    rounds = store.rounds_frame(list(shown))
+    labels = {e.id: describe(e) for e in chosen}
+    left, right = st.columns(2)
+    left.plotly_chart(viz.accuracy_figure(rounds, labels), key="compare-accuracy", config={"displaylogo": False})
+    right.plotly_chart(viz.loss_figure(rounds, labels), key="compare-loss", config={"displaylogo": False})
+    private = [e.id for e in chosen if privacy_on(e)]
+    if private:
+        epsilon = viz.epsilon_figure(rounds[rounds["experiment_id"].isin(private)], labels)
+        st.columns(2)[0].plotly_chart(epsilon, key="compare-epsilon", config={"displaylogo": False})
+    st.markdown("**What differs**")
+    st.dataframe(config_differences(chosen), width="stretch")
+    st.download_button(
+        "Rounds CSV", rounds.to_csv(index=False), icon=":material/download:", file_name="compared-rounds.csv",
+        mime="text/csv", key="download_compare_csv", on_click="ignore",
+    )  # fmt: skip

@@ -1,0 +1,233 @@
+"""One experiment: status and progress, metrics, the privacy audit and report download, charts, and the actions
+(re-run, run without privacy, CSV export, delete)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+import privacy_report
+import visualization as viz
+from app_pages.common import (
+    ACTIVE_STATUSES,
+    STATUS_ICONS,
+    TABS,
+    describe,
+    format_bytes,
+    format_seconds,
+    launch,
+    privacy_on,
+    total_rounds,
+)
+from database import ExperimentStore, ExperimentSummary
+from experiment_config import ExperimentConfig
+
+
+def advantage_bound(epsilon: float, delta: float) -> float:
+    """The largest membership advantage (TPR − FPR) any attack can have against an (ε, δ)-DP training run.
+
+    Both error rates of a test are bounded (TPR ≤ e^ε FPR + δ and the same for 1 − FPR), which caps TPR − FPR at
+    (e^ε − 1 + 2δ) / (e^ε + 1) (Kairouz et al. 2015).
+    """
+    if epsilon > 700:  # e^ε overflows; the bound is 1 long before
+        return 1.0
+    return min((math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1), 1.0)
+
+
+def progress_text(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
+    """`Round k/N · status · ETA` while active (mean train + eval seconds per round so far), else the duration."""
+    text = f"Round {experiment.rounds_done}/{total_rounds(experiment)} · {experiment.status}"
+    if experiment.status == "queued":
+        return f"{text} · waiting for its worker…"  # starting, or busy with the runs before it (a sweep)
+    if experiment.status == "running" and rounds.empty:
+        return f"{text} · loading data and partitioning…"
+    if experiment.status == "running":
+        per_round = float((rounds["seconds"] + rounds["eval_seconds"]).mean())
+        return f"{text} · ETA {format_seconds(per_round * max(total_rounds(experiment) - len(rounds), 0))}"
+    return f"{text} · {format_seconds(experiment.duration_seconds)}"
+
+
+def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+    """Title, stop button, progress bar with ETA, and the outcome of a finished run."""
+    title, stop = st.columns([5, 1], vertical_alignment="center")
+    title.subheader(f"{STATUS_ICONS.get(experiment.status, '')} {describe(experiment)}")
+    active = experiment.status in ACTIVE_STATUSES
+    if active and not experiment.stop_requested:
+        stop.button(
+            "Stop", icon=":material/stop:", key=f"{where}-stop", help="Stop after the current round.",
+            width="stretch", on_click=store.request_stop, args=(experiment.id,),
+        )  # fmt: skip
+    st.progress(min(experiment.rounds_done / max(total_rounds(experiment), 1), 1.0), progress_text(experiment, rounds))
+    if experiment.stop_requested and active:
+        st.info("Stop requested: the run ends after the current round.", icon=":material/stop_circle:")
+    if experiment.status == "failed":
+        st.error(f"The run failed: {experiment.error or 'no error was recorded'}", icon=":material/error:")
+    elif experiment.status == "interrupted":
+        st.warning(f"Interrupted: {experiment.error or 'the worker ended early'}", icon=":material/warning:")
+    elif experiment.status == "stopped":
+        reason = experiment.stop_reason or "stopped on request"
+        st.info(f"Stopped after round {experiment.rounds_done}: {reason}.", icon=":material/stop_circle:")
+
+
+def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
+    if rounds.empty:
+        return
+    last = rounds.iloc[-1]
+    previous = rounds.iloc[-2] if len(rounds) > 1 else None
+    accuracy_change = None if previous is None else f"{(last.accuracy - previous.accuracy) * 100:+.2f} pp"
+    loss_change = None if previous is None else f"{last.loss - previous.loss:+.4f}"
+    seconds_per_round = float((rounds.seconds + rounds.eval_seconds).mean())
+    bytes_total = float(rounds.bytes_up.sum() + rounds.bytes_down.sum())
+    columns = st.columns(5)
+    columns[0].metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True)
+    columns[1].metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True)
+    if privacy_on(experiment):
+        columns[2].metric(
+            f"ε (δ = {last.delta:.0e})", f"{last.epsilon:.3g}", border=True,
+            help=f"{experiment.config['privacy']['mode']} DP, σ = {last.noise_multiplier:.3g}, "
+            f"C = {last.max_grad_norm:.3g}, {last.accountant} accountant",
+        )  # fmt: skip
+    else:
+        columns[2].metric("Privacy", "off", border=True)
+    columns[3].metric("Time per round", format_seconds(seconds_per_round), border=True)
+    columns[4].metric("Data exchanged", format_bytes(bytes_total), border=True)
+
+
+def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+    """The membership-inference audit of the final model as metrics, and the privacy report to download."""
+    audit = experiment.audit or {}
+    if not privacy_on(experiment) and not audit:
+        return
+    columns = st.columns(5, vertical_alignment="center")
+    if "auc" in audit:
+        sample = f"{audit.get('members', '?')} trained-on and {audit.get('non_members', '?')} held-out examples"
+        columns[0].metric(
+            "Attack AUC", f"{audit['auc']:.3f}", border=True,
+            help=f"Membership inference (loss threshold) on {sample}: 0.5 = the attacker cannot tell them apart, "
+            "1 = it always can. One simple attack gives a lower bound on leakage, never a proof of privacy.",
+        )  # fmt: skip
+        bound = ""
+        if privacy_on(experiment) and experiment.final_epsilon is not None and not rounds.empty:
+            epsilon, delta = experiment.final_epsilon, float(rounds.iloc[-1].delta)
+            limit = advantage_bound(epsilon, delta)
+            bound = f" (ε, δ) = ({epsilon:.3g}, {delta:.0e}) allows any attack at most {limit:.3f}."
+        columns[1].metric(
+            "Attack advantage", f"{audit['advantage']:.3f}", border=True,
+            help=f"Best TPR − FPR over loss thresholds (Yeom et al. 2018): 0 = no better than guessing.{bound}",
+        )  # fmt: skip
+    elif "error" in audit:
+        columns[0].caption(f"Privacy audit failed: {audit['error']}")
+    elif privacy_on(experiment) and experiment.status not in ACTIVE_STATUSES:
+        columns[0].caption("No privacy audit stored for this run.")
+    try:
+        report = privacy_report.render_markdown(experiment, rounds)
+    except Exception as error:  # a report bug must not take the run's page down
+        columns[4].caption(f"Privacy report unavailable: {type(error).__name__}: {error}")
+        return
+    columns[4].download_button(
+        "Privacy report (.md)", report, file_name=privacy_report.report_filename(experiment),
+        mime="text/markdown", icon=":material/download:", key=f"{where}-privacy-report", on_click="ignore",
+        width="stretch", help="The guarantee in words, the ε ledger and the audit, for a paper or a review.",
+    )  # fmt: skip
+
+
+def render_charts(store: ExperimentStore, experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+    """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
+    seconds."""
+    figures = {"accuracy": viz.accuracy_figure(rounds)}
+    if privacy_on(experiment):
+        privacy = experiment.config["privacy"]
+        figures["epsilon"] = viz.epsilon_figure(
+            rounds, budget=privacy.get("max_epsilon"), target=privacy.get("target_epsilon"),
+            last_round=total_rounds(experiment),
+        )  # fmt: skip
+    figures |= {
+        "loss": viz.loss_figure(rounds),
+        "client-loss": viz.client_loss_figure(store.client_rounds_frame(experiment.id)),
+        "labels": viz.label_heatmap(experiment.label_counts),
+        "bytes": viz.bytes_figure(rounds),
+        "time": viz.time_figure(rounds),
+    }
+    names = list(figures)
+    for start in range(0, len(names), 2):
+        for column, name in zip(st.columns(2), names[start : start + 2]):
+            column.plotly_chart(figures[name], key=f"{where}-{name}", config={"displaylogo": False})
+
+
+def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: str, where: str) -> None:
+    """Status, metrics and charts of one experiment, read fresh from the database."""
+    experiment = store.get_experiment(experiment_id)
+    if experiment is None:
+        st.info(f"Experiment #{experiment_id} no longer exists.")
+        return
+    if experiment.status != shown_status:
+        st.rerun()  # it started or ended since the page was drawn: redraw all (history, refresh rate)
+    rounds = store.rounds_frame([experiment.id])
+    render_status(store, experiment, rounds, where)
+    render_metrics(experiment, rounds)
+    render_privacy(experiment, rounds, where)
+    render_charts(store, experiment, rounds, where)
+
+
+def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    try:
+        config = ExperimentConfig.from_dict(experiment.config)
+        new_id = launch(store, config, experiment.name or f"re-run of #{experiment.id}")
+    except (ValueError, OSError) as error:
+        st.session_state["flash"] = ("error", f"Cannot re-run #{experiment.id}: {error}")
+        return
+    st.session_state["flash"] = ("success", f"Started #{new_id}, a re-run of #{experiment.id}.")
+
+
+def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    """Start this private experiment's config with `privacy.mode = "none"` (same seed) and compare the two."""
+    try:
+        config = ExperimentConfig.from_dict(experiment.config)
+        changes: dict[str, Any] = {"mode": "none"}
+        if getattr(config.privacy, "adaptive_clipping", False):
+            changes["adaptive_clipping"] = False  # a DP-FedAvg option, invalid without privacy
+        config = config.replace("privacy", **changes)
+        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} without privacy")
+    except (ValueError, OSError) as error:
+        st.session_state["flash"] = ("error", f"Cannot start a baseline for #{experiment.id}: {error}")
+        return
+    st.session_state["compare_ids"] = [experiment.id, new_id]
+    st.session_state["view"] = TABS[2]
+    st.session_state["flash"] = (
+        "success", f"Started #{new_id}: #{experiment.id} without privacy, same seed. The gap is the cost of privacy.",
+    )  # fmt: skip
+
+
+def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
+    store.delete_experiment(experiment_id)
+    st.session_state.pop("history_selected", None)
+    st.session_state["flash"] = ("success", f"Deleted experiment #{experiment_id}.")
+
+
+def render_actions(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    """Re-run, CSV export and delete (behind a confirmation) for one experiment."""
+    actions = st.container(horizontal=True)
+    actions.button(
+        "Re-run", icon=":material/replay:", key="rerun", on_click=rerun_experiment, args=(store, experiment),
+        help="Start a new experiment with this one's stored configuration.",
+    )  # fmt: skip
+    if privacy_on(experiment):
+        actions.button(
+            "Run without privacy", icon=":material/lock_open:", key="baseline", on_click=run_baseline,
+            args=(store, experiment), help="Start this configuration with privacy off (same seed) and overlay both "
+            "in Compare: the gap is what privacy costs in accuracy.",
+        )  # fmt: skip
+    actions.download_button(
+        "Rounds CSV", store.rounds_frame([experiment.id]).to_csv(index=False), icon=":material/download:",
+        file_name=f"experiment-{experiment.id}-rounds.csv", mime="text/csv", key="download_csv", on_click="ignore",
+    )  # fmt: skip
+    active = experiment.status in ACTIVE_STATUSES
+    with actions.popover("Delete", icon=":material/delete:", disabled=active, help="Stop a running experiment first."):
+        st.warning(f"Delete experiment #{experiment.id} and all its rounds? This cannot be undone.")
+        st.button(
+            "Delete permanently", key="delete_confirm", type="primary", on_click=delete_experiment,
+            args=(store, experiment.id),
+        )  # fmt: skip
