@@ -16,6 +16,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+import differential_privacy
 import experiment_config
 from differential_privacy import (
     DPSGDModel,
@@ -36,7 +37,7 @@ from differential_privacy import (
 from model import create_model, flatten, get_parameters
 
 DELTA = 1e-5
-MODES = ("ghost", "hooks")
+MODES = ("bookkeeping", "ghost", "hooks")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -219,10 +220,12 @@ def test_one_dp_model_serves_clients_with_their_own_accountants():
     assert large.history == [(1.0, 0.5, 4), (1.0, 0.0625, 16)]
 
 
-def test_parameter_names_are_clean_and_weights_load():
+@pytest.mark.parametrize("mode", MODES)
+def test_parameter_names_are_clean_and_weights_load(mode):
     plain = create_model("cnn", seed=1)
-    dp_model = DPSGDModel(create_model("cnn", seed=2), max_grad_norm=1.0)
-    assert any(name.startswith("_module.") for name, _ in dp_model.module.named_parameters())
+    dp_model = DPSGDModel(create_model("cnn", seed=2), max_grad_norm=1.0, grad_sample_mode=mode)
+    prefixed = any(name.startswith("_module.") for name, _ in dp_model.module.named_parameters())
+    assert prefixed == (mode != "bookkeeping")  # Opacus wraps the model; bookkeeping hooks it in place
     assert list(dp_model.get_parameters()) == list(get_parameters(plain))
     dp_model.set_weights(flatten(get_parameters(plain)))
     assert torch.equal(flatten(dp_model.get_parameters()), flatten(get_parameters(plain)))
@@ -276,6 +279,55 @@ def test_noise_on_the_summed_gradient_has_std_sigma_c(mode):
         mode, x, y, noise_multiplier=sigma, max_norm=max_norm, learning_rate=learning_rate, seed=0
     )
     torch.testing.assert_close(-(again - before) * len(y) / learning_rate - clipped, noises[0])
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.0, 1.0])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_bookkeeping_steps_equal_opacus_per_sample_gradient_steps(name, noise_multiplier, monkeypatch):
+    x, y = synthetic(4)
+    x[2] *= 1e4  # clipped whenever it is drawn
+    batches = []
+
+    def recorded(indices, **kwargs):
+        for batch in poisson_batches(indices, **kwargs):
+            batches.append(batch.tolist())
+            yield batch
+
+    monkeypatch.setattr(differential_privacy, "poisson_batches", recorded)
+    after = {}
+    for mode in ("hooks", "bookkeeping"):
+        model = create_model(name, seed=0)
+        before = flatten(get_parameters(model)).clone()
+        accountant = make_accountant("rdp")
+        DPSGDModel(model, max_grad_norm=0.5, grad_sample_mode=mode).train(
+            x, y, np.arange(4), local_epochs=2, batch_size=1, learning_rate=0.1,
+            noise_multiplier=noise_multiplier, accountant=accountant, seed=4,
+        )  # fmt: skip
+        assert accountant.history == [(noise_multiplier, 0.25, 8)]  # empty batches are steps too
+        after[mode] = flatten(get_parameters(model))
+
+    assert batches[:8] == batches[8:]  # both modes saw the same batches, among them:
+    assert [] in batches and any(2 in batch and len(batch) > 1 for batch in batches)
+    assert not torch.allclose(after["bookkeeping"], before)
+    torch.testing.assert_close(after["bookkeeping"], after["hooks"], rtol=0, atol=1e-5)
+
+
+def with_hidden(layer: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), layer, nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (with_hidden(nn.LayerNorm(16)), r"layer 2 \(LayerNorm\)"),
+        (with_hidden(nn.PReLU()), r"layer 2 \(PReLU\)"),
+        (with_hidden(nn.Conv2d(16, 16, 1, groups=4)), r"groups=1.* 2 \(Conv2d\)"),
+        (nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 10)), r"layer 0 \(Embedding\)"),
+    ],
+)
+def test_bookkeeping_refuses_layers_it_cannot_clip(model, message):
+    with pytest.raises(PrivacyError, match=message):
+        DPSGDModel(model, max_grad_norm=1.0, grad_sample_mode="bookkeeping")
 
 
 def test_training_survives_empty_poisson_batches_and_learns():
