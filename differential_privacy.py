@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,7 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 
 from model import Parameters, get_parameters, set_parameters, unflatten
+from per_example_clipping import BookkeepingClipper, UnsupportedLayerError
 
 __all__ = [
     "ACCOUNTANTS",
@@ -86,8 +87,6 @@ ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAcc
 # per-sample gradients materialised (~10x non-DP).
 GRAD_SAMPLE_MODES = ("bookkeeping", "ghost", "hooks")
 DEFAULT_GRAD_SAMPLE_MODE = "bookkeeping"  # ~1.7x non-DP for the CNN on one CPU thread, ghost ~2.8x
-# Opacus's clip factor is min(1, C / (norm + 1e-6)) (DPOptimizer.clip_and_accumulate); same here.
-_CLIP_EPSILON = 1e-6
 
 # One accountant history entry: (noise_multiplier σ, sample_rate q, steps), as Opacus keeps it.
 HistoryEntry = tuple[float, float, int]
@@ -313,130 +312,6 @@ class DPTrainResult:
     sample_rate: float
 
 
-# Per-example gradients of one layer, compactly: (per-example squared norms (B,), and a
-# function from clip factors c (B,) to [(parameter, Σ_i c_i · per-example gradient)]).
-_LayerGradients = tuple[torch.Tensor, Callable[[torch.Tensor], list[tuple[nn.Parameter, torch.Tensor]]]]
-
-
-def _bookkeeping_layers(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]]:
-    """The layers holding `model`'s trainable parameters, each a Linear or a plain Conv2d.
-
-    Raises PrivacyError naming any other layer with trainable parameters, or a parameter
-    shared by two layers: its per-example gradient would not be seen whole by one layer.
-    """
-    layers, owners = [], {}
-    for name, module in model.named_modules():
-        trainable = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not trainable:
-            continue
-        label = f"{name or 'the model itself'} ({type(module).__name__})"
-        if isinstance(module, nn.Conv2d):
-            if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-                raise PrivacyError(f"bookkeeping clipping supports Conv2d with groups=1, int zero padding; not {label}")
-        elif not isinstance(module, nn.Linear):
-            raise PrivacyError(f"bookkeeping clipping does not support layer {label}; use ghost or hooks")
-        for parameter in trainable:
-            if id(parameter) in owners:
-                raise PrivacyError(f"bookkeeping clipping: {label} shares a parameter with {owners[id(parameter)]}")
-            owners[id(parameter)] = label
-        layers.append((name, module))
-    if not layers:
-        raise PrivacyError(f"{type(model).__name__} has no trainable parameters to train privately")
-    return layers
-
-
-def _layer_gradients(layer: nn.Linear | nn.Conv2d, inputs: torch.Tensor, grads: torch.Tensor) -> _LayerGradients:
-    """Per-example gradients of `layer` from its input (B, ...) and the per-example loss
-    gradients w.r.t. its output (B, ...): ghost norms for Linear, materialised for Conv2d."""
-    if isinstance(layer, nn.Linear):
-        if inputs.dim() != 2:
-            raise PrivacyError(f"bookkeeping clipping needs (B, features) inputs to Linear, got {tuple(inputs.shape)}")
-        weight_norms = inputs.square().sum(1) * grads.square().sum(1)  # ‖g_i a_iᵀ‖² = ‖a_i‖²‖g_i‖²
-        bias_grads = grads  # (B, out)
-
-        def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
-            return (grads * factors[:, None]).T @ inputs  # (out, in) = Σ_i c_i g_i a_iᵀ
-    else:
-        # Per-example weight gradients as one convolution's weight gradient with the batch as
-        # groups: (1, B·C, H, W) input, (1, B·C_out, h, w) output gradient. On CPU this is
-        # ~2.5x faster than unfold (B, C·k·k, L) + bmm, which copies the input k·k times.
-        batch, out_channels = len(inputs), layer.out_channels
-        per_example = torch.nn.grad.conv2d_weight(
-            inputs.reshape(1, -1, *inputs.shape[2:]),
-            (batch * out_channels, *layer.weight.shape[1:]),
-            grads.reshape(1, -1, *grads.shape[2:]),
-            stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=batch,
-        ).view(batch, -1)  # (B, C_out·C·k·k)
-        weight_norms = torch.linalg.vector_norm(per_example, dim=1).square()
-        bias_grads = grads.sum((2, 3))  # (B, C_out)
-
-        def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
-            return (factors @ per_example).view_as(layer.weight)  # Σ_i c_i ∇W_i
-
-    terms, norms = [], torch.zeros(len(inputs), dtype=grads.dtype)
-    if layer.weight.requires_grad:
-        terms.append((layer.weight, clipped_weight))
-        norms = norms + weight_norms
-    if layer.bias is not None and layer.bias.requires_grad:
-        terms.append((layer.bias, lambda factors: factors @ bias_grads))
-        norms = norms + bias_grads.square().sum(1)
-    return norms, lambda factors: [(parameter, clipped(factors)) for parameter, clipped in terms]
-
-
-class _BookkeepingClipper:
-    """Per-example clipping in one backward pass (book-keeping; Bu et al. 2023).
-
-    Forward hooks keep each layer's input and output; one `autograd.grad` of the summed
-    loss w.r.t. the outputs gives every example's output gradients and computes no
-    parameter gradient. Per-example norms and the clipped sum follow from those alone.
-    """
-
-    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
-        self.model, self.max_grad_norm = model, max_grad_norm
-        self.layers = _bookkeeping_layers(model)
-        self.parameters = [p for _, layer in self.layers for p in layer.parameters(recurse=False) if p.requires_grad]
-        self._captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _capture(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if layer in self._captured:  # its per-example gradient would span several calls
-            raise PrivacyError(f"bookkeeping clipping: {type(layer).__name__} is called twice in one forward pass")
-        self._captured[layer] = (inputs[0].detach(), output)
-
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Set each trainable parameter's `.grad` to Σ_i c_i ∇ℓ_i (not yet noised or averaged),
-        c_i = min(1, C / (‖∇ℓ_i‖ + 1e-6)); return the batch's mean loss (0 for an empty batch)."""
-        for parameter in self.parameters:  # only what this batch sets may reach the optimizer
-            parameter.grad = None
-        if len(x) == 0:
-            self._fill_missing_grads()
-            return torch.zeros(())
-        handles = [layer.register_forward_hook(self._capture) for _, layer in self.layers]
-        try:
-            loss = nn.functional.cross_entropy(self.model(x), y, reduction="sum")
-        finally:
-            for handle in handles:
-                handle.remove()
-            captured, self._captured = self._captured, {}
-        used = [(layer, *captured[layer]) for _, layer in self.layers if layer in captured]
-        output_grads = torch.autograd.grad(
-            loss, [output for _, _, output in used], allow_unused=True, materialize_grads=True
-        )  # per-example: the loss is a sum over examples
-        gradients = [_layer_gradients(layer, inputs, g) for (layer, inputs, _), g in zip(used, output_grads)]
-        norms = sum((layer_norms for layer_norms, _ in gradients), torch.zeros(len(x))).sqrt()  # (B,) whole model
-        factors = (self.max_grad_norm / (norms + _CLIP_EPSILON)).clamp(max=1.0)
-        for _, clipped_sums in gradients:
-            for parameter, clipped in clipped_sums(factors):
-                parameter.grad = clipped
-        self._fill_missing_grads()
-        return loss.detach() / len(x)
-
-    def _fill_missing_grads(self) -> None:
-        """Zero gradients where none was set: an empty batch, or a layer the forward pass skipped."""
-        for parameter in self.parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-
-
 class DPSGDModel:
     """A model set up once for per-sample clipping (`grad_sample_mode`, see GRAD_SAMPLE_MODES).
 
@@ -466,11 +341,11 @@ class DPSGDModel:
                 f"DP-SGD cannot be applied to {type(model).__name__}: BatchNorm layers ({', '.join(batch_norms)}) "
                 "mix examples within a batch; use GroupNorm or LayerNorm"
             )
-        self._bookkeeping: _BookkeepingClipper | None = None
+        self._bookkeeping: BookkeepingClipper | None = None
         try:
             ModuleValidator.validate(model, strict=True)
             if grad_sample_mode == "bookkeeping":
-                self._bookkeeping = _BookkeepingClipper(model, self.max_grad_norm)
+                self._bookkeeping = BookkeepingClipper(model, self.max_grad_norm)
                 self.module: nn.Module = model
             elif grad_sample_mode == "ghost":
                 self.module = GradSampleModuleFastGradientClipping(
@@ -478,6 +353,8 @@ class DPSGDModel:
                 )
             else:
                 self.module = GradSampleModule(model, loss_reduction="mean", strict=True)
+        except UnsupportedLayerError as error:
+            raise PrivacyError(str(error)) from None
         except (UnsupportedModuleError, NotImplementedError) as error:
             raise PrivacyError(f"DP-SGD cannot be applied to {type(model).__name__}: {error}") from None
 
@@ -547,7 +424,10 @@ class DPSGDModel:
         """Forward and backward on one batch, leaving what the optimizer clips or noises;
         returns the mean loss. Bookkeeping leaves the clipped sum in `.grad` itself."""
         if self._bookkeeping is not None:
-            return self._bookkeeping.backward(x, y)
+            try:
+                return self._bookkeeping.backward(x, y)
+            except UnsupportedLayerError as error:  # e.g. a layer called twice: no bound holds
+                raise PrivacyError(str(error)) from None
         loss = criterion(self.module(x), y)
         loss.backward()
         return loss
