@@ -59,6 +59,7 @@ def execute(
 
         run = FederatedRun(config)
         store.set_label_counts(experiment_id, run.label_counts.tolist())
+        store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
         if run.privacy.mode != "none":
             store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
         for result in run.rounds(stop_event):
@@ -83,6 +84,7 @@ def execute(
     status = "stopped" if stopped else "completed"
     reason = run.stop_reason if stopped else None
     audit = _audit(store, experiment_id, run, config) if last else None
+    personalization = _personalize(store, experiment_id, run) if last else None
     store.finish(experiment_id, status, final=last, stop_reason=reason)
     final = {
         "experiment_id": experiment_id,
@@ -93,6 +95,7 @@ def execute(
         "loss": last.get("loss"),
         "epsilon": last.get("epsilon", 0.0),
         "audit": audit,
+        "personalization": personalization,
     }
     if as_json:
         _emit(out, final)
@@ -101,6 +104,8 @@ def execute(
         print(f"experiment {experiment_id} {status} after {final['rounds']} rounds{why}", file=out)
         if audit is not None:
             print(_describe_audit(audit), file=out)
+        if personalization is not None:
+            print(_describe_personalization(personalization), file=out)
     return EXIT_OK
 
 
@@ -124,6 +129,35 @@ def _audit(store: ExperimentStore, experiment_id: int, run: Any, config: Experim
         audit = {"error": f"could not store the audit: {type(error).__name__}: {error}"}
         print(f"error: {audit['error']}", file=sys.stderr)
     return audit
+
+
+def _personalize(store: ExperimentStore, experiment_id: int, run: Any) -> dict[str, Any] | None:
+    """Personalized vs global accuracy per client (`FederatedRun.personalize`), stored with
+    the run; None without personalization. A failure is recorded as `{"error": ...}`."""
+    try:
+        result = run.personalize()
+    except KeyboardInterrupt:
+        result = {"error": "personalization was interrupted"}
+    except Exception as error:
+        result = {"error": f"{type(error).__name__}: {error}"}
+    if result is None:
+        return None
+    try:
+        store.set_personalization(experiment_id, result)
+    except Exception as error:
+        result = {"error": f"could not store the personalization results: {type(error).__name__}: {error}"}
+        print(f"error: {result['error']}", file=sys.stderr)
+    return result
+
+
+def _describe_personalization(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"personalization failed: {result['error']}"
+    return (
+        f"personalization ({result['method']}), accuracy on each client's own held-out split, mean over "
+        f"{len(result['clients'])} clients: global model {100 * result['mean_global_accuracy']:.2f}%, "
+        f"personalized {100 * result['mean_personalized_accuracy']:.2f}%"
+    )
 
 
 def _describe_audit(audit: dict[str, Any]) -> str:
@@ -171,14 +205,26 @@ def _emit(out: TextIO, payload: dict[str, Any]) -> None:
     out.flush()
 
 
+ABSENT = ("dropped", "late")  # selected clients that never trained this round
+
+
 def _print_round(out: TextIO, row: dict[str, Any], total_rounds: int, as_json: bool) -> None:
     if as_json:
-        _emit(out, row)
+        # `clients`: those that took part (trained); `absent`: selected, but dropped out or too late.
+        _emit(out, {
+            **row,
+            "clients": [c for c in row["clients"] if c["status"] not in ABSENT],
+            "absent": [{"id": c["id"], "status": c["status"]} for c in row["clients"] if c["status"] in ABSENT],
+        })  # fmt: skip
         return
     privacy = f"  ε {row['epsilon']:.3f}" if row["accountant"] else ""
+    arrived = sum(c["status"] in ("ok", "partial") for c in row["clients"])
+    clients = f"  {arrived}/{len(row['clients'])} clients" if arrived < len(row["clients"]) else ""
+    skipped = f"  not aggregated: {row['skipped']}" if row["skipped"] else ""
     print(
         f"round {row['round']:>4}/{total_rounds}  accuracy {100 * row['accuracy']:6.2f}%  "
-        f"loss {row['loss']:.4f}{privacy}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval",
+        f"loss {row['loss']:.4f}{privacy}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval"
+        f"{clients}{skipped}",
         file=out,
         flush=True,
     )

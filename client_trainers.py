@@ -15,6 +15,7 @@ reply only its step count, loss and updated history.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -41,13 +42,18 @@ START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 @dataclass(frozen=True)
 class TrainTask:
-    """One client's work in one round; `slot` is its row in the shared result buffer."""
+    """One client's work in one round; `slot` is its row in the shared result buffer (and,
+    with SCAFFOLD, in the correction buffer)."""
 
     slot: int
     client_id: int
     indices: np.ndarray
     seed: int
     history: tuple[tuple[float, float, int], ...] = ()  # local DP: the client's accountant so far
+    max_steps: int = 0  # > 0: stop after this many local steps (a straggler's partial work)
+    flip_labels: bool = False  # a label-flipping attacker trains on y → C − 1 − y
+    head: torch.Tensor | None = None  # FedPer: the client's own final layer, (head_size,)
+    holdout: np.ndarray | None = None  # the client's held-out examples: report local accuracy on them
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,44 @@ class TaskOutcome:
     steps: int
     loss: float
     history: tuple[tuple[float, float, int], ...] = ()
+    seconds: float = 0.0  # wall-clock training time of this client
+    validation_accuracy: float | None = None  # on task.holdout, with the client's new weights
+
+
+class LocalObjective:
+    """Terms a strategy adds to each local gradient g: μ·(w − w_global) (FedProx) and a
+    fixed correction c (SCAFFOLD's c − c_i). Applied as a second SGD step computed at the
+    pre-step weights, which for plain SGD is the same as adding them to the gradient, and
+    works unchanged after DP-SGD has clipped and noised g (they do not touch the data).
+    """
+
+    def __init__(
+        self, params: list[torch.Tensor], anchor: torch.Tensor, *, mu: float, correction: torch.Tensor | None,
+        learning_rate: float,
+    ) -> None:  # fmt: skip
+        shapes = [p.shape for p in params]
+        sizes = [p.numel() for p in params]
+        self.params, self.mu, self.learning_rate = params, mu, learning_rate
+        self.anchor = [a.view(s) for a, s in zip(anchor.split(sizes), shapes, strict=True)]
+        self.correction = None if correction is None else [
+            c.view(s) for c, s in zip(correction.split(sizes), shapes, strict=True)
+        ]  # fmt: skip
+        self.pending: list[torch.Tensor] = []
+
+    def pre_step(self) -> None:
+        with torch.no_grad():
+            self.pending = []
+            for i, p in enumerate(self.params):
+                extra = (p - self.anchor[i]).mul_(self.mu) if self.mu else torch.zeros_like(p)
+                if self.correction is not None:
+                    extra.add_(self.correction[i])
+                self.pending.append(extra)
+
+    def post_step(self) -> None:
+        with torch.no_grad():
+            for p, extra in zip(self.params, self.pending, strict=True):
+                p.sub_(extra, alpha=self.learning_rate)
+        self.pending = []
 
 
 def train_client(
@@ -70,8 +114,11 @@ def train_client(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    max_steps: int = 0,
+    objective: LocalObjective | None = None,
 ) -> tuple[int, float]:
-    """Plain SGD on the client's examples, batches taken by index; returns (steps, mean loss)."""
+    """Plain SGD on the client's examples, batches taken by index; returns (steps, mean loss).
+    `max_steps` > 0 stops early (partial work); `objective` adds FedProx/SCAFFOLD terms."""
     generator = torch.Generator().manual_seed(seed)
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
@@ -81,15 +128,40 @@ def train_client(
     for _epoch in range(local_epochs):
         order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
         for start in range(0, len(order), batch_size):
+            if max_steps and steps >= max_steps:
+                return steps, loss_sum / max(seen, 1)
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(train_x[batch]), train_y[batch])
             loss.backward()
+            if objective is not None:
+                objective.pre_step()
             optimizer.step()
+            if objective is not None:
+                objective.post_step()
             steps += 1
             loss_sum += loss.item() * len(batch)
             seen += len(batch)
     return steps, loss_sum / max(seen, 1)
+
+
+def full_steps(num_examples: int, *, local_epochs: int, batch_size: int) -> int:
+    """Local SGD steps of a client's full round of work: epochs × ⌈N / B⌉."""
+    return local_epochs * -(-num_examples // batch_size)
+
+
+@torch.no_grad()
+def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> float:
+    """Accuracy of `model` on the examples `indices` of (x, y); 0 for no examples."""
+    if len(indices) == 0:
+        return 0.0
+    model.eval()
+    index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    correct = 0
+    for start in range(0, len(index_tensor), 1000):
+        batch = index_tensor[start : start + 1000]
+        correct += int((model(x[batch]).argmax(1) == y[batch]).sum())
+    return correct / len(index_tensor)
 
 
 @dataclass(frozen=True)
@@ -103,6 +175,8 @@ class TrainSettings:
     noise_multiplier: float = 0.0
     max_grad_norm: float = 0.0
     accountant: str = "rdp"
+    proximal_mu: float = 0.0  # FedProx
+    corrections: bool = False  # SCAFFOLD: each task reads its gradient correction from its buffer row
 
 
 class ClientTrainer:
@@ -118,25 +192,59 @@ class ClientTrainer:
         self.model = create_model(settings.model_name, num_classes=settings.num_classes)
         self.params = get_parameters(self.model)
         self.dp_model: Any = None
+        self._flipped_y: torch.Tensor | None = None
 
-    def run(self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor) -> TaskOutcome:
-        """Train one client from `global_weights`; its new weights go to `out` (P,)."""
+    def run(
+        self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None
+    ) -> TaskOutcome:
+        """Train one client from `global_weights` (with its own head if it keeps one); its
+        new weights go to `out` (P,). `correction` (P,): SCAFFOLD's c − c_i."""
+        started = time.perf_counter()
         for name, tensor in unflatten(global_weights, self.params).items():
             self.params[name].copy_(tensor)
+        if task.head is not None:
+            self._load_head(task.head)
         settings = self.settings
+        objective = None
+        if settings.proximal_mu or correction is not None:
+            objective = LocalObjective(
+                list(self.params.values()), global_weights, mu=settings.proximal_mu, correction=correction,
+                learning_rate=settings.learning_rate,
+            )  # fmt: skip
+        labels = self._labels(task.flip_labels)
         if settings.local_dp:
-            outcome = self._run_private(task)
+            outcome = self._run_private(task, labels, objective)
         else:
             steps, loss = train_client(
-                self.model, self.train_x, self.train_y, task.indices,
+                self.model, self.train_x, labels, task.indices,
                 local_epochs=settings.local_epochs, batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate, seed=task.seed,
+                learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps, objective=objective,
             )  # fmt: skip
             outcome = TaskOutcome(task, steps, loss)
         torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
-        return outcome
+        validation = None
+        if task.holdout is not None:
+            validation = accuracy_on(self.model, self.train_x, self.train_y, task.holdout)
+        return dataclasses.replace(outcome, seconds=time.perf_counter() - started, validation_accuracy=validation)
 
-    def _run_private(self, task: TrainTask) -> TaskOutcome:
+    def _load_head(self, head: torch.Tensor) -> None:
+        """Overwrite the trailing `head.numel()` weights of the flat order (the final layer)."""
+        remaining = head.numel()
+        for tensor in reversed(list(self.params.values())):
+            if remaining <= 0:
+                break
+            take = min(remaining, tensor.numel())
+            tensor.view(-1)[-take:].copy_(head[remaining - take : remaining])
+            remaining -= take
+
+    def _labels(self, flip: bool) -> torch.Tensor:
+        if not flip:
+            return self.train_y
+        if self._flipped_y is None:
+            self._flipped_y = self.settings.num_classes - 1 - self.train_y
+        return self._flipped_y
+
+    def _run_private(self, task: TrainTask, labels: torch.Tensor, objective: LocalObjective | None) -> TaskOutcome:
         import differential_privacy as dp  # opacus: ~66 MB, loaded only by private runs
 
         settings = self.settings
@@ -144,10 +252,10 @@ class ClientTrainer:
             self.dp_model = dp.DPSGDModel(self.model, max_grad_norm=settings.max_grad_norm)
         accountant = dp.accountant_from_history(task.history, settings.accountant)
         result = self.dp_model.train(
-            self.train_x, self.train_y, task.indices,
+            self.train_x, labels, task.indices,
             local_epochs=settings.local_epochs, batch_size=settings.batch_size,
             learning_rate=settings.learning_rate, noise_multiplier=settings.noise_multiplier,
-            accountant=accountant, seed=task.seed,
+            accountant=accountant, seed=task.seed, max_steps=task.max_steps, objective=objective,
         )  # fmt: skip
         history = tuple((float(s), float(q), int(n)) for s, q, n in accountant.history)
         return TaskOutcome(task, result.steps, result.loss, history)
@@ -159,9 +267,16 @@ class InProcessTrainer:
     def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
         self.trainer = ClientTrainer(data.train_x, data.train_y, settings)
         self.results = torch.empty(slots, num_params)
+        self.corrections = torch.zeros(slots, num_params) if settings.corrections else None
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
-        return [self.trainer.run(task, global_weights, self.results[task.slot]) for task in tasks]
+        corrections = self.corrections
+        return [
+            self.trainer.run(
+                task, global_weights, self.results[task.slot], None if corrections is None else corrections[task.slot]
+            )
+            for task in tasks
+        ]
 
     def close(self) -> None:
         pass
@@ -174,6 +289,7 @@ def _worker_main(
     settings: TrainSettings,
     global_weights: torch.Tensor,
     results: torch.Tensor,
+    corrections: torch.Tensor | None,
     tasks: Any,
     replies: Any,
 ) -> None:
@@ -186,7 +302,8 @@ def _worker_main(
     replies.put(("ready", worker_index, None))
     while (task := _next_task(tasks, parent)) is not None:
         try:
-            outcome = trainer.run(task, global_weights, results[task.slot])
+            correction = None if corrections is None else corrections[task.slot]
+            outcome = trainer.run(task, global_weights, results[task.slot], correction)
             replies.put(("done", task.slot, outcome))
         except Exception as error:  # reported to the server, which fails the run
             replies.put(("error", task.slot, f"{type(error).__name__}: {error}"))
@@ -225,12 +342,16 @@ class ProcessPoolTrainer:
             data.share_memory()  # spawned trainers map it instead of receiving copies
         self.global_weights = torch.zeros(num_params).share_memory_()
         self.results = torch.zeros(slots, num_params).share_memory_()
+        self.corrections = torch.zeros(slots, num_params).share_memory_() if settings.corrections else None
         self.tasks = context.Queue()
         self.replies = context.Queue()
         self.processes = [
             context.Process(
                 target=_worker_main,
-                args=(i, data.train_x, data.train_y, settings, self.global_weights, self.results, self.tasks, self.replies),
+                args=(
+                    i, data.train_x, data.train_y, settings, self.global_weights, self.results, self.corrections,
+                    self.tasks, self.replies,
+                ),  # fmt: skip
                 daemon=True,
                 name=f"fpl-client-trainer-{i}",
             )

@@ -170,3 +170,24 @@ def label_counts(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) 
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros(
         (0, num_classes), dtype=np.int64
     )
+
+
+def split_holdout(
+    partitions: list[np.ndarray], fraction: float, *, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's examples split into (training, held-out): a seeded ⌊fraction·N⌋ of
+    them held out as the client's own test split (personalization, validation scores).
+    With fraction 0 the held-out parts are empty and the training parts unchanged."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    train, held_out = [], []
+    for client, indices in enumerate(partitions):
+        count = int(fraction * len(indices))
+        if count == 0:
+            train.append(indices)
+            held_out.append(indices[:0])
+            continue
+        order = np.random.default_rng([seed, client, 0x401D]).permutation(len(indices))
+        held_out.append(np.sort(indices[order[:count]]))
+        train.append(np.sort(indices[order[count:]]))
+    return train, held_out

@@ -48,6 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 DEFAULT_URL = "sqlite:///experiments.db"
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
 FINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
+ARRIVED = ("ok", "partial")  # client statuses whose update reached the server
 
 
 def utcnow() -> datetime:
@@ -85,6 +86,10 @@ class Experiment(Base):
     stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The empirical privacy audit of the final model (membership inference): auc, advantage, ...
     audit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The federation as set up: per client its speed, dropout probability, link, malice.
+    client_profiles: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Personalization: per client the global and the personalized model's held-out accuracy.
+    personalization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
@@ -111,6 +116,11 @@ class Round(Base):
     sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
     privacy_steps: Mapped[int] = mapped_column(Integer, default=0)
     accountant: Mapped[str] = mapped_column(String(16), default="")
+    # Why the model was not updated this round ("" when it was), the clients selected,
+    # and the simulated wall-clock time of the round over the simulated network.
+    skipped: Mapped[str] = mapped_column(Text, default="")
+    num_selected: Mapped[int] = mapped_column(Integer, default=0)
+    simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -127,6 +137,14 @@ class ClientRound(Base):
     loss: Mapped[float] = mapped_column(Float)
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    # ok | partial (straggler, fewer steps) | lost (trained, update never arrived) |
+    # dropped (never started) | late (past the deadline, dropped)
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    malicious: Mapped[bool] = mapped_column(Boolean, default=False)
+    bytes_up: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_down: Mapped[int] = mapped_column(Integer, default=0)
+    simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    validation_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,8 @@ class ExperimentSummary:
     stop_reason: str | None
     audit: dict[str, Any] | None
     rounds_done: int
+    client_profiles: list[dict[str, Any]] | None = None
+    personalization: dict[str, Any] | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -294,7 +314,10 @@ class ExperimentStore:
                 eval_seconds=float(result.get("eval_seconds", 0.0)),
                 bytes_up=int(result["bytes_up"]),
                 bytes_down=int(result["bytes_down"]),
-                num_clients=len(result.get("clients", [])),
+                num_clients=sum(c.get("status", "ok") in ARRIVED for c in result.get("clients", [])),
+                num_selected=len(result.get("clients", [])),
+                skipped=str(result.get("skipped", "")),
+                simulated_seconds=float(result.get("simulated_seconds", 0.0)),
                 noise_multiplier=float(result.get("noise_multiplier", 0.0)),
                 max_grad_norm=float(result.get("max_grad_norm", 0.0)),
                 sample_rate=float(result.get("sample_rate", 0.0)),
@@ -309,6 +332,12 @@ class ExperimentStore:
                     loss=float(client["loss"]),
                     epsilon=float(client.get("epsilon", 0.0)),
                     sample_rate=float(client.get("sample_rate", 0.0)),
+                    status=str(client.get("status", "ok")),
+                    malicious=bool(client.get("malicious", False)),
+                    bytes_up=int(client.get("bytes_up", 0)),
+                    bytes_down=int(client.get("bytes_down", 0)),
+                    simulated_seconds=float(client.get("simulated_seconds", 0.0)),
+                    validation_accuracy=client.get("validation_accuracy"),
                 )
                 for client in result.get("clients", [])
             ]
@@ -320,6 +349,14 @@ class ExperimentStore:
     def set_noise_multiplier(self, experiment_id: int, noise_multiplier: float) -> None:
         """Record the σ the run uses (the calibrated one when a target ε was set)."""
         self._update(experiment_id, noise_multiplier=noise_multiplier)
+
+    def set_client_profiles(self, experiment_id: int, profiles: list[dict[str, Any]]) -> None:
+        """Store the federation as set up (one JSON-able dict per client)."""
+        self._update(experiment_id, client_profiles=profiles)
+
+    def set_personalization(self, experiment_id: int, personalization: dict[str, Any]) -> None:
+        """Store the per-client personalized vs global accuracy (JSON-able dict)."""
+        self._update(experiment_id, personalization=personalization)
 
     def set_audit(self, experiment_id: int, audit: dict[str, Any]) -> None:
         """Store the membership-inference audit of the final model (JSON-able dict)."""
@@ -390,7 +427,8 @@ class ExperimentStore:
         columns = [
             "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
             "eval_seconds", "bytes_up", "bytes_down", "num_clients", "noise_multiplier",
-            "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "created_at",
+            "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "skipped", "num_selected",
+            "simulated_seconds", "created_at",
         ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(
@@ -401,14 +439,15 @@ class ExperimentStore:
         return pd.DataFrame(rows, columns=columns)
 
     def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
-        """One row per client per round: round, client_id, num_examples, steps, loss, epsilon, sample_rate."""
-        columns = ["round", "client_id", "num_examples", "steps", "loss", "epsilon", "sample_rate"]
+        """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
+        sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy."""
+        columns = [
+            "round", "client_id", "num_examples", "steps", "loss", "epsilon", "sample_rate", "status",
+            "malicious", "bytes_up", "bytes_down", "simulated_seconds", "validation_accuracy",
+        ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(
-                select(
-                    Round.round, ClientRound.client_id, ClientRound.num_examples,
-                    ClientRound.steps, ClientRound.loss, ClientRound.epsilon, ClientRound.sample_rate,
-                )  # fmt: skip
+                select(Round.round, *(getattr(ClientRound, c) for c in columns[1:]))
                 .join(Round, ClientRound.round_id == Round.id)
                 .where(Round.experiment_id == experiment_id)
                 .order_by(Round.round, ClientRound.client_id)
@@ -464,4 +503,6 @@ def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
         stop_reason=experiment.stop_reason,
         audit=experiment.audit,
         rounds_done=rounds_done,
+        client_profiles=experiment.client_profiles,
+        personalization=experiment.personalization,
     )

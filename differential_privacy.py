@@ -38,6 +38,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -380,19 +381,25 @@ class DPSGDModel:
         noise_multiplier: float,
         accountant: IAccountant,
         seed: int,
+        max_steps: int = 0,
+        objective: Any = None,
     ) -> DPTrainResult:
         """DP-SGD over the client's examples `train_x[indices]` (N,1,28,28), `train_y[indices]` (N,).
 
         Each step takes a Poisson batch (q = batch_size/N, capped at 1; expected size q·N),
         clips every example's gradient to L2 norm `max_grad_norm`, adds N(0, σ²C²) to the
         sum, divides by the expected batch size q·N and takes an SGD step of `learning_rate`.
-        There are local_epochs × round(1/q) steps; each is recorded in `accountant`.
+        There are local_epochs × round(1/q) steps (at most `max_steps` if > 0); each is
+        recorded in `accountant`. `objective` (pre_step/post_step, `client_trainers.LocalObjective`)
+        adds data-independent terms (FedProx, SCAFFOLD) after the gradient was privatised.
         `seed` fixes batch sampling and noise (pseudo-random, for reproducible experiments).
         """
         noise_multiplier = _check_noise_multiplier(noise_multiplier)
         index_tensor = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         sample_rate = local_sample_rate(len(index_tensor), batch_size)
         total_steps = _check_count("local_epochs", local_epochs, low=1) * steps_per_epoch(sample_rate)
+        if _check_count("max_steps", max_steps, low=0):
+            total_steps = min(total_steps, max_steps)
         sampling, noise = _generators(seed)
         optimizer, criterion = self._optimizer(
             learning_rate=_check_positive("learning_rate", learning_rate),
@@ -410,7 +417,11 @@ class DPSGDModel:
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 loss = self._backward(criterion, train_x[batch], train_y[batch])
+                if objective is not None:
+                    objective.pre_step()
                 optimizer.step()  # also empty batches: a noise-only step, as accounted
+                if objective is not None:
+                    objective.post_step()
                 if len(batch):
                     loss_sum += loss.item() * len(batch)
                     seen += len(batch)

@@ -27,7 +27,17 @@ from typing import Any
 DATASETS = ("mnist",)
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODELS = ("cnn", "mlp")
-STRATEGIES = ("fedavg",)
+STRATEGIES = (
+    "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
+    "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
+)  # fmt: skip
+ROBUST_STRATEGIES = ("krum", "multi_krum", "bulyan")  # need byzantine_clients f and enough updates
+SELECTIONS = ("uniform", "power_of_choice", "availability")
+DROPOUT_STAGES = ("before", "during")
+STRAGGLER_POLICIES = ("partial", "drop")
+PERSONALIZATIONS = ("none", "fedper", "finetune")
+ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
+COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -85,6 +95,34 @@ class FederationConfig:
     batch_size: int = 50
     learning_rate: float = 0.05
     strategy: str = "fedavg"
+    # Strategy parameters (each read only by the strategies named).
+    proximal_mu: float = 0.01  # fedprox: μ of the proximal term μ/2·‖w − w_global‖²
+    server_learning_rate: float = 0.0  # fedavgm/adagrad/adam/yogi/scaffold η; 0 = the strategy's default
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam, fedyogi (and fedadagrad's first moment)
+    beta2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadagrad/adam/yogi: adaptivity
+    trim_fraction: float = 0.2  # trimmed_mean: β trimmed from each end per coordinate
+    byzantine_clients: int = 0  # krum, multi_krum, bulyan: f tolerated attackers
+    multi_krum_keep: int = 0  # multi_krum: m updates averaged; 0 = n − f
+    weighting_exponent: float = 0.5  # adaptive_weighting: w ∝ (n_k/Σn)^a · (s_k/Σs)^(1−a)
+    # Client selection among the available clients.
+    selection: str = "uniform"  # uniform | power_of_choice | availability
+    selection_candidates: int = 0  # power_of_choice: d candidates sampled; 0 = 2 × clients_per_round
+    # Unreliable clients.
+    dropout_probability: float = 0.0  # each selected client drops out of a round with this probability
+    dropout_stage: str = "before"  # before: never starts; during: trains, its update never arrives
+    dropout_heterogeneous: bool = False  # each client's own probability drawn once, uniform in [0, 2p]
+    # Fewer updates than this: the round is skipped (model unchanged) and recorded. Not with
+    # central DP, which always releases its noised sum: a skip would reveal the count.
+    min_clients: int = 1
+    speed_spread: float = 0.0  # σ of the lognormal speed factor of each client (0: all equally fast)
+    round_deadline: float = 0.0  # in units of the median client's full local work at speed 1; 0 = none
+    straggler_policy: str = "partial"  # past the deadline: partial (fewer local steps) | drop
+    # Personalization, evaluated on each client's own held-out split.
+    client_holdout: float = 0.0  # fraction of each client's examples held out as its test split
+    personalization: str = "none"  # none | fedper (the final layer stays local) | finetune (after training)
+    finetune_epochs: int = 1
 
     def validate(self) -> None:
         _integer("federation.num_clients", self.num_clients, low=1, high=100_000)
@@ -99,6 +137,65 @@ class FederationConfig:
         _integer("federation.batch_size", self.batch_size, low=1, high=100_000)
         _number("federation.learning_rate", self.learning_rate, low=1e-8, high=100.0)
         _one_of("federation.strategy", self.strategy, STRATEGIES)
+        _number("federation.proximal_mu", self.proximal_mu, low=0.0, high=1e4)
+        _number("federation.server_learning_rate", self.server_learning_rate, low=0.0, high=100.0)
+        _number("federation.server_momentum", self.server_momentum, low=0.0, high=0.999)
+        _number("federation.beta1", self.beta1, low=0.0, high=0.999)
+        _number("federation.beta2", self.beta2, low=0.0, high=0.9999)
+        _number("federation.tau", self.tau, low=1e-12, high=10.0)
+        _number("federation.trim_fraction", self.trim_fraction, low=0.0, high=0.49)
+        _integer("federation.byzantine_clients", self.byzantine_clients, low=0, high=100_000)
+        _integer("federation.multi_krum_keep", self.multi_krum_keep, low=0, high=100_000)
+        _number("federation.weighting_exponent", self.weighting_exponent, low=0.0, high=1.0)
+        self._validate_robust()
+        _one_of("federation.selection", self.selection, SELECTIONS)
+        _integer("federation.selection_candidates", self.selection_candidates, low=0, high=100_000)
+        if self.selection == "power_of_choice" and self.selection_candidates:
+            if not self.clients_per_round <= self.selection_candidates <= self.num_clients:
+                raise ValueError(
+                    f"federation.selection_candidates ({self.selection_candidates}) must be between "
+                    f"clients_per_round ({self.clients_per_round}) and num_clients ({self.num_clients})"
+                )
+        _number("federation.dropout_probability", self.dropout_probability, low=0.0, high=0.95)
+        _one_of("federation.dropout_stage", self.dropout_stage, DROPOUT_STAGES)
+        _boolean("federation.dropout_heterogeneous", self.dropout_heterogeneous)
+        _integer("federation.min_clients", self.min_clients, low=1, high=100_000)
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"federation.min_clients ({self.min_clients}) must be <= clients_per_round ({self.clients_per_round})"
+            )
+        _number("federation.speed_spread", self.speed_spread, low=0.0, high=3.0)
+        _number("federation.round_deadline", self.round_deadline, low=0.0, high=1e3)
+        _one_of("federation.straggler_policy", self.straggler_policy, STRAGGLER_POLICIES)
+        _number("federation.client_holdout", self.client_holdout, low=0.0, high=0.5)
+        _one_of("federation.personalization", self.personalization, PERSONALIZATIONS)
+        _integer("federation.finetune_epochs", self.finetune_epochs, low=1, high=100)
+        needs_holdout = [
+            name for name, on in (("personalization", self.personalization != "none"),
+                                  ("adaptive_weighting", self.strategy == "adaptive_weighting")) if on
+        ]  # fmt: skip
+        if needs_holdout and self.client_holdout <= 0:
+            raise ValueError(
+                f"federation.{needs_holdout[0]} needs each client's own held-out split: "
+                "set federation.client_holdout > 0 (e.g. 0.1)"
+            )
+
+    def _validate_robust(self) -> None:
+        """Krum-family rules need enough updates for f attackers (Blanchard et al.; El Mhamdi et al.)."""
+        if self.strategy not in ROBUST_STRATEGIES:
+            return
+        f = self.byzantine_clients
+        needed = 4 * f + 3 if self.strategy == "bulyan" else 2 * f + 3
+        if self.clients_per_round < needed:
+            raise ValueError(
+                f"federation.strategy = {self.strategy!r} with byzantine_clients = {f} needs "
+                f"clients_per_round >= {needed}, got {self.clients_per_round}"
+            )
+        if self.multi_krum_keep > self.clients_per_round:
+            raise ValueError(
+                f"federation.multi_krum_keep ({self.multi_krum_keep}) must be <= clients_per_round "
+                f"({self.clients_per_round})"
+            )
 
 
 @dataclass(frozen=True)
@@ -163,12 +260,54 @@ class SystemConfig:
         _integer("system.num_workers", self.num_workers, low=0, high=256)
 
 
+@dataclass(frozen=True)
+class AttackConfig:
+    """Malicious clients: a seeded `fraction` of all clients behaves as `behaviour` in every round."""
+
+    fraction: float = 0.0  # 0: nobody is malicious
+    behaviour: str = "sign_flip"  # sign_flip | gaussian | scale (model replacement) | label_flip
+    scale: float = 10.0  # sign_flip sends −scale·update, scale sends scale·update
+    noise_std: float = 1.0  # gaussian: the update is replaced by N(0, noise_std²) per weight
+
+    def validate(self) -> None:
+        _number("attack.fraction", self.fraction, low=0.0, high=1.0)
+        _one_of("attack.behaviour", self.behaviour, ATTACKS)
+        _number("attack.scale", self.scale, low=0.0, high=1e6)
+        _number("attack.noise_std", self.noise_std, low=0.0, high=1e6)
+
+
+@dataclass(frozen=True)
+class CommunicationConfig:
+    """The simulated network and the compression of uploads."""
+
+    compression: str = "none"  # none | topk (with error feedback) | qsgd (stochastic quantization)
+    topk_fraction: float = 0.01  # topk: share of the coordinates sent
+    error_feedback: bool = True  # topk: keep what was not sent and add it to the next update
+    quantization_bits: int = 8  # qsgd: bits per coordinate, sign included
+    bandwidth_mbps: float = 20.0  # median per-client bandwidth, both directions (megabits/s)
+    bandwidth_spread: float = 0.5  # σ of the lognormal spread of bandwidths across clients
+    latency_ms: float = 50.0  # per-client one-way latency (median)
+    latency_spread: float = 0.5  # σ of the lognormal spread of latencies across clients
+
+    def validate(self) -> None:
+        _one_of("communication.compression", self.compression, COMPRESSIONS)
+        _number("communication.topk_fraction", self.topk_fraction, low=1e-6, high=1.0)
+        _boolean("communication.error_feedback", self.error_feedback)
+        _integer("communication.quantization_bits", self.quantization_bits, low=2, high=16)
+        _number("communication.bandwidth_mbps", self.bandwidth_mbps, low=1e-3, high=1e6)
+        _number("communication.bandwidth_spread", self.bandwidth_spread, low=0.0, high=3.0)
+        _number("communication.latency_ms", self.latency_ms, low=0.0, high=1e6)
+        _number("communication.latency_spread", self.latency_spread, low=0.0, high=3.0)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "federation": FederationConfig,
     "privacy": PrivacyConfig,
     "system": SystemConfig,
+    "attack": AttackConfig,
+    "communication": CommunicationConfig,
 }
 
 
@@ -181,6 +320,8 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
@@ -192,6 +333,16 @@ class ExperimentConfig:
             raise ValueError(
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
                 f"got {self.federation.strategy!r}"
+            )
+        if self.privacy.mode == "central" and self.federation.personalization == "fedper":
+            raise ValueError(
+                "federation.personalization = 'fedper' keeps each client's last layer out of the "
+                "aggregate, which privacy.mode = 'central' (DP-FedAvg over whole updates) does not cover"
+            )
+        if self.privacy.mode == "central" and self.federation.selection != "uniform":
+            raise ValueError(
+                "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "
+                f"federation.selection must be 'uniform', got {self.federation.selection!r}"
             )
 
     @classmethod

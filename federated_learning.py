@@ -30,16 +30,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from client_trainers import InProcessTrainer, ProcessPoolTrainer, TaskOutcome, TrainSettings, TrainTask
-from data_handler import FederatedData, label_counts, load_mnist, partition, subset
+from attacks import poison_update
+from client_population import (
+    ParticipationTally, allowed_steps, dropouts, loss_sample, make_profiles, select_clients,
+)  # fmt: skip
+from client_trainers import (
+    InProcessTrainer, ProcessPoolTrainer, TaskOutcome, TrainSettings, TrainTask, accuracy_on, full_steps, train_client,
+)  # fmt: skip
+from compression import Compressor
+from data_handler import FederatedData, label_counts, load_mnist, partition, split_holdout, subset
 from experiment_config import ExperimentConfig
-from model import create_model, flatten, get_parameters, parameter_bytes, unflatten
+from model import create_model, flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
 from strategies import ClientUpdate, make_strategy
 
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "run_experiment"]
 
 EVAL_BATCH = 1000
 AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
+ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,14 @@ class ClientResult:
     loss: float
     epsilon: float = 0.0
     sample_rate: float = 0.0
+    # ok | partial (straggler: fewer steps) | lost (trained; update never arrived) |
+    # dropped (never started) | late (could not finish before the deadline; dropped)
+    status: str = "ok"
+    malicious: bool = False
+    bytes_up: int = 0  # after compression
+    bytes_down: int = 0
+    simulated_seconds: float = 0.0  # download + compute at its speed + upload, over its simulated link
+    validation_accuracy: float | None = None  # its new local model on its own held-out split
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,8 @@ class RoundResult:
     sample_rate: float = 0.0
     privacy_steps: int = 0
     accountant: str = ""
+    skipped: str = ""  # why the global model was not updated this round ("" when it was)
+    simulated_seconds: float = 0.0  # the round's duration over the simulated network and speeds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +111,11 @@ class RoundResult:
 def client_seed(seed: int, round_number: int, client_id: int) -> int:
     """The seed of one client's batch order in one round, independent of scheduling."""
     return int(np.random.SeedSequence([seed, round_number, client_id]).generate_state(1)[0])
+
+
+def stream_seed(seed: int, round_number: int, client_id: int, tag: int) -> int:
+    """A seed for one purpose (`tag`) of one client in one round, apart from its batch order."""
+    return int(np.random.SeedSequence([seed, round_number, client_id, tag]).generate_state(1)[0])
 
 
 @torch.no_grad()
@@ -134,28 +157,43 @@ class PrivacyPlan:
 
 
 class FederatedRun:
-    """Everything a run needs, prepared once: data, partition, model, strategy, privacy."""
+    """Everything a run needs, prepared once: data, partition, model, strategy, privacy,
+    and the simulated federation (client profiles, compression, personal heads)."""
 
     def __init__(self, config: ExperimentConfig, *, data: FederatedData | None = None) -> None:
         self.config = config
-        seed = config.system.seed
+        federation, seed = config.federation, config.system.seed
         if data is None:
             data = load_mnist(config.data.data_dir)
         self.data = subset(
             data, max_train=config.data.max_train_examples, max_test=config.data.max_test_examples, seed=seed
         )
         labels = self.data.train_y.numpy()
-        self.partitions = partition(
-            labels,
-            config.data.partition,
-            num_clients=config.federation.num_clients,
-            seed=seed,
+        parts = partition(
+            labels, config.data.partition, num_clients=federation.num_clients, seed=seed,
             alpha=config.data.dirichlet_alpha,
-        )
-        self.label_counts = label_counts(self.partitions, labels, self.data.num_classes)
+        )  # fmt: skip
+        self.label_counts = label_counts(parts, labels, self.data.num_classes)
+        # Each client's own held-out split (personalization, validation scores) is never trained on.
+        self.partitions, self.holdouts = split_holdout(parts, federation.client_holdout, seed=seed)
         self.model = create_model(config.model.name, num_classes=self.data.num_classes, seed=seed)
-        self.strategy = make_strategy(config.federation.strategy)
+        self.strategy = make_strategy(federation)
         self.num_workers = resolve_workers(config)
+        self.profiles = make_profiles(config, [len(p) for p in self.partitions])
+        self.tally = ParticipationTally()
+        self.full_steps = [
+            full_steps(len(p), local_epochs=federation.local_epochs, batch_size=federation.batch_size)
+            for p in self.partitions
+        ]
+        self.median_full_steps = float(np.median(self.full_steps))
+        communication = config.communication
+        self.compressor = Compressor(
+            communication.compression, fraction=communication.topk_fraction, bits=communication.quantization_bits,
+            error_feedback=communication.error_feedback,
+        )  # fmt: skip
+        params = get_parameters(self.model)
+        self.head_size = head_size(params) if federation.personalization == "fedper" else 0
+        self.heads: dict[int, torch.Tensor] = {}  # FedPer: each client's own final layer, kept on the client
         self.privacy = plan_privacy(config, self)
         self.histories: dict[int, tuple[tuple[float, float, int], ...]] = {}  # local DP, per client
         self.client_epsilons: dict[int, float] = {}
@@ -164,19 +202,16 @@ class FederatedRun:
         self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
 
     def sample_clients(self, round_number: int) -> list[int]:
-        """This round's clients, seeded per round.
+        """This round's selected clients (`client_population.select_clients`); power-of-choice
+        ranks candidates by the current global model's loss on a sample of their data."""
+        return select_clients(
+            self.config, round_number, profiles=self.profiles, tally=self.tally,
+            loss_of=functools.partial(self._client_loss, round_number),
+        )  # fmt: skip
 
-        Uniformly `clients_per_round` distinct clients; in central DP mode, Poisson: each
-        client independently with probability q = clients_per_round / num_clients, which
-        is the sampling the central accountant assumes (the count varies, may be 0).
-        """
-        federation = self.config.federation
-        generator = np.random.default_rng([self.config.system.seed, round_number])
-        if self.config.privacy.mode == "central":
-            rate = federation.clients_per_round / federation.num_clients
-            return [int(c) for c in np.flatnonzero(generator.random(federation.num_clients) < rate)]
-        chosen = generator.choice(federation.num_clients, size=federation.clients_per_round, replace=False)
-        return sorted(int(c) for c in chosen)
+    def _client_loss(self, round_number: int, client: int) -> float:
+        sample = torch.from_numpy(loss_sample(self.partitions[client], self.config.system.seed, round_number, client))
+        return evaluate(self.model, self.data.train_x[sample], self.data.train_y[sample])[1]
 
     def audit(self, num_examples: int) -> dict[str, Any] | None:
         """A loss-threshold membership-inference audit of the current global model
@@ -201,64 +236,98 @@ class FederatedRun:
             self.data.test_x[held_out], self.data.test_y[held_out],
         )  # fmt: skip
 
+    def personalize(self) -> dict[str, Any] | None:
+        """Each client's accuracy on its own held-out split: the global model's against its
+        personalized model's (fedper: the global body with the client's own final layer;
+        finetune: the global model after `finetune_epochs` of local SGD on the client's
+        training split). Personalized models stay on their clients: nothing is released, so
+        this adds no privacy cost. None without personalization."""
+        federation = self.config.federation
+        if federation.personalization == "none":
+            return None
+        data, params = self.data, get_parameters(self.model)
+        global_weights = flatten(params)
+        local = create_model(self.config.model.name, num_classes=data.num_classes)
+        local_params = get_parameters(local)
+        clients = []
+        for client in range(federation.num_clients):
+            holdout = self.holdouts[client]
+            if len(holdout) == 0:
+                continue
+            global_accuracy = accuracy_on(self.model, data.train_x, data.train_y, holdout)
+            set_parameters(local, unflatten(global_weights, params))
+            if federation.personalization == "fedper":
+                if client in self.heads:
+                    flat = flatten(local_params)
+                    flat[-self.head_size :] = self.heads[client]
+                    set_parameters(local, unflatten(flat, local_params))
+            else:
+                train_client(
+                    local, data.train_x, data.train_y, self.partitions[client],
+                    local_epochs=federation.finetune_epochs, batch_size=federation.batch_size,
+                    learning_rate=federation.learning_rate, seed=stream_seed(self.config.system.seed, 0, client, 0xF1),
+                )  # fmt: skip
+            personal_accuracy = accuracy_on(local, data.train_x, data.train_y, holdout)
+            clients.append(
+                {"client": client, "examples": len(holdout), "global_accuracy": global_accuracy,
+                 "personalized_accuracy": personal_accuracy}
+            )  # fmt: skip
+        if not clients:
+            return None
+        return {
+            "method": federation.personalization,
+            "clients": clients,
+            "mean_global_accuracy": float(np.mean([c["global_accuracy"] for c in clients])),
+            "mean_personalized_accuracy": float(np.mean([c["personalized_accuracy"] for c in clients])),
+        }
+
     def rounds(self, stop_event: StopEvent | None = None) -> Iterator[RoundResult]:
         """Run the rounds, yielding each result; ends early after a round if `stop_event` is
         set, or before a round that would take ε past `privacy.max_epsilon`."""
-        config, plan = self.config, self.privacy
+        config, plan, federation = self.config, self.privacy, self.config.federation
         params = get_parameters(self.model)
         global_weights = flatten(params)
         settings = TrainSettings(
             model_name=config.model.name,
             num_classes=self.data.num_classes,
-            local_epochs=config.federation.local_epochs,
-            batch_size=config.federation.batch_size,
-            learning_rate=config.federation.learning_rate,
+            local_epochs=federation.local_epochs,
+            batch_size=federation.batch_size,
+            learning_rate=federation.learning_rate,
             local_dp=plan.mode == "local",
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.max_grad_norm,
             accountant=plan.accountant,
+            proximal_mu=federation.proximal_mu if federation.strategy == "fedprox" else 0.0,
+            corrections=federation.strategy == "scaffold",
         )
-        slots = config.federation.clients_per_round  # central DP trains Poisson samples in chunks of this
+        slots = federation.clients_per_round  # central DP trains Poisson samples in chunks of this
         if self.num_workers > 1:
             trainer: Any = ProcessPoolTrainer(self.data, settings, global_weights.numel(), slots, self.num_workers)
         else:
             trainer = InProcessTrainer(self.data, settings, global_weights.numel(), slots)
-        transfer_bytes = parameter_bytes(params)
         try:
-            for round_number in range(1, config.federation.rounds + 1):
+            for round_number in range(1, federation.rounds + 1):
                 clients = self.sample_clients(round_number)
                 if (reason := self._budget_exhausted(round_number, clients)) is not None:
                     self.stop_reason = reason
                     break
                 started = time.perf_counter()
-                tasks = [
-                    TrainTask(
-                        slot % slots, client, self.partitions[client],
-                        client_seed(config.system.seed, round_number, client), self.histories.get(client, ()),
-                    )  # fmt: skip
-                    for slot, client in enumerate(clients)
-                ]
+                statuses = self._plan_round(round_number, clients)
                 clip_norm = self.clip_norm
-                if plan.mode == "central":
-                    global_weights, outcomes = self._central_round(trainer, global_weights, tasks, round_number)
-                else:
-                    outcomes = trainer.train(global_weights, tasks)
-                    updates = [
-                        ClientUpdate(o.task.client_id, trainer.results[o.task.slot], len(o.task.indices), o.steps, o.loss)
-                        for o in outcomes
-                    ]
-                    global_weights = self.strategy.aggregate(global_weights, updates)
+                global_weights, outcomes, arrivals, skipped = self._train_and_aggregate(
+                    trainer, global_weights, round_number, statuses
+                )
                 seconds = time.perf_counter() - started
-
+                for client in clients:
+                    self.tally.record(client, client in arrivals)
                 self.trained_clients.update(o.task.client_id for o in outcomes)
                 eval_started = time.perf_counter()
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
                 accuracy, loss = evaluate(self.model, self.data.test_x, self.data.test_y)
                 yield self._round_result(
-                    round_number, outcomes, accuracy=accuracy, loss=loss, seconds=seconds,
-                    eval_seconds=time.perf_counter() - eval_started, transfer_bytes=transfer_bytes,
-                    clip_norm=clip_norm,
+                    round_number, statuses, outcomes, arrivals, accuracy=accuracy, loss=loss, seconds=seconds,
+                    eval_seconds=time.perf_counter() - eval_started, clip_norm=clip_norm, skipped=skipped,
                 )  # fmt: skip
                 if stop_event is not None and stop_event.is_set():
                     self.stop_reason = "stopped on request"
@@ -266,52 +335,113 @@ class FederatedRun:
         finally:
             trainer.close()
 
-    def _central_round(
-        self, trainer: Any, global_weights: torch.Tensor, tasks: list[TrainTask], round_number: int
-    ) -> tuple[torch.Tensor, list[TaskOutcome]]:
-        """DP-FedAvg: clip each client's update to C, sum unweighted, add N(0, σ_Δ²C²), divide
-        by the expected participant count q·n; train in chunks of the result buffer's size.
-        With adaptive clipping, C then moves towards the target quantile of update norms."""
-        import differential_privacy as dp
-
-        plan, federation, privacy = self.privacy, self.config.federation, self.config.privacy
-        clip_norm = self.clip_norm
-        clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
-        unclipped = 0
-        outcomes: list[TaskOutcome] = []
-        slots = trainer.results.shape[0]
-        for start in range(0, len(tasks), slots):
-            for outcome in trainer.train(global_weights, tasks[start : start + slots]):
-                update = trainer.results[outcome.task.slot] - global_weights
-                if not torch.isfinite(update).all():
-                    raise RuntimeError(
-                        f"client {outcome.task.client_id} returned non-finite weights in round {round_number}: "
-                        "training diverged (lower the learning rate, or use more clients per round so the "
-                        "server noise σC/(q·n) per weight is smaller)"
-                    )
-                clipped, norm = dp.clip_update(update, clip_norm)
-                clipped_sum += clipped.to(torch.float64)
-                unclipped += norm <= clip_norm
-                outcomes.append(outcome)
-        # The server's noise seed: the client-id slot one past the last client.
-        generator = torch.Generator().manual_seed(
-            client_seed(self.config.system.seed, round_number, federation.num_clients)
-        )
-        expected = plan.client_sample_rate * federation.num_clients
-        noised_mean = dp.central_noise(
-            clipped_sum,
-            noise_multiplier=plan.update_noise_multiplier,
-            max_norm=clip_norm,
-            expected_participants=expected,
-            generator=generator,
-        )
-        if privacy.adaptive_clipping:
-            self.clip_norm, _fraction = dp.adapt_clip_norm(
-                clip_norm, unclipped_count=unclipped, expected_participants=expected,
-                target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
-                count_stddev=dp.count_noise_stddev(expected), generator=generator,
+    def _plan_round(self, round_number: int, clients: list[int]) -> dict[int, tuple[str, int]]:
+        """Per selected client: (status, local step limit). `dropped` never starts, `late`
+        cannot finish before the deadline (straggler_policy drop, or not one step),
+        `lost` trains but its update never arrives, `partial` trains fewer steps."""
+        federation = self.config.federation
+        gone = dropouts(self.config, round_number, clients, self.profiles)
+        plan = {}
+        for client in clients:
+            full = self.full_steps[client]
+            steps = allowed_steps(
+                full, self.profiles[client].speed, deadline=federation.round_deadline,
+                median_full_steps=self.median_full_steps,
             )  # fmt: skip
-        return (global_weights.to(torch.float64) + noised_mean).to(global_weights.dtype), outcomes
+            if client in gone and federation.dropout_stage == "before":
+                plan[client] = ("dropped", 0)
+            elif steps < full and (federation.straggler_policy == "drop" or steps < 1):
+                plan[client] = ("late", 0)
+            elif client in gone:
+                plan[client] = ("lost", steps if steps < full else 0)
+            else:
+                plan[client] = ("partial", steps) if steps < full else ("ok", 0)
+        return plan
+
+    def _train_and_aggregate(
+        self, trainer: Any, global_weights: torch.Tensor, round_number: int, statuses: dict[int, tuple[str, int]]
+    ) -> tuple[torch.Tensor, list[TaskOutcome], dict[int, int], str]:
+        """Train the clients that start, turn what arrives into updates (attack, compression),
+        aggregate. Returns (new global weights, outcomes, {client: bytes up} of the updates that
+        arrived, why the model was not updated or "")."""
+        config, federation = self.config, self.config.federation
+        seed, slots = config.system.seed, trainer.results.shape[0]
+        malicious_labels = config.attack.behaviour == "label_flip"
+        tasks = [
+            TrainTask(
+                slot % slots, client, self.partitions[client], client_seed(seed, round_number, client),
+                self.histories.get(client, ()), max_steps=limit,
+                flip_labels=malicious_labels and self.profiles[client].malicious,
+                head=self.heads.get(client) if self.head_size else None,
+                holdout=self.holdouts[client] if len(self.holdouts[client]) else None,
+            )  # fmt: skip
+            for slot, (client, (status, limit)) in enumerate(
+                (c, s) for c, s in statuses.items() if s[0] not in ("dropped", "late")
+            )
+        ]
+        central = self.privacy.mode == "central"
+        if not central and len(tasks) > slots:
+            raise AssertionError("more clients than result slots outside central DP")
+        aggregator = _CentralSum(self, global_weights, round_number) if central else None
+        outcomes, updates, arrivals = [], [], {}
+        for start in range(0, len(tasks), slots):
+            chunk = tasks[start : start + slots]
+            if trainer.corrections is not None:
+                for task in chunk:
+                    trainer.corrections[task.slot].copy_(self.strategy.client_correction(task.client_id, global_weights))
+            for outcome in trainer.train(global_weights, chunk):
+                client, row = outcome.task.client_id, trainer.results[outcome.task.slot]
+                if not torch.isfinite(row).all():
+                    raise RuntimeError(
+                        f"client {client} returned non-finite weights in round {round_number}: training diverged "
+                        "(lower the learning rate; with central DP, use more clients per round so the server "
+                        "noise σC/(q·n) per weight is smaller)"
+                    )
+                outcomes.append(outcome)
+                if self.head_size:
+                    self.heads[client] = row[-self.head_size :].clone()  # stays on the client
+                if statuses[client][0] == "lost":
+                    continue
+                update, arrivals[client] = self._sent_update(round_number, client, row - global_weights)
+                if aggregator is not None:
+                    aggregator.add(update)
+                else:
+                    row.copy_(global_weights + update)  # what the server reconstructs
+                    updates.append(
+                        ClientUpdate(
+                            client, row, len(outcome.task.indices), outcome.steps, outcome.loss,
+                            validation_score=outcome.validation_accuracy,
+                        )
+                    )
+        if aggregator is not None:
+            # Always released, even with no updates: skipping on the exact count of arrivals would
+            # reveal whether a client took part, which the accountant does not cover.
+            return aggregator.result(), outcomes, arrivals, ""
+        if len(arrivals) < federation.min_clients:
+            return global_weights, outcomes, arrivals, (
+                f"{len(arrivals)} update(s) arrived, fewer than federation.min_clients = {federation.min_clients}"
+            )  # fmt: skip
+        try:
+            return self.strategy.aggregate(global_weights, updates), outcomes, arrivals, ""
+        except ValueError as error:  # e.g. Krum with too few updates after dropouts
+            return global_weights, outcomes, arrivals, str(error)
+
+    def _sent_update(self, round_number: int, client: int, update: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The update the server receives from `client` and the bytes it took: a malicious
+        client's poisoned one, compressed. With FedPer only the body is sent; the head part
+        passes through for the reporting-only global head and costs no bytes."""
+        attack, seed = self.config.attack, self.config.system.seed
+        if self.profiles[client].malicious:
+            generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, ATTACK_TAG))
+            update = poison_update(
+                attack.behaviour, update, scale=attack.scale, noise_std=attack.noise_std, generator=generator
+            )
+        body = update.numel() - self.head_size
+        generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, COMPRESSION_TAG))
+        sent, num_bytes = self.compressor.compress(client, update[:body].contiguous(), generator)
+        if self.head_size:
+            sent = torch.cat([sent, update[body:]])
+        return sent, num_bytes
 
     def _budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
         """Why the next round may not run under `privacy.max_epsilon`, or None if it may."""
@@ -339,29 +469,58 @@ class FederatedRun:
                 return f"privacy budget: round {round_number} would take client {client} past ε = {plan.max_epsilon}"
         return None
 
+
     def _round_result(
-        self, round_number: int, outcomes: list[TaskOutcome], *, accuracy: float, loss: float,
-        seconds: float, eval_seconds: float, transfer_bytes: int, clip_norm: float,
+        self, round_number: int, statuses: dict[int, tuple[str, int]], outcomes: list[TaskOutcome],
+        arrivals: dict[int, int], *, accuracy: float, loss: float, seconds: float, eval_seconds: float,
+        clip_norm: float, skipped: str,
     ) -> RoundResult:  # fmt: skip
-        plan = self.privacy
-        clients = []
-        epsilon, sample_rate, privacy_steps = 0.0, 0.0, 0
+        plan, federation = self.privacy, self.config.federation
+        down_bytes = parameter_bytes(get_parameters(self.model)) - 4 * self.head_size  # FedPer: the body only
+        by_client = {o.task.client_id: o for o in outcomes}
+        trained_steps = sum(o.steps for o in outcomes)
+        step_seconds = sum(o.seconds for o in outcomes) / trained_steps if trained_steps else 0.0
+        deadline_seconds = federation.round_deadline * self.median_full_steps * step_seconds
         if plan.mode == "local":
             import differential_privacy as dp
 
             for o in outcomes:
-                client = o.task.client_id
-                self.histories[client] = o.history
-                self.client_epsilons[client] = dp.epsilon_from_history(o.history, plan.delta, plan.accountant)
-                rate = o.history[-1][1] if o.history else 0.0
-                total_steps = sum(n for _, _, n in o.history)
-                clients.append(
-                    ClientResult(client, len(o.task.indices), total_steps, o.loss, self.client_epsilons[client], rate)
-                )
-                sample_rate, privacy_steps = max(sample_rate, rate), max(privacy_steps, total_steps)
+                self.histories[o.task.client_id] = o.history
+                self.client_epsilons[o.task.client_id] = dp.epsilon_from_history(o.history, plan.delta, plan.accountant)
+        clients, simulated, epsilon, sample_rate, privacy_steps = [], 0.0, 0.0, 0.0, 0
+        for client, (status, _limit) in statuses.items():
+            profile, outcome = self.profiles[client], by_client.get(client)
+            common = dict(
+                status=status, malicious=profile.malicious, num_examples=len(self.partitions[client]), id=client,
+                epsilon=self.client_epsilons.get(client, 0.0),
+            )  # fmt: skip
+            if outcome is None:  # dropped before training, or too late to start
+                late = status == "late"
+                clients.append(ClientResult(
+                    steps=0, loss=0.0, bytes_down=down_bytes if late else 0,
+                    simulated_seconds=profile.transfer_seconds(down_bytes) + deadline_seconds if late else 0.0,
+                    **common,
+                ))  # fmt: skip
+                if late and federation.straggler_policy == "drop":
+                    simulated = max(simulated, deadline_seconds)
+                continue
+            up = arrivals.get(client, 0)
+            client_seconds = (
+                profile.transfer_seconds(down_bytes) + outcome.seconds / profile.speed + profile.transfer_seconds(up)
+            )
+            steps, rate = outcome.steps, 0.0
+            if plan.mode == "local":
+                rate = outcome.history[-1][1] if outcome.history else 0.0
+                steps = sum(n for _, _, n in outcome.history)
+                sample_rate, privacy_steps = max(sample_rate, rate), max(privacy_steps, steps)
+            if client in arrivals:
+                simulated = max(simulated, client_seconds)
+            clients.append(ClientResult(
+                steps=steps, loss=outcome.loss, sample_rate=rate, bytes_up=up, bytes_down=down_bytes,
+                simulated_seconds=client_seconds, validation_accuracy=outcome.validation_accuracy, **common,
+            ))  # fmt: skip
+        if plan.mode == "local":
             epsilon = max(self.client_epsilons.values(), default=0.0)  # never decreases
-        else:
-            clients = [ClientResult(o.task.client_id, len(o.task.indices), o.steps, o.loss) for o in outcomes]
         if plan.mode == "central":
             import differential_privacy as dp
 
@@ -379,15 +538,58 @@ class FederatedRun:
             delta=plan.delta if private else 0.0,
             seconds=seconds,
             eval_seconds=eval_seconds,
-            bytes_up=transfer_bytes * len(outcomes),
-            bytes_down=transfer_bytes * len(outcomes),
+            bytes_up=sum(c.bytes_up for c in clients),
+            bytes_down=sum(c.bytes_down for c in clients),
             clients=clients,
             noise_multiplier=plan.noise_multiplier if private else 0.0,
             max_grad_norm=clip_norm if private else 0.0,
             sample_rate=sample_rate,
             privacy_steps=privacy_steps,
             accountant=plan.accountant if private else "",
+            skipped=skipped,
+            simulated_seconds=simulated,
         )
+
+
+class _CentralSum:
+    """DP-FedAvg's server side for one round: clip each arriving update to C, sum them
+    unweighted; `result` adds N(0, σ_Δ²C²), divides by the expected participant count q·n
+    and, with adaptive clipping, moves the run's C towards the target quantile of norms."""
+
+    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
+        self.run, self.global_weights, self.round_number = run, global_weights, round_number
+        self.clip_norm = run.clip_norm
+        self.clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
+        self.unclipped = 0
+
+    def add(self, update: torch.Tensor) -> None:
+        import differential_privacy as dp
+
+        clipped, norm = dp.clip_update(update, self.clip_norm)
+        self.clipped_sum += clipped.to(torch.float64)
+        self.unclipped += norm <= self.clip_norm
+
+    def result(self) -> torch.Tensor:
+        import differential_privacy as dp
+
+        run = self.run
+        plan, federation, privacy = run.privacy, run.config.federation, run.config.privacy
+        # The server's noise seed: the client-id slot one past the last client.
+        generator = torch.Generator().manual_seed(
+            client_seed(run.config.system.seed, self.round_number, federation.num_clients)
+        )
+        expected = plan.client_sample_rate * federation.num_clients
+        noised_mean = dp.central_noise(
+            self.clipped_sum, noise_multiplier=plan.update_noise_multiplier, max_norm=self.clip_norm,
+            expected_participants=expected, generator=generator,
+        )  # fmt: skip
+        if privacy.adaptive_clipping:
+            run.clip_norm, _fraction = dp.adapt_clip_norm(
+                self.clip_norm, unclipped_count=self.unclipped, expected_participants=expected,
+                target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
+                count_stddev=dp.count_noise_stddev(expected), generator=generator,
+            )  # fmt: skip
+        return (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype)
 
 
 def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
@@ -417,7 +619,8 @@ def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> f
     """σ such that the whole run ends at <= privacy.target_epsilon.
 
     Central: q = clients_per_round / num_clients, one step per round. Local: every client k
-    that the (seeded) schedule picks R_k times takes R_k · local_epochs · round(1/q_k)
+    that the (seeded) schedule picks R_k times (every round, when selection depends on
+    training: power_of_choice, availability) takes R_k · local_epochs · round(1/q_k)
     DP-SGD steps at q_k = batch_size / N_k; one σ must keep every client under the
     target, so it is the largest σ any client needs.
     """
@@ -429,7 +632,10 @@ def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> f
     if privacy.mode == "central":
         sigma = calibrate(sample_rate=rate, steps=federation.rounds)
     else:
-        participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
+        if federation.selection == "uniform":
+            participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
+        else:  # who is picked depends on training: calibrate for a client picked in every round
+            participation = Counter({c: federation.rounds for c in range(federation.num_clients)})
         needs = set()
         for client, times in participation.items():
             q = dp.local_sample_rate(len(run.partitions[client]), federation.batch_size)

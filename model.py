@@ -121,3 +121,10 @@ def unflatten(vector: torch.Tensor, like: Parameters) -> Parameters:
         out[name] = vector[offset : offset + tensor.numel()].view_as(tensor)
         offset += tensor.numel()
     return out
+
+
+def head_size(params: Parameters) -> int:
+    """How many trailing values of `flatten(params)` belong to the final layer (the last
+    module's weight and bias): what FedPer keeps on each client."""
+    last_module = next(reversed(params)).rsplit(".", 1)[0]
+    return sum(t.numel() for name, t in params.items() if name.rsplit(".", 1)[0] == last_module)

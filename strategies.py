@@ -1,11 +1,17 @@
 """Server aggregation strategies: pure functions over flat weight vectors, plus one small
 class per strategy holding only the state its algorithm needs.
 
-The round loop in `federated_learning` is written once and calls `Strategy.aggregate`;
-a new rule is a new class registered in `STRATEGIES`, never a branch in the loop.
+The round loop in `federated_learning` is written once and drives every strategy:
 
-    strategy = make_strategy("fedavg")
-    new_global = strategy.aggregate(global_weights, updates)   # (P,) float32
+    strategy = make_strategy(config.federation)
+    correction = strategy.client_correction(client_id, global_weights)  # (P,) or None; SCAFFOLD only
+    new_global = strategy.aggregate(global_weights, updates)            # (P,), dtype of global_weights
+
+A new rule is a pure function plus a class registered in `STRATEGIES`, never a branch in the loop.
+FedAvg, FedProx, FedAvgM, FedAdagrad/Adam/Yogi, FedNova and adaptive weighting trust each client's
+`num_examples`; the Byzantine-robust rules (median, trimmed mean, Krum, Multi-Krum, Bulyan) ignore it,
+because a malicious client can claim any count. Sums run in float64; results come back in the input dtype.
+A rule that cannot run on the updates it got (none, or too few for its f) raises `ValueError`.
 """
 
 from __future__ import annotations
@@ -13,32 +19,211 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+F64 = torch.float64
 
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What one client sends back: its new local weights, flat (P,) float32."""
+    """What one client sends back after a round of local training."""
 
     client_id: int
-    weights: torch.Tensor
+    weights: torch.Tensor  # (P,) the client's new local weights
     num_examples: int
-    steps: int
+    steps: int  # local SGD steps it took this round (may differ between clients)
     loss: float
+    validation_score: float | None = None  # accuracy on its own held-out split (adaptive_weighting)
 
 
-def weighted_average(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Σ w_k v_k / Σ w_k over (P,) vectors; weights must be non-negative with a positive sum."""
+# ---------------------------------------------------------------- averaging
+
+
+def _weighted_mean64(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Σ w_k v_k / Σ w_k over (P,) vectors, in float64, one vector at a time (no (n, P) copy)."""
     if not vectors or len(vectors) != len(weights):
         raise ValueError(f"need one weight per vector, got {len(vectors)} vectors and {len(weights)} weights")
     total = float(sum(weights))
     if total <= 0 or min(weights) < 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    result = torch.zeros_like(vectors[0], dtype=torch.float64)
+    result = torch.zeros_like(vectors[0], dtype=F64)
     for vector, weight in zip(vectors, weights, strict=True):
-        result.add_(vector.to(torch.float64), alpha=weight / total)
-    return result.to(vectors[0].dtype)
+        result.add_(vector.to(F64), alpha=weight / total)
+    return result
+
+
+def weighted_average(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Σ w_k v_k / Σ w_k over (P,) vectors; weights must be non-negative with a positive sum."""
+    return _weighted_mean64(vectors, weights).to(vectors[0].dtype)
+
+
+def _check_updates(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> None:
+    if not updates:
+        raise ValueError("cannot aggregate zero client updates")
+    for update in updates:
+        if update.weights.shape != global_weights.shape:
+            raise ValueError(f"client {update.client_id} sent weights of shape {tuple(update.weights.shape)}, "
+                             f"expected {tuple(global_weights.shape)}")
+
+
+def fedavg(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """McMahan et al. 2017: Σ_k (n_k/Σn) y_k, float64 (P,)."""
+    _check_updates(global_weights, updates)
+    return _weighted_mean64([u.weights for u in updates], [u.num_examples for u in updates])
+
+
+def pseudo_gradient(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """Δ = fedavg(updates) − x, float64 (P,): the server optimisers' 'gradient' (it points downhill)."""
+    return fedavg(global_weights, updates) - global_weights.to(F64)
+
+
+def fednova(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """Wang et al. 2020, FedNova for plain local SGD, float64 (P,).
+
+    p_k = n_k/Σn, d_k = (x − y_k)/τ_k with τ_k local steps, τ_eff = Σ p_k τ_k, x ← x − τ_eff Σ p_k d_k.
+    Normalising by τ_k removes the pull towards clients that took more steps; equal τ_k gives FedAvg.
+    """
+    _check_updates(global_weights, updates)
+    total = float(sum(u.num_examples for u in updates))
+    if min(u.steps for u in updates) < 1 or total <= 0:
+        raise ValueError(f"fednova needs steps >= 1 and a positive total of num_examples, got steps "
+                         f"{[u.steps for u in updates]} and num_examples {[u.num_examples for u in updates]}")
+    x = global_weights.to(F64)
+    effective_steps = sum(u.num_examples / total * u.steps for u in updates)
+    direction = torch.zeros_like(x)  # Σ p_k d_k
+    for u in updates:
+        direction.add_(x - u.weights.to(F64), alpha=u.num_examples / total / u.steps)
+    return x - effective_steps * direction
+
+
+def adaptive_weighting(global_weights: torch.Tensor, updates: Sequence[ClientUpdate], *,
+                       exponent: float) -> torch.Tensor:
+    """Weighted average with w_k ∝ (n_k/Σn)^a · (s_k/Σs)^(1−a), s_k = validation_score, float64 (P,).
+
+    a = 1 is FedAvg; a = 0 weights by validation score alone.
+    """
+    _check_updates(global_weights, updates)
+    scores = [u.validation_score for u in updates]
+    if any(s is None for s in scores) or min(scores) < 0 or sum(scores) <= 0:
+        raise ValueError(f"adaptive_weighting needs a validation_score >= 0 from every client, not all 0; got "
+                         f"{scores}. It needs the client validation split: set federation.client_holdout > 0")
+    total_examples, total_score = sum(u.num_examples for u in updates), sum(scores)
+    weights = [(u.num_examples / total_examples) ** exponent * (s / total_score) ** (1 - exponent)
+               for u, s in zip(updates, scores, strict=True)]
+    return _weighted_mean64([u.weights for u in updates], weights)
+
+
+# ---------------------------------------------------------------- server optimisers (Reddi et al. 2021)
+
+SecondMoment = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (v, Δ², β2) -> new v
+
+
+def adagrad_second_moment(v: torch.Tensor, delta_squared: torch.Tensor, beta2: float) -> torch.Tensor:
+    """v + Δ²."""
+    return v + delta_squared
+
+
+def adam_second_moment(v: torch.Tensor, delta_squared: torch.Tensor, beta2: float) -> torch.Tensor:
+    """β2·v + (1−β2)·Δ²."""
+    return beta2 * v + (1 - beta2) * delta_squared
+
+
+def yogi_second_moment(v: torch.Tensor, delta_squared: torch.Tensor, beta2: float) -> torch.Tensor:
+    """v − (1−β2)·Δ²·sign(v − Δ²): moves v towards Δ² additively, so it stays ≥ 0 and changes slowly."""
+    return v - (1 - beta2) * delta_squared * torch.sign(v - delta_squared)
+
+
+# ---------------------------------------------------------------- Byzantine-robust rules (stack: (n, P))
+
+
+def _require_updates(rule: str, byzantine_clients: int, count: int, minimum: int) -> None:
+    if count < minimum:
+        raise ValueError(f"{rule} with f={byzantine_clients} needs at least {minimum} updates, got {count}")
+
+
+def _median64(stack: torch.Tensor) -> torch.Tensor:
+    ordered = stack.sort(dim=0).values  # (n, P)
+    n = stack.shape[0]
+    return (ordered[(n - 1) // 2].to(F64) + ordered[n // 2].to(F64)) / 2  # (P,); even n: mean of the middle two
+
+
+def coordinate_median(stack: torch.Tensor) -> torch.Tensor:
+    """Yin et al. 2018: per-coordinate median of (n, P) weights; even n averages the middle two (numpy.median)."""
+    return _median64(stack).to(stack.dtype)
+
+
+def trimmed_mean(stack: torch.Tensor, *, trim_fraction: float) -> torch.Tensor:
+    """Yin et al. 2018: per coordinate drop the ⌊β·n⌋ largest and smallest, average the rest (scipy trim_mean)."""
+    cut = int(trim_fraction * stack.shape[0])
+    kept = stack.sort(dim=0).values[cut : stack.shape[0] - cut]  # (n − 2·cut, P), never empty as β < 0.5
+    return kept.mean(dim=0, dtype=F64).to(stack.dtype)
+
+
+def pairwise_squared_distances(stack: torch.Tensor) -> torch.Tensor:
+    """‖y_i − y_j‖² for (n, P) weights, as (n, n) float64 via the Gram matrix: O(n²P) in one matmul."""
+    centred = stack.to(F64)
+    centred -= centred.mean(dim=0)  # distances are shift-invariant; centring limits cancellation in |a|²+|b|²−2ab
+    gram = centred @ centred.T  # (n, n)
+    norms = gram.diagonal()
+    distances = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min_(0)
+    return distances.fill_diagonal_(0)
+
+
+def krum_scores(distances: torch.Tensor, *, neighbours: int) -> torch.Tensor:
+    """Blanchard et al. 2017: per update, the sum of squared distances to its `neighbours` nearest others, (n,)."""
+    to_others = distances.clone().fill_diagonal_(float("inf"))
+    return to_others.sort(dim=1).values[:, :neighbours].sum(dim=1)
+
+
+def krum(stack: torch.Tensor, *, byzantine_clients: int) -> torch.Tensor:
+    """Blanchard et al. 2017: the update whose n − f − 2 nearest neighbours are closest; needs n ≥ 2f + 3."""
+    n, f = stack.shape[0], byzantine_clients
+    _require_updates("krum", f, n, 2 * f + 3)
+    scores = krum_scores(pairwise_squared_distances(stack), neighbours=n - f - 2)
+    return stack[int(scores.argmin())].clone()
+
+
+def multi_krum(stack: torch.Tensor, *, byzantine_clients: int, keep: int = 0) -> torch.Tensor:
+    """Blanchard et al. 2017: mean of the m lowest Krum scores (scored once; m = keep, or n − f if 0)."""
+    n, f = stack.shape[0], byzantine_clients
+    _require_updates("multi_krum", f, n, 2 * f + 3)
+    keep = keep or n - f
+    if keep > n:
+        raise ValueError(f"multi_krum with federation.multi_krum_keep={keep} needs at least {keep} updates, got {n}")
+    scores = krum_scores(pairwise_squared_distances(stack), neighbours=n - f - 2)
+    chosen = torch.argsort(scores, stable=True)[:keep]
+    return stack[chosen].mean(dim=0, dtype=F64).to(stack.dtype)
+
+
+def bulyan(stack: torch.Tensor, *, byzantine_clients: int) -> torch.Tensor:
+    """El Mhamdi et al. 2018: θ = n − 2f picks by repeated Krum, then a per-coordinate trimmed mean around the median.
+
+    Each pick runs Krum on the remaining set (n−f−2 neighbours of the shrinking set, or all other remaining ones
+    once that drops below 1) and removes the winner. Per coordinate the β = θ − 2f selected values closest to the
+    selection's median are averaged. Needs n ≥ 4f + 3.
+    """
+    n, f = stack.shape[0], byzantine_clients
+    _require_updates("bulyan", f, n, 4 * f + 3)
+    chosen = stack[bulyan_selection(pairwise_squared_distances(stack), byzantine_clients=f)]  # (θ, P)
+    closest = (chosen.to(F64) - _median64(chosen)).abs().argsort(dim=0, stable=True)[: chosen.shape[0] - 2 * f]
+    return chosen.gather(0, closest).mean(dim=0, dtype=F64).to(stack.dtype)  # closest: (β, P) row indices
+
+
+def bulyan_selection(distances: torch.Tensor, *, byzantine_clients: int) -> list[int]:
+    """Bulyan's first stage: indices of θ = n − 2f picks, each the Krum winner of the rest, in pick order."""
+    f = byzantine_clients
+    remaining, selected = list(range(distances.shape[0])), []
+    for _ in range(distances.shape[0] - 2 * f):
+        left = len(remaining)
+        neighbours = left - f - 2 if left - f - 2 >= 1 else left - 1  # small sets: all other remaining ones
+        scores = krum_scores(distances[remaining][:, remaining], neighbours=neighbours)
+        selected.append(remaining.pop(int(scores.argmin())))
+    return selected
+
+
+# ---------------------------------------------------------------- strategies
 
 
 class Strategy(ABC):
@@ -46,9 +231,33 @@ class Strategy(ABC):
 
     name: str
 
+    def client_correction(self, client_id: int, global_weights: torch.Tensor) -> torch.Tensor | None:
+        """A (P,) vector the client adds to every gradient it computes this round; None = nothing (default)."""
+        return None
+
     @abstractmethod
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        """The next global weights (P,) from the current ones and this round's updates."""
+        """The next global weights (P,), dtype of `global_weights`, from the current ones and this round's updates."""
+
+
+def _checked(name: str, value: Any, valid: bool, expected: str) -> Any:
+    """`value` if `valid`, else a ValueError naming the config field: settings are checked up front."""
+    if not valid:
+        raise ValueError(f"federation.{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    return float(_checked(name, value, value > 0, "positive"))
+
+
+def _fraction(name: str, value: float) -> float:
+    return float(_checked(name, value, 0 <= value < 1, "in [0, 1)"))
+
+
+def _byzantine(value: int) -> int:
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _checked("byzantine_clients", value, valid, "a non-negative integer")
 
 
 class FedAvg(Strategy):
@@ -57,13 +266,254 @@ class FedAvg(Strategy):
     name = "fedavg"
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        return weighted_average([u.weights for u in updates], [u.num_examples for u in updates])
+        return fedavg(global_weights, updates).to(global_weights.dtype)
 
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {"fedavg": FedAvg}
+class FedProx(FedAvg):
+    """Li et al. 2020: FedAvg on the server; the proximal term μ/2·‖w − x‖² lives in the client trainer."""
+
+    name = "fedprox"
 
 
-def make_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
-        raise ValueError(f"federation.strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
-    return STRATEGIES[name]()
+class FedAvgM(Strategy):
+    """Hsu et al. 2019: server momentum on the pseudo-gradient. v ← β·v + Δ; x ← x + η·v (β=0, η=1: FedAvg)."""
+
+    name = "fedavgm"
+
+    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
+        self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
+        self.server_momentum = _fraction("server_momentum", server_momentum)
+        self.velocity: torch.Tensor | None = None  # v (P,) float64
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        delta = pseudo_gradient(global_weights, updates)
+        self.velocity = delta if self.velocity is None else self.server_momentum * self.velocity + delta
+        return (global_weights.to(F64) + self.server_learning_rate * self.velocity).to(global_weights.dtype)
+
+
+class _AdaptiveServerOptimizer(Strategy):
+    """Reddi et al. 2021, Algorithm 2 (no bias correction), on Δ = fedavg(updates) − x:
+
+    m ← β1·m + (1−β1)·Δ;  v ← second_moment(v, Δ², β2);  x ← x + η·m/(√v + τ);  m, v start at 0.
+    """
+
+    second_moment: SecondMoment
+
+    def __init__(self, *, server_learning_rate: float, beta1: float = 0.9, beta2: float = 0.99,
+                 tau: float = 1e-3) -> None:
+        self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
+        self.beta1 = _fraction("beta1", beta1)
+        self.beta2 = _fraction("beta2", beta2)
+        self.tau = _positive("tau", tau)
+        self.first_moment: torch.Tensor | None = None  # m (P,) float64
+        self.second_moment_estimate: torch.Tensor | None = None  # v (P,) float64
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        delta = pseudo_gradient(global_weights, updates)
+        m = torch.zeros_like(delta) if self.first_moment is None else self.first_moment
+        v = torch.zeros_like(delta) if self.second_moment_estimate is None else self.second_moment_estimate
+        self.first_moment = self.beta1 * m + (1 - self.beta1) * delta
+        self.second_moment_estimate = type(self).second_moment(v, delta * delta, self.beta2)
+        step = self.first_moment / (self.second_moment_estimate.sqrt() + self.tau)
+        return (global_weights.to(F64) + self.server_learning_rate * step).to(global_weights.dtype)
+
+
+class FedAdagrad(_AdaptiveServerOptimizer):
+    """FedAdagrad: v ← v + Δ²."""
+
+    name = "fedadagrad"
+    second_moment = staticmethod(adagrad_second_moment)
+
+
+class FedAdam(_AdaptiveServerOptimizer):
+    """FedAdam: v ← β2·v + (1−β2)·Δ²."""
+
+    name = "fedadam"
+    second_moment = staticmethod(adam_second_moment)
+
+
+class FedYogi(_AdaptiveServerOptimizer):
+    """FedYogi: v ← v − (1−β2)·Δ²·sign(v − Δ²)."""
+
+    name = "fedyogi"
+    second_moment = staticmethod(yogi_second_moment)
+
+
+def scaffold_control_delta(global_weights: torch.Tensor, update: ClientUpdate, server_control: torch.Tensor, *,
+                           client_learning_rate: float) -> torch.Tensor:
+    """Karimireddy et al. 2020, option II: Δc_i = (x − y_i)/(K_i·η_l) − c, float64 (P,); K_i = update.steps ≥ 1."""
+    return (global_weights.to(F64) - update.weights.to(F64)) / (update.steps * client_learning_rate) - server_control
+
+
+class Scaffold(Strategy):
+    """Karimireddy et al. 2020 (option II): control variates correct each client's drift.
+
+    Clients add c − c_i to every gradient (`client_correction`). After the round, with the c from before it:
+    c_i ← c_i + Δc_i;  x ← x + η_g·mean_i(y_i − x) (unweighted);  c ← c + (1/N)·Σ_i Δc_i, N = num_clients.
+    """
+
+    name = "scaffold"
+
+    def __init__(self, *, num_clients: int, client_learning_rate: float, server_learning_rate: float = 1.0) -> None:
+        self.num_clients = _checked("num_clients", num_clients, num_clients >= 1, "at least 1")
+        self.client_learning_rate = _positive("learning_rate", client_learning_rate)
+        self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
+        self.server_control: torch.Tensor | None = None  # c (P,) float64
+        # c_i (P,) for clients that took part, in the weights' dtype: N of them is N·P numbers to hold.
+        self.client_controls: dict[int, torch.Tensor] = {}
+
+    def client_correction(self, client_id: int, global_weights: torch.Tensor) -> torch.Tensor:
+        """c − c_i, (P,) in the dtype of `global_weights`; zeros before the first round."""
+        correction = torch.zeros_like(global_weights, dtype=F64)
+        if self.server_control is not None:
+            correction += self.server_control
+        if client_id in self.client_controls:  # clients that never took part have c_i = 0
+            correction -= self.client_controls[client_id].to(F64)
+        return correction.to(global_weights.dtype)
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        _check_updates(global_weights, updates)
+        ids = [u.client_id for u in updates]
+        if len(set(ids)) != len(ids) or not all(0 <= i < self.num_clients for i in ids):
+            raise ValueError(f"scaffold needs distinct client ids in [0, {self.num_clients}), got {ids}")
+        if min(u.steps for u in updates) < 1:
+            raise ValueError(f"scaffold needs steps >= 1 for every client, got {[u.steps for u in updates]}")
+        x = global_weights.to(F64)
+        control = torch.zeros_like(x) if self.server_control is None else self.server_control  # c before the round
+        delta_sum = torch.zeros_like(x)  # Σ_i Δc_i
+        for update in updates:
+            delta = scaffold_control_delta(x, update, control, client_learning_rate=self.client_learning_rate)
+            previous = self.client_controls.get(update.client_id)
+            new_control = delta if previous is None else previous.to(F64) + delta
+            self.client_controls[update.client_id] = new_control.to(global_weights.dtype)
+            delta_sum += delta
+        self.server_control = control + delta_sum / self.num_clients
+        mean_weights = _weighted_mean64([u.weights for u in updates], [1.0] * len(updates))
+        return (x + self.server_learning_rate * (mean_weights - x)).to(global_weights.dtype)
+
+
+class FedNova(Strategy):
+    """Wang et al. 2020: normalised averaging for clients that took different numbers of local steps."""
+
+    name = "fednova"
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        return fednova(global_weights, updates).to(global_weights.dtype)
+
+
+def _stack(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """The clients' weights as one (n, P) tensor; num_examples is deliberately not used by the robust rules."""
+    _check_updates(global_weights, updates)
+    return torch.stack([u.weights for u in updates])
+
+
+class CoordinateMedian(Strategy):
+    """Per-coordinate median of the clients' weights (unweighted)."""
+
+    name = "median"
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        return coordinate_median(_stack(global_weights, updates)).to(global_weights.dtype)
+
+
+class TrimmedMean(Strategy):
+    """Per-coordinate mean after dropping the ⌊β·n⌋ largest and smallest values (unweighted)."""
+
+    name = "trimmed_mean"
+
+    def __init__(self, *, trim_fraction: float = 0.2) -> None:
+        self.trim_fraction = float(_checked("trim_fraction", trim_fraction, 0 <= trim_fraction < 0.5, "in [0, 0.5)"))
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        stack = _stack(global_weights, updates)
+        return trimmed_mean(stack, trim_fraction=self.trim_fraction).to(global_weights.dtype)
+
+
+class _DistanceBasedRule(Strategy):
+    """A rule parameterised only by f, the number of Byzantine clients it must withstand."""
+
+    rule: Callable[..., torch.Tensor]
+
+    def __init__(self, *, byzantine_clients: int) -> None:
+        self.byzantine_clients = _byzantine(byzantine_clients)
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        stack = _stack(global_weights, updates)
+        return type(self).rule(stack, byzantine_clients=self.byzantine_clients).to(global_weights.dtype)
+
+
+class Krum(_DistanceBasedRule):
+    """The single update closest to its n − f − 2 nearest neighbours."""
+
+    name = "krum"
+    rule = staticmethod(krum)
+
+
+class Bulyan(_DistanceBasedRule):
+    """Repeated Krum, then a per-coordinate trimmed mean around the median."""
+
+    name = "bulyan"
+    rule = staticmethod(bulyan)
+
+
+class MultiKrum(Strategy):
+    """Mean of the m updates with the lowest Krum scores."""
+
+    name = "multi_krum"
+
+    def __init__(self, *, byzantine_clients: int, keep: int = 0) -> None:
+        self.byzantine_clients = _byzantine(byzantine_clients)
+        self.keep = _checked("multi_krum_keep", keep, keep >= 0, ">= 0 (0 means n − f)")
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        stack = _stack(global_weights, updates)
+        return multi_krum(stack, byzantine_clients=self.byzantine_clients, keep=self.keep).to(global_weights.dtype)
+
+
+class AdaptiveWeighting(Strategy):
+    """Weighted average mixing data size and local validation accuracy: w_k ∝ (n_k/Σn)^a · (s_k/Σs)^(1−a)."""
+
+    name = "adaptive_weighting"
+
+    def __init__(self, *, exponent: float = 0.5) -> None:
+        self.exponent = float(_checked("weighting_exponent", exponent, 0 <= exponent <= 1, "in [0, 1]"))
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        return adaptive_weighting(global_weights, updates, exponent=self.exponent).to(global_weights.dtype)
+
+
+def _server_lr(federation: Any, default: float) -> float:
+    """federation.server_learning_rate, where 0.0 means this strategy's default."""
+    return federation.server_learning_rate or default
+
+
+def _adaptive_options(federation: Any, default_lr: float) -> dict[str, float]:
+    return {"server_learning_rate": _server_lr(federation, default_lr), "beta1": federation.beta1,
+            "beta2": federation.beta2, "tau": federation.tau}
+
+
+# name -> factory from the federation config section (any object with the attributes read below).
+STRATEGIES: dict[str, Callable[[Any], Strategy]] = {
+    "fedavg": lambda fed: FedAvg(),
+    "fedprox": lambda fed: FedProx(),
+    "fedavgm": lambda fed: FedAvgM(server_learning_rate=_server_lr(fed, 1.0), server_momentum=fed.server_momentum),
+    "fedadagrad": lambda fed: FedAdagrad(**_adaptive_options(fed, 0.1)),
+    "fedadam": lambda fed: FedAdam(**_adaptive_options(fed, 0.01)),
+    "fedyogi": lambda fed: FedYogi(**_adaptive_options(fed, 0.01)),
+    "scaffold": lambda fed: Scaffold(num_clients=fed.num_clients, client_learning_rate=fed.learning_rate,
+                                     server_learning_rate=_server_lr(fed, 1.0)),
+    "fednova": lambda fed: FedNova(),
+    "median": lambda fed: CoordinateMedian(),
+    "trimmed_mean": lambda fed: TrimmedMean(trim_fraction=fed.trim_fraction),
+    "krum": lambda fed: Krum(byzantine_clients=fed.byzantine_clients),
+    "multi_krum": lambda fed: MultiKrum(byzantine_clients=fed.byzantine_clients, keep=fed.multi_krum_keep),
+    "bulyan": lambda fed: Bulyan(byzantine_clients=fed.byzantine_clients),
+    "adaptive_weighting": lambda fed: AdaptiveWeighting(exponent=fed.weighting_exponent),
+}
+
+
+def make_strategy(federation: Any) -> Strategy:
+    """A fresh strategy (with fresh state) for `federation.strategy`, configured from the federation section."""
+    if federation.strategy not in STRATEGIES:
+        raise ValueError(f"federation.strategy must be one of {', '.join(STRATEGIES)}; got {federation.strategy!r}")
+    return STRATEGIES[federation.strategy](federation)

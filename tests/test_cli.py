@@ -24,6 +24,25 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_run_json_separates_absent_clients_and_reports_personalization(db_url):
+    result = cli(
+        "run", "--json", "--db", db_url, *TINY, "--set", "federation.dropout_probability=0.5",
+        "--set", "federation.rounds=3", "--set", "federation.client_holdout=0.2",
+        "--set", "federation.personalization=finetune", "--set", "privacy.audit_examples=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    rounds, final = lines[:-1], lines[-1]
+    for row in rounds:
+        assert all(c["status"] in ("ok", "partial", "lost") for c in row["clients"])
+        assert all(a["status"] in ("dropped", "late") for a in row["absent"])
+        assert len(row["clients"]) + len(row["absent"]) == 2
+    assert any(row["absent"] for row in rounds)
+    assert final["personalization"]["method"] == "finetune" and len(final["personalization"]["clients"]) == 3
+    stored = ExperimentStore(db_url).get_experiment(final["experiment_id"])
+    assert stored.personalization == final["personalization"] and len(stored.client_profiles) == 3
+
+
 def test_run_json_prints_rounds_then_the_experiment_id(db_url):
     result = cli("run", "--json", "--db", db_url, *TINY)
     assert result.returncode == 0, result.stderr

@@ -129,3 +129,29 @@ def test_a_database_from_an_earlier_version_gains_the_new_columns(tmp_path):
     new = store.create_experiment({"b": 1})
     store.record_round(new, round_row(1, 0.5))
     assert store.rounds_frame([new])["accuracy"].tolist() == [0.5]
+
+
+def test_federation_details_round_trip(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(ExperimentConfig().to_dict())
+    profiles = [{"id": 0, "speed": 0.5, "malicious": True}, {"id": 1, "speed": 2.0, "malicious": False}]
+    store.set_client_profiles(experiment_id, profiles)
+    personal = {"method": "finetune", "clients": [{"client": 0, "global_accuracy": 0.5, "personalized_accuracy": 0.9}]}
+    store.set_personalization(experiment_id, personal)
+    row = round_row(1, 0.5, clients=3)
+    row.update(skipped="1 update(s) arrived, fewer than federation.min_clients = 2", simulated_seconds=4.5)
+    row["clients"][0].update(status="dropped", malicious=True, bytes_up=0, bytes_down=0)
+    row["clients"][1].update(status="lost", bytes_up=0, bytes_down=100, simulated_seconds=2.0)
+    row["clients"][2].update(status="partial", bytes_up=40, bytes_down=100, validation_accuracy=0.8)
+    store.record_round(experiment_id, row)
+
+    experiment = store.get_experiment(experiment_id)
+    assert experiment.client_profiles == profiles and experiment.personalization == personal
+    rounds = store.rounds_frame([experiment_id])
+    assert rounds["num_clients"].tolist() == [1] and rounds["num_selected"].tolist() == [3]  # only "partial" arrived
+    assert rounds["skipped"].tolist() == [row["skipped"]] and rounds["simulated_seconds"].tolist() == [4.5]
+    clients = store.client_rounds_frame(experiment_id)
+    assert clients["status"].tolist() == ["dropped", "lost", "partial"]
+    assert clients["malicious"].tolist() == [True, False, False]
+    assert clients["bytes_up"].tolist() == [0, 0, 40] and clients["bytes_down"].tolist() == [0, 100, 100]
+    assert clients["validation_accuracy"].isna().tolist() == [True, True, False]

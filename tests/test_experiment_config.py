@@ -38,6 +38,40 @@ BAD_VALUES = {
     "privacy.clip_learning_rate": [0.0, -0.2, 100.0],
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
+    "federation.proximal_mu": [-0.1, "0.01"],
+    "federation.server_learning_rate": [-1.0, 1000.0],
+    "federation.server_momentum": [1.0, -0.5],
+    "federation.beta1": [1.0, None],
+    "federation.beta2": [1.0, -0.1],
+    "federation.tau": [0.0, 11.0],
+    "federation.trim_fraction": [0.5, -0.1],
+    "federation.byzantine_clients": [-1, 1.5],
+    "federation.multi_krum_keep": [-1, "2"],
+    "federation.weighting_exponent": [1.5, -0.5],
+    "federation.selection": ["loudest", 0],
+    "federation.selection_candidates": [-1, 2.0],
+    "federation.dropout_probability": [-0.1, 1.0, "0.3"],
+    "federation.dropout_stage": ["after", None],
+    "federation.dropout_heterogeneous": [1, "no"],
+    "federation.min_clients": [0, 11],
+    "federation.speed_spread": [-1.0, 4.0],
+    "federation.round_deadline": [-1.0, "1"],
+    "federation.straggler_policy": ["wait", 1],
+    "federation.client_holdout": [-0.1, 0.6],
+    "federation.personalization": ["fedbn", None],
+    "federation.finetune_epochs": [0, 1.5],
+    "attack.fraction": [-0.1, 1.5, "0.3"],
+    "attack.behaviour": ["backdoor", 3],
+    "attack.scale": [-1.0, float("inf")],
+    "attack.noise_std": [-1.0, "1"],
+    "communication.compression": ["zip", None],
+    "communication.topk_fraction": [0.0, 1.5],
+    "communication.error_feedback": [1, None],
+    "communication.quantization_bits": [1, 17, 8.0],
+    "communication.bandwidth_mbps": [0.0, -1.0],
+    "communication.bandwidth_spread": [-0.1, 5.0],
+    "communication.latency_ms": [-1.0, "50"],
+    "communication.latency_spread": [-1.0, 4.0],
 }
 
 
@@ -116,3 +150,41 @@ def test_data_dir_default_follows_environment(monkeypatch):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ExperimentConfig().federation.rounds = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"federation": {"strategy": "krum", "byzantine_clients": 4}}, "clients_per_round >= 11"),
+        ({"federation": {"strategy": "bulyan", "byzantine_clients": 2}}, "clients_per_round >= 11"),
+        ({"federation": {"strategy": "multi_krum", "byzantine_clients": 1, "multi_krum_keep": 20}}, "multi_krum_keep"),
+        ({"federation": {"personalization": "fedper"}}, "client_holdout > 0"),
+        ({"federation": {"strategy": "adaptive_weighting"}}, "client_holdout > 0"),
+        ({"federation": {"selection": "power_of_choice", "selection_candidates": 5}}, "selection_candidates"),
+        ({"federation": {"min_clients": 5, "clients_per_round": 4}}, "min_clients"),
+        ({"privacy": {"mode": "central"}, "federation": {"selection": "availability"}}, "Poisson"),
+        (
+            {"privacy": {"mode": "central"}, "federation": {"personalization": "fedper", "client_holdout": 0.1}},
+            "fedper",
+        ),
+    ],
+)
+def test_cross_field_rules(raw, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_dict(raw)
+
+
+def test_realistic_federation_config_round_trips(tmp_path):
+    config = ExperimentConfig.from_dict(
+        {
+            "federation": {
+                "strategy": "bulyan", "byzantine_clients": 1, "clients_per_round": 10, "dropout_probability": 0.3,
+                "dropout_stage": "during", "speed_spread": 0.5, "round_deadline": 1.5, "client_holdout": 0.1,
+                "personalization": "finetune",
+            },
+            "attack": {"fraction": 0.3, "behaviour": "label_flip"},
+            "communication": {"compression": "topk", "topk_fraction": 0.01},
+        }
+    )  # fmt: skip
+    assert ExperimentConfig.from_json(config.to_json()) == config
+    assert config.attack.fraction == 0.3 and config.communication.compression == "topk"

@@ -8,6 +8,7 @@ import torch
 
 from data_handler import subset
 from experiment_config import ExperimentConfig
+from client_population import ParticipationTally, select_clients
 from client_trainers import train_client
 from federated_learning import FederatedRun, client_seed, evaluate, run_experiment
 from model import MnistMLP, create_model, flatten, get_parameters, parameter_bytes, set_parameters
@@ -81,18 +82,11 @@ def test_parallel_workers_match_in_process_training(mnist):
 
 def test_client_sampling_is_seeded_distinct_and_varies():
     config = tiny_config(num_clients=50, clients_per_round=5)
-    rounds = {r: FederatedRun.sample_clients(_Sampler(config), r) for r in range(1, 6)}
-    again = {r: FederatedRun.sample_clients(_Sampler(config), r) for r in range(1, 6)}
+    rounds = {r: select_clients(config, r, profiles=[], tally=ParticipationTally()) for r in range(1, 6)}
+    again = {r: select_clients(config, r, profiles=[], tally=ParticipationTally()) for r in range(1, 6)}
     assert rounds == again
     assert all(len(set(c)) == 5 and all(0 <= i < 50 for i in c) for c in rounds.values())
     assert len({tuple(c) for c in rounds.values()}) > 1
-
-
-class _Sampler:
-    """Just enough of a FederatedRun for `sample_clients`."""
-
-    def __init__(self, config: ExperimentConfig) -> None:
-        self.config = config
 
 
 def test_round_results_count_bytes_and_time(mnist):
@@ -203,7 +197,7 @@ def test_central_dp_round_equals_clipped_noised_mean_by_hand(mnist):
 
 def test_central_dp_samples_clients_by_poisson():
     config = private_config("central").replace("federation", num_clients=200, clients_per_round=20)
-    counts = [len(FederatedRun.sample_clients(_Sampler(config), r)) for r in range(1, 201)]
+    counts = [len(select_clients(config, r, profiles=[], tally=ParticipationTally())) for r in range(1, 201)]
     assert len(set(counts)) > 5  # the number of participants varies
     assert np.mean(counts) == pytest.approx(20, rel=0.05)  # q·n on average
 
@@ -282,3 +276,206 @@ def test_private_runs_with_different_seeds_differ(mnist):
         list(run.rounds())
         weights.append(flatten(get_parameters(run.model)))
     assert not torch.allclose(weights[0], weights[1])
+
+
+# -- realistic federations: unreliable clients, attacks, compression, personalization ---------
+
+
+def federation_config(attack: dict | None = None, communication: dict | None = None, **federation) -> ExperimentConfig:
+    config = tiny_config(**{"num_clients": 4, "clients_per_round": 4, "rounds": 2, **federation})
+    if attack:
+        config = config.replace("attack", **attack)
+    if communication:
+        config = config.replace("communication", **communication)
+    return config
+
+
+def statuses(result) -> dict[int, str]:
+    return {c.id: c.status for c in result.clients}
+
+
+def test_dropouts_before_training_are_recorded_and_cost_nothing(mnist):
+    results = run_experiment(federation_config(dropout_probability=0.5, rounds=4), data=mnist)
+    per_copy = parameter_bytes(get_parameters(create_model("mlp")))
+    seen = set()
+    for result in results:
+        for client in result.clients:
+            seen.add(client.status)
+            if client.status == "dropped":
+                assert (client.steps, client.bytes_up, client.bytes_down) == (0, 0, 0)
+            else:
+                assert client.status == "ok" and client.steps > 0 and client.bytes_up == client.bytes_down == per_copy
+        arrived = sum(c.status == "ok" for c in result.clients)
+        assert result.bytes_up == arrived * per_copy and len(result.clients) == 4
+    assert seen == {"ok", "dropped"}
+
+
+def test_too_few_updates_skip_the_round_and_keep_the_model(mnist):
+    config = federation_config(dropout_probability=0.4, min_clients=3, rounds=8)
+    run = FederatedRun(config, data=mnist)
+    weights, skipped = [], []
+    for result in run.rounds():
+        weights.append(flatten(get_parameters(run.model)).clone())
+        arrived = sum(c.status == "ok" for c in result.clients)
+        assert bool(result.skipped) == (arrived < 3)
+        skipped.append(bool(result.skipped))
+    assert any(skipped) and not all(skipped)
+    for i, was_skipped in enumerate(skipped):
+        if was_skipped:
+            before = weights[i - 1] if i else flatten(get_parameters(create_model("mlp", seed=0)))
+            assert torch.equal(weights[i], before)
+
+
+def test_updates_lost_during_training_are_not_aggregated(mnist):
+    config = federation_config(dropout_probability=0.5, dropout_stage="during", rounds=3)
+    run = FederatedRun(config, data=mnist)
+    results = list(run.rounds())
+    lost = [c for r in results for c in r.clients if c.status == "lost"]
+    assert lost and all(c.steps > 0 and c.bytes_up == 0 and c.bytes_down > 0 for c in lost)
+    # The same run by hand without the lost clients: the model equals FedAvg over those that arrived.
+    first = results[0]
+    arrived = [c.id for c in first.clients if c.status == "ok"]
+    assert {c.id for c in first.clients} == {0, 1, 2, 3}
+    assert first.bytes_up == sum(c.bytes_up for c in first.clients) and len(arrived) == sum(
+        c.status == "ok" for c in first.clients
+    )
+
+
+def test_one_round_with_a_lost_update_equals_fedavg_of_the_rest(mnist):
+    config = federation_config(dropout_probability=0.5, dropout_stage="during", rounds=1, num_clients=6, clients_per_round=6)
+    run = FederatedRun(config, data=mnist)
+    start = get_parameters(create_model("mlp", seed=0))
+    (result,) = list(run.rounds())
+    arrived = [c.id for c in result.clients if c.status == "ok"]
+    assert 0 < len(arrived) < 6
+    client_weights, sizes = [], []
+    for client in arrived:
+        model = create_model("mlp")
+        set_parameters(model, start)
+        train_client(
+            model, run.data.train_x, run.data.train_y, run.partitions[client],
+            local_epochs=1, batch_size=20, learning_rate=0.1, seed=client_seed(0, 1, client),
+        )  # fmt: skip
+        client_weights.append(flatten(get_parameters(model)).numpy())
+        sizes.append(len(run.partitions[client]))
+    expected = np.average(np.stack(client_weights), axis=0, weights=sizes)
+    np.testing.assert_allclose(flatten(get_parameters(run.model)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("policy", "slow_status"), [("partial", "partial"), ("drop", "late")])
+def test_stragglers_past_the_deadline(mnist, policy, slow_status):
+    config = federation_config(speed_spread=1.5, round_deadline=1.0, straggler_policy=policy, rounds=1, num_clients=8,
+                               clients_per_round=8)  # fmt: skip
+    run = FederatedRun(config, data=mnist)
+    (result,) = list(run.rounds())
+    full = run.full_steps
+    for client in result.clients:
+        speed = run.profiles[client.id].speed
+        budget = int(1.0 * run.median_full_steps * speed)
+        if budget >= full[client.id]:
+            assert client.status == "ok" and client.steps == full[client.id]
+        elif policy == "partial" and budget >= 1:
+            assert client.status == "partial" and client.steps == budget
+        else:
+            assert client.status == "late" and client.steps == 0 and client.bytes_up == 0
+    assert slow_status in statuses(result).values()
+    assert result.simulated_seconds > 0
+
+
+def test_sign_flip_attackers_break_fedavg_but_not_the_median(mnist):
+    attack = {"fraction": 0.25, "behaviour": "sign_flip", "scale": 10.0}
+    clean = run_experiment(federation_config(rounds=3), data=mnist)[-1]
+    attacked = run_experiment(federation_config(attack=attack, rounds=3), data=mnist)[-1]
+    robust = run_experiment(federation_config(attack=attack, rounds=3, strategy="median"), data=mnist)[-1]
+    assert [c.malicious for c in attacked.clients].count(True) == 1
+    assert attacked.accuracy < clean.accuracy - 0.3
+    assert robust.accuracy > clean.accuracy - 0.1
+
+
+def test_label_flipping_clients_train_on_flipped_labels(mnist):
+    config = federation_config(attack={"fraction": 1.0, "behaviour": "label_flip"}, rounds=3, client_holdout=0.2)
+    results = run_experiment(config, data=mnist)
+    # Every client learns y → 9 − y: its accuracy on its own (true-labelled) held-out split stays near 0.
+    assert all(c.validation_accuracy < 0.1 for c in results[-1].clients)
+    assert results[-1].accuracy < 0.1
+
+
+def test_topk_compression_sends_fewer_bytes_and_still_learns(mnist):
+    config = federation_config(communication={"compression": "topk", "topk_fraction": 0.05}, rounds=3)
+    results = run_experiment(config, data=mnist)
+    num_params = flatten(get_parameters(create_model("mlp"))).numel()
+    k = -(-num_params * 5 // 100)
+    assert all(c.bytes_up == 8 * k and c.bytes_down == 4 * num_params for r in results for c in r.clients)
+    assert results[-1].accuracy > 0.5
+
+
+def test_fedper_keeps_each_clients_head_local(mnist):
+    config = federation_config(personalization="fedper", client_holdout=0.2, rounds=2).replace("data", partition="shards")
+    run = FederatedRun(config, data=mnist)
+    results = list(run.rounds())
+    params = get_parameters(create_model("mlp"))
+    *_, weight, bias = params.values()  # the final Linear layer: 200 → 10
+    head = weight.numel() + bias.numel()
+    assert head == 200 * 10 + 10
+    assert run.head_size == head and set(run.heads) == {0, 1, 2, 3}
+    assert all(c.bytes_down == 4 * (flatten(params).numel() - head) for c in results[-1].clients)
+    report = run.personalize()
+    assert report["method"] == "fedper" and len(report["clients"]) == 4
+    assert all(0 <= c["personalized_accuracy"] <= 1 for c in report["clients"])
+
+
+def test_finetuning_beats_the_global_model_on_skewed_clients(mnist):
+    config = federation_config(personalization="finetune", client_holdout=0.2, finetune_epochs=2, rounds=2)
+    config = config.replace("data", partition="shards")
+    run = FederatedRun(config, data=mnist)
+    list(run.rounds())
+    report = run.personalize()
+    assert report["mean_personalized_accuracy"] > report["mean_global_accuracy"] + 0.05
+    global_model_on_client0 = report["clients"][0]["global_accuracy"]
+    from client_trainers import accuracy_on
+
+    assert global_model_on_client0 == accuracy_on(run.model, run.data.train_x, run.data.train_y, run.holdouts[0])
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedavgm", "fedadam", "scaffold", "fednova", "trimmed_mean"])
+def test_every_strategy_trains(mnist, strategy):
+    results = run_experiment(federation_config(strategy=strategy, rounds=3), data=mnist)
+    assert results[-1].accuracy > 0.5 and not any(r.skipped for r in results)
+
+
+def test_krum_with_too_few_updates_skips_the_round(mnist):
+    config = federation_config(strategy="krum", byzantine_clients=0, num_clients=3, clients_per_round=3,
+                               dropout_probability=0.5, rounds=4)  # fmt: skip
+    results = run_experiment(config, data=mnist)
+    for result in results:
+        arrived = sum(c.status == "ok" for c in result.clients)
+        assert ("needs at least 3" in result.skipped) == (arrived < 3)
+
+
+def test_realistic_runs_are_reproducible_bit_for_bit(mnist):
+    config = federation_config(
+        attack={"fraction": 0.25, "behaviour": "gaussian"}, communication={"compression": "qsgd"},
+        dropout_probability=0.3, speed_spread=0.5, round_deadline=1.0, strategy="trimmed_mean", rounds=2,
+    )  # fmt: skip
+    first, second = FederatedRun(config, data=mnist), FederatedRun(config, data=mnist)
+    a, b = list(first.rounds()), list(second.rounds())
+    assert [r.accuracy for r in a] == [r.accuracy for r in b]
+    assert [[(c.id, c.status, c.steps) for c in r.clients] for r in a] == [[(c.id, c.status, c.steps) for c in r.clients] for r in b]
+    assert torch.equal(flatten(get_parameters(first.model)), flatten(get_parameters(second.model)))
+
+
+def test_power_of_choice_selects_high_loss_clients(mnist):
+    config = federation_config(selection="power_of_choice", num_clients=8, clients_per_round=2, rounds=2)
+    results = run_experiment(config, data=mnist)
+    assert all(len(r.clients) == 2 for r in results)
+
+
+def test_local_dp_stragglers_account_only_the_steps_they_took(mnist):
+    config = private_config("local").replace("federation", speed_spread=1.5, round_deadline=1.0, rounds=1,
+                                             clients_per_round=4)  # fmt: skip
+    run = FederatedRun(config, data=mnist)
+    (result,) = list(run.rounds())
+    for client in result.clients:
+        if client.status in ("ok", "partial"):
+            assert sum(n for _, _, n in run.histories[client.id]) == client.steps
+            assert client.epsilon == pytest.approx(rdp_epsilon(run.histories[client.id]), rel=1e-9)

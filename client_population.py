@@ -1,0 +1,151 @@
+"""Who the clients are and how they behave: speed, availability, network link, malice;
+and how the server picks them each round.
+
+A `ClientProfile` is drawn once per run, seeded from `system.seed`, so the same config
+gives the same federation. The engine (`federated_learning`) asks this module which
+clients to select, which of them drop out, how many local steps a straggler manages
+before the deadline, and how long a transfer takes over a client's simulated link.
+
+    profiles = make_profiles(config, sizes=[len(p) for p in partitions])
+    chosen = select_clients(config, round_number, profiles=profiles, tally=tally, loss_of=loss_fn)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attacks import choose_malicious
+from experiment_config import ExperimentConfig
+
+# Each seeded choice draws from its own stream: default_rng([seed, round, TAG]).
+PROFILE_TAG, DROPOUT_TAG, SELECTION_TAG = 0x5EED01, 0x5EED02, 0x5EED03
+POWER_OF_CHOICE_EXAMPLES = 500  # examples per candidate used to estimate its loss
+
+
+@dataclass(frozen=True)
+class ClientProfile:
+    """One client as the run simulates it."""
+
+    id: int
+    num_examples: int  # training examples (without its held-out split)
+    speed: float  # relative compute speed; 1 = nominal, 0.5 = takes twice as long
+    dropout_probability: float
+    bandwidth_mbps: float  # both directions
+    latency_ms: float  # one way
+    malicious: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def transfer_seconds(self, num_bytes: int) -> float:
+        """Latency plus bytes over the link; 0 for nothing sent."""
+        if num_bytes <= 0:
+            return 0.0
+        return self.latency_ms / 1e3 + num_bytes * 8 / (self.bandwidth_mbps * 1e6)
+
+
+@dataclass
+class ParticipationTally:
+    """Per client: rounds it was selected and rounds its update arrived (availability-aware selection)."""
+
+    selected: dict[int, int] = field(default_factory=dict)
+    arrived: dict[int, int] = field(default_factory=dict)
+
+    def record(self, client: int, arrived: bool) -> None:
+        self.selected[client] = self.selected.get(client, 0) + 1
+        self.arrived[client] = self.arrived.get(client, 0) + int(arrived)
+
+    def reliability(self, client: int) -> float:
+        """Posterior mean of its arrival probability under a uniform prior: (a + 1) / (s + 2)."""
+        return (self.arrived.get(client, 0) + 1) / (self.selected.get(client, 0) + 2)
+
+
+def make_profiles(config: ExperimentConfig, sizes: Sequence[int]) -> list[ClientProfile]:
+    """One profile per client, seeded: lognormal speeds (median 1), bandwidths and
+    latencies (medians from the config), dropout probabilities (all p, or uniform in
+    [0, 2p] if heterogeneous) and the malicious set (`attacks.choose_malicious`)."""
+    federation, network, seed = config.federation, config.communication, config.system.seed
+    n = federation.num_clients
+    generator = np.random.default_rng([seed, 0, PROFILE_TAG])
+    speeds = generator.lognormal(0.0, federation.speed_spread, n) if federation.speed_spread else np.ones(n)
+    bandwidths = network.bandwidth_mbps * generator.lognormal(0.0, network.bandwidth_spread, n)
+    latencies = network.latency_ms * generator.lognormal(0.0, network.latency_spread, n)
+    p = federation.dropout_probability
+    drops = np.minimum(generator.uniform(0.0, 2 * p, n), 1.0) if federation.dropout_heterogeneous else np.full(n, p)
+    malicious = choose_malicious(n, config.attack.fraction, seed)
+    return [
+        ClientProfile(
+            id=k, num_examples=int(sizes[k]), speed=float(speeds[k]), dropout_probability=float(drops[k]),
+            bandwidth_mbps=float(bandwidths[k]), latency_ms=float(latencies[k]), malicious=k in malicious,
+        )  # fmt: skip
+        for k in range(n)
+    ]
+
+
+def select_clients(
+    config: ExperimentConfig,
+    round_number: int,
+    *,
+    profiles: Sequence[ClientProfile],
+    tally: ParticipationTally,
+    loss_of: Callable[[int], float] | None = None,
+) -> list[int]:
+    """This round's clients, sorted, seeded per round.
+
+    - central DP: Poisson, each client independently with q = clients_per_round / num_clients
+      (the sampling the accountant assumes; the count varies and may be 0);
+    - uniform: `clients_per_round` distinct clients;
+    - power_of_choice (Cho et al. 2022): d candidates uniformly, keep the `clients_per_round`
+      with the highest loss of the current global model (`loss_of(client)`);
+    - availability: without replacement with probability ∝ the client's observed reliability.
+    """
+    federation = config.federation
+    n, m = federation.num_clients, federation.clients_per_round
+    generator = np.random.default_rng([config.system.seed, round_number])
+    if config.privacy.mode == "central":
+        return [int(c) for c in np.flatnonzero(generator.random(n) < m / n)]
+    if federation.selection == "power_of_choice":
+        if loss_of is None:
+            raise ValueError("power_of_choice selection needs the clients' losses")
+        d = federation.selection_candidates or min(n, 2 * m)
+        candidates = generator.choice(n, size=d, replace=False)
+        losses = np.array([loss_of(int(c)) for c in candidates])
+        chosen = candidates[np.argsort(-losses, kind="stable")[:m]]
+    elif federation.selection == "availability":
+        weights = np.array([tally.reliability(k) for k in range(n)])
+        chosen = generator.choice(n, size=m, replace=False, p=weights / weights.sum())
+    else:
+        chosen = generator.choice(n, size=m, replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def dropouts(config: ExperimentConfig, round_number: int, clients: Sequence[int], profiles: Sequence[ClientProfile]) -> set[int]:
+    """The selected clients that drop out this round, each with its own probability."""
+    generator = np.random.default_rng([config.system.seed, round_number, DROPOUT_TAG])
+    draws = generator.random(config.federation.num_clients)  # one per client: independent of who was selected
+    return {c for c in clients if draws[c] < profiles[c].dropout_probability}
+
+
+def allowed_steps(full_steps: int, speed: float, *, deadline: float, median_full_steps: float) -> int:
+    """Local steps a client of `speed` finishes before the deadline, at most `full_steps`.
+
+    The deadline is in units of the median client's full local work at speed 1, so a
+    client manages ⌊deadline · median_full_steps · speed⌋ steps; 0 deadline: no limit.
+    """
+    if deadline <= 0:
+        return full_steps
+    return min(full_steps, math.floor(deadline * median_full_steps * speed))
+
+
+def loss_sample(indices: np.ndarray, seed: int, round_number: int, client: int) -> np.ndarray:
+    """The examples power-of-choice uses to estimate a candidate's loss (seeded, at most
+    `POWER_OF_CHOICE_EXAMPLES`)."""
+    if len(indices) <= POWER_OF_CHOICE_EXAMPLES:
+        return indices
+    generator = np.random.default_rng([seed, round_number, SELECTION_TAG, client])
+    return np.sort(generator.choice(indices, size=POWER_OF_CHOICE_EXAMPLES, replace=False))

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from client_trainers import ClientTrainer, LocalObjective, TrainSettings, TrainTask, accuracy_on, full_steps, train_client
+from model import create_model, flatten, get_parameters
+
+
+def tiny_data(n: int = 64, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def manual_steps(model, x, y, indices, *, batch_size, lr, seed, mu=0.0, anchor=None, correction=None, steps=None):
+    """Plain SGD written out: w ← w − lr·(∇loss + μ(w − anchor) + correction), same batch order."""
+    generator = torch.Generator().manual_seed(seed)
+    index_tensor = torch.from_numpy(indices)
+    order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
+    params = list(model.parameters())
+    taken = 0
+    for start in range(0, len(order), batch_size):
+        if steps is not None and taken >= steps:
+            break
+        batch = order[start : start + batch_size]
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        with torch.no_grad():
+            flat_w = torch.cat([p.reshape(-1) for p in params])
+            grad = torch.cat([p.grad.reshape(-1) for p in params])
+            if mu:
+                grad += mu * (flat_w - anchor)
+            if correction is not None:
+                grad += correction
+            new = flat_w - lr * grad
+            offset = 0
+            for p in params:
+                p.copy_(new[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        taken += 1
+
+
+def test_fedprox_and_scaffold_terms_equal_adding_them_to_the_gradient():
+    x, y = tiny_data()
+    indices = np.arange(64)
+    start = create_model("mlp", seed=1)
+    anchor = flatten(get_parameters(start)).clone() + 0.01  # a global model different from the start
+    correction = torch.randn(anchor.numel(), generator=torch.Generator().manual_seed(2)) * 0.1
+
+    ours = create_model("mlp", seed=1)
+    objective = LocalObjective(list(get_parameters(ours).values()), anchor, mu=0.5, correction=correction, learning_rate=0.1)
+    train_client(ours, x, y, indices, local_epochs=1, batch_size=16, learning_rate=0.1, seed=3, objective=objective)
+
+    reference = create_model("mlp", seed=1)
+    manual_steps(reference, x, y, indices, batch_size=16, lr=0.1, seed=3, mu=0.5, anchor=anchor, correction=correction)
+    torch.testing.assert_close(flatten(get_parameters(ours)), flatten(get_parameters(reference)), rtol=1e-5, atol=1e-6)
+
+
+def test_max_steps_stops_early():
+    x, y = tiny_data()
+    indices = np.arange(64)
+    ours, reference = create_model("mlp", seed=1), create_model("mlp", seed=1)
+    steps, _ = train_client(ours, x, y, indices, local_epochs=2, batch_size=16, learning_rate=0.1, seed=3, max_steps=3)
+    manual_steps(reference, x, y, indices, batch_size=16, lr=0.1, seed=3, steps=3)
+    assert steps == 3
+    torch.testing.assert_close(flatten(get_parameters(ours)), flatten(get_parameters(reference)))
+    assert full_steps(64, local_epochs=2, batch_size=16) == 8 and full_steps(65, local_epochs=1, batch_size=16) == 5
+
+
+def test_client_trainer_flips_labels_keeps_a_head_and_reports_validation_accuracy():
+    x, y = tiny_data(200)
+    settings = TrainSettings(model_name="mlp", num_classes=10, local_epochs=30, batch_size=50, learning_rate=0.5)
+    trainer = ClientTrainer(x, y, settings)
+    weights = flatten(get_parameters(create_model("mlp", seed=0)))
+    out = torch.empty_like(weights)
+    outcome = trainer.run(TrainTask(0, 0, np.arange(200), 1, flip_labels=True, holdout=np.arange(200)), weights, out)
+    flipped = accuracy_on(trainer.model, x, 9 - y, np.arange(200))
+    assert flipped > 0.9 and outcome.validation_accuracy < 0.2  # it learned y → 9 − y on its own examples
+    assert outcome.seconds > 0 and outcome.steps == 30 * 4
+
+    head = torch.full((2010,), 0.25)
+    trainer.run(TrainTask(0, 0, np.arange(200), 1, max_steps=1, head=head), weights, out)
+    short = ClientTrainer(x, y, settings)
+    start = weights.clone()
+    start[-2010:] = 0.25
+    expected = torch.empty_like(weights)
+    short.run(TrainTask(0, 0, np.arange(200), 1, max_steps=1), start, expected)
+    torch.testing.assert_close(out, expected)
