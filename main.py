@@ -12,8 +12,10 @@ privacy, export, delete; the privacy–utility trade-off across runs) and Compar
 value and runs them in sequence in one worker.
 
 This file sets up the page, the header and the tabs; the parts live in `app_pages/`:
-`sidebar.py` (the form), `live.py`, `history.py` and `compare.py` (the tabs),
-`run_view.py` (one experiment) and `common.py` (store, worker launch, formatting).
+`sidebar.py` (the form) and `config_fields.py` (what it asks), `live.py`, `history.py`
+and `compare.py` (the tabs), `run_view.py` (one experiment) with `federation.py` (its
+clients, attackers, compression and personalization) and `common.py` (store, worker
+launch, formatting).
 
 Imports stay light (no torch) so the page is interactive within seconds.
 """

@@ -9,6 +9,10 @@ Pure functions with no Streamlit and no I/O, so they are tested on hand-made fra
     epsilon_figure(rounds, budget=4.0, target=3.0, last_round=20)  # ε with dashed limits
     privacy_utility_figure(points)   # final accuracy vs final ε, one point per private run
     audit_figure(points)             # membership-inference AUC vs final ε
+    client_profile_figure(experiment.client_profiles)    # speed per client, malicious marked
+    client_status_figure(store.client_rounds_frame(3))   # clients x rounds: ok, partial, lost, ...
+    upload_figure(store.client_rounds_frame(3))          # bytes sent vs uncompressed, per round
+    personalization_figure(experiment.personalization)  # global vs personalized accuracy per client
 
 Every figure shares one look (`_style`): white template, compact margins, a
 horizontal legend above the plot, and an annotation instead of an empty plot.
@@ -27,6 +31,18 @@ PALETTE = (
     "#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea",
     "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
 )  # fmt: skip
+# What happened to a selected client in a round (database.ClientRound.status), in the status grid's order.
+CLIENT_STATUSES = ("ok", "partial", "lost", "late", "dropped")
+STATUS_COLORS = {
+    "ok": "#16a34a",  # trained, update arrived
+    "partial": "#eab308",  # straggler: fewer local steps, arrived
+    "lost": "#f97316",  # trained, update never arrived
+    "late": "#9333ea",  # could not finish before the deadline
+    "dropped": "#9ca3af",  # never started
+}
+ARRIVED_STATUSES = ("ok", "partial")
+ABSENT_STATUSES = ("dropped", "late")  # selected, but never trained: steps 0, loss 0
+MALICIOUS_COLOR = PALETTE[3]
 
 
 def accuracy_figure(
@@ -168,8 +184,13 @@ def _epsilon_axis(figure: go.Figure, points: pd.DataFrame) -> None:
 
 
 def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training loss per client") -> go.Figure:
-    """Mean local training loss per round; one line per `client_id` (columns round, client_id, loss)."""
+    """Mean local training loss per round; one line per `client_id` (columns round, client_id, loss).
+
+    Clients that never trained in a round (`status` dropped or late: loss 0) are left out.
+    """
     figure = go.Figure()
+    if "status" in clients:
+        clients = clients[~clients["status"].isin(ABSENT_STATUSES)]
     if not clients.empty:
         for index, (client_id, rows) in enumerate(clients.sort_values("round").groupby("client_id", sort=True)):
             figure.add_trace(
@@ -224,10 +245,203 @@ def bytes_figure(rounds: pd.DataFrame, *, title: str = "Bytes exchanged per roun
 
 
 def time_figure(rounds: pd.DataFrame, *, title: str = "Seconds per round") -> go.Figure:
-    """Wall-clock seconds of each round, stacked: client training (`seconds`) then evaluation."""
+    """Wall-clock seconds of each round, stacked: client training (`seconds`) then evaluation.
+
+    Where `simulated_seconds` is recorded (> 0), a line adds the round's duration as the
+    simulation has it: the slowest arriving client's download, compute at its speed and upload.
+    """
     series = (("seconds", "training", PALETTE[0]), ("eval_seconds", "evaluation", PALETTE[2]))
     figure = _per_round_bars(rounds, series, barmode="stack", hover="%{y:.2f} s")
+    if "simulated_seconds" in rounds and (rounds["simulated_seconds"] > 0).any():
+        per_round = rounds.groupby("round", sort=True)["simulated_seconds"].sum()
+        name = "simulated (network, speeds)"
+        figure.add_trace(
+            go.Scatter(
+                x=per_round.index.to_numpy(),
+                y=per_round.to_numpy(),
+                mode="lines+markers",
+                name=name,
+                line={"color": PALETTE[1], "width": 2},
+                marker={"size": 6},
+                hovertemplate=f"round %{{x}}: %{{y:.2f}} s<extra>{name}</extra>",
+            )
+        )
     _style(figure, title=title, x_title="round", y_title="seconds", empty=rounds.empty)
+    return figure
+
+
+# -- the federation: clients as set up and what happened to them ------------------------
+
+
+def client_profile_figure(
+    profiles: Sequence[Mapping] | None, *, title: str = "Client speed (malicious marked)"
+) -> go.Figure:
+    """Relative compute speed per client (1 = nominal) as bars, honest and malicious in two colours.
+
+    `profiles`: one dict per client with id, speed, malicious and (for the hover)
+    num_examples, dropout_probability, bandwidth_mbps, latency_ms.
+    """
+    figure = go.Figure()
+    frame = pd.DataFrame(list(profiles or []))
+    if not frame.empty:
+        defaults = {"malicious": False, "num_examples": 0, "dropout_probability": 0.0,
+                    "bandwidth_mbps": 0.0, "latency_ms": 0.0}  # fmt: skip
+        for key, value in defaults.items():  # profiles stored by an older version may lack some
+            frame[key] = frame[key].fillna(value) if key in frame else value
+        frame = frame.sort_values("id")
+        frame["malicious"] = frame["malicious"].astype(bool)
+        details = ["num_examples", "dropout_probability", "bandwidth_mbps", "latency_ms"]  # for the hover
+        for malicious, name, color in ((False, "honest", PALETTE[0]), (True, "malicious", MALICIOUS_COLOR)):
+            rows = frame[frame["malicious"] == malicious]
+            if rows.empty:
+                continue
+            figure.add_trace(
+                go.Bar(
+                    x=[f"client {client}" for client in rows["id"]],
+                    y=rows["speed"].to_numpy(dtype=float),
+                    name=name,
+                    marker_color=color,
+                    customdata=rows[details].to_numpy(dtype=float),
+                    hovertemplate="%{x}: speed %{y:.2f} · %{customdata[0]:.0f} examples · dropout "
+                    "%{customdata[1]:.0%} · %{customdata[2]:.3g} Mbit/s · %{customdata[3]:.0f} ms"
+                    f"<extra>{name}</extra>",
+                )
+            )
+        order = [f"client {client}" for client in frame["id"]]
+        figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
+        figure.add_hline(y=1.0, line={"color": "#6b7280", "dash": "dot", "width": 1})
+        figure.update_layout(showlegend=len(figure.data) > 1)
+    _style(figure, title=title, x_title="", y_title="speed factor", empty=frame.empty, x_is_round=False)
+    return figure
+
+
+def client_status_figure(clients: pd.DataFrame, *, title: str = "Clients per round") -> go.Figure:
+    """What happened to each selected client (rows) in each round (columns): ok, partial, lost,
+    late or dropped, one colour each; blank where a client was not selected. Malicious clients'
+    cells carry an ✕. `clients`: columns round, client_id, status and (optionally) malicious."""
+    figure = go.Figure()
+    if not clients.empty:
+        rounds = sorted(int(r) for r in clients["round"].unique())
+        ids = sorted(int(c) for c in clients["client_id"].unique())
+        row_of, column_of = {c: i for i, c in enumerate(ids)}, {r: j for j, r in enumerate(rounds)}
+        codes = np.full((len(ids), len(rounds)), np.nan)  # (clients, rounds); NaN: not selected
+        names = [["not selected"] * len(rounds) for _ in ids]
+        for number, client, status in zip(clients["round"], clients["client_id"], clients["status"]):
+            i, j = row_of[int(client)], column_of[int(number)]
+            codes[i, j] = CLIENT_STATUSES.index(status) if status in CLIENT_STATUSES else np.nan
+            names[i][j] = str(status)
+        last = len(CLIENT_STATUSES)
+        colorscale = [  # one flat band per status: code k maps to k / (last − 1), inside band k
+            [edge / last, STATUS_COLORS[status]] for k, status in enumerate(CLIENT_STATUSES) for edge in (k, k + 1)
+        ]
+        labels = [f"client {client}" for client in ids]
+        figure.add_trace(
+            go.Heatmap(
+                z=codes,
+                x=rounds,
+                y=labels,
+                zmin=0,
+                zmax=last - 1,
+                colorscale=colorscale,
+                customdata=names,
+                xgap=1,
+                ygap=1,
+                hoverongaps=False,
+                hovertemplate="%{y}, round %{x}: %{customdata}<extra></extra>",
+                colorbar={"tickvals": list(range(last)), "ticktext": list(CLIENT_STATUSES), "thickness": 12},
+            )
+        )
+        if "malicious" in clients:
+            bad = clients[clients["malicious"].fillna(False).astype(bool)]
+            if not bad.empty:
+                figure.add_trace(
+                    go.Scatter(
+                        x=bad["round"].to_numpy(),
+                        y=[f"client {client}" for client in bad["client_id"]],
+                        mode="markers",
+                        name="malicious",
+                        marker={"symbol": "x-thin", "size": 9, "line": {"width": 2, "color": "#111827"}},
+                        hovertemplate="%{y}, round %{x}: malicious<extra></extra>",
+                    )
+                )
+        figure.update_yaxes(type="category", autorange="reversed", categoryorder="array", categoryarray=labels)
+        figure.update_layout(showlegend=len(figure.data) > 1)
+    _style(figure, title=title, x_title="round", y_title="", empty=clients.empty)
+    figure.update_layout(hovermode="closest")
+    return figure
+
+
+def upload_figure(clients: pd.DataFrame, *, title: str = "Upload per round") -> go.Figure:
+    """Bytes the arriving updates took on the wire (bars) against their uncompressed size (a line).
+
+    The uncompressed size of an update is what the client downloaded (the same weights, dense
+    float32), so per round: sent = Σ bytes_up, uncompressed = Σ bytes_down, over the clients whose
+    update arrived (status ok or partial).
+    """
+    figure = go.Figure()
+    if not clients.empty:
+        arrived = clients["status"].isin(ARRIVED_STATUSES) if "status" in clients else True
+        frame = clients.assign(
+            sent=clients["bytes_up"].where(arrived, 0), dense=clients["bytes_down"].where(arrived, 0)
+        )
+        per_round = frame.groupby("round", sort=True)[["sent", "dense"]].sum().reset_index()
+        figure.add_trace(
+            go.Bar(
+                x=per_round["round"].to_numpy(),
+                y=per_round["sent"].to_numpy(),
+                name="sent",
+                marker_color=PALETTE[1],
+                hovertemplate="round %{x}: %{y:.3s}B<extra>sent</extra>",
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=per_round["round"].to_numpy(),
+                y=per_round["dense"].to_numpy(),
+                mode="lines+markers",
+                name="uncompressed",
+                line={"color": "#6b7280", "dash": "dash", "width": 1.5},
+                hovertemplate="round %{x}: %{y:.3s}B<extra>uncompressed</extra>",
+            )
+        )
+    _style(figure, title=title, x_title="round", y_title="bytes", empty=clients.empty)
+    figure.update_yaxes(tickformat=".2s", ticksuffix="B", rangemode="tozero")
+    if not clients.empty and per_round["sent"].sum() > 0 and per_round["dense"].sum() >= 10 * per_round["sent"].sum():
+        figure.update_yaxes(type="log", title_text="bytes (log scale)")  # else the sent bars are too thin to see
+    return figure
+
+
+def personalization_figure(
+    personalization: Mapping | None, *, title: str = "Accuracy on each client's own held-out data"
+) -> go.Figure:
+    """Per client, the global model's and the personalized model's held-out accuracy (grouped bars).
+
+    `personalization`: {method, clients: [{client, examples, global_accuracy,
+    personalized_accuracy}], ...} as the run stores it; None or {"error": ...} draws nothing.
+    """
+    figure = go.Figure()
+    clients = pd.DataFrame(list((personalization or {}).get("clients") or []))
+    if not clients.empty:
+        clients = clients.sort_values("client")
+        method = (personalization or {}).get("method", "personalized")
+        labels = [f"client {client}" for client in clients["client"]]
+        for column, name, color in (
+            ("global_accuracy", "global model", PALETTE[0]),
+            ("personalized_accuracy", f"personalized ({method})", PALETTE[2]),
+        ):
+            figure.add_trace(
+                go.Bar(
+                    x=labels,
+                    y=clients[column].to_numpy(dtype=float),
+                    name=name,
+                    marker_color=color,
+                    hovertemplate=f"%{{x}}: %{{y:.2%}}<extra>{name}</extra>",
+                )
+            )
+        figure.update_xaxes(type="category")
+        figure.update_layout(barmode="group", bargap=0.25)
+    _style(figure, title=title, x_title="", y_title="accuracy", empty=clients.empty, x_is_round=False)
+    figure.update_yaxes(tickformat=".0%", rangemode="tozero")
     return figure
 
 

@@ -83,13 +83,47 @@ def launch_many(store: ExperimentStore, runs: list[tuple[ExperimentConfig, str]]
 
 def describe(experiment: ExperimentSummary) -> str:
     """`#12 · my run · cnn · dirichlet(α=0.5) · 10 clients`."""
-    data, federation = experiment.config.get("data", {}), experiment.config.get("federation", {})
-    partition = data.get("partition", "?")
-    if partition == "dirichlet":
-        partition = f"dirichlet(α={data.get('dirichlet_alpha')})"
-    model = experiment.config.get("model", {}).get("name", "?")
+    federation = experiment.config.get("federation", {})
+    model, partition = experiment.config.get("model", {}).get("name", "?"), partition_text(experiment.config)
     parts = [f"#{experiment.id}", experiment.name, model, partition, f"{federation.get('num_clients', '?')} clients"]
     return " · ".join(part for part in parts if part)
+
+
+def partition_text(config: dict) -> str:
+    """`iid`, `shards` or `dirichlet(α=0.5)`."""
+    data = config.get("data", {})
+    partition = data.get("partition", "?")
+    return f"dirichlet(α={data.get('dirichlet_alpha')})" if partition == "dirichlet" else partition
+
+
+def strategy_text(config: dict) -> str:
+    """`fedavg`, or with the setting that defines a robust rule: `krum (f=2)`, `trimmed_mean (β=0.2)`."""
+    federation = config.get("federation", {})
+    strategy = federation.get("strategy", "fedavg")
+    if strategy in ("krum", "multi_krum", "bulyan"):
+        return f"{strategy} (f={federation.get('byzantine_clients', 0)})"
+    if strategy == "trimmed_mean":
+        return f"{strategy} (β={federation.get('trim_fraction')})"
+    return strategy
+
+
+def attack_text(config: dict) -> str:
+    """`30% sign_flip`, or `none` when nobody is malicious."""
+    attack = config.get("attack", {})
+    fraction = attack.get("fraction", 0.0)
+    return f"{100 * fraction:.3g}% {attack.get('behaviour', '?')}" if fraction > 0 else "none"
+
+
+def compression_text(config: dict) -> str:
+    """`none`, `topk 1%` (`, no error feedback`) or `qsgd 8-bit`."""
+    communication = config.get("communication", {})
+    method = communication.get("compression", "none")
+    if method == "topk":
+        feedback = "" if communication.get("error_feedback", True) else ", no error feedback"
+        return f"topk {100 * communication.get('topk_fraction', 0):.3g}%{feedback}"
+    if method == "qsgd":
+        return f"qsgd {communication.get('quantization_bits', '?')}-bit"
+    return method
 
 
 def format_seconds(seconds: float | None) -> str:

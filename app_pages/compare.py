@@ -6,7 +6,17 @@ import pandas as pd
 import streamlit as st
 
 import visualization as viz
-from app_pages.common import ACTIVE_STATUSES, LIVE_REFRESH_SECONDS, describe, format_share, privacy_on
+from app_pages.common import (
+    ACTIVE_STATUSES,
+    LIVE_REFRESH_SECONDS,
+    attack_text,
+    compression_text,
+    describe,
+    format_share,
+    partition_text,
+    privacy_on,
+    strategy_text,
+)
 from database import ExperimentStore, ExperimentSummary
 
 
@@ -22,6 +32,33 @@ def config_differences(experiments: list[ExperimentSummary]) -> pd.DataFrame:
         for e in experiments
     })  # fmt: skip
     return pd.concat([differing, outcome])
+
+
+def setting_texts(experiment: ExperimentSummary) -> dict[str, str]:
+    """The settings a legend may need to tell runs apart, each as the legend would say it."""
+    config = experiment.config
+    attack, compression = attack_text(config), compression_text(config)
+    mode = config.get("privacy", {}).get("mode", "none")
+    return {
+        "model": config.get("model", {}).get("name", "?"),
+        "partition": partition_text(config),
+        "clients": f"{config.get('federation', {}).get('num_clients', '?')} clients",
+        "strategy": strategy_text(config),
+        "attack": "no attack" if attack == "none" else f"attack {attack}",
+        "compression": "uncompressed" if compression == "none" else compression,
+        "privacy": "no DP" if mode == "none" else f"{mode} DP",
+    }
+
+
+def legend_labels(experiments: list[ExperimentSummary]) -> dict[int, str]:
+    """`#id · name` plus those of model, partition, clients, strategy, attack, compression and privacy that differ
+    between the runs: `#3 · fedavg · no attack` beside `#4 · krum (f=2) · attack 30% sign_flip`."""
+    texts = {e.id: setting_texts(e) for e in experiments}
+    differing = [key for key in next(iter(texts.values()), {}) if len({t[key] for t in texts.values()}) > 1]
+    return {
+        e.id: " · ".join([f"#{e.id}", *([e.name] if e.name else []), *(texts[e.id][key] for key in differing)])
+        for e in experiments
+    }
 
 
 def render_compare(store: ExperimentStore, experiments: list[ExperimentSummary]) -> None:
@@ -46,7 +83,7 @@ def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
     if any(e is None or e.status != shown[e.id] for e in chosen):
         st.rerun()  # one started, ended or was deleted: redraw the page
     rounds = store.rounds_frame(list(shown))
-    labels = {e.id: describe(e) for e in chosen}
+    labels = legend_labels(chosen)
     left, right = st.columns(2)
     left.plotly_chart(viz.accuracy_figure(rounds, labels), key="compare-accuracy", config={"displaylogo": False})
     right.plotly_chart(viz.loss_figure(rounds, labels), key="compare-loss", config={"displaylogo": False})

@@ -9,7 +9,16 @@ import pandas as pd
 import streamlit as st
 
 import visualization as viz
-from app_pages.common import ACTIVE_STATUSES, LIVE_REFRESH_SECONDS, describe, format_seconds, privacy_on
+from app_pages.common import (
+    ACTIVE_STATUSES,
+    LIVE_REFRESH_SECONDS,
+    attack_text,
+    compression_text,
+    describe,
+    format_seconds,
+    privacy_on,
+    strategy_text,
+)
 from app_pages.run_view import experiment_panel, render_actions
 from database import ExperimentStore, ExperimentSummary
 
@@ -26,6 +35,9 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
             "Model": experiment.config.get("model", {}).get("name"),
             "Partition": data.get("partition"),
             "Clients": federation.get("num_clients"),
+            "Strategy": strategy_text(experiment.config),
+            "Attack": attack_text(experiment.config),
+            "Compression": compression_text(experiment.config),
             "Rounds": f"{experiment.rounds_done}/{federation.get('rounds', '?')}",
             "Final accuracy": experiment.final_accuracy,
             "Privacy": experiment.config.get("privacy", {}).get("mode", "none"),

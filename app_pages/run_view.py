@@ -1,5 +1,5 @@
-"""One experiment: status and progress, metrics, the privacy audit and report download, charts, and the actions
-(re-run, run without privacy, CSV export, delete)."""
+"""One experiment: status and progress, metrics, the privacy audit and report download, charts, the Federation
+panel (`federation.py`), and the actions (re-run, run without privacy, CSV export, delete)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from app_pages.common import (
     privacy_on,
     total_rounds,
 )
+from app_pages.federation import render_federation
 from database import ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
 
@@ -134,9 +135,9 @@ def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: s
     )  # fmt: skip
 
 
-def render_charts(store: ExperimentStore, experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:
     """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
-    seconds."""
+    seconds (real and simulated)."""
     figures = {"accuracy": viz.accuracy_figure(rounds)}
     if privacy_on(experiment):
         privacy = experiment.config["privacy"]
@@ -146,7 +147,7 @@ def render_charts(store: ExperimentStore, experiment: ExperimentSummary, rounds:
         )  # fmt: skip
     figures |= {
         "loss": viz.loss_figure(rounds),
-        "client-loss": viz.client_loss_figure(store.client_rounds_frame(experiment.id)),
+        "client-loss": viz.client_loss_figure(clients),
         "labels": viz.label_heatmap(experiment.label_counts),
         "bytes": viz.bytes_figure(rounds),
         "time": viz.time_figure(rounds),
@@ -165,11 +166,12 @@ def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: s
         return
     if experiment.status != shown_status:
         st.rerun()  # it started or ended since the page was drawn: redraw all (history, refresh rate)
-    rounds = store.rounds_frame([experiment.id])
+    rounds, clients = store.rounds_frame([experiment.id]), store.client_rounds_frame(experiment.id)
     render_status(store, experiment, rounds, where)
     render_metrics(experiment, rounds)
     render_privacy(experiment, rounds, where)
-    render_charts(store, experiment, rounds, where)
+    render_charts(experiment, rounds, clients, where)
+    render_federation(experiment, rounds, clients, where)
 
 
 def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> None:

@@ -3,130 +3,46 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
 
 from app_pages.common import launch, launch_many
+from app_pages.config_fields import (
+    ADVANCED_FIELDS,
+    DATA_FIELDS,
+    FEDERATION_FIELDS,
+    PRIVACY_FIELDS,
+    PRIVACY_GUIDE,
+    SCENARIO_GROUPS,
+    Field,
+)
 from database import ExperimentStore
-from experiment_config import ACCOUNTANTS, DATASETS, MODELS, PARTITIONS, PRIVACY_MODES, STRATEGIES, ExperimentConfig
+from experiment_config import SECTIONS, ExperimentConfig
 
 MAX_SWEEP_RUNS = 20
-PRIVACY_GUIDE = """
-**ε** bounds how much one protected unit can change what training reveals: every outcome
-becomes at most e^ε times more (or less) likely with or without it. **Smaller ε = more private.**
-
-- **ε ≤ 1**: strong protection.
-- **1 – 10**: moderate; where most published DP deep learning lands.
-- **ε > 10**: weak; a formal bound that promises little in practice.
-
-**δ** is the small chance that the bound fails: keep it well below 1/N, N = examples per
-client (local) or clients (central).
-
-**What each mode protects**
-- **none**: nothing formal; model updates can leak training examples.
-- **local**: DP-SGD on every client protects **one training example**; the server only sees
-  noised updates, so it need not be trusted.
-- **central**: protects **a client's whole data** (user-level), but the server sees the clipped
-  updates before it adds the noise: clients must trust it.
-"""
 
 
-@dataclass(frozen=True)
-class Field:
-    """A sidebar widget bound to `section.name` of the config; its default comes from `ExperimentConfig()`."""
-
-    section: str
-    name: str
-    label: str
-    help: str
-    options: tuple[str, ...] = ()  # a selectbox when given, else a number input
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    format: str | None = None
-    key: str | None = None  # the widget key; default: `name`
-
-    def widget(self, container: Any, defaults: ExperimentConfig) -> Any:
-        default = getattr(getattr(defaults, self.section), self.name)
-        key = self.key or self.name
-        if isinstance(default, bool):
-            return container.checkbox(self.label, default, key=key, help=self.help)
-        if self.options:
-            index = self.options.index(default)
-            return container.selectbox(self.label, self.options, index=index, key=key, help=self.help)
-        return container.number_input(
-            self.label, self.low, self.high, default, step=self.step, format=self.format, key=key, help=self.help
-        )
-
-
-DATA_FIELDS = (
-    Field("data", "dataset", "Dataset", "The data set the clients share out.", options=DATASETS),
-    Field("model", "name", "Model", "cnn: the CNN of McMahan et al. 2017 (1.66M parameters); mlp: their 2NN "
-          "(two hidden layers of 200).", options=MODELS, key="model"),
-    Field("data", "partition", "Partition", "How the training data is split over clients: iid (uniform at random), "
-          "dirichlet (label skew set by α) or shards (two shards of label-sorted data each).", options=PARTITIONS),
-    Field("data", "dirichlet_alpha", "Dirichlet α", "Only for the dirichlet partition: 0.1 gives each client a few "
-          "labels, 100 is close to IID.", low=0.001, high=10_000.0, step=0.1, format="%.2f"),
-)  # fmt: skip
-FEDERATION_FIELDS = (
-    Field("federation", "num_clients", "Clients", "How many clients the training data is split across.", low=1,
-          high=100_000),
-    Field("federation", "clients_per_round", "Per round", "Clients sampled to train in each round; at most the "
-          "number of clients.", low=1, high=100_000),
-    Field("federation", "rounds", "Rounds", "Communication rounds: broadcast the model, train locally, aggregate.",
-          low=1, high=100_000),
-    Field("federation", "local_epochs", "Local epochs", "Passes each sampled client makes over its own data per "
-          "round.", low=1, high=1_000),
-    Field("federation", "batch_size", "Batch size", "Examples per local SGD step.", low=1, high=100_000),
-    Field("federation", "learning_rate", "Learning rate", "Step size of the clients' SGD.", low=1e-8, high=100.0,
-          step=0.01, format="%.4f"),
-    Field("federation", "strategy", "Strategy", "How the server aggregates client updates (fedavg: average "
-          "weighted by examples).", options=STRATEGIES),
-    Field("system", "seed", "Seed", "Seeds partitioning, client sampling, initialisation and noise: same seed, same "
-          "run.", low=0, high=2**32 - 1),
-)  # fmt: skip
-PRIVACY_FIELDS = (
-    Field("privacy", "mode", "Privacy", "none: no formal guarantee. local: DP-SGD on every client (sample-level ε "
-          "per client, the run reports the largest). central: DP-FedAvg, clipped client updates plus server noise "
-          "(user-level ε; clients are then sampled by Poisson).", options=PRIVACY_MODES, key="privacy_mode"),
-    Field("privacy", "accountant", "Accountant", "Opacus accountant that turns the noise into ε: rdp (Rényi DP) "
-          "or prv (tighter numerical bound).", options=ACCOUNTANTS),
-    Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
-          "Ignored when a target ε is set.", low=0.0, high=10_000.0, step=0.1, format="%.3f"),
-    Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "
-          "each client's update.", low=1e-8, high=1e6, step=0.1, format="%.3f"),
-    Field("privacy", "target_epsilon", "Target ε", "> 0: choose σ before the run so the whole run ends at or "
-          "below this ε (0 = use σ as given).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
-    Field("privacy", "max_epsilon", "Budget ε", "> 0: stop before a round that would exceed this ε (0 = no "
-          "budget).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
-    Field("privacy", "delta", "δ", "The δ of (ε, δ)-DP; keep it well below 1 / (examples per client).",
-          low=1e-12, high=0.5, step=1e-6, format="%.1e"),
-)  # fmt: skip
-ADVANCED_FIELDS = (
-    Field("data", "max_train_examples", "Max train examples", "Train on a seeded random subset of the training "
-          "set; 0 = all of it.", low=0, high=10_000_000),
-    Field("data", "max_test_examples", "Max test examples", "Evaluate on a seeded random subset of the test set; "
-          "0 = all of it.", low=0, high=10_000_000),
-    Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
-          "1 = inside the worker itself.", low=0, high=256),
-    Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
-          "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
-          high=100_000),
-    Field("privacy", "adaptive_clipping", "Adaptive clipping (central DP)", "Move the clip norm C each round towards "
-          "the target quantile of client update norms (Andrew et al. 2021). The count it uses is noised too, and "
-          "the reported ε covers both; needs enough clients per round."),
-    Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
-          "should fit under C unclipped.", low=0.01, high=0.99, step=0.05, format="%.2f"),
-    Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "
-          "C ← C·exp(−rate·(unclipped share − target quantile)).", low=1e-4, high=10.0, step=0.05, format="%.2f"),
-)  # fmt: skip
+def paired_rows(fields: tuple[Field, ...], raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> None:
+    """Inputs two to a row, bottom-aligned (a label may wrap); a checkbox takes a row of its own, where its label
+    fits the narrow sidebar."""
+    rows: list[list[Field]] = []
+    for field in fields:
+        if field.is_checkbox(defaults) or not rows or len(rows[-1]) == 2 or rows[-1][0].is_checkbox(defaults):
+            rows.append([field])
+        else:
+            rows[-1].append(field)
+    for row in rows:
+        if row[0].is_checkbox(defaults):
+            raw[row[0].section][row[0].name] = row[0].widget(st, defaults)
+            continue
+        for column, field in zip(st.columns(2, vertical_alignment="bottom"), row):
+            raw[field.section][field.name] = field.widget(column, defaults)
 
 
 def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str, Any]]]:
     """The form's widgets, paired in two columns; returns the run name and the raw config."""
-    raw: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}, "privacy": {}, "system": {}}
+    raw: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     name = st.text_input(
         "Name (optional)", key="experiment_name", placeholder="e.g. non-IID baseline",
         help="A label for the history table and the comparison legend.",
@@ -140,6 +56,11 @@ def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str,
         columns = st.columns(2)
         for index, field in enumerate(fields):
             raw[field.section][field.name] = field.widget(columns[index % 2], defaults)
+    for title, icon, note, fields in SCENARIO_GROUPS:
+        with st.expander(title, icon=icon):
+            if note:
+                st.caption(note)
+            paired_rows(fields, raw, defaults)
     with st.expander("Advanced", icon=":material/tune:"):
         for field in ADVANCED_FIELDS:
             raw[field.section][field.name] = field.widget(st, defaults)

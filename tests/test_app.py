@@ -35,6 +35,26 @@ NUMBER_KEYS = [
     "target_quantile", "clip_learning_rate",
 ]  # fmt: skip
 SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant"]
+# The scenario expanders: widget key -> the config key it sets.
+SCENARIO_KEYS = {
+    **{key: ("federation", key) for key in [
+        "proximal_mu", "server_learning_rate", "server_momentum", "beta1", "beta2", "tau", "trim_fraction",
+        "byzantine_clients", "multi_krum_keep", "weighting_exponent", "selection", "selection_candidates",
+        "dropout_probability", "dropout_stage", "dropout_heterogeneous", "min_clients", "speed_spread",
+        "round_deadline", "straggler_policy", "client_holdout", "personalization", "finetune_epochs",
+    ]},
+    **{f"attack_{key}": ("attack", key) for key in ["fraction", "behaviour", "scale", "noise_std"]},
+    **{key: ("communication", key) for key in [
+        "compression", "topk_fraction", "error_feedback", "quantization_bits", "bandwidth_mbps",
+        "bandwidth_spread", "latency_ms", "latency_spread",
+    ]},
+}  # fmt: skip
+SCENARIO_SELECT_KEYS = [
+    "selection", "dropout_stage", "straggler_policy", "personalization", "attack_behaviour", "compression",
+]  # fmt: skip
+SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback"]
+SELECT_KEYS += SCENARIO_SELECT_KEYS
+NUMBER_KEYS += [key for key in SCENARIO_KEYS if key not in SCENARIO_SELECT_KEYS + SCENARIO_CHECKBOX_KEYS]
 TINY = {
     "model": "mlp", "num_clients": 2, "clients_per_round": 2, "rounds": 2,
     "max_train_examples": 600, "max_test_examples": 500, "num_workers": 1,
@@ -80,8 +100,15 @@ def page(view: str = LIVE) -> AppTest:
 
 def fill(app: AppTest, values: dict) -> None:
     for key, value in values.items():
-        widget = app.selectbox(key=key) if key in SELECT_KEYS else app.number_input(key=key)
-        widget.set_value(value)
+        widget(app, key).set_value(value)
+
+
+def widget(app: AppTest, key: str):
+    if key in SELECT_KEYS:
+        return app.selectbox(key=key)
+    if key in SCENARIO_CHECKBOX_KEYS:
+        return app.checkbox(key=key)
+    return app.number_input(key=key)
 
 
 def fabricate(
@@ -148,6 +175,70 @@ def test_sidebar_has_every_widget_by_key_with_config_defaults_and_help(store):
     assert all(widget.help for widget in [*numbers.values(), *selects.values()])
     assert app.button(key="start").label == "Start"
     assert app.info[0].value.startswith("No experiments yet")
+
+
+def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
+    app = page()
+    defaults = ExperimentConfig()
+
+    groups = {expander.label: expander for expander in app.sidebar.expander}
+    assert list(groups) == [
+        "Aggregation strategy", "Selection & unreliable clients", "Personalization", "Attack", "Communication",
+        "Advanced",
+    ]  # fmt: skip
+    for key, (section, name) in SCENARIO_KEYS.items():
+        default, shown = getattr(getattr(defaults, section), name), widget(app, key)
+        assert shown.value == (pytest.approx(default) if isinstance(default, float) else default), key
+        assert shown.help, key
+    assert {w.key for w in groups["Aggregation strategy"].number_input} >= {"trim_fraction", "byzantine_clients"}
+    assert {w.key for w in groups["Attack"].selectbox} == {"attack_behaviour"}
+    assert app.selectbox(key="strategy").options == ["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam",
+        "fedyogi", "scaffold", "fednova", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
+        "adaptive_weighting"]  # fmt: skip
+
+
+def test_the_untouched_form_starts_the_default_config(store, no_workers):
+    app = page()
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    assert experiment.config == ExperimentConfig().to_dict()  # no widget rounds or drops a default
+
+
+def test_scenario_settings_reach_the_stored_config(store, no_workers):
+    app = page()
+    fill(app, {
+        "strategy": "trimmed_mean", "trim_fraction": 0.1, "attack_fraction": 0.3, "attack_behaviour": "sign_flip",
+        "compression": "topk", "topk_fraction": 0.05, "error_feedback": False, "dropout_probability": 0.3,
+        "dropout_stage": "during", "client_holdout": 0.1, "personalization": "fedper",
+    })  # fmt: skip
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    expected = (
+        ExperimentConfig()
+        .replace("federation", strategy="trimmed_mean", trim_fraction=0.1, dropout_probability=0.3,
+                 dropout_stage="during", client_holdout=0.1, personalization="fedper")
+        .replace("attack", fraction=0.3, behaviour="sign_flip")
+        .replace("communication", compression="topk", topk_fraction=0.05, error_feedback=False)
+    )  # fmt: skip
+    assert ExperimentConfig.from_dict(experiment.config) == expected
+    assert len(no_workers) == 1 and not app.sidebar.error
+
+
+def test_krum_with_too_many_byzantine_clients_shows_the_error_and_starts_nothing(store, no_workers):
+    with pytest.raises(ValueError) as expected:  # 10 clients per round; krum with f = 4 needs 2f + 3 = 11
+        ExperimentConfig().replace("federation", strategy="krum", byzantine_clients=4)
+    app = page()
+    fill(app, {"strategy": "krum", "byzantine_clients": 4})
+
+    app.button(key="start").click().run()
+
+    assert [error.value for error in app.sidebar.error] == [f"Invalid configuration: {expected.value}"]
+    assert "byzantine_clients" in str(expected.value)
+    assert store.list_experiments() == [] and no_workers == []
 
 
 def test_adaptive_clipping_checkbox_reaches_the_stored_config(store, no_workers):
@@ -297,6 +388,109 @@ def test_dead_worker_is_marked_interrupted_when_listing(store):
     assert app.warning[0].value.startswith("Interrupted:")
 
 
+# -- the federation panel ---------------------------------------------------------------
+
+PROFILES = [  # as client_population.ClientProfile.to_dict writes them; client 2 is the attacker
+    {"id": c, "num_examples": 30, "speed": speed, "dropout_probability": 0.3, "bandwidth_mbps": 20.0,
+     "latency_ms": 50.0, "malicious": c == 2}
+    for c, speed in enumerate([1.0, 0.6, 1.4])
+]  # fmt: skip
+STATUSES = [["ok", "partial", "ok"], ["dropped", "lost", "ok"], ["ok", "late", "ok"]]  # [round][client]
+SKIP_REASON = "1 update(s) arrived, fewer than federation.min_clients = 2"
+PERSONALIZATION = {
+    "method": "fedper",
+    "clients": [{"client": c, "examples": 3, "global_accuracy": g, "personalized_accuracy": p}
+                for c, (g, p) in enumerate([(0.5, 0.7), (0.6, 0.9), (0.55, 0.725)])],
+    "mean_global_accuracy": 0.55,
+    "mean_personalized_accuracy": 0.775,
+}  # fmt: skip
+
+
+def fabricate_federation(store: ExperimentStore) -> int:
+    """A finished 3-client, 3-round run with stragglers, dropouts, an attacker, top-k uploads and FedPer."""
+    config = ExperimentConfig.from_dict({
+        "model": {"name": "mlp"},
+        "federation": {"num_clients": 3, "clients_per_round": 3, "rounds": 3, "dropout_probability": 0.3,
+                       "min_clients": 2, "speed_spread": 0.5, "client_holdout": 0.1, "personalization": "fedper"},
+        "attack": {"fraction": 0.34, "behaviour": "sign_flip"},
+        "communication": {"compression": "topk"},
+    })  # fmt: skip
+    experiment_id = store.create_experiment(config.to_dict(), name="unreliable")
+    store.mark_running(experiment_id)
+    store.set_label_counts(experiment_id, [[3, 1, 0], [0, 2, 5], [1, 1, 1]])
+    store.set_client_profiles(experiment_id, PROFILES)
+    for number, statuses in enumerate(STATUSES, start=1):
+        clients = []
+        for client, status in enumerate(statuses):
+            trained, arrived = status not in ("dropped", "late"), status in ("ok", "partial")
+            clients.append({
+                "id": client, "num_examples": 30, "steps": 3 if trained else 0, "status": status,
+                "loss": 1.0 / number + client if trained else 0.0, "malicious": client == 2,
+                "bytes_up": 80 if arrived else 0, "bytes_down": 0 if status == "dropped" else 4_000,
+            })  # fmt: skip
+        store.record_round(experiment_id, {
+            "round": number, "accuracy": 0.3 * number, "loss": 2.0 / number, "seconds": 1.0, "eval_seconds": 0.5,
+            "bytes_up": sum(c["bytes_up"] for c in clients), "bytes_down": sum(c["bytes_down"] for c in clients),
+            "skipped": SKIP_REASON if number == 2 else "", "simulated_seconds": 2.0 + number, "clients": clients,
+        })  # fmt: skip
+    store.set_personalization(experiment_id, PERSONALIZATION)
+    store.finish(experiment_id, "completed", final={"accuracy": 0.9})
+    return experiment_id
+
+
+def test_run_view_shows_the_federation_as_set_up_and_what_happened(store):
+    fabricate_federation(store)
+
+    app = page()
+
+    assert not app.exception
+    assert "##### :material/hub: Federation" in [markdown.value for markdown in app.markdown]
+    metrics = {metric.label: metric for metric in app.metric}
+    assert metrics["Arrived"].value == "6/9"  # 3 + 1 + 2 of 3 selected per round
+    assert "1 partial, 1 lost, 1 late, 1 dropped" in metrics["Arrived"].help
+    assert metrics["Skipped"].value == "1 of 3"
+    assert metrics["Malicious"].value == "1 of 3" and "sign_flip" in metrics["Malicious"].help
+    assert metrics["Compression"].value == "50.0×"  # 6 arrivals: 6 × 4000 B dense, sent as 6 × 80 B
+    assert metrics["Global model"].value == "55.00%"
+    personalized = metrics["Personalized"]
+    assert (personalized.value, personalized.delta) == ("77.50%", "+22.50 pp") and "fedper" in personalized.help
+    skipped = app.dataframe[0].value
+    assert skipped.values.tolist() == [[2, SKIP_REASON]]
+
+    traces = chart_traces(app)
+    assert len(traces) == 10  # the six charts, then speeds, status grid, upload, personalization
+    _, _, client_loss, _, _, time_chart, speeds, status, upload, personalization = traces
+    by_client = {trace["name"]: trace["x"] for trace in client_loss}
+    assert by_client == {"client 0": [1, 3], "client 1": [1, 2], "client 2": [1, 2, 3]}  # no dropped, no late
+    assert time_chart[-1]["name"] == "simulated (network, speeds)" and time_chart[-1]["y"] == [3.0, 4.0, 5.0]
+    assert [(trace["name"], trace["y"]) for trace in speeds] == [("honest", [1.0, 0.6]), ("malicious", [1.4])]
+    grid, attacker = status
+    assert grid["customdata"] == [list(column) for column in zip(*STATUSES)]  # rows: clients, columns: rounds
+    assert (attacker["x"], attacker["y"]) == ([1, 2, 3], ["client 2"] * 3)
+    assert [trace["y"] for trace in upload] == [[240, 80, 160], [12_000, 4_000, 8_000]]  # arrived: 3, 1, 2
+    assert [trace["y"] for trace in personalization] == [[0.5, 0.6, 0.55], [0.7, 0.9, 0.725]]
+
+
+def test_failed_personalization_is_reported_in_the_federation_panel(store):
+    experiment_id = fabricate(store)
+    store.set_personalization(experiment_id, {"error": "RuntimeError: out of memory"})
+
+    app = page()
+
+    assert [warning.value for warning in app.warning] == ["Personalization failed: RuntimeError: out of memory"]
+    assert len(app.get("plotly_chart")) == 6
+
+
+def test_a_plain_run_has_no_federation_panel(store):
+    experiment_id = fabricate(store)
+    store.set_client_profiles(experiment_id, [{**profile, "speed": 1.0, "malicious": False} for profile in PROFILES])
+
+    app = page()
+
+    assert not any("Federation" in markdown.value for markdown in app.markdown)
+    assert len(app.get("plotly_chart")) == 6 and not app.dataframe
+
+
 # -- history and compare --------------------------------------------------------------
 
 
@@ -353,6 +547,35 @@ def test_compare_overlays_the_accuracy_of_the_chosen_experiments(store):
     assert len(loss) == 2
     differences = app.dataframe[0].value
     assert differences.loc["federation.local_epochs"].tolist() == ["1", "3"]
+
+
+ATTACKED = {"attack.fraction": 0.3, "attack.behaviour": '"sign_flip"', "federation.strategy": '"median"'}
+
+
+def test_history_table_shows_strategy_attack_and_compression(store):
+    fabricate(store)
+    fabricate(store, **ATTACKED, **{"communication.compression": '"topk"', "communication.topk_fraction": 0.05})
+    fabricate(store, **{"federation.strategy": '"trimmed_mean"', "communication.compression": '"qsgd"'})
+
+    app = page(HISTORY)
+
+    table = app.dataframe[0].value
+    assert table[["Strategy", "Attack", "Compression"]].values.tolist() == [
+        ["trimmed_mean (β=0.2)", "none", "qsgd 8-bit"],
+        ["median", "30% sign_flip", "topk 5%"],
+        ["fedavg", "none", "none"],
+    ]
+
+
+def test_compare_legend_tells_a_clean_run_from_an_attacked_one(store):
+    clean, attacked = fabricate(store, name="base"), fabricate(store, name="base", **ATTACKED)
+    app = page(COMPARE)
+
+    app.multiselect(key="compare_ids").set_value([clean, attacked]).run()
+
+    accuracy, loss = chart_traces(app)
+    expected = [f"#{clean} · base · fedavg · no attack", f"#{attacked} · base · median · attack 30% sign_flip"]
+    assert [trace["name"] for trace in accuracy] == [trace["name"] for trace in loss] == expected
 
 
 # -- privacy: budget, audit, report, baseline, sweep -------------------------------------

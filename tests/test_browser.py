@@ -97,7 +97,8 @@ def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None
             choose(page, "privacy_mode", "local")
             for key, value in {"target_epsilon": 3, "max_epsilon": 4}.items():
                 fill(page, key, value)
-            advanced = page.locator("[data-testid='stForm'] [data-testid='stExpander'] summary")
+            expanders = page.locator("[data-testid='stForm'] [data-testid='stExpander'] summary")
+            advanced = expanders.filter(has_text="Advanced")  # the scenario groups (strategy, attack, ...) precede it
             advanced.click()
             for key, value in {"max_train_examples": 600, "max_test_examples": 500, "num_workers": 1}.items():
                 fill(page, key, value)

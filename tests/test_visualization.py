@@ -218,3 +218,152 @@ def test_no_private_runs_give_an_empty_privacy_figure_with_a_note(points, make):
 
 def test_audit_figure_without_any_audit_is_empty(points):
     assert len(viz.audit_figure(points.assign(auc=None)).data) == 0
+
+
+# -- the federation ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client_rounds() -> pd.DataFrame:
+    """Three rounds of clients 0-2 (not all selected each round); client 2 is malicious; sizes in bytes."""
+    return pd.DataFrame({
+        "round": [1, 1, 1, 2, 2, 3],
+        "client_id": [0, 1, 2, 0, 2, 1],
+        "status": ["ok", "dropped", "partial", "lost", "late", "ok"],
+        "malicious": [False, False, True, False, True, False],
+        "loss": [1.5, 0.0, 1.7, 1.2, 0.0, 0.9],
+        "bytes_up": [100, 0, 120, 0, 0, 90],
+        "bytes_down": [4_000, 0, 4_000, 4_000, 4_000, 4_000],
+    })  # fmt: skip
+
+
+def test_client_loss_figure_leaves_out_clients_that_never_trained(client_rounds):
+    figure = viz.client_loss_figure(client_rounds)
+
+    by_name = {trace.name: xy(trace) for trace in figure.data}
+    # dropped (client 1, round 1) and late (client 2, round 2) carry loss 0, not a measurement; lost trained
+    assert by_name == {"client 0": ([1, 2], [1.5, 1.2]), "client 1": ([3], [0.9]), "client 2": ([1], [1.7])}
+
+
+def test_time_figure_adds_the_simulated_round_time_when_recorded(rounds):
+    one = rounds[rounds.experiment_id == 7].assign(simulated_seconds=[4.0, 5.0, 6.0])
+
+    training, evaluation, simulated = viz.time_figure(one).data
+
+    assert (simulated.name, xy(simulated)) == ("simulated (network, speeds)", ([1, 2, 3], [5.0, 4.0, 6.0]))
+    assert isinstance(simulated, go.Scatter) and xy(training) == ([1, 2, 3], [2.0, 1.0, 3.0])
+
+
+def test_time_figure_without_simulated_time_has_only_the_bars(rounds):
+    figure = viz.time_figure(rounds[rounds.experiment_id == 7].assign(simulated_seconds=0.0))
+
+    assert [trace.name for trace in figure.data] == ["training", "evaluation"]
+
+
+def test_client_profile_figure_draws_speeds_with_the_malicious_apart():
+    profiles = [
+        {"id": 2, "num_examples": 30, "speed": 0.5, "dropout_probability": 0.1, "bandwidth_mbps": 8.0,
+         "latency_ms": 40.0, "malicious": True},
+        {"id": 0, "num_examples": 20, "speed": 1.3, "dropout_probability": 0.0, "bandwidth_mbps": 20.0,
+         "latency_ms": 50.0, "malicious": False},
+        {"id": 1, "num_examples": 25, "speed": 0.9, "dropout_probability": 0.2, "bandwidth_mbps": 30.0,
+         "latency_ms": 60.0, "malicious": False},
+    ]  # fmt: skip
+
+    figure = viz.client_profile_figure(profiles)
+
+    honest, malicious = figure.data
+    assert (honest.name, xy(honest)) == ("honest", (["client 0", "client 1"], [1.3, 0.9]))
+    assert (malicious.name, xy(malicious)) == ("malicious", (["client 2"], [0.5]))
+    assert honest.marker.color != malicious.marker.color
+    np.testing.assert_array_equal(np.asarray(malicious.customdata), [[30, 0.1, 8.0, 40.0]])
+    assert list(figure.layout.xaxis.categoryarray) == ["client 0", "client 1", "client 2"]
+    (nominal,) = figure.layout.shapes
+    assert (nominal.y0, nominal.y1) == (1.0, 1.0)
+
+
+def test_client_profile_figure_of_an_honest_federation_has_one_unlabelled_series():
+    figure = viz.client_profile_figure([{"id": 0, "speed": 1.0}, {"id": 1, "speed": 2.0}])
+
+    (honest,) = figure.data
+    assert xy(honest) == (["client 0", "client 1"], [1.0, 2.0]) and figure.layout.showlegend is False
+
+
+def test_client_status_figure_maps_every_status_to_its_cell_and_colour(client_rounds):
+    figure = viz.client_status_figure(client_rounds)
+
+    grid, malicious = figure.data
+    assert list(grid.x) == [1, 2, 3] and list(grid.y) == ["client 0", "client 1", "client 2"]
+    expected = [["ok", "lost", None], ["dropped", None, "ok"], ["partial", "late", None]]  # None: not selected
+    assert [list(row) for row in grid.customdata] == [[s or "not selected" for s in row] for row in expected]
+    codes = np.asarray(grid.z, dtype=float)
+    assert np.array_equal(np.isnan(codes), np.array([[s is None for s in row] for row in expected]))
+    # Each status' code must land, after Plotly's normalisation to [0, 1], in a band of that status' colour.
+    for row, statuses in zip(codes, expected):
+        for code, status in zip(row, statuses):
+            if status is None:
+                continue
+            position = (code - grid.zmin) / (grid.zmax - grid.zmin)
+            band = [color for (low, color), (high, _) in zip(grid.colorscale, grid.colorscale[1:])
+                    if low <= position <= high and low < high]  # fmt: skip
+            assert band and set(band) == {viz.STATUS_COLORS[status]}, (status, position)
+    assert list(grid.colorbar.ticktext) == ["ok", "partial", "lost", "late", "dropped"]
+    assert (malicious.name, xy(malicious)) == ("malicious", ([1, 2], ["client 2", "client 2"]))
+
+
+def test_client_status_figure_without_malicious_clients_has_only_the_grid(client_rounds):
+    figure = viz.client_status_figure(client_rounds.assign(malicious=False))
+
+    assert len(figure.data) == 1 and figure.layout.showlegend is False
+
+
+def test_upload_figure_compares_what_arrived_with_its_uncompressed_size(client_rounds):
+    sent, uncompressed = viz.upload_figure(client_rounds).data
+
+    # Arrived: round 1 clients 0 (ok) and 2 (partial), round 2 none (lost, late), round 3 client 1 (ok)
+    assert (sent.name, xy(sent)) == ("sent", ([1, 2, 3], [220, 0, 90]))
+    assert (uncompressed.name, xy(uncompressed)) == ("uncompressed", ([1, 2, 3], [8_000, 0, 4_000]))
+    assert viz.upload_figure(client_rounds).layout.yaxis.type == "log"  # 12 kB vs 310 B: bars visible on a log axis
+
+
+def test_upload_figure_keeps_a_linear_axis_when_little_is_saved(client_rounds):
+    figure = viz.upload_figure(client_rounds.assign(bytes_up=client_rounds["bytes_down"] // 2))
+
+    assert figure.layout.yaxis.type is None
+
+
+def test_personalization_figure_sets_global_beside_personalized_accuracy_per_client():
+    personalization = {
+        "method": "finetune",
+        "clients": [
+            {"client": 1, "examples": 5, "global_accuracy": 0.6, "personalized_accuracy": 0.8},
+            {"client": 0, "examples": 4, "global_accuracy": 0.5, "personalized_accuracy": 0.75},
+        ],
+        "mean_global_accuracy": 0.55,
+        "mean_personalized_accuracy": 0.775,
+    }  # fmt: skip
+
+    figure = viz.personalization_figure(personalization)
+
+    global_model, personalized = figure.data
+    assert (global_model.name, xy(global_model)) == ("global model", (["client 0", "client 1"], [0.5, 0.6]))
+    assert (personalized.name, xy(personalized)) == ("personalized (finetune)", (["client 0", "client 1"], [0.75, 0.8]))
+    assert figure.layout.barmode == "group"
+
+
+@pytest.mark.parametrize(
+    ("make", "empty"),
+    [
+        (viz.client_profile_figure, None),
+        (viz.client_profile_figure, []),
+        (viz.client_status_figure, pd.DataFrame(columns=["round", "client_id", "status", "malicious"])),
+        (viz.upload_figure, pd.DataFrame(columns=["round", "status", "bytes_up", "bytes_down"])),
+        (viz.personalization_figure, None),
+        (viz.personalization_figure, {"error": "RuntimeError: out of memory"}),
+    ],
+)
+def test_federation_figures_without_data_are_empty_with_a_note(make, empty):
+    figure = make(empty)
+
+    assert len(figure.data) == 0
+    assert [annotation.text for annotation in figure.layout.annotations] == ["no data yet"]
