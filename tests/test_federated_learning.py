@@ -479,3 +479,17 @@ def test_local_dp_stragglers_account_only_the_steps_they_took(mnist):
         if client.status in ("ok", "partial"):
             assert sum(n for _, _, n in run.histories[client.id]) == client.steps
             assert client.epsilon == pytest.approx(rdp_epsilon(run.histories[client.id]), rel=1e-9)
+
+
+def test_fedprox_with_mu_zero_and_fedavgm_without_momentum_equal_fedavg(mnist):
+    def final_weights(**federation):
+        run = FederatedRun(federation_config(rounds=2, **federation), data=mnist)
+        list(run.rounds())
+        return flatten(get_parameters(run.model))
+
+    fedavg = final_weights()
+    torch.testing.assert_close(final_weights(strategy="fedprox", proximal_mu=0.0), fedavg, rtol=0, atol=0)
+    torch.testing.assert_close(
+        final_weights(strategy="fedavgm", server_momentum=0.0, server_learning_rate=1.0), fedavg, rtol=1e-6, atol=1e-7
+    )
+    assert not torch.equal(final_weights(strategy="fedprox", proximal_mu=1.0), fedavg)

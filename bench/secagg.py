@@ -1,0 +1,114 @@
+"""Secure-aggregation overhead per round: a plain weighted sum vs `secure_aggregate`, full graph and SecAgg+.
+
+    python -m bench.secagg [--clients 10,100,1000] [--params 199210] [--plain-round-seconds 3.0]
+
+Every client sends a random float32 update of P parameters (default 199,210: the 2-layer MLP of
+McMahan et al. on MNIST) with a weight (its number of examples, 100..1000). For each n:
+  plain     Σ w_u·x_u in float64: what the server does without secure aggregation.
+  full      `secure_aggregate` with every pair of clients masking (Bonawitz et al.): O(n²·P) PRG output.
+  secagg+   k = 2·log2(n) rounded to even neighbours (Bell et al.): O(n·k·P).
+The full graph is skipped above --full-graph-max-clients (default 100): at 1,000 clients it expands
+~10^6 pairwise masks of 1.6 MB and evaluates 2·10^6 Shamir polynomials of degree 500 (over 10 minutes
+on one core); the table prints a lower bound extrapolated as n² from the largest full-graph run.
+
+All parties run one after another in this process, so "seconds" is a round's total compute as the
+simulation pays it; "critical path" is the server's seconds plus the busiest client's, what a
+deployment with clients on their own devices would wait.
+Two ratios: "× sum" against the plain weighted sum (the aggregation step alone, a few ms), and
+"× round" = (T_round − T_plain_sum + T_secagg) / T_round against a whole plain federated round,
+which local training dominates. T_round is a constant you pass in (--plain-round-seconds, default
+3.0 s, the order of one FedAvg round of the MLP on MNIST here); measure yours with
+`python -m bench.overhead --model mlp` and pass it. The target is × round ≤ 2 at 100 clients, SecAgg+.
+Each secure result is checked against the plain sum within the fixed-point bound n·2^-(f+1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from secure_aggregation import SecAggConfig, secure_aggregate
+
+DISTINCT_UPDATES = 32  # clients reuse this many random vectors, to keep 1,000 clients in memory
+
+
+def secagg_plus_neighbours(num_clients: int) -> int:
+    """k = 2·log2(n), rounded to an even number, at least 2."""
+    return max(2, 2 * round(math.log2(num_clients)))
+
+
+def make_round(num_clients: int, num_params: int, seed: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    rng = np.random.default_rng(seed)
+    pool = [rng.normal(scale=0.01, size=num_params).astype(np.float32) for _ in range(DISTINCT_UPDATES)]
+    updates = {u: pool[u % DISTINCT_UPDATES] for u in range(num_clients)}
+    weights = {u: float(rng.integers(100, 1001)) for u in range(num_clients)}
+    return updates, weights
+
+
+def plain_sum(updates: dict[int, np.ndarray], weights: dict[int, float]) -> tuple[np.ndarray, float]:
+    """Σ w_u·x_u in float64, one vector at a time, and its wall seconds (best of 3)."""
+    best, total = math.inf, None
+    for _ in range(3):
+        started = time.perf_counter()
+        total = np.zeros(len(next(iter(updates.values()))), dtype=np.float64)
+        for u, update in updates.items():
+            total += weights[u] * update.astype(np.float64)
+        best = min(best, time.perf_counter() - started)
+    return total, best
+
+
+def row(clients: int, mode: str, k: str, t: str, seconds: float, critical: str, plain: float,
+        args: argparse.Namespace, extra: str = "") -> None:
+    round_ratio = (args.plain_round_seconds - plain + seconds) / args.plain_round_seconds
+    print(f"{clients:>7} {mode:>8} {k:>4} {t:>4} {seconds:>9.2f} {critical:>9} {seconds / plain:>9.0f} "
+          f"{round_ratio:>8.2f}  {extra}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="10,100,1000", help="comma-separated client counts")
+    parser.add_argument("--params", type=int, default=199_210, help="P, float32 parameters per update")
+    parser.add_argument("--plain-round-seconds", type=float, default=3.0, help="one plain training round, seconds")
+    parser.add_argument("--full-graph-max-clients", type=int, default=100, help="skip the full graph above this")
+    args = parser.parse_args()
+    config = SecAggConfig()
+    print(f"P = {args.params:,}; plain upload {4 * args.params / 1e6:.2f} MB/client (float32), masked "
+          f"{8 * (args.params + 1) / 1e6:.2f} MB (uint64); plain round = {args.plain_round_seconds} s")
+    print(f"{'clients':>7} {'mode':>8} {'k':>4} {'t':>4} {'seconds':>9} {'critical':>9} {'x sum':>9} "
+          f"{'x round':>8}  crypto s / mask s / MB per client (both directions)")
+    full_graph_seen: tuple[int, float] | None = None
+    for num_clients in (int(n) for n in args.clients.split(",")):
+        updates, weights = make_round(num_clients, args.params, seed=num_clients)
+        reference, plain = plain_sum(updates, weights)
+        print(f"{num_clients:>7} {'plain':>8} {'-':>4} {'-':>4} {plain:>9.3f} {'-':>9} {1:>9} {1:>8.2f}")
+        for mode, neighbours in (("full", 0), ("secagg+", secagg_plus_neighbours(num_clients))):
+            if mode == "secagg+" and neighbours >= num_clients - 1:
+                print(f"{num_clients:>7} {mode:>8}  k = {neighbours} >= n - 1: the full graph already")
+                continue
+            if mode == "full" and num_clients > args.full_graph_max_clients:
+                estimate = ""
+                if full_graph_seen is not None:  # masks grow as n², Shamir sharing as n²·t, so a lower bound
+                    seen_clients, seen_seconds = full_graph_seen
+                    minutes = seen_seconds * (num_clients / seen_clients) ** 2 / 60
+                    estimate = f" (would take over {minutes:.0f} min: n² from n = {seen_clients})"
+                print(f"{num_clients:>7} {mode:>8}  skipped{estimate}; --full-graph-max-clients to run it")
+                continue
+            started = time.perf_counter()
+            result = secure_aggregate(updates, weights, SecAggConfig(neighbours=neighbours))
+            seconds = time.perf_counter() - started
+            error = float(np.max(np.abs(result.weighted_sum - reference)))
+            bound = num_clients * 2.0 ** -(config.fractional_bits + 1)
+            assert error <= bound + 1e-9, f"secure sum off by {error} > {bound}"
+            if mode == "full":
+                full_graph_seen = (num_clients, seconds)
+            s = result.stats
+            row(num_clients, mode, str(neighbours or num_clients - 1), str(result.threshold), seconds,
+                f"{s.server_seconds + s.slowest_client_seconds:.2f}", plain, args,
+                f"{s.crypto_seconds:.2f} / {s.mask_seconds:.2f} / {s.bytes_total / num_clients / 1e6:.2f}")
+
+
+if __name__ == "__main__":
+    main()
