@@ -121,6 +121,8 @@ class Round(Base):
     skipped: Mapped[str] = mapped_column(Text, default="")
     num_selected: Mapped[int] = mapped_column(Integer, default=0)
     simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Secure aggregation's statistics (bytes of keys/shares/masked vectors, dropouts recovered, seconds).
+    secure_aggregation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -318,6 +320,7 @@ class ExperimentStore:
                 num_selected=len(result.get("clients", [])),
                 skipped=str(result.get("skipped", "")),
                 simulated_seconds=float(result.get("simulated_seconds", 0.0)),
+                secure_aggregation=result.get("secure_aggregation"),
                 noise_multiplier=float(result.get("noise_multiplier", 0.0)),
                 max_grad_norm=float(result.get("max_grad_norm", 0.0)),
                 sample_rate=float(result.get("sample_rate", 0.0)),
@@ -428,7 +431,7 @@ class ExperimentStore:
             "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
             "eval_seconds", "bytes_up", "bytes_down", "num_clients", "noise_multiplier",
             "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "skipped", "num_selected",
-            "simulated_seconds", "created_at",
+            "simulated_seconds", "secure_aggregation", "created_at",
         ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(

@@ -32,6 +32,8 @@ STRATEGIES = (
     "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
 )  # fmt: skip
 ROBUST_STRATEGIES = ("krum", "multi_krum", "bulyan")  # need byzantine_clients f and enough updates
+# Rules that need only the weighted sum of the updates: they can run under secure aggregation.
+SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 SELECTIONS = ("uniform", "power_of_choice", "availability")
 DROPOUT_STAGES = ("before", "during")
 STRAGGLER_POLICIES = ("partial", "drop")
@@ -123,6 +125,10 @@ class FederationConfig:
     client_holdout: float = 0.0  # fraction of each client's examples held out as its test split
     personalization: str = "none"  # none | fedper (the final layer stays local) | finetune (after training)
     finetune_epochs: int = 1
+    # Secure aggregation (Bonawitz et al. 2017): the server learns only the weighted sum.
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.5  # t as a fraction of each client's neighbourhood
+    secagg_neighbours: int = 0  # SecAgg+: k (even) neighbours per client; 0 = all clients of the round
 
     def validate(self) -> None:
         _integer("federation.num_clients", self.num_clients, low=1, high=100_000)
@@ -170,6 +176,16 @@ class FederationConfig:
         _number("federation.client_holdout", self.client_holdout, low=0.0, high=0.5)
         _one_of("federation.personalization", self.personalization, PERSONALIZATIONS)
         _integer("federation.finetune_epochs", self.finetune_epochs, low=1, high=100)
+        _boolean("federation.secure_aggregation", self.secure_aggregation)
+        _number("federation.secagg_threshold", self.secagg_threshold, low=0.01, high=1.0)
+        _integer("federation.secagg_neighbours", self.secagg_neighbours, low=0, high=100_000)
+        if self.secagg_neighbours % 2:
+            raise ValueError(f"federation.secagg_neighbours must be even (a Harary graph), got {self.secagg_neighbours}")
+        if self.secure_aggregation and self.strategy not in SUM_STRATEGIES:
+            raise ValueError(
+                f"federation.secure_aggregation reveals only the sum of the updates; federation.strategy "
+                f"{self.strategy!r} needs each update. Use one of {', '.join(SUM_STRATEGIES)}"
+            )
         needs_holdout = [
             name for name, on in (("personalization", self.personalization != "none"),
                                   ("adaptive_weighting", self.strategy == "adaptive_weighting")) if on
@@ -339,6 +355,18 @@ class ExperimentConfig:
                 "federation.personalization = 'fedper' keeps each client's last layer out of the "
                 "aggregate, which privacy.mode = 'central' (DP-FedAvg over whole updates) does not cover"
             )
+        if self.federation.secure_aggregation and self.privacy.mode == "central":
+            raise ValueError(
+                "federation.secure_aggregation with privacy.mode = 'central' is not available yet: the noise "
+                "must then be added by the clients (distributed DP), which this version does not do"
+            )
+        if self.federation.secure_aggregation and self.communication.compression != "none":
+            raise ValueError(
+                "federation.secure_aggregation masks dense vectors: communication.compression must be 'none', "
+                f"got {self.communication.compression!r}"
+            )
+        if self.federation.secure_aggregation and self.federation.personalization == "fedper":
+            raise ValueError("federation.secure_aggregation does not support personalization = 'fedper' yet")
         if self.privacy.mode == "central" and self.federation.selection != "uniform":
             raise ValueError(
                 "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "

@@ -41,6 +41,7 @@ from compression import Compressor
 from data_handler import FederatedData, label_counts, load_mnist, partition, split_holdout, subset
 from experiment_config import ExperimentConfig
 from model import create_model, flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
+from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from strategies import ClientUpdate, make_strategy
 
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "run_experiment"]
@@ -48,6 +49,9 @@ __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "r
 EVAL_BATCH = 1000
 AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
 ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
+# |w·Δ| bound per coordinate under secure aggregation (w: example count, Δ: update); with
+# 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
+SECAGG_CLIP_RANGE = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class RoundResult:
     privacy_steps: int = 0
     accountant: str = ""
     skipped: str = ""  # why the global model was not updated this round ("" when it was)
+    secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
     simulated_seconds: float = 0.0  # the round's duration over the simulated network and speeds
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +205,7 @@ class FederatedRun:
         self.stop_reason: str | None = None  # set when the run ends early (stop event, budget)
         self.trained_clients: set[int] = set()  # every client that has trained in some round
         self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
+        self.secagg_stats: dict[str, Any] | None = None  # the last round's secure-aggregation statistics
 
     def sample_clients(self, round_number: int) -> list[int]:
         """This round's selected clients (`client_population.select_clients`); power-of-choice
@@ -312,6 +318,7 @@ class FederatedRun:
                     self.stop_reason = reason
                     break
                 started = time.perf_counter()
+                self.secagg_stats = None
                 statuses = self._plan_round(round_number, clients)
                 clip_norm = self.clip_norm
                 global_weights, outcomes, arrivals, skipped = self._train_and_aggregate(
@@ -383,7 +390,8 @@ class FederatedRun:
         if not central and len(tasks) > slots:
             raise AssertionError("more clients than result slots outside central DP")
         aggregator = _CentralSum(self, global_weights, round_number) if central else None
-        outcomes, updates, arrivals = [], [], {}
+        secure = federation.secure_aggregation
+        outcomes, updates, arrivals, lost_rows = [], [], {}, {}
         for start in range(0, len(tasks), slots):
             chunk = tasks[start : start + slots]
             if trainer.corrections is not None:
@@ -401,6 +409,8 @@ class FederatedRun:
                 if self.head_size:
                     self.heads[client] = row[-self.head_size :].clone()  # stays on the client
                 if statuses[client][0] == "lost":
+                    if secure:  # it joined the key exchange, then vanished before its masked input
+                        lost_rows[client] = row - global_weights
                     continue
                 update, arrivals[client] = self._sent_update(round_number, client, row - global_weights)
                 if aggregator is not None:
@@ -421,10 +431,49 @@ class FederatedRun:
             return global_weights, outcomes, arrivals, (
                 f"{len(arrivals)} update(s) arrived, fewer than federation.min_clients = {federation.min_clients}"
             )  # fmt: skip
+        if secure:
+            try:
+                updates = [self._secure_mean(global_weights, updates, lost_rows, arrivals)]
+            except SecAggError as error:  # too few clients left to unmask: nothing is revealed
+                return global_weights, outcomes, arrivals, f"secure aggregation failed: {error}"
         try:
             return self.strategy.aggregate(global_weights, updates), outcomes, arrivals, ""
         except ValueError as error:  # e.g. Krum with too few updates after dropouts
             return global_weights, outcomes, arrivals, str(error)
+
+    def _secure_mean(
+        self, global_weights: torch.Tensor, updates: list[ClientUpdate], lost: dict[int, torch.Tensor],
+        arrivals: dict[int, int],
+    ) -> ClientUpdate:  # fmt: skip
+        """The example-weighted mean of the arrived updates, computed by secure aggregation so
+        the server never sees one update; handed to the strategy as a single update. Clients
+        that were lost after the key exchange are unmasked away through their shares."""
+        federation = self.config.federation
+        vectors = {u.client_id: (u.weights - global_weights).double().numpy() for u in updates}
+        weights = {u.client_id: float(u.num_examples) for u in updates}
+        for client, update in lost.items():
+            vectors[client], weights[client] = update.double().numpy(), float(len(self.partitions[client]))
+        result = secure_aggregate(
+            vectors, weights,
+            SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
+                         clip_range=SECAGG_CLIP_RANGE),
+            drop_after_sharing=frozenset(lost),
+        )  # fmt: skip
+        stats = result.stats
+        self.secagg_stats = {
+            "threshold": result.threshold, "participants": len(result.participants),
+            "survivors": len(result.survivors), "dropouts_recovered": stats.dropouts_recovered,
+            "bytes_keys": stats.bytes_keys, "bytes_shares": stats.bytes_shares, "bytes_masked": stats.bytes_masked,
+            "bytes_unmasking": stats.bytes_unmasking, "crypto_seconds": stats.crypto_seconds,
+            "mask_seconds": stats.mask_seconds, "server_seconds": stats.server_seconds,
+        }  # fmt: skip
+        per_client = stats.bytes_total // max(len(result.participants), 1)
+        for client in arrivals:
+            arrivals[client] = per_client  # masked vector + its share of keys, shares and unmasking
+        mean = torch.from_numpy(result.weighted_sum / result.total_weight)
+        steps = sum(u.steps for u in updates)
+        weights_out = (global_weights.double() + mean).to(global_weights.dtype)
+        return ClientUpdate(-1, weights_out, int(result.total_weight), steps, float(np.mean([u.loss for u in updates])))
 
     def _sent_update(self, round_number: int, client: int, update: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The update the server receives from `client` and the bytes it took: a malicious
@@ -548,6 +597,7 @@ class FederatedRun:
             accountant=plan.accountant if private else "",
             skipped=skipped,
             simulated_seconds=simulated,
+            secure_aggregation=self.secagg_stats,
         )
 
 

@@ -101,9 +101,11 @@ def strategy_text(config: dict) -> str:
     federation = config.get("federation", {})
     strategy = federation.get("strategy", "fedavg")
     if strategy in ("krum", "multi_krum", "bulyan"):
-        return f"{strategy} (f={federation.get('byzantine_clients', 0)})"
-    if strategy == "trimmed_mean":
-        return f"{strategy} (β={federation.get('trim_fraction')})"
+        strategy = f"{strategy} (f={federation.get('byzantine_clients', 0)})"
+    elif strategy == "trimmed_mean":
+        strategy = f"{strategy} (β={federation.get('trim_fraction')})"
+    if federation.get("secure_aggregation"):
+        strategy += " + secure aggregation"
     return strategy
 
 

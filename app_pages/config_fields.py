@@ -229,6 +229,16 @@ COMMUNICATION_FIELDS = (
     Field("communication", "latency_spread", "Latency spread σ", "σ of the lognormal spread of latencies across "
           "clients.", low=0.0, high=3.0, step=0.1, format="%.2f"),
 )  # fmt: skip
+SECURE_AGGREGATION_FIELDS = (
+    Field("federation", "secure_aggregation", "Secure aggregation", "The server learns only the weighted sum of "
+          "the updates (Bonawitz et al. 2017: pairwise masks, Shamir-shared keys so dropouts can be unmasked). "
+          "Works with fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi; not with compression or central DP."),
+    Field("federation", "secagg_threshold", "Threshold t", "Share of a client's neighbourhood whose key shares "
+          "are needed to unmask it; fewer survivors than t and the round is skipped.", low=0.01, high=1.0,
+          step=0.05, format="%.2f"),
+    Field("federation", "secagg_neighbours", "Neighbours k", "SecAgg+: each client masks with k (even) random "
+          "neighbours instead of all, so cost grows as n·k, not n²; 0 = everyone.", low=0, high=100_000),
+)  # fmt: skip
 # The folded groups under the privacy settings: (title, icon, a note above the fields or "", fields).
 SCENARIO_GROUPS = (
     ("Aggregation strategy", ":material/merge:", "The strategy is chosen above; each setting is read only by the "
@@ -239,4 +249,5 @@ SCENARIO_GROUPS = (
     ("Attack", ":material/bug_report:", "", ATTACK_FIELDS),
     ("Communication", ":material/network_check:", "Bandwidth and latency set the simulated round time; "
      "compression sets what an upload costs.", COMMUNICATION_FIELDS),
+    ("Secure aggregation", ":material/lock:", "", SECURE_AGGREGATION_FIELDS),
 )  # fmt: skip

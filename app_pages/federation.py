@@ -82,6 +82,26 @@ def federation_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame, clie
     return metrics
 
 
+def secure_aggregation_table(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per round, what secure aggregation cost: protocol bytes, dropouts unmasked, seconds."""
+    if "secure_aggregation" not in rounds:
+        return pd.DataFrame()
+    rows = [(r, s) for r, s in zip(rounds["round"], rounds["secure_aggregation"]) if isinstance(s, dict)]
+    return pd.DataFrame(
+        {
+            "Round": [r for r, _ in rows],
+            "Clients (t)": [f"{s['survivors']}/{s['participants']} (t={s['threshold']})" for _, s in rows],
+            "Keys": [format_bytes(s["bytes_keys"]) for _, s in rows],
+            "Shares": [format_bytes(s["bytes_shares"]) for _, s in rows],
+            "Masked vectors": [format_bytes(s["bytes_masked"]) for _, s in rows],
+            "Unmasking": [format_bytes(s["bytes_unmasking"]) for _, s in rows],
+            "Dropouts unmasked": [s["dropouts_recovered"] for _, s in rows],
+            "Crypto s": [round(s["crypto_seconds"], 3) for _, s in rows],
+            "Masking s": [round(s["mask_seconds"], 3) for _, s in rows],
+        }
+    )
+
+
 def skipped_rounds(rounds: pd.DataFrame) -> pd.DataFrame:
     """Round and reason of every round whose model was not updated."""
     if "skipped" not in rounds:
@@ -96,7 +116,8 @@ def render_federation(experiment: ExperimentSummary, rounds: pd.DataFrame, clien
     metrics = federation_metrics(experiment, rounds, clients)
     skipped = skipped_rounds(rounds)
     error = (experiment.personalization or {}).get("error")
-    if not (figures or metrics or not skipped.empty or error):
+    secure = secure_aggregation_table(rounds)
+    if not (figures or metrics or not skipped.empty or error or not secure.empty):
         return
     st.markdown("##### :material/hub: Federation")
     for column, (label, value, delta, help_text) in zip(st.columns(max(len(metrics), 5)), metrics):
@@ -106,6 +127,9 @@ def render_federation(experiment: ExperimentSummary, rounds: pd.DataFrame, clien
     if not skipped.empty:
         st.caption("Rounds in which the global model was not updated")
         st.dataframe(skipped, hide_index=True, key=f"{where}-skipped", height=min(38 + 35 * len(skipped), 220))
+    if not secure.empty:
+        st.caption(":material/lock: Secure aggregation: the server saw only the sum; what the protocol cost per round")
+        st.dataframe(secure, hide_index=True, key=f"{where}-secagg", height=min(38 + 35 * len(secure), 250))
     names = list(figures)
     for start in range(0, len(names), 2):
         for column, name in zip(st.columns(2), names[start : start + 2]):

@@ -23,6 +23,7 @@ import cli
 from conftest import REPO
 from database import ExperimentStore
 from experiment_config import ExperimentConfig
+from app_pages.common import strategy_text
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIVE = ":material/monitoring: Live"  # the tab labels, also the values of st.session_state["view"]
@@ -42,6 +43,7 @@ SCENARIO_KEYS = {
         "byzantine_clients", "multi_krum_keep", "weighting_exponent", "selection", "selection_candidates",
         "dropout_probability", "dropout_stage", "dropout_heterogeneous", "min_clients", "speed_spread",
         "round_deadline", "straggler_policy", "client_holdout", "personalization", "finetune_epochs",
+        "secure_aggregation", "secagg_threshold", "secagg_neighbours",
     ]},
     **{f"attack_{key}": ("attack", key) for key in ["fraction", "behaviour", "scale", "noise_std"]},
     **{key: ("communication", key) for key in [
@@ -52,7 +54,7 @@ SCENARIO_KEYS = {
 SCENARIO_SELECT_KEYS = [
     "selection", "dropout_stage", "straggler_policy", "personalization", "attack_behaviour", "compression",
 ]  # fmt: skip
-SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback"]
+SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback", "secure_aggregation"]
 SELECT_KEYS += SCENARIO_SELECT_KEYS
 NUMBER_KEYS += [key for key in SCENARIO_KEYS if key not in SCENARIO_SELECT_KEYS + SCENARIO_CHECKBOX_KEYS]
 TINY = {
@@ -184,8 +186,9 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
     groups = {expander.label: expander for expander in app.sidebar.expander}
     assert list(groups) == [
         "Aggregation strategy", "Selection & unreliable clients", "Personalization", "Attack", "Communication",
-        "Advanced",
+        "Secure aggregation", "Advanced",
     ]  # fmt: skip
+    assert {w.key for w in groups["Secure aggregation"].checkbox} == {"secure_aggregation"}
     for key, (section, name) in SCENARIO_KEYS.items():
         default, shown = getattr(getattr(defaults, section), name), widget(app, key)
         assert shown.value == (pytest.approx(default) if isinstance(default, float) else default), key
@@ -746,3 +749,31 @@ def test_page_imports_no_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_secure_aggregation_runs_show_their_protocol_cost_and_are_marked(store):
+    stats = {
+        "threshold": 2, "participants": 2, "survivors": 2, "dropouts_recovered": 0, "bytes_keys": 512,
+        "bytes_shares": 2_048, "bytes_masked": 3_200_000, "bytes_unmasking": 1_024, "crypto_seconds": 0.0125,
+        "mask_seconds": 0.25, "server_seconds": 0.1,
+    }  # fmt: skip
+    experiment_id = store.create_experiment(
+        ExperimentConfig.from_dict({"model": {"name": "mlp"}, "federation": {"num_clients": 2, "clients_per_round": 2,
+                                    "rounds": 1, "secure_aggregation": True}}).to_dict()
+    )  # fmt: skip
+    store.mark_running(experiment_id)
+    store.record_round(experiment_id, {
+        "round": 1, "accuracy": 0.5, "loss": 1.0, "seconds": 1.0, "eval_seconds": 0.5, "bytes_up": 10,
+        "bytes_down": 10, "secure_aggregation": stats,
+        "clients": [{"id": c, "num_examples": 30, "steps": 3, "loss": 1.0} for c in range(2)],
+    })  # fmt: skip
+    store.finish(experiment_id, "completed", final={"accuracy": 0.5})
+
+    app = page()
+
+    assert not app.exception
+    (table,) = [frame.value for frame in app.dataframe if "Masked vectors" in frame.value.columns]
+    assert table["Clients (t)"].tolist() == ["2/2 (t=2)"] and table["Crypto s"].tolist() == [0.013]
+    assert strategy_text(ExperimentConfig.from_dict({"federation": {"secure_aggregation": True}}).to_dict()) == (
+        "fedavg + secure aggregation"
+    )

@@ -72,6 +72,9 @@ BAD_VALUES = {
     "communication.bandwidth_spread": [-0.1, 5.0],
     "communication.latency_ms": [-1.0, "50"],
     "communication.latency_spread": [-1.0, 4.0],
+    "federation.secure_aggregation": [1, "yes"],
+    "federation.secagg_threshold": [0.0, 1.5],
+    "federation.secagg_neighbours": [-2, 2.0],
 }
 
 
@@ -188,3 +191,17 @@ def test_realistic_federation_config_round_trips(tmp_path):
     )  # fmt: skip
     assert ExperimentConfig.from_json(config.to_json()) == config
     assert config.attack.fraction == 0.3 and config.communication.compression == "topk"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"federation": {"secure_aggregation": True, "strategy": "median"}}, "needs each update"),
+        ({"federation": {"secure_aggregation": True}, "privacy": {"mode": "central"}}, "distributed DP"),
+        ({"federation": {"secure_aggregation": True}, "communication": {"compression": "topk"}}, "dense"),
+        ({"federation": {"secagg_neighbours": 3}}, "even"),
+    ],
+)
+def test_secure_aggregation_rules(raw, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_dict(raw)

@@ -493,3 +493,43 @@ def test_fedprox_with_mu_zero_and_fedavgm_without_momentum_equal_fedavg(mnist):
         final_weights(strategy="fedavgm", server_momentum=0.0, server_learning_rate=1.0), fedavg, rtol=1e-6, atol=1e-7
     )
     assert not torch.equal(final_weights(strategy="fedprox", proximal_mu=1.0), fedavg)
+
+
+# -- secure aggregation ------------------------------------------------------------------------
+
+
+def test_secure_aggregation_gives_the_same_model_as_plain_fedavg(mnist):
+    plain = FederatedRun(federation_config(rounds=3), data=mnist)
+    secure = FederatedRun(federation_config(rounds=3, secure_aggregation=True), data=mnist)
+    plain_results, secure_results = list(plain.rounds()), list(secure.rounds())
+    # Fixed point with 24 fractional bits: the mean differs from float FedAvg by ~1e-7 per weight.
+    torch.testing.assert_close(flatten(get_parameters(secure.model)), flatten(get_parameters(plain.model)), rtol=0, atol=1e-5)
+    assert [r.accuracy for r in secure_results] == pytest.approx([r.accuracy for r in plain_results], abs=0.002)
+    stats = secure_results[0].secure_aggregation
+    assert stats["participants"] == stats["survivors"] == 4 and stats["bytes_masked"] > 0
+    assert plain_results[0].secure_aggregation is None
+
+
+def test_secure_aggregation_unmasks_clients_lost_after_the_key_exchange(mnist):
+    config = federation_config(rounds=1, num_clients=8, clients_per_round=8, secure_aggregation=True,
+                               dropout_probability=0.3, dropout_stage="during", secagg_threshold=0.5)  # fmt: skip
+    run = FederatedRun(config, data=mnist)
+    (result,) = list(run.rounds())
+    lost = [c.id for c in result.clients if c.status == "lost"]
+    assert lost and not result.skipped
+    assert result.secure_aggregation["dropouts_recovered"] == len(lost)
+    # Same run without secure aggregation: FedAvg over the same arrivals.
+    plain = FederatedRun(config.replace("federation", secure_aggregation=False), data=mnist)
+    list(plain.rounds())
+    torch.testing.assert_close(flatten(get_parameters(run.model)), flatten(get_parameters(plain.model)), rtol=0, atol=1e-5)
+
+
+def test_secure_aggregation_with_too_few_survivors_skips_the_round(mnist):
+    config = federation_config(rounds=1, num_clients=6, clients_per_round=6, secure_aggregation=True,
+                               dropout_probability=0.6, dropout_stage="during", secagg_threshold=1.0)  # fmt: skip
+    run = FederatedRun(config, data=mnist)
+    start = flatten(get_parameters(run.model)).clone()
+    (result,) = list(run.rounds())
+    assert any(c.status == "lost" for c in result.clients)
+    assert result.skipped.startswith("secure aggregation failed")
+    assert torch.equal(flatten(get_parameters(run.model)), start)
