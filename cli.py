@@ -111,41 +111,37 @@ def execute(
 
 def _audit(store: ExperimentStore, experiment_id: int, run: Any, config: ExperimentConfig) -> dict[str, Any] | None:
     """The membership-inference audit of the final model, stored with the run; None if
-    `privacy.audit_examples` is 0. A failure is recorded as `{"error": ...}`: the run's
-    rounds and status stand either way."""
+    `privacy.audit_examples` is 0."""
     if config.privacy.audit_examples <= 0:
         return None
-    try:
-        audit = run.audit(config.privacy.audit_examples)
-    except KeyboardInterrupt:  # a second interrupt: skip the audit, still record the run
-        audit = {"error": "the audit was interrupted"}
-    except Exception as error:
-        audit = {"error": f"{type(error).__name__}: {error}"}
-    if audit is None:
-        return None
-    try:
-        store.set_audit(experiment_id, audit)
-    except Exception as error:
-        audit = {"error": f"could not store the audit: {type(error).__name__}: {error}"}
-        print(f"error: {audit['error']}", file=sys.stderr)
-    return audit
+    return _after_run(
+        lambda: run.audit(config.privacy.audit_examples), lambda r: store.set_audit(experiment_id, r), "the audit"
+    )
 
 
 def _personalize(store: ExperimentStore, experiment_id: int, run: Any) -> dict[str, Any] | None:
     """Personalized vs global accuracy per client (`FederatedRun.personalize`), stored with
-    the run; None without personalization. A failure is recorded as `{"error": ...}`."""
+    the run; None without personalization."""
+    return _after_run(
+        run.personalize, lambda r: store.set_personalization(experiment_id, r), "the personalization results"
+    )
+
+
+def _after_run(compute: Any, save: Any, what: str) -> dict[str, Any] | None:
+    """Work after the last round (`compute()` → a JSON-able dict or None), saved with `save`.
+    A failure is recorded as `{"error": ...}`: the run's rounds and status stand either way."""
     try:
-        result = run.personalize()
-    except KeyboardInterrupt:
-        result = {"error": "personalization was interrupted"}
+        result = compute()
+    except KeyboardInterrupt:  # a second interrupt: skip it, still record the run
+        result = {"error": f"{what} was interrupted"}
     except Exception as error:
         result = {"error": f"{type(error).__name__}: {error}"}
     if result is None:
         return None
     try:
-        store.set_personalization(experiment_id, result)
+        save(result)
     except Exception as error:
-        result = {"error": f"could not store the personalization results: {type(error).__name__}: {error}"}
+        result = {"error": f"could not store {what}: {type(error).__name__}: {error}"}
         print(f"error: {result['error']}", file=sys.stderr)
     return result
 
