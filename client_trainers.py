@@ -92,7 +92,10 @@ class LocalObjective:
         with torch.no_grad():
             self.pending = []
             for i, p in enumerate(self.params):
-                extra = (p - self.anchor[i]).mul_(self.mu) if self.mu else torch.zeros_like(p)
+                if not self.mu:  # SCAFFOLD alone: the correction is fixed for the round
+                    self.pending.append(self.correction[i])
+                    continue
+                extra = (p - self.anchor[i]).mul_(self.mu)
                 if self.correction is not None:
                     extra.add_(self.correction[i])
                 self.pending.append(extra)

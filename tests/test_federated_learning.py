@@ -39,14 +39,10 @@ def test_two_clients_two_rounds_on_real_mnist_improve_accuracy(mnist):
     assert results[1].accuracy > 0.6
 
 
-def test_one_round_equals_fedavg_computed_by_hand(mnist):
-    """Train both clients ourselves from the same start and seeds; average with numpy."""
-    config = tiny_config(rounds=1, num_clients=3, clients_per_round=2)
-    run = FederatedRun(config, data=mnist)
-    start = get_parameters(create_model("mlp", seed=0))
-    chosen = run.sample_clients(1)
+def fedavg_by_hand(run: FederatedRun, clients: list[int], start) -> np.ndarray:
+    """Round 1 of `run` done by hand: each client trains from `start` with its own seed; numpy averages."""
     client_weights, sizes = [], []
-    for client in chosen:
+    for client in clients:
         model = create_model("mlp")
         set_parameters(model, start)
         train_client(
@@ -55,7 +51,17 @@ def test_one_round_equals_fedavg_computed_by_hand(mnist):
         )  # fmt: skip
         client_weights.append(flatten(get_parameters(model)).numpy())
         sizes.append(len(run.partitions[client]))
-    expected = np.average(np.stack(client_weights), axis=0, weights=sizes)
+    return np.average(np.stack(client_weights), axis=0, weights=sizes)
+
+
+def test_one_round_equals_fedavg_computed_by_hand(mnist):
+    """Train both clients ourselves from the same start and seeds; average with numpy."""
+    config = tiny_config(rounds=1, num_clients=3, clients_per_round=2)
+    run = FederatedRun(config, data=mnist)
+    start = get_parameters(create_model("mlp", seed=0))
+    chosen = run.sample_clients(1)
+    expected = fedavg_by_hand(run, chosen, start)
+    sizes = [len(run.partitions[client]) for client in chosen]
 
     (result,) = list(run.rounds())
     np.testing.assert_allclose(flatten(get_parameters(run.model)).numpy(), expected, rtol=1e-5, atol=1e-6)
@@ -348,17 +354,7 @@ def test_one_round_with_a_lost_update_equals_fedavg_of_the_rest(mnist):
     (result,) = list(run.rounds())
     arrived = [c.id for c in result.clients if c.status == "ok"]
     assert 0 < len(arrived) < 6
-    client_weights, sizes = [], []
-    for client in arrived:
-        model = create_model("mlp")
-        set_parameters(model, start)
-        train_client(
-            model, run.data.train_x, run.data.train_y, run.partitions[client],
-            local_epochs=1, batch_size=20, learning_rate=0.1, seed=client_seed(0, 1, client),
-        )  # fmt: skip
-        client_weights.append(flatten(get_parameters(model)).numpy())
-        sizes.append(len(run.partitions[client]))
-    expected = np.average(np.stack(client_weights), axis=0, weights=sizes)
+    expected = fedavg_by_hand(run, arrived, start)
     np.testing.assert_allclose(flatten(get_parameters(run.model)).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
