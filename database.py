@@ -90,6 +90,8 @@ class Experiment(Base):
     client_profiles: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     # Personalization: per client the global and the personalized model's held-out accuracy.
     personalization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # What data the run used: its source ("mnist", "synthetic", "imported"), task and clients.
+    dataset_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
@@ -123,6 +125,8 @@ class Round(Base):
     simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     # Secure aggregation's statistics (bytes of keys/shares/masked vectors, dropouts recovered, seconds).
     secure_aggregation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Workload-specific metrics beyond accuracy/loss (NGSS: exact match, F1, MAE, per label and school).
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -176,6 +180,7 @@ class ExperimentSummary:
     rounds_done: int
     client_profiles: list[dict[str, Any]] | None = None
     personalization: dict[str, Any] | None = None
+    dataset_info: dict[str, Any] | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -321,6 +326,7 @@ class ExperimentStore:
                 skipped=str(result.get("skipped", "")),
                 simulated_seconds=float(result.get("simulated_seconds", 0.0)),
                 secure_aggregation=result.get("secure_aggregation"),
+                metrics=result.get("metrics"),
                 noise_multiplier=float(result.get("noise_multiplier", 0.0)),
                 max_grad_norm=float(result.get("max_grad_norm", 0.0)),
                 sample_rate=float(result.get("sample_rate", 0.0)),
@@ -360,6 +366,10 @@ class ExperimentStore:
     def set_personalization(self, experiment_id: int, personalization: dict[str, Any]) -> None:
         """Store the per-client personalized vs global accuracy (JSON-able dict)."""
         self._update(experiment_id, personalization=personalization)
+
+    def set_dataset_info(self, experiment_id: int, info: dict[str, Any]) -> None:
+        """Store what data the run used (source, task, clients; JSON-able dict)."""
+        self._update(experiment_id, dataset_info=info)
 
     def set_audit(self, experiment_id: int, audit: dict[str, Any]) -> None:
         """Store the membership-inference audit of the final model (JSON-able dict)."""
@@ -431,7 +441,7 @@ class ExperimentStore:
             "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
             "eval_seconds", "bytes_up", "bytes_down", "num_clients", "noise_multiplier",
             "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "skipped", "num_selected",
-            "simulated_seconds", "secure_aggregation", "created_at",
+            "simulated_seconds", "secure_aggregation", "metrics", "created_at",
         ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(
@@ -508,4 +518,5 @@ def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
         rounds_done=rounds_done,
         client_profiles=experiment.client_profiles,
         personalization=experiment.personalization,
+        dataset_info=experiment.dataset_info,
     )
