@@ -149,3 +149,13 @@ def loss_sample(indices: np.ndarray, seed: int, round_number: int, client: int) 
         return indices
     generator = np.random.default_rng([seed, round_number, SELECTION_TAG, client])
     return np.sort(generator.choice(indices, size=POWER_OF_CHOICE_EXAMPLES, replace=False))
+
+
+def client_seed(seed: int, round_number: int, client_id: int) -> int:
+    """The seed of one client's batch order in one round, independent of scheduling."""
+    return int(np.random.SeedSequence([seed, round_number, client_id]).generate_state(1)[0])
+
+
+def stream_seed(seed: int, round_number: int, client_id: int, tag: int) -> int:
+    """A seed for one purpose (`tag`) of one client in one round, apart from its batch order."""
+    return int(np.random.SeedSequence([seed, round_number, client_id, tag]).generate_state(1)[0])

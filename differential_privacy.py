@@ -665,4 +665,16 @@ def adapt_clip_norm(
     learning_rate = _check_positive("learning_rate", learning_rate)
     noise = float(torch.normal(0.0, _check_positive("count_stddev", count_stddev), size=(1,), generator=generator))
     fraction = (unclipped_count + noise) / expected_participants
-    return clip_norm * math.exp(-learning_rate * (fraction - target_quantile)), fraction
+    return next_clip_norm(
+        clip_norm, noised_fraction=fraction, target_quantile=target_quantile, learning_rate=learning_rate
+    ), fraction
+
+
+def next_clip_norm(clip_norm: float, *, noised_fraction: float, target_quantile: float, learning_rate: float) -> float:
+    """C · exp(−η (b̃ − γ)) for an already noised unclipped fraction b̃ (under secure
+    aggregation the clients add the count's noise themselves)."""
+    clip_norm = _check_positive("clip_norm", clip_norm)
+    if not 0.0 < _finite("target_quantile", target_quantile) < 1.0:
+        raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile!r}")
+    learning_rate = _check_positive("learning_rate", learning_rate)
+    return clip_norm * math.exp(-learning_rate * (_finite("noised_fraction", noised_fraction) - target_quantile))

@@ -355,11 +355,6 @@ class ExperimentConfig:
                 "federation.personalization = 'fedper' keeps each client's last layer out of the "
                 "aggregate, which privacy.mode = 'central' (DP-FedAvg over whole updates) does not cover"
             )
-        if self.federation.secure_aggregation and self.privacy.mode == "central":
-            raise ValueError(
-                "federation.secure_aggregation with privacy.mode = 'central' is not available yet: the noise "
-                "must then be added by the clients (distributed DP), which this version does not do"
-            )
         if self.federation.secure_aggregation and self.communication.compression != "none":
             raise ValueError(
                 "federation.secure_aggregation masks dense vectors: communication.compression must be 'none', "

@@ -21,7 +21,6 @@ import functools
 import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -32,7 +31,7 @@ from torch import nn
 
 from attacks import poison_update
 from client_population import (
-    ParticipationTally, allowed_steps, dropouts, loss_sample, make_profiles, select_clients,
+    ParticipationTally, allowed_steps, client_seed, dropouts, loss_sample, make_profiles, select_clients, stream_seed,
 )  # fmt: skip
 from client_trainers import (
     InProcessTrainer, ProcessPoolTrainer, TaskOutcome, TrainSettings, TrainTask, accuracy_on, full_steps, train_client,
@@ -41,6 +40,7 @@ from compression import Compressor
 from data_handler import FederatedData, label_counts, load_mnist, partition, split_holdout, subset
 from experiment_config import ExperimentConfig
 from model import create_model, flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
+from dp_fedavg import SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, PrivacyPlan, plan_privacy, secagg_statistics
 from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from strategies import ClientUpdate, make_strategy
 
@@ -49,9 +49,6 @@ __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "r
 EVAL_BATCH = 1000
 AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
 ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
-# |w·Δ| bound per coordinate under secure aggregation (w: example count, Δ: update); with
-# 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
-SECAGG_CLIP_RANGE = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -113,16 +110,6 @@ class RoundResult:
     def is_set(self) -> bool: ...
 
 
-def client_seed(seed: int, round_number: int, client_id: int) -> int:
-    """The seed of one client's batch order in one round, independent of scheduling."""
-    return int(np.random.SeedSequence([seed, round_number, client_id]).generate_state(1)[0])
-
-
-def stream_seed(seed: int, round_number: int, client_id: int, tag: int) -> int:
-    """A seed for one purpose (`tag`) of one client in one round, apart from its batch order."""
-    return int(np.random.SeedSequence([seed, round_number, client_id, tag]).generate_state(1)[0])
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on (x, y)."""
@@ -145,20 +132,6 @@ def resolve_workers(config: ExperimentConfig) -> int:
 
 
 # -- the run ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """The privacy a run applies, fixed before it starts (σ calibrated if a target was set)."""
-
-    mode: str  # none | local | central
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float
-    accountant: str
-    max_epsilon: float  # 0: no budget
-    client_sample_rate: float  # central: Poisson rate q of client sampling
-    update_noise_multiplier: float = 0.0  # central: σ_Δ on the updates (σ, or more with adaptive clipping)
 
 
 class FederatedRun:
@@ -389,8 +362,10 @@ class FederatedRun:
         central = self.privacy.mode == "central"
         if not central and len(tasks) > slots:
             raise AssertionError("more clients than result slots outside central DP")
-        aggregator = _CentralSum(self, global_weights, round_number) if central else None
         secure = federation.secure_aggregation
+        aggregator = None
+        if central:
+            aggregator = (DistributedNoiseSum if secure else CentralSum)(self, global_weights, round_number)
         outcomes, updates, arrivals, lost_rows = [], [], {}, {}
         for start in range(0, len(tasks), slots):
             chunk = tasks[start : start + slots]
@@ -409,12 +384,14 @@ class FederatedRun:
                 if self.head_size:
                     self.heads[client] = row[-self.head_size :].clone()  # stays on the client
                 if statuses[client][0] == "lost":
-                    if secure:  # it joined the key exchange, then vanished before its masked input
+                    if aggregator is not None:
+                        aggregator.add(client, row - global_weights, lost=True)
+                    elif secure:  # it joined the key exchange, then vanished before its masked input
                         lost_rows[client] = row - global_weights
                     continue
                 update, arrivals[client] = self._sent_update(round_number, client, row - global_weights)
                 if aggregator is not None:
-                    aggregator.add(update)
+                    aggregator.add(client, update)
                 else:
                     row.copy_(global_weights + update)  # what the server reconstructs
                     updates.append(
@@ -423,10 +400,14 @@ class FederatedRun:
                             validation_score=outcome.validation_accuracy,
                         )
                     )
-        if aggregator is not None:
-            # Always released, even with no updates: skipping on the exact count of arrivals would
-            # reveal whether a client took part, which the accountant does not cover.
-            return aggregator.result(), outcomes, arrivals, ""
+        if aggregator is not None:  # DP-FedAvg: never skipped on the count of arrivals (dp_fedavg)
+            new_weights, skipped = aggregator.result(statuses)
+            if secure and self.secagg_stats and "participants" in self.secagg_stats:
+                stats = self.secagg_stats
+                total = stats["bytes_keys"] + stats["bytes_shares"] + stats["bytes_masked"] + stats["bytes_unmasking"]
+                per_client = total // stats["participants"]
+                arrivals.update(dict.fromkeys(arrivals, per_client))
+            return new_weights, outcomes, arrivals, skipped
         if len(arrivals) < federation.min_clients:
             return global_weights, outcomes, arrivals, (
                 f"{len(arrivals)} update(s) arrived, fewer than federation.min_clients = {federation.min_clients}"
@@ -459,15 +440,8 @@ class FederatedRun:
                          clip_range=SECAGG_CLIP_RANGE),
             drop_after_sharing=frozenset(lost),
         )  # fmt: skip
-        stats = result.stats
-        self.secagg_stats = {
-            "threshold": result.threshold, "participants": len(result.participants),
-            "survivors": len(result.survivors), "dropouts_recovered": stats.dropouts_recovered,
-            "bytes_keys": stats.bytes_keys, "bytes_shares": stats.bytes_shares, "bytes_masked": stats.bytes_masked,
-            "bytes_unmasking": stats.bytes_unmasking, "crypto_seconds": stats.crypto_seconds,
-            "mask_seconds": stats.mask_seconds, "server_seconds": stats.server_seconds,
-        }  # fmt: skip
-        per_client = stats.bytes_total // max(len(result.participants), 1)
+        self.secagg_stats = secagg_statistics(result)
+        per_client = result.stats.bytes_total // max(len(result.participants), 1)
         for client in arrivals:
             arrivals[client] = per_client  # masked vector + its share of keys, shares and unmasking
         mean = torch.from_numpy(result.weighted_sum / result.total_weight)
@@ -599,101 +573,6 @@ class FederatedRun:
             simulated_seconds=simulated,
             secure_aggregation=self.secagg_stats,
         )
-
-
-class _CentralSum:
-    """DP-FedAvg's server side for one round: clip each arriving update to C, sum them
-    unweighted; `result` adds N(0, σ_Δ²C²), divides by the expected participant count q·n
-    and, with adaptive clipping, moves the run's C towards the target quantile of norms."""
-
-    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
-        self.run, self.global_weights, self.round_number = run, global_weights, round_number
-        self.clip_norm = run.clip_norm
-        self.clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
-        self.unclipped = 0
-
-    def add(self, update: torch.Tensor) -> None:
-        import differential_privacy as dp
-
-        clipped, norm = dp.clip_update(update, self.clip_norm)
-        self.clipped_sum += clipped.to(torch.float64)
-        self.unclipped += norm <= self.clip_norm
-
-    def result(self) -> torch.Tensor:
-        import differential_privacy as dp
-
-        run = self.run
-        plan, federation, privacy = run.privacy, run.config.federation, run.config.privacy
-        # The server's noise seed: the client-id slot one past the last client.
-        generator = torch.Generator().manual_seed(
-            client_seed(run.config.system.seed, self.round_number, federation.num_clients)
-        )
-        expected = plan.client_sample_rate * federation.num_clients
-        noised_mean = dp.central_noise(
-            self.clipped_sum, noise_multiplier=plan.update_noise_multiplier, max_norm=self.clip_norm,
-            expected_participants=expected, generator=generator,
-        )  # fmt: skip
-        if privacy.adaptive_clipping:
-            run.clip_norm, _fraction = dp.adapt_clip_norm(
-                self.clip_norm, unclipped_count=self.unclipped, expected_participants=expected,
-                target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
-                count_stddev=dp.count_noise_stddev(expected), generator=generator,
-            )  # fmt: skip
-        return (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype)
-
-
-def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
-    """Resolve σ (the configured one, or calibrated so the whole run ends at <= target ε)
-    and, for central DP, the update noise σ_Δ: σ itself, or with adaptive clipping the
-    larger σ_Δ that leaves room for the noised count at the same ε (Andrew et al. 2021)."""
-    privacy, federation = config.privacy, config.federation
-    rate = federation.clients_per_round / federation.num_clients
-    plan = PrivacyPlan(
-        mode=privacy.mode, noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
-        delta=privacy.delta, accountant=privacy.accountant, max_epsilon=privacy.max_epsilon, client_sample_rate=rate,
-    )  # fmt: skip
-    if privacy.mode == "none":
-        return plan
-    import differential_privacy as dp
-
-    if privacy.target_epsilon > 0:
-        plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, run, dp))
-    update_noise = plan.noise_multiplier
-    if privacy.adaptive_clipping:
-        count_stddev = dp.count_noise_stddev(rate * federation.num_clients)
-        update_noise = dp.adaptive_update_noise(noise_multiplier=plan.noise_multiplier, count_stddev=count_stddev)
-    return dataclasses.replace(plan, update_noise_multiplier=update_noise)
-
-
-def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> float:
-    """σ such that the whole run ends at <= privacy.target_epsilon.
-
-    Central: q = clients_per_round / num_clients, one step per round. Local: every client k
-    that the (seeded) schedule picks R_k times (every round, when selection depends on
-    training: power_of_choice, availability) takes R_k · local_epochs · round(1/q_k)
-    DP-SGD steps at q_k = batch_size / N_k; one σ must keep every client under the
-    target, so it is the largest σ any client needs.
-    """
-    privacy, federation = config.privacy, config.federation
-    rate = federation.clients_per_round / federation.num_clients
-    calibrate = functools.partial(
-        dp.calibrate_noise, target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant
-    )
-    if privacy.mode == "central":
-        sigma = calibrate(sample_rate=rate, steps=federation.rounds)
-    else:
-        if federation.selection == "uniform":
-            participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
-        else:  # who is picked depends on training: calibrate for a client picked in every round
-            participation = Counter({c: federation.rounds for c in range(federation.num_clients)})
-        needs = set()
-        for client, times in participation.items():
-            q = dp.local_sample_rate(len(run.partitions[client]), federation.batch_size)
-            needs.add((q, times * federation.local_epochs * dp.steps_per_epoch(q)))
-        # ε grows with both q and steps: only clients no other client dominates can need the most noise.
-        frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]
-        sigma = max(calibrate(sample_rate=q, steps=n) for q, n in frontier)
-    return sigma
 
 
 def run_experiment(

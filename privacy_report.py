@@ -28,6 +28,10 @@ MECHANISMS = {
     "local": "local differential privacy: DP-SGD (Opacus) on every client",
     "central": "central differential privacy: DP-FedAvg (clipped client updates, Gaussian noise added by the server)",
 }
+DISTRIBUTED_MECHANISM = (
+    "central differential privacy under secure aggregation: DP-FedAvg with clipped client updates, the "
+    "Gaussian noise added in shares by the clients (distributed noise); the server sees only the noised sum"
+)
 UNITS = {
     "none": "none (no formal guarantee)",
     "local": "one training example (sample-level), for each client separately",
@@ -124,7 +128,10 @@ def _header(experiment: ExperimentSummary, facts: _Facts) -> str:
 
 
 def _summary_table(experiment: ExperimentSummary, facts: _Facts) -> str:
-    rows = [("Mechanism", MECHANISMS.get(facts.mode, facts.mode)), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
+    mechanism = MECHANISMS.get(facts.mode, facts.mode)
+    if facts.mode == "central" and experiment.config.get("federation", {}).get("secure_aggregation"):
+        mechanism = DISTRIBUTED_MECHANISM
+    rows = [("Mechanism", mechanism), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
     if facts.mode == "none":
         rows.append(("Guarantee", "**no formal privacy guarantee**"))
     else:
@@ -323,6 +330,27 @@ def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
         not_covered.append(
             "People or institutions as a whole: it protects examples, not users. Someone who contributed "
             "k examples is protected only at roughly k·ε (group privacy)."
+        )
+    elif experiment.config.get("federation", {}).get("secure_aggregation"):
+        federation = experiment.config.get("federation", {})
+        covered.append(
+            "Each client's whole dataset, against anyone who sees the released global models, the server "
+            "included: under secure aggregation the server sees only the sum, and the clients add the noise "
+            f"themselves (distributed noise). Every client of the population takes part in each round (those "
+            f"not sampled send zeros), each adding N(0, σ²C²/m) with m = ⌈secagg_threshold · num_clients⌉ = "
+            f"⌈{federation.get('secagg_threshold')} · {federation.get('num_clients')}⌉; a sum with fewer than m "
+            "inputs is never released, so every released sum carries at least the noise the accountant assumes, "
+            "and the server does not learn who was sampled."
+        )
+        not_covered.append(
+            "Clients that collude with the server: each client's noise share alone is too small, so a client "
+            "that reveals its share (or a server that controls clients) weakens the guarantee. Clipping is done "
+            "by each client's own software, which must be trusted to clip."
+        )
+        not_covered.append(
+            "Fixed-point rounding: each masked input is rounded to a 2^-24 grid before summing; the accountant "
+            "treats the noise as a continuous Gaussian (the discrete Gaussian of Kairouz et al. 2021 would close "
+            "this gap)."
         )
     else:
         covered.append("Each client's whole dataset, against anyone who sees the released global models.")

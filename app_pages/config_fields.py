@@ -232,9 +232,13 @@ COMMUNICATION_FIELDS = (
 SECURE_AGGREGATION_FIELDS = (
     Field("federation", "secure_aggregation", "Secure aggregation", "The server learns only the weighted sum of "
           "the updates (Bonawitz et al. 2017: pairwise masks, Shamir-shared keys so dropouts can be unmasked). "
-          "Works with fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi; not with compression or central DP."),
+          "Works with fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, not with compression. With central "
+          "DP every client joins each round and adds a share of the noise, so the server never sees an "
+          "un-noised update (distributed noise)."),
     Field("federation", "secagg_threshold", "Threshold t", "Share of a client's neighbourhood whose key shares "
-          "are needed to unmask it; fewer survivors than t and the round is skipped.", low=0.01, high=1.0,
+          "are needed to unmask it; fewer survivors than t and the round is skipped. With central DP also the "
+          "share of all clients whose noise must be in a released sum: each adds 1/(t·n) of the noise variance, "
+          "so a low t costs accuracy (noise × √(survivors / t·n)).", low=0.01, high=1.0,
           step=0.05, format="%.2f"),
     Field("federation", "secagg_neighbours", "Neighbours k", "SecAgg+: each client masks with k (even) random "
           "neighbours instead of all, so cost grows as n·k, not n²; 0 = everyone.", low=0, high=100_000),

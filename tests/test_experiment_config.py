@@ -197,7 +197,7 @@ def test_realistic_federation_config_round_trips(tmp_path):
     ("raw", "message"),
     [
         ({"federation": {"secure_aggregation": True, "strategy": "median"}}, "needs each update"),
-        ({"federation": {"secure_aggregation": True}, "privacy": {"mode": "central"}}, "distributed DP"),
+        ({"federation": {"secure_aggregation": True, "personalization": "fedper", "client_holdout": 0.1}}, "fedper"),
         ({"federation": {"secure_aggregation": True}, "communication": {"compression": "topk"}}, "dense"),
         ({"federation": {"secagg_neighbours": 3}}, "even"),
     ],

@@ -495,14 +495,17 @@ def test_fedprox_with_mu_zero_and_fedavgm_without_momentum_equal_fedavg(mnist):
 
 
 def test_secure_aggregation_gives_the_same_model_as_plain_fedavg(mnist):
-    plain = FederatedRun(federation_config(rounds=3), data=mnist)
-    secure = FederatedRun(federation_config(rounds=3, secure_aggregation=True), data=mnist)
+    # The check: 10 clients, 5 rounds on MNIST, accuracy curves within 0.2 points.
+    plain = FederatedRun(federation_config(rounds=5, num_clients=10, clients_per_round=10), data=mnist)
+    secure = FederatedRun(
+        federation_config(rounds=5, num_clients=10, clients_per_round=10, secure_aggregation=True), data=mnist
+    )
     plain_results, secure_results = list(plain.rounds()), list(secure.rounds())
     # Fixed point with 24 fractional bits: the mean differs from float FedAvg by ~1e-7 per weight.
     torch.testing.assert_close(flatten(get_parameters(secure.model)), flatten(get_parameters(plain.model)), rtol=0, atol=1e-5)
     assert [r.accuracy for r in secure_results] == pytest.approx([r.accuracy for r in plain_results], abs=0.002)
     stats = secure_results[0].secure_aggregation
-    assert stats["participants"] == stats["survivors"] == 4 and stats["bytes_masked"] > 0
+    assert stats["participants"] == stats["survivors"] == 10 and stats["bytes_masked"] > 0
     assert plain_results[0].secure_aggregation is None
 
 

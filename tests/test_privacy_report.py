@@ -100,6 +100,24 @@ def test_central_dp_statement_names_the_trusted_server_and_client_sampling(db_ur
     assert "(N = 10 clients)" in text
 
 
+def test_central_dp_under_secure_aggregation_names_the_distributed_noise(db_url):
+    rows = [ledger_row(1, epsilon=0.7, delta=1e-5, noise_multiplier=1.1, max_grad_norm=0.5, sample_rate=0.3,
+                       privacy_steps=1, accountant="rdp")]  # fmt: skip
+    experiment, rounds = stored_run(
+        db_url, ["privacy.mode=central", "privacy.noise_multiplier=1.1", "federation.num_clients=10",
+                 "federation.clients_per_round=3", "federation.secure_aggregation=true",
+                 "federation.secagg_threshold=0.75"],
+        rows, sigma=1.1,
+    )  # fmt: skip
+
+    text = render_markdown(experiment, rounds)
+
+    assert "noise added in shares by the clients" in text
+    assert "m = ⌈secagg_threshold · num_clients⌉ = ⌈0.75 · 10⌉" in text
+    assert "the server does not learn who was sampled" in text and "collude with the server" in text
+    assert "server is trusted" not in text
+
+
 def test_adaptive_clipping_reports_the_range_of_c(db_url):
     rows = [
         ledger_row(r, epsilon=0.4 * r, delta=1e-5, noise_multiplier=0.8, max_grad_norm=c, sample_rate=0.5,

@@ -1,0 +1,251 @@
+"""DP-FedAvg's server side (central, user-level DP): how much noise a run uses, and the
+clipped, noised sum of one round, either added by the server or spread over the clients
+under secure aggregation.
+
+    plan = plan_privacy(config, run)              # σ (calibrated to a target ε if one was set)
+    total = CentralSum(run, global_weights, r)    # the server sees each clipped update
+    total = DistributedNoiseSum(run, global_weights, r)   # it sees only the noised sum
+    total.add(client, update); ...; new_weights, skipped = total.result()
+
+Under secure aggregation the server never holds an individual update, so it cannot add
+the noise after the fact without having seen something un-noised: every client of the
+population takes part in the protocol each round (the sampled ones with their clipped
+update, the others with zeros, so the server does not learn who was sampled either), and
+each adds its share N(0, σ_Δ²C²/m) of the noise. The sum is released only when at least
+m = ⌈secagg_threshold · num_clients⌉ inputs are in it, so any released sum carries at
+least the N(0, σ_Δ²C²) the accountant assumes; whether a round is released depends only
+on which clients dropped out, which does not depend on the data or on the sampling.
+The price is noise: with s > m inputs the sum carries s/m times the variance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from client_population import client_seed, dropouts, stream_seed
+from experiment_config import ExperimentConfig
+from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
+
+if TYPE_CHECKING:
+    from federated_learning import FederatedRun
+
+# |x| bound per coordinate of a masked input (a clipped update or the count, plus a noise
+# share); with 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
+SECAGG_CLIP_RANGE = 2.0**20
+NOISE_SHARE_TAG = 0xD15C0  # each client's share of the distributed noise (stream_seed tag)
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The privacy a run applies, fixed before it starts (σ calibrated if a target was set)."""
+
+    mode: str  # none | local | central
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    max_epsilon: float  # 0: no budget
+    client_sample_rate: float  # central: Poisson rate q of client sampling
+    update_noise_multiplier: float = 0.0  # central: σ_Δ on the updates (σ, or more with adaptive clipping)
+
+
+def noise_floor(config: ExperimentConfig) -> int:
+    """m: the fewest inputs a distributed-noise sum may be released with (each client adds
+    1/m of the noise variance): ⌈secagg_threshold · num_clients⌉, at least 2."""
+    federation = config.federation
+    return max(2, math.ceil(federation.secagg_threshold * federation.num_clients))
+
+
+class CentralSum:
+    """DP-FedAvg's server side for one round: clip each arriving update to C, sum them
+    unweighted; `result` adds N(0, σ_Δ²C²), divides by the expected participant count q·n
+    and, with adaptive clipping, moves the run's C towards the target quantile of norms."""
+
+    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
+        self.run, self.global_weights, self.round_number = run, global_weights, round_number
+        self.clip_norm = run.clip_norm
+        self.clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
+        self.unclipped = 0
+
+    def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
+        import differential_privacy as dp
+
+        if lost:  # its update never reached the server
+            return
+        clipped, norm = dp.clip_update(update, self.clip_norm)
+        self.clipped_sum += clipped.to(torch.float64)
+        self.unclipped += norm <= self.clip_norm
+
+    def result(self, statuses: dict[int, tuple[str, int]]) -> tuple[torch.Tensor, str]:
+        """(new global weights, ""): always released, even with no updates, because skipping
+        on the count of arrivals would reveal whether a client took part."""
+        import differential_privacy as dp
+
+        run = self.run
+        plan, federation, privacy = run.privacy, run.config.federation, run.config.privacy
+        # The server's noise seed: the client-id slot one past the last client.
+        generator = torch.Generator().manual_seed(
+            client_seed(run.config.system.seed, self.round_number, federation.num_clients)
+        )
+        expected = plan.client_sample_rate * federation.num_clients
+        noised_mean = dp.central_noise(
+            self.clipped_sum, noise_multiplier=plan.update_noise_multiplier, max_norm=self.clip_norm,
+            expected_participants=expected, generator=generator,
+        )  # fmt: skip
+        if privacy.adaptive_clipping:
+            run.clip_norm, _fraction = dp.adapt_clip_norm(
+                self.clip_norm, unclipped_count=self.unclipped, expected_participants=expected,
+                target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
+                count_stddev=dp.count_noise_stddev(expected), generator=generator,
+            )  # fmt: skip
+        return (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype), ""
+
+
+class DistributedNoiseSum:
+    """DP-FedAvg under secure aggregation, the noise added by the clients (module docstring).
+
+    Each input is the client's clipped update (zeros if it was not sampled or ran out of
+    time) with one extra coordinate, its unclipped indicator (adaptive clipping), plus its
+    noise share; weights are all 1 and the unmasked sum is divided by q·n as in `CentralSum`.
+    """
+
+    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
+        self.run, self.global_weights, self.round_number = run, global_weights, round_number
+        self.clip_norm = run.clip_norm
+        self.inputs: dict[int, np.ndarray] = {}  # client → clipped update and its unclipped indicator
+        self.lost: set[int] = set()
+
+    def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
+        """The clipped input of a sampled client that trained; `lost`: it vanished after the
+        key exchange, so the server unmasks it away through its shares."""
+        import differential_privacy as dp
+
+        clipped, norm = dp.clip_update(update, self.clip_norm)
+        self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm))
+        if lost:
+            self.lost.add(client)
+
+    def result(self, statuses: dict[int, tuple[str, int]]) -> tuple[torch.Tensor, str]:
+        """(new global weights, why the round was skipped or "")."""
+        import differential_privacy as dp
+
+        run, config = self.run, self.run.config
+        plan, federation, privacy = run.privacy, config.federation, config.privacy
+        population = range(federation.num_clients)
+        gone = dropouts(config, self.round_number, population, run.profiles)  # the same draws _plan_round used
+        if federation.dropout_stage == "before":
+            participants = [c for c in population if c not in gone]
+        else:  # they join the key exchange, then vanish
+            participants = list(population)
+            self.lost |= gone - statuses.keys()
+        floor, expected = noise_floor(config), plan.client_sample_rate * federation.num_clients
+        survivors = len(participants) - len(self.lost & set(participants))
+        stats: dict[str, Any] = {
+            "distributed_noise": True, "noise_floor": floor, "cover_clients": len(set(participants) - statuses.keys()),
+        }  # fmt: skip
+        run.secagg_stats = stats
+        if survivors < floor:
+            return self.global_weights, (
+                f"only {survivors} of {federation.num_clients} clients stayed for secure aggregation; the "
+                f"distributed noise needs {floor} (federation.secagg_threshold): nothing was released"
+            )  # fmt: skip
+        length = self.global_weights.numel() + 1
+        update_std = plan.update_noise_multiplier * self.clip_norm / math.sqrt(floor)
+        count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if privacy.adaptive_clipping else 0.0
+        vectors = {}
+        for client in participants:
+            generator = np.random.default_rng(stream_seed(config.system.seed, self.round_number, client, NOISE_SHARE_TAG))
+            share = generator.normal(0.0, 1.0, length)
+            share[:-1] *= update_std
+            share[-1] *= count_std
+            vectors[client] = self.inputs.get(client, 0.0) + share
+        try:
+            secure = secure_aggregate(
+                vectors, dict.fromkeys(participants, 1.0),
+                SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
+                             clip_range=SECAGG_CLIP_RANGE),
+                drop_after_sharing=frozenset(self.lost & set(participants)),
+            )  # fmt: skip
+        except SecAggError as error:  # too few neighbours left somewhere: nothing is revealed
+            return self.global_weights, f"secure aggregation failed: {error}"
+        stats.update(secagg_statistics(secure))
+        total = secure.weighted_sum
+        if privacy.adaptive_clipping:
+            run.clip_norm = dp.next_clip_norm(
+                self.clip_norm, noised_fraction=total[-1] / expected, target_quantile=privacy.target_quantile,
+                learning_rate=privacy.clip_learning_rate,
+            )  # fmt: skip
+        mean = torch.from_numpy(total[:-1] / expected)
+        return (self.global_weights.double() + mean).to(self.global_weights.dtype), ""
+
+
+def secagg_statistics(result: Any) -> dict[str, Any]:
+    """What one secure-aggregation round cost, as stored per round (JSON-able)."""
+    stats = result.stats
+    return {
+        "threshold": result.threshold, "participants": len(result.participants),
+        "survivors": len(result.survivors), "dropouts_recovered": stats.dropouts_recovered,
+        "bytes_keys": stats.bytes_keys, "bytes_shares": stats.bytes_shares, "bytes_masked": stats.bytes_masked,
+        "bytes_unmasking": stats.bytes_unmasking, "crypto_seconds": stats.crypto_seconds,
+        "mask_seconds": stats.mask_seconds, "server_seconds": stats.server_seconds,
+    }  # fmt: skip
+
+
+def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
+    """Resolve σ (the configured one, or calibrated so the whole run ends at <= target ε)
+    and, for central DP, the update noise σ_Δ: σ itself, or with adaptive clipping the
+    larger σ_Δ that leaves room for the noised count at the same ε (Andrew et al. 2021)."""
+    privacy, federation = config.privacy, config.federation
+    rate = federation.clients_per_round / federation.num_clients
+    plan = PrivacyPlan(
+        mode=privacy.mode, noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
+        delta=privacy.delta, accountant=privacy.accountant, max_epsilon=privacy.max_epsilon, client_sample_rate=rate,
+    )  # fmt: skip
+    if privacy.mode == "none":
+        return plan
+    import differential_privacy as dp
+
+    if privacy.target_epsilon > 0:
+        plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, run, dp))
+    update_noise = plan.noise_multiplier
+    if privacy.adaptive_clipping:
+        count_stddev = dp.count_noise_stddev(rate * federation.num_clients)
+        update_noise = dp.adaptive_update_noise(noise_multiplier=plan.noise_multiplier, count_stddev=count_stddev)
+    return dataclasses.replace(plan, update_noise_multiplier=update_noise)
+
+
+def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> float:
+    """σ such that the whole run ends at <= privacy.target_epsilon.
+
+    Central: q = clients_per_round / num_clients, one step per round. Local: every client k
+    that the (seeded) schedule picks R_k times (every round, when selection depends on
+    training: power_of_choice, availability) takes R_k · local_epochs · round(1/q_k)
+    DP-SGD steps at q_k = batch_size / N_k; one σ must keep every client under the
+    target, so it is the largest σ any client needs.
+    """
+    privacy, federation = config.privacy, config.federation
+    rate = federation.clients_per_round / federation.num_clients
+    calibrate = functools.partial(
+        dp.calibrate_noise, target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant
+    )
+    if privacy.mode == "central":
+        return calibrate(sample_rate=rate, steps=federation.rounds)
+    if federation.selection == "uniform":
+        participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
+    else:  # who is picked depends on training: calibrate for a client picked in every round
+        participation = Counter({c: federation.rounds for c in range(federation.num_clients)})
+    needs = set()
+    for client, times in participation.items():
+        q = dp.local_sample_rate(len(run.partitions[client]), federation.batch_size)
+        needs.add((q, times * federation.local_epochs * dp.steps_per_epoch(q)))
+    # ε grows with both q and steps: only clients no other client dominates can need the most noise.
+    frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]
+    return max(calibrate(sample_rate=q, steps=n) for q, n in frontier)
