@@ -9,11 +9,39 @@ view, a second tab) sees every round as soon as it exists.
     store.record_round(experiment_id, round_result)
     store.finish(experiment_id, "completed", final={"accuracy": 0.99})
     store.rounds_frame([experiment_id])            # pandas DataFrame for the charts
+
+Any SQLAlchemy URL works: SQLite (the default; WAL and a busy timeout, so the page reads
+while the worker writes) or PostgreSQL (`postgresql+psycopg://user:password@host/db`).
+
+The schema is versioned with Alembic (`migrations/versions/`). Opening a store brings the
+database to the newest revision by itself: a new database is created, an older one is
+upgraded in place, keeping its rows, and one made before this project used Alembic is
+adopted by the baseline revision (it gains the columns it lacks). Only one process
+migrates at a time (`migrations.migration_lock`); the others wait, then find nothing
+left to do.
+
+To add a column: add it to its model below, then one revision file, the next in line.
+From the repository root, against a scratch database, Alembic writes it for you:
+
+    export DATABASE_URL=sqlite:////tmp/scratch.db
+    python3 -m alembic upgrade head
+    python3 -m alembic revision --autogenerate --rev-id 0002 -m "rounds.foo"
+
+gives migrations/versions/0002_rounds_foo.py with, in `upgrade()`, something like
+
+    op.add_column("rounds", sa.Column("foo", sa.Float(), nullable=False, server_default="0"))
+
+Existing rows need a value: give a NOT NULL column a `server_default` (autogenerate
+leaves it out), or make it nullable. On SQLite, changes beyond adding a column go inside
+`with op.batch_alter_table("rounds") as batch_op:` (autogenerate writes that). Nothing
+else to do: the tests fail until the models and the migrated schema agree, on SQLite
+and on PostgreSQL, and an old database must still upgrade with its rows.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -37,13 +65,14 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    inspect,
+    make_url,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from migrations import upgrade_to_head
 
 DEFAULT_URL = "sqlite:///experiments.db"
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
@@ -202,51 +231,43 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get("DATABASE_URL") or DEFAULT_URL
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine with the schema created; SQLite gets WAL and a busy timeout."""
+def make_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
+    """An engine for `url` (see `resolve_url`), its database brought to the newest schema
+    revision unless `migrate` is false. SQLite gets WAL and a busy timeout; only SQLite."""
     url = resolve_url(url)
-    is_sqlite = url.startswith("sqlite")
+    is_sqlite = make_url(url).get_backend_name() == "sqlite"
     if is_sqlite:
-        path = url.split("///", 1)[-1]
+        path = make_url(url).database
         if path and path != ":memory:":
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, json_serializer=json_dumps)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
+    if migrate:
+        upgrade_to_head(engine)
     return engine
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a database made by an earlier version up to date by adding the columns it
-    lacks (additive changes only, each with its default, so old rows stay valid)."""
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
-                clause = "" if default is None else f" NOT NULL DEFAULT {_sql_literal(default)}"
-                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'))
+def json_dumps(value: Any) -> str:
+    """Standard JSON for the JSON columns: NaN and ±infinity become null. PostgreSQL rejects
+    them, and SQLite gets the same, so a run stores the same whatever the backend."""
+    return json.dumps(_finite(value))
 
 
-def _sql_literal(value: Any) -> str:
-    """A column default as SQL: our defaults are numbers, booleans and plain strings."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # ms a writer waits for a lock; first, for the next line
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-    cursor.execute("PRAGMA busy_timeout=30000")  # ms a writer waits for a lock
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -1,10 +1,63 @@
+"""The store against SQLite, and against PostgreSQL when FPL_TEST_POSTGRES_URL names one
+(`postgresql+psycopg://user@127.0.0.1:5432/db`; each test gets a schema of its own)."""
+
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
-from database import ExperimentStore, resolve_url
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, delete, func, inspect, make_url, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import CreateSchema, DropSchema
+
+from conftest import REPO
+from database import (
+    Base,
+    ClientRound,
+    Experiment,
+    ExperimentStore,
+    Round,
+    resolve_url,
+)
 from experiment_config import ExperimentConfig
+from migrations import alembic_config, migration_lock
+
+POSTGRES_URL = os.environ.get("FPL_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database: a new SQLite file, or a new schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'experiments.db'}"
+        return
+    if not POSTGRES_URL:
+        message = "PostgreSQL: set FPL_TEST_POSTGRES_URL (postgresql+psycopg://user@host:port/db) to run against it"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    schema = f"fpl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(CreateSchema(schema))
+    try:
+        # Every connection of the test sees that schema only (its tables, its alembic_version).
+        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(DropSchema(schema, cascade=True))
+        admin.dispose()
 
 
 def round_row(number: int, accuracy: float, clients: int = 2) -> dict:
@@ -59,7 +112,7 @@ def test_a_round_is_stored_once(db_url):
     store = ExperimentStore(db_url)
     experiment_id = store.create_experiment({})
     store.record_round(experiment_id, round_row(1, 0.5))
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(IntegrityError, match="(?i)unique"):
         store.record_round(experiment_id, round_row(1, 0.6))
     assert store.rounds_frame([experiment_id])["accuracy"].tolist() == [0.5]
     assert len(store.client_rounds_frame(experiment_id)) == 2  # the failed write left nothing
@@ -84,8 +137,8 @@ def test_stop_flag_statuses_and_dead_workers(db_url):
     assert store.get_experiment(alive).status == "running"
 
 
-def test_sqlite_uses_wal_and_a_busy_timeout(db_url):
-    store = ExperimentStore(db_url)
+def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path):
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'experiments.db'}")
     with store.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30000
@@ -99,36 +152,162 @@ def test_url_comes_from_argument_then_environment(monkeypatch):
     assert resolve_url(None) == "sqlite:///experiments.db"
 
 
-def test_a_database_from_an_earlier_version_gains_the_new_columns(tmp_path):
-    import sqlite3
+# The first release's schema (its `create_all` on SQLite), with one finished run.
+FIRST_RELEASE = """
+CREATE TABLE experiments (id INTEGER NOT NULL, name VARCHAR(200) NOT NULL, status VARCHAR(20) NOT NULL,
+    config JSON NOT NULL, runtime VARCHAR(40) NOT NULL, created_at DATETIME NOT NULL, started_at DATETIME,
+    finished_at DATETIME, heartbeat_at DATETIME, error TEXT, code_version VARCHAR(64) NOT NULL, worker_pid INTEGER,
+    worker_host VARCHAR(255), stop_requested BOOLEAN NOT NULL, label_counts JSON, final_accuracy FLOAT,
+    final_loss FLOAT, final_epsilon FLOAT, PRIMARY KEY (id));
+CREATE INDEX ix_experiments_status ON experiments (status);
+CREATE TABLE rounds (id INTEGER NOT NULL, experiment_id INTEGER NOT NULL, round INTEGER NOT NULL,
+    accuracy FLOAT NOT NULL, loss FLOAT NOT NULL, epsilon FLOAT NOT NULL, delta FLOAT NOT NULL,
+    seconds FLOAT NOT NULL, eval_seconds FLOAT NOT NULL, bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
+    num_clients INTEGER NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (id), UNIQUE (experiment_id, round),
+    FOREIGN KEY(experiment_id) REFERENCES experiments (id) ON DELETE CASCADE);
+CREATE INDEX ix_rounds_experiment_id ON rounds (experiment_id);
+CREATE TABLE client_rounds (id INTEGER NOT NULL, round_id INTEGER NOT NULL, client_id INTEGER NOT NULL,
+    num_examples INTEGER NOT NULL, steps INTEGER NOT NULL, loss FLOAT NOT NULL, epsilon FLOAT NOT NULL,
+    PRIMARY KEY (id), FOREIGN KEY(round_id) REFERENCES rounds (id) ON DELETE CASCADE);
+CREATE INDEX ix_client_rounds_round_id ON client_rounds (round_id);
+INSERT INTO experiments VALUES (1, 'old', 'completed', '{"seed": 7}', 'in-process', '2026-01-01 00:00:00',
+    NULL, NULL, NULL, NULL, 'abc', NULL, NULL, 0, '[[1, 2]]', 0.9, 0.3, 0.0);
+INSERT INTO rounds VALUES (1, 1, 1, 0.9, 0.3, 0.0, 0.0, 1.0, 0.1, 10, 10, 1, '2026-01-01 00:00:00');
+INSERT INTO client_rounds VALUES (1, 1, 0, 12, 3, 0.4, 0.0);
+"""
 
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as connection:  # the first release's schema, with one finished run
-        connection.executescript(
-            """
-            CREATE TABLE experiments (id INTEGER PRIMARY KEY, name VARCHAR(200), status VARCHAR(20), config JSON,
-                runtime VARCHAR(40), created_at DATETIME, started_at DATETIME, finished_at DATETIME,
-                heartbeat_at DATETIME, error TEXT, code_version VARCHAR(64), worker_pid INTEGER,
-                worker_host VARCHAR(255), stop_requested BOOLEAN, label_counts JSON, final_accuracy FLOAT,
-                final_loss FLOAT, final_epsilon FLOAT);
-            CREATE TABLE rounds (id INTEGER PRIMARY KEY, experiment_id INTEGER, round INTEGER, accuracy FLOAT,
-                loss FLOAT, epsilon FLOAT, delta FLOAT, seconds FLOAT, eval_seconds FLOAT, bytes_up INTEGER,
-                bytes_down INTEGER, num_clients INTEGER, created_at DATETIME);
-            CREATE TABLE client_rounds (id INTEGER PRIMARY KEY, round_id INTEGER, client_id INTEGER,
-                num_examples INTEGER, steps INTEGER, loss FLOAT, epsilon FLOAT);
-            INSERT INTO experiments VALUES (1, 'old', 'completed', '{}', 'in-process', '2026-01-01 00:00:00',
-                NULL, NULL, NULL, NULL, 'abc', NULL, NULL, 0, NULL, 0.9, 0.3, 0.0);
-            INSERT INTO rounds VALUES (1, 1, 1, 0.9, 0.3, 0.0, 0.0, 1.0, 0.1, 10, 10, 2, '2026-01-01 00:00:00');
-            """
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def schema_differences(url: str) -> list:
+    """What autogenerate would change to make the database match the models ([] when it matches)."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        revision = MigrationContext.configure(connection).get_current_revision()
+    engine.dispose()
+    assert revision == head_revision()
+    return differences
+
+
+def test_a_new_database_is_created_at_the_newest_revision(db_url):
+    ExperimentStore(db_url)
+    engine = create_engine(db_url)
+    assert set(inspect(engine).get_table_names()) == {"alembic_version", "experiments", "rounds", "client_rounds"}
+    engine.dispose()
+    assert schema_differences(db_url) == []  # the models are exactly what the migrations build
+
+
+def rows_left_after_deleting_experiment(store: ExperimentStore, experiment_id: int) -> tuple[int, int]:
+    """Delete the experiment's row alone: (its rounds, client rounds without a round) left
+    after the database's ON DELETE CASCADE, (0, 0) when it took them."""
+    with store.engine.begin() as connection:
+        connection.execute(delete(Experiment).where(Experiment.id == experiment_id))
+        rounds = connection.scalar(select(func.count()).select_from(Round).where(Round.experiment_id == experiment_id))
+        orphans = connection.scalar(
+            select(func.count()).select_from(ClientRound).where(ClientRound.round_id.not_in(select(Round.id)))
         )
-    store = ExperimentStore(f"sqlite:///{path}")
+    return rounds, orphans
+
+
+def test_the_database_cascades_deletes(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({})
+    store.record_round(experiment_id, round_row(1, 0.5))
+    store.record_round(experiment_id, round_row(2, 0.6))
+    assert rows_left_after_deleting_experiment(store, experiment_id) == (0, 0)
+
+
+def test_a_database_from_before_alembic_is_adopted_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(FIRST_RELEASE)
+    url = f"sqlite:///{path}"
+
+    store = ExperimentStore(url)
+
     (old,) = store.list_experiments()
-    assert (old.name, old.final_accuracy, old.audit, old.stop_reason) == ("old", 0.9, None, None)
-    ledger = store.rounds_frame([1])
+    assert (old.name, old.config, old.label_counts, old.final_accuracy) == ("old", {"seed": 7}, [[1, 2]], 0.9)
+    assert (old.audit, old.stop_reason, old.dataset_info, old.stop_requested) == (None, None, None, False)
+    ledger = store.rounds_frame([1])  # the columns added since, filled with the models' defaults
     assert ledger["accountant"].tolist() == [""] and ledger["privacy_steps"].tolist() == [0]
+    assert ledger["noise_multiplier"].tolist() == [0.0] and ledger["metrics"].tolist() == [None]
+    (client,) = store.client_rounds_frame(1).to_dict("records")
+    assert (client["num_examples"], client["status"], client["malicious"], client["bytes_up"]) == (12, "ok", False, 0)
+    assert schema_differences(url) == []
     new = store.create_experiment({"b": 1})
     store.record_round(new, round_row(1, 0.5))
     assert store.rounds_frame([new])["accuracy"].tolist() == [0.5]
+    assert rows_left_after_deleting_experiment(store, 1) == (0, 0)  # the old foreign keys still cascade
+    assert [e.id for e in store.list_experiments()] == [new]
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'experiments.db'}"
+    ExperimentStore(url)
+    with sqlite3.connect(tmp_path / "experiments.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(RuntimeError, match="revision '9999'.*newer version"):
+        ExperimentStore(url)
+
+
+def test_every_revision_downgrades_and_upgrades_again(db_url):
+    store = ExperimentStore(db_url)
+    with migration_lock(store.engine) as connection:
+        command.downgrade(alembic_config(connection), "base")
+    assert set(inspect(store.engine).get_table_names()) <= {"alembic_version"}
+    store.engine.dispose()
+    assert ExperimentStore(db_url).list_experiments() == []
+    assert schema_differences(db_url) == []
+
+
+def test_a_migration_that_rebuilds_a_sqlite_table_keeps_the_rows_that_refer_to_it(tmp_path):
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'experiments.db'}")
+    experiment_id = store.create_experiment({})
+    store.record_round(experiment_id, round_row(1, 0.5))
+
+    with migration_lock(store.engine) as connection:  # as a future revision would, in SQLite's batch mode
+        with Operations(MigrationContext.configure(connection)).batch_alter_table("experiments", recreate="always"):
+            pass
+
+    assert store.rounds_frame([experiment_id])["accuracy"].tolist() == [0.5]
+    assert len(store.client_rounds_frame(experiment_id)) == 2
+    store.delete_experiment(experiment_id)  # and the foreign keys are back on
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM client_rounds")).scalar() == 0
+
+
+OPEN_AND_WRITE = """
+import sys
+from database import ExperimentStore
+print("ready", flush=True)
+sys.stdin.readline()  # go: every process opens the new database at the same moment
+store = ExperimentStore(sys.argv[1])
+print(store.create_experiment({"process": int(sys.argv[2])}))
+"""
+
+
+def test_processes_opening_a_new_database_together_all_succeed(db_url):
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_WRITE, db_url, str(number)],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for number in range(2)
+    ]  # fmt: skip
+    for process in processes:
+        assert process.stdout.readline() == "ready\n"
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    outcomes = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0] * 2, [err[-300:] for _, err in outcomes]
+    store = ExperimentStore(db_url)
+    assert sorted(e.config["process"] for e in store.list_experiments()) == [0, 1]
+    assert schema_differences(db_url) == []
 
 
 def test_federation_details_round_trip(db_url):
@@ -155,3 +334,15 @@ def test_federation_details_round_trip(db_url):
     assert clients["malicious"].tolist() == [True, False, False]
     assert clients["bytes_up"].tolist() == [0, 0, 40] and clients["bytes_down"].tolist() == [0, 100, 100]
     assert clients["validation_accuracy"].isna().tolist() == [True, True, False]
+
+
+def test_json_is_standard_and_the_same_on_every_backend(db_url):
+    store = ExperimentStore(db_url)  # PostgreSQL refuses NaN and infinity in JSON; SQLite would keep them
+    experiment_id = store.create_experiment({"seed": 1, "nested": [1.5, {"x": float("inf")}]})
+    store.set_audit(experiment_id, {"auc": float("nan"), "advantage": 0.25})
+    store.finish(experiment_id, "completed", final={"accuracy": 0.5, "epsilon": float("inf")})
+
+    experiment = ExperimentStore(db_url).get_experiment(experiment_id)
+    assert experiment.config == {"seed": 1, "nested": [1.5, {"x": None}]}
+    assert experiment.audit == {"auc": None, "advantage": 0.25}
+    assert experiment.final_epsilon == float("inf")  # a float column keeps infinity: ε of an un-noised run
