@@ -59,6 +59,7 @@ def execute(
 
         run = FederatedRun(config)
         store.set_label_counts(experiment_id, run.label_counts.tolist())
+        store.set_dataset_info(experiment_id, run.data.info)
         store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
         if run.privacy.mode != "none":
             store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
@@ -217,8 +218,11 @@ def _print_round(out: TextIO, row: dict[str, Any], total_rounds: int, as_json: b
     arrived = sum(c["status"] in ("ok", "partial") for c in row["clients"])
     clients = f"  {arrived}/{len(row['clients'])} clients" if arrived < len(row["clients"]) else ""
     skipped = f"  not aggregated: {row['skipped']}" if row["skipped"] else ""
+    rubric = ""
+    if metrics := row.get("metrics"):  # rubric scoring: the accuracy above is per-label accuracy
+        rubric = f"  exact match {100 * metrics['exact_match']:5.1f}%  micro-F1 {metrics['micro_f1']:.3f}"
     print(
-        f"round {row['round']:>4}/{total_rounds}  accuracy {100 * row['accuracy']:6.2f}%  "
+        f"round {row['round']:>4}/{total_rounds}  accuracy {100 * row['accuracy']:6.2f}%{rubric}  "
         f"loss {row['loss']:.4f}{privacy}  {row['seconds']:6.1f} s train  {row['eval_seconds']:5.1f} s eval"
         f"{clients}{skipped}",
         file=out,

@@ -30,6 +30,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import objectives
 from data_handler import FederatedData
 from model import create_model, get_parameters, unflatten
 
@@ -125,7 +126,7 @@ def train_client(
     generator = torch.Generator().manual_seed(seed)
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
-    criterion = nn.CrossEntropyLoss()
+    criterion = objectives.TaskLoss()
     model.train()
     steps, loss_sum, seen = 0, 0.0, 0
     for _epoch in range(local_epochs):
@@ -160,11 +161,8 @@ def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.
         return 0.0
     model.eval()
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    correct = 0
-    for start in range(0, len(index_tensor), 1000):
-        batch = index_tensor[start : start + 1000]
-        correct += int((model(x[batch]).argmax(1) == y[batch]).sum())
-    return correct / len(index_tensor)
+    logits = torch.cat([model(x[index_tensor[s : s + 1000]]) for s in range(0, len(index_tensor), 1000)])
+    return objectives.accuracy(logits, y[index_tensor])
 
 
 @dataclass(frozen=True)
@@ -180,6 +178,9 @@ class TrainSettings:
     accountant: str = "rdp"
     proximal_mu: float = 0.0  # FedProx
     corrections: bool = False  # SCAFFOLD: each task reads its gradient correction from its buffer row
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # text models: LoRA, pretrained
+    model_seed: int | None = None  # the run's seed: a randomly initialised frozen backbone must match the server's
+    grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
 
 
 class ClientTrainer:
@@ -192,7 +193,9 @@ class ClientTrainer:
 
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings) -> None:
         self.train_x, self.train_y, self.settings = train_x, train_y, settings
-        self.model = create_model(settings.model_name, num_classes=settings.num_classes)
+        self.model = create_model(
+            settings.model_name, num_classes=settings.num_classes, seed=settings.model_seed, **settings.model_options
+        )
         self.params = get_parameters(self.model)
         self.dp_model: Any = None
         self._flipped_y: torch.Tensor | None = None
@@ -203,6 +206,7 @@ class ClientTrainer:
         """Train one client from `global_weights` (with its own head if it keeps one); its
         new weights go to `out` (P,). `correction` (P,): SCAFFOLD's c − c_i."""
         started = time.perf_counter()
+        torch.manual_seed(task.seed)  # dropout (LoRA) draws from the global generator: same result in any process
         for name, tensor in unflatten(global_weights, self.params).items():
             self.params[name].copy_(tensor)
         if task.head is not None:
@@ -244,7 +248,7 @@ class ClientTrainer:
         if not flip:
             return self.train_y
         if self._flipped_y is None:
-            self._flipped_y = self.settings.num_classes - 1 - self.train_y
+            self._flipped_y = objectives.flip_labels(self.train_y, self.settings.num_classes)
         return self._flipped_y
 
     def _run_private(self, task: TrainTask, labels: torch.Tensor, objective: LocalObjective | None) -> TaskOutcome:
@@ -252,7 +256,8 @@ class ClientTrainer:
 
         settings = self.settings
         if self.dp_model is None:
-            self.dp_model = dp.DPSGDModel(self.model, max_grad_norm=settings.max_grad_norm)
+            mode = settings.grad_sample_mode or dp.DEFAULT_GRAD_SAMPLE_MODE
+            self.dp_model = dp.DPSGDModel(self.model, max_grad_norm=settings.max_grad_norm, grad_sample_mode=mode)
         accountant = dp.accountant_from_history(task.history, settings.accountant)
         result = self.dp_model.train(
             self.train_x, labels, task.indices,

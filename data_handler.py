@@ -12,7 +12,7 @@ clients, seeded, disjoint and covering every example.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,25 @@ MNIST_CLASSES = 10
 
 @dataclass(frozen=True)
 class FederatedData:
-    """Train and test tensors. x: (N, 1, 28, 28) float32, normalised; y: (N,) int64."""
+    """Train and test tensors. MNIST: x (N, 1, 28, 28) float32, normalised; y (N,) int64.
+    Rubric scoring: x (N, L) int64 token ids, right-padded; y (N, K) float32 in {0, 1, −1}
+    (−1 = unscored), `num_classes` = K labels; `*_groups` (N,) the school of each example,
+    indexing `group_names` (empty when the data has no schools)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    train_groups: np.ndarray | None = None
+    test_groups: np.ndarray | None = None
+    group_names: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)  # where the data came from (stored with the run)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.train_y.is_floating_point()
 
     def share_memory(self) -> FederatedData:
         """Move the tensors into shared memory so worker processes read them without copies."""
@@ -84,15 +96,19 @@ def subset(data: FederatedData, *, max_train: int, max_test: int, seed: int) -> 
     """A seeded random subset (0 keeps a split whole); used for quick runs and tests."""
     generator = np.random.default_rng(seed)
 
-    def pick(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pick(x: torch.Tensor, y: torch.Tensor, groups: np.ndarray | None, limit: int) -> tuple:
         if limit <= 0 or limit >= len(y):
-            return x, y
-        keep = torch.from_numpy(np.sort(generator.permutation(len(y))[:limit]))
-        return x[keep].contiguous(), y[keep].contiguous()
+            return x, y, groups
+        order = np.sort(generator.permutation(len(y))[:limit])
+        keep = torch.from_numpy(order)
+        return x[keep].contiguous(), y[keep].contiguous(), None if groups is None else groups[order]
 
-    train_x, train_y = pick(data.train_x, data.train_y, max_train)
-    test_x, test_y = pick(data.test_x, data.test_y, max_test)
-    return FederatedData(train_x, train_y, test_x, test_y, data.num_classes)
+    train_x, train_y, train_groups = pick(data.train_x, data.train_y, data.train_groups, max_train)
+    test_x, test_y, test_groups = pick(data.test_x, data.test_y, data.test_groups, max_test)
+    return replace(
+        data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, train_groups=train_groups,
+        test_groups=test_groups,
+    )  # fmt: skip
 
 
 # -- partitioners: labels (N,) -> list of index arrays, one per client ------------------
@@ -152,10 +168,39 @@ def partition_shards(
     ]
 
 
+def partition_natural(groups: np.ndarray | None, *, num_clients: int, group_names: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """One client per group (school): client k holds the examples of group k."""
+    if groups is None or not group_names:
+        raise ValueError(
+            "data.partition = 'natural' needs a school for every response (a Group or school column); "
+            "this data has none: choose iid, dirichlet or shards"
+        )
+    if num_clients != len(group_names):
+        raise ValueError(
+            f"data.partition = 'natural' makes each of the data's {len(group_names)} schools a client: "
+            f"federation.num_clients must be {len(group_names)}, got {num_clients}"
+        )
+    parts = [np.flatnonzero(groups == k) for k in range(len(group_names))]
+    empty = [group_names[k] for k, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"data.partition = 'natural': no training responses from {', '.join(empty)}")
+    return parts
+
+
+def partition_classes(labels: np.ndarray) -> np.ndarray:
+    """The class each example counts as for label-skewed partitioners: the label itself, or for
+    multi-label rows (N, K) the total score (number of elements earned)."""
+    if labels.ndim == 1:
+        return labels
+    return np.clip(labels, 0, None).sum(1).astype(np.int64)
+
+
 def partition(labels: np.ndarray, scheme: str, *, num_clients: int, seed: int, alpha: float = 0.5) -> list[np.ndarray]:
-    """Dispatch to a partitioner by its config name (`iid`, `dirichlet`, `shards`)."""
+    """Dispatch to a partitioner by its config name (`iid`, `dirichlet`, `shards`); labels (N,)
+    classes or (N, K) multi-label rows (split by total score, `partition_classes`)."""
     if num_clients > len(labels):
         raise ValueError(f"{num_clients} clients but only {len(labels)} training examples")
+    labels = partition_classes(labels)
     if scheme == "iid":
         return partition_iid(labels, num_clients=num_clients, seed=seed)
     if scheme == "dirichlet":
@@ -166,7 +211,12 @@ def partition(labels: np.ndarray, scheme: str, *, num_clients: int, seed: int, a
 
 
 def label_counts(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(clients, classes) matrix of example counts, for the label-distribution heatmap."""
+    """(clients, classes) matrix of example counts, for the label-distribution heatmap;
+    multi-label (N, K): per client, how many of its examples earned each label."""
+    if labels.ndim == 2:
+        return np.stack([(labels[p] > 0).sum(0) for p in parts]).astype(np.int64) if parts else np.zeros(
+            (0, num_classes), dtype=np.int64
+        )
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros(
         (0, num_classes), dtype=np.int64
     )

@@ -53,6 +53,7 @@ from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 
 from model import Parameters, get_parameters, set_parameters, unflatten
+from objectives import TaskLoss
 from per_example_clipping import BookkeepingClipper, UnsupportedLayerError
 
 __all__ = [
@@ -462,11 +463,11 @@ class DPSGDModel:
             generator=generator,
         )
         if self.grad_sample_mode == "bookkeeping":
-            return DPOptimizerFastGradientClipping(sgd, **settings), nn.CrossEntropyLoss()
+            return DPOptimizerFastGradientClipping(sgd, **settings), TaskLoss()
         if self.grad_sample_mode == "ghost":
             optimizer = DPOptimizerFastGradientClipping(sgd, **settings)
-            return optimizer, DPLossFastGradientClipping(self.module, optimizer, nn.CrossEntropyLoss(), "mean")
-        return DPOptimizer(sgd, **settings), nn.CrossEntropyLoss()
+            return optimizer, DPLossFastGradientClipping(self.module, optimizer, TaskLoss(), "mean")
+        return DPOptimizer(sgd, **settings), TaskLoss()
 
 
 def _generators(seed: int) -> tuple[torch.Generator, torch.Generator]:

@@ -24,9 +24,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("mnist",)
-PARTITIONS = ("iid", "dirichlet", "shards")
-MODELS = ("cnn", "mlp")
+DATASETS = ("mnist", "ngss", "csv")  # ngss: the synthetic generator; csv: the lab's files (NGSS.md)
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client per school (ngss, csv with groups)
+IMAGE_MODELS = ("cnn", "mlp")
+TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
+MODELS = IMAGE_MODELS + TEXT_MODELS
+NGSS_TASKS = (
+    "anna_vs_carla", "breaking_down_hydrogen_peroxide", "carlos_javier_atomic_model", "dry_ice_model",
+    "gas_filled_balloons", "layers_in_test_tube", "model_for_making_water", "namis_careful_experiment",
+    "natural_sugar",
+)  # fmt: skip
+NGSS_SCHOOLS = 9  # the synthetic generator's schools: partition = "natural" makes each a client
+BACKENDS = ("torch", "mlx")
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
     "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
@@ -45,10 +54,7 @@ ACCOUNTANTS = ("rdp", "prv")
 
 # Values in DESIGN.md's contract that a later release implements. Asking for them
 # is an error now (privacy fails closed), with a message that says why.
-NOT_YET = {
-    ("data", "dataset"): {"ngss", "csv"},
-    ("data", "partition"): {"natural"},
-}
+NOT_YET: dict[tuple[str, str], set[str]] = {}
 
 
 def default_data_dir() -> str:
@@ -71,8 +77,12 @@ class DataConfig:
         _one_of("data.dataset", self.dataset, DATASETS, NOT_YET.get(("data", "dataset")))
         _one_of("data.partition", self.partition, PARTITIONS, NOT_YET.get(("data", "partition")))
         _number("data.dirichlet_alpha", self.dirichlet_alpha, low=1e-3, high=1e4)
-        _string("data.ngss_task", self.ngss_task)
+        _one_of("data.ngss_task", self.ngss_task, NGSS_TASKS)
         _string("data.csv_path", self.csv_path)
+        if self.dataset == "csv" and not self.csv_path.strip():
+            raise ValueError("data.dataset = 'csv' needs data.csv_path: the {task}_train.csv file to import")
+        if self.partition == "natural" and self.dataset == "mnist":
+            raise ValueError("data.partition = 'natural' needs data with schools (data.dataset 'ngss' or 'csv')")
         _string("data.data_dir", self.data_dir)
         if not self.data_dir.strip():
             raise ValueError("data.data_dir must not be empty")
@@ -83,9 +93,30 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "cnn"
+    # Text models (rubric scoring) only:
+    pretrained: bool = True  # load the published weights (TinyLLama-v0 from the Hub); False: random, from its config
+    lora_rank: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    lora_targets: str = ""  # comma-separated module names; "" = the backbone's default (q_proj,v_proj / query,value)
+    max_length: int = 128  # tokens per response at most; batches are padded to their longest response
 
     def validate(self) -> None:
         _one_of("model.name", self.name, MODELS)
+        _boolean("model.pretrained", self.pretrained)
+        _integer("model.lora_rank", self.lora_rank, low=1, high=256)
+        _number("model.lora_alpha", self.lora_alpha, low=0.01, high=1e4)
+        _number("model.lora_dropout", self.lora_dropout, low=0.0, high=0.9)
+        _string("model.lora_targets", self.lora_targets)
+        _integer("model.max_length", self.max_length, low=8, high=2048)
+
+    def text_options(self) -> dict[str, Any]:
+        """The keyword arguments `model.create_model` takes for a text model."""
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        return {
+            "pretrained": self.pretrained, "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout, "lora_targets": targets,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -270,10 +301,12 @@ class SystemConfig:
     # Parallel client trainers (processes, one thread each). 0 = automatic: as many
     # as there are cores, never more than clients per round; 1 = train in-process.
     num_workers: int = 0
+    backend: str = "torch"  # torch | mlx (MNIST local training on Apple's MLX; `mlx[cpu]` on Linux)
 
     def validate(self) -> None:
         _integer("system.seed", self.seed, low=0, high=2**32 - 1)
         _integer("system.num_workers", self.num_workers, low=0, high=256)
+        _one_of("system.backend", self.backend, BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -345,6 +378,7 @@ class ExperimentConfig:
             if not isinstance(section, cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(section).__name__}")
             section.validate()
+        self._check_workload()
         if self.privacy.mode == "central" and self.federation.strategy != "fedavg":
             raise ValueError(
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
@@ -367,6 +401,30 @@ class ExperimentConfig:
                 "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "
                 f"federation.selection must be 'uniform', got {self.federation.selection!r}"
             )
+
+    def _check_workload(self) -> None:
+        """Data, model and backend must fit together."""
+        data, model = self.data, self.model
+        text = data.dataset in ("ngss", "csv")
+        if text and model.name not in TEXT_MODELS:
+            raise ValueError(
+                f"data.dataset = {data.dataset!r} is rubric scoring of text: model.name must be one of "
+                f"{', '.join(TEXT_MODELS)}, got {model.name!r}"
+            )
+        if not text and model.name not in IMAGE_MODELS:
+            raise ValueError(f"data.dataset = 'mnist' needs model.name {' or '.join(IMAGE_MODELS)}, got {model.name!r}")
+        if data.dataset == "ngss" and data.partition == "natural" and self.federation.num_clients != NGSS_SCHOOLS:
+            raise ValueError(
+                f"data.partition = 'natural' makes each of the {NGSS_SCHOOLS} synthetic schools a client: "
+                f"federation.num_clients must be {NGSS_SCHOOLS}, got {self.federation.num_clients}"
+            )
+        if self.system.backend == "mlx":
+            if text:
+                raise ValueError("system.backend = 'mlx' runs the MNIST workload only (cnn, mlp) in this version")
+            if self.privacy.mode == "local":
+                raise ValueError(
+                    "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"
+                )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import objectives
 from attacks import poison_update
 from client_population import (
     ParticipationTally, allowed_steps, client_seed, dropouts, loss_sample, make_profiles, select_clients, stream_seed,
@@ -37,12 +38,13 @@ from client_trainers import (
     InProcessTrainer, ProcessPoolTrainer, TaskOutcome, TrainSettings, TrainTask, accuracy_on, full_steps, train_client,
 )  # fmt: skip
 from compression import Compressor
-from data_handler import FederatedData, label_counts, load_mnist, partition, split_holdout, subset
+from data_handler import FederatedData, label_counts, partition, partition_natural, split_holdout, subset
 from experiment_config import ExperimentConfig
-from model import create_model, flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
+from model import flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
 from dp_fedavg import SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, PrivacyPlan, plan_privacy, secagg_statistics
 from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from strategies import ClientUpdate, make_strategy
+from workloads import build_model, is_text, load_data, model_options
 
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "run_experiment"]
 
@@ -102,6 +104,9 @@ class RoundResult:
     skipped: str = ""  # why the global model was not updated this round ("" when it was)
     secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
     simulated_seconds: float = 0.0  # the round's duration over the simulated network and speeds
+    # Rubric scoring (multi-label): `ngss_data.rubric_metrics` of the global model on the test
+    # split (exact match, micro/macro F1, score MAE, per label), overall and per school.
+    metrics: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,15 +117,19 @@ class RoundResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on (x, y)."""
+    """(accuracy, mean loss) of `model` on (x, y) (`objectives`: cross-entropy and accuracy,
+    or for multi-label targets BCE and per-label accuracy)."""
+    logits = predict_logits(model, x)
+    return objectives.accuracy(logits, y), float(objectives.batch_loss(logits, y)) if len(y) else 0.0
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, outputs) logits of `model` on x, in evaluation batches."""
     model.eval()
-    correct, loss_sum = 0, 0.0
-    for start in range(0, len(y), EVAL_BATCH):
-        logits = model(x[start : start + EVAL_BATCH])
-        target = y[start : start + EVAL_BATCH]
-        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(1) == target).sum())
-    return correct / max(len(y), 1), loss_sum / max(len(y), 1)
+    return torch.cat([model(x[start : start + EVAL_BATCH]) for start in range(0, len(x), EVAL_BATCH)]) if len(x) else (
+        torch.zeros(0)
+    )
 
 
 def resolve_workers(config: ExperimentConfig) -> int:
@@ -142,19 +151,24 @@ class FederatedRun:
         self.config = config
         federation, seed = config.federation, config.system.seed
         if data is None:
-            data = load_mnist(config.data.data_dir)
+            data = load_data(config)
         self.data = subset(
             data, max_train=config.data.max_train_examples, max_test=config.data.max_test_examples, seed=seed
         )
         labels = self.data.train_y.numpy()
-        parts = partition(
-            labels, config.data.partition, num_clients=federation.num_clients, seed=seed,
-            alpha=config.data.dirichlet_alpha,
-        )  # fmt: skip
+        if config.data.partition == "natural":  # each school is a client
+            parts = partition_natural(
+                self.data.train_groups, num_clients=federation.num_clients, group_names=self.data.group_names
+            )
+        else:
+            parts = partition(
+                labels, config.data.partition, num_clients=federation.num_clients, seed=seed,
+                alpha=config.data.dirichlet_alpha,
+            )  # fmt: skip
         self.label_counts = label_counts(parts, labels, self.data.num_classes)
         # Each client's own held-out split (personalization, validation scores) is never trained on.
         self.partitions, self.holdouts = split_holdout(parts, federation.client_holdout, seed=seed)
-        self.model = create_model(config.model.name, num_classes=self.data.num_classes, seed=seed)
+        self.model = build_model(config, self.data.num_classes, seed=seed)
         self.strategy = make_strategy(federation)
         self.num_workers = resolve_workers(config)
         self.profiles = make_profiles(config, [len(p) for p in self.partitions])
@@ -179,6 +193,23 @@ class FederatedRun:
         self.trained_clients: set[int] = set()  # every client that has trained in some round
         self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
         self.secagg_stats: dict[str, Any] | None = None  # the last round's secure-aggregation statistics
+
+    def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
+        """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
+        data = self.data
+        logits = predict_logits(self.model, data.test_x)
+        accuracy = objectives.accuracy(logits, data.test_y)
+        loss = float(objectives.batch_loss(logits, data.test_y)) if len(data.test_y) else 0.0
+        if not data.multilabel:
+            return accuracy, loss, None
+        from ngss_data import rubric_metrics
+
+        predictions = (logits > 0).numpy().astype(np.int8)  # sigmoid ≥ 0.5
+        metrics = rubric_metrics(
+            predictions, data.test_y.numpy().astype(np.int8), data.test_groups,
+            list(data.group_names) if data.group_names else None,
+        )  # fmt: skip
+        return accuracy, loss, metrics
 
     def sample_clients(self, round_number: int) -> list[int]:
         """This round's selected clients (`client_population.select_clients`); power-of-choice
@@ -226,7 +257,7 @@ class FederatedRun:
             return None
         data, params = self.data, get_parameters(self.model)
         global_weights = flatten(params)
-        local = create_model(self.config.model.name, num_classes=data.num_classes)
+        local = build_model(self.config, data.num_classes, seed=self.config.system.seed)
         local_params = get_parameters(local)
         clients = []
         for client in range(federation.num_clients):
@@ -269,6 +300,11 @@ class FederatedRun:
         settings = TrainSettings(
             model_name=config.model.name,
             num_classes=self.data.num_classes,
+            model_options=model_options(config),
+            model_seed=config.system.seed,
+            # Text models run Linear layers over (B, T, features): Opacus's hooks compute their per-example
+            # gradients; our bookkeeping clipper handles (B, features) only (and refuses the rest).
+            grad_sample_mode="hooks" if is_text(config) else "",
             local_epochs=federation.local_epochs,
             batch_size=federation.batch_size,
             learning_rate=federation.learning_rate,
@@ -280,8 +316,12 @@ class FederatedRun:
             corrections=federation.strategy == "scaffold",
         )
         slots = federation.clients_per_round  # central DP trains Poisson samples in chunks of this
-        if self.num_workers > 1:
-            trainer: Any = ProcessPoolTrainer(self.data, settings, global_weights.numel(), slots, self.num_workers)
+        if config.system.backend == "mlx":  # local training on MLX; aggregation stays here
+            from mlx_backend import MlxTrainer
+
+            trainer: Any = MlxTrainer(self.data, settings, global_weights.numel(), slots)
+        elif self.num_workers > 1:
+            trainer = ProcessPoolTrainer(self.data, settings, global_weights.numel(), slots, self.num_workers)
         else:
             trainer = InProcessTrainer(self.data, settings, global_weights.numel(), slots)
         try:
@@ -304,10 +344,11 @@ class FederatedRun:
                 eval_started = time.perf_counter()
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
-                accuracy, loss = evaluate(self.model, self.data.test_x, self.data.test_y)
+                accuracy, loss, metrics = self.evaluate_global()
                 yield self._round_result(
                     round_number, statuses, outcomes, arrivals, accuracy=accuracy, loss=loss, seconds=seconds,
                     eval_seconds=time.perf_counter() - eval_started, clip_norm=clip_norm, skipped=skipped,
+                    metrics=metrics,
                 )  # fmt: skip
                 if stop_event is not None and stop_event.is_set():
                     self.stop_reason = "stopped on request"
@@ -496,7 +537,7 @@ class FederatedRun:
     def _round_result(
         self, round_number: int, statuses: dict[int, tuple[str, int]], outcomes: list[TaskOutcome],
         arrivals: dict[int, int], *, accuracy: float, loss: float, seconds: float, eval_seconds: float,
-        clip_norm: float, skipped: str,
+        clip_norm: float, skipped: str, metrics: dict[str, Any] | None = None,
     ) -> RoundResult:  # fmt: skip
         plan, federation = self.privacy, self.config.federation
         down_bytes = parameter_bytes(get_parameters(self.model)) - 4 * self.head_size  # FedPer: the body only
@@ -572,6 +613,7 @@ class FederatedRun:
             skipped=skipped,
             simulated_seconds=simulated,
             secure_aggregation=self.secagg_stats,
+            metrics=metrics,
         )
 
 

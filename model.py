@@ -1,6 +1,7 @@
 """Models and the parameters clients and server exchange.
 
     model = create_model("cnn")                    # McMahan et al. 2017 CNN, 1,663,370 params
+    model = create_model("tinyllama-lora", num_classes=5, pretrained=False)  # text: text_models.py
     params = get_parameters(model)                 # {clean name: tensor}, shared storage
     set_parameters(model, params)
     parameter_bytes(params)                        # bytes one transfer costs (float32)
@@ -11,6 +12,7 @@ No BatchNorm anywhere: per-sample gradients (DP-SGD) need layers without batch s
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,12 +57,24 @@ class MnistMLP(nn.Module):
 
 
 MODEL_FACTORIES = {"cnn": MnistCNN, "mlp": MnistMLP}
+# Token ids (B, L) → multi-label logits; built by text_models.py (LoRA on a frozen transformer).
+TEXT_MODELS = ("tinyllama-lora", "minilm-lora")
 
 
-def create_model(name: str, *, num_classes: int = 10, seed: int | None = None) -> nn.Module:
-    """A fresh model by config name; `seed` makes its initial weights reproducible."""
+def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, **text_options: Any) -> nn.Module:
+    """A fresh model by config name; `seed` makes its initial weights reproducible.
+
+    `text_options` (text models only): pretrained, lora_rank, lora_alpha, lora_dropout,
+    lora_targets; see `text_models.TextModelOptions`.
+    """
+    if name in TEXT_MODELS:
+        from text_models import create_text_model  # lazy: transformers + peft take seconds to import
+
+        return create_text_model(name, num_classes=num_classes, seed=seed, **text_options)
     if name not in MODEL_FACTORIES:
-        raise ValueError(f"model.name must be one of {', '.join(MODEL_FACTORIES)}; got {name!r}")
+        raise ValueError(f"model.name must be one of {', '.join([*MODEL_FACTORIES, *TEXT_MODELS])}; got {name!r}")
+    if text_options:
+        raise ValueError(f"options {sorted(text_options)} apply only to text models ({', '.join(TEXT_MODELS)})")
     if seed is None:
         return MODEL_FACTORIES[name](num_classes=num_classes)
     with torch.random.fork_rng(devices=[]):

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+import objectives
+
 # Opacus's clip factor is min(1, C / (norm + 1e-6)) (DPOptimizer.clip_and_accumulate); same here.
 CLIP_EPSILON = 1e-6
 
@@ -127,7 +129,7 @@ class BookkeepingClipper:
             return torch.zeros(())
         handles = [layer.register_forward_hook(self._capture) for _, layer in self.layers]
         try:
-            loss = nn.functional.cross_entropy(self.model(x), y, reduction="sum")
+            loss = objectives.batch_loss(self.model(x), y, reduction="sum")
         finally:
             for handle in handles:
                 handle.remove()

