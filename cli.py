@@ -3,6 +3,7 @@
     python cli.py run [--config FILE.toml] [--set section.key=value ...] [--db URL] [--json]
     python cli.py list [--db URL] [--json]
     python cli.py show ID [--db URL] [--json | --privacy-report]
+    python cli.py score ID --text "a response" [--text ...] [--db URL] [--json]
 
 `run` validates the config first: a bad one exits 2 with one line on stderr and
 writes nothing. Then every round is committed to the database as it finishes.
@@ -10,7 +11,9 @@ With `--json` it prints one JSON object per round, then one with `experiment_id`
 Ctrl-C (or SIGTERM) stops after the current round; a second one aborts. After the
 rounds, unless `privacy.audit_examples = 0`, a membership-inference audit of the final
 model is stored with the run (`show ID --privacy-report` turns it, and the privacy
-guarantee, into a one-page statement).
+guarantee, into a one-page statement). A text-model run (NGSS rubric scoring) also stores
+its final LoRA + head weights; `score` applies them to new responses: per rubric element
+the probability and 0/1 (≥ 0.5), and the total score (`--json`: one object per response).
 
 The page starts runs through the same code: `python cli.py worker ID [ID ...]` runs
 experiments already stored (queued) in the database, one after the other.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from database import ExperimentStore, ExperimentSummary
-from experiment_config import ExperimentConfig
+from experiment_config import TEXT_MODELS, ExperimentConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -86,6 +89,7 @@ def execute(
     reason = run.stop_reason if stopped else None
     audit = _audit(store, experiment_id, run, config) if last else None
     personalization = _personalize(store, experiment_id, run) if last else None
+    weights = _save_weights(store, experiment_id, run) if last and config.model.name in TEXT_MODELS else None
     store.finish(experiment_id, status, final=last, stop_reason=reason)
     final = {
         "experiment_id": experiment_id,
@@ -97,6 +101,7 @@ def execute(
         "epsilon": last.get("epsilon", 0.0),
         "audit": audit,
         "personalization": personalization,
+        "weights": weights,
     }
     if as_json:
         _emit(out, final)
@@ -107,7 +112,27 @@ def execute(
             print(_describe_audit(audit), file=out)
         if personalization is not None:
             print(_describe_personalization(personalization), file=out)
+        if weights is not None and "values" in weights:
+            print(f"final weights stored ({weights['values']} values, LoRA + head): cli.py score {experiment_id} "
+                  '--text "..."', file=out)  # fmt: skip
     return EXIT_OK
+
+
+def _save_weights(store: ExperimentStore, experiment_id: int, run: Any) -> dict[str, Any]:
+    """Store a text model's final exchanged weights (LoRA + head) for scoring: `{"values": n}`.
+    A failure is reported as `{"error": ...}` (and on stderr), like the audit's: the run stands."""
+    from model import flatten, get_parameters
+
+    try:
+        weights = flatten(get_parameters(run.model)).numpy().astype("<f4")  # (values,) little-endian float32
+        store.save_weights(experiment_id, weights.tobytes(), int(weights.size))
+    except KeyboardInterrupt:  # a second interrupt: skip it, still record the run
+        return {"error": "storing the final weights was interrupted"}
+    except Exception as error:
+        result = {"error": f"could not store the final weights: {type(error).__name__}: {error}"}
+        print(f"error: {result['error']}", file=sys.stderr)
+        return result
+    return {"values": int(weights.size)}
 
 
 def _audit(store: ExperimentStore, experiment_id: int, run: Any, config: ExperimentConfig) -> dict[str, Any] | None:
@@ -370,6 +395,69 @@ def command_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def rubric_elements(experiment: ExperimentSummary) -> list[tuple[str, str]]:
+    """(label, meaning) of each rubric element a run's model scores, in its output order: the
+    labels from its `dataset_info`, meanings from `ngss_data.TASKS` ("" where the task or label
+    is not one of the nine tasks', e.g. an imported file of another task)."""
+    import ngss_data
+
+    info = experiment.dataset_info or {}
+    task = info.get("task") or experiment.config.get("data", {}).get("ngss_task", "")
+    spec = ngss_data.TASKS.get(task)
+    meanings = {element.label: element.meaning for element in spec.elements} if spec else {}
+    labels = info.get("labels") or (list(spec.label_ids) if spec else [])
+    return [(label, meanings.get(label, "")) for label in labels]
+
+
+def score_experiment(store: ExperimentStore, experiment_id: int, texts: list[str]) -> Any:
+    """(N, K) probabilities of `texts` under a stored run's final weights (`workloads.score_responses`).
+
+    Raises LookupError when the run or its weights are missing, ValueError when it cannot be scored.
+    """
+    experiment = store.get_experiment(experiment_id)
+    if experiment is None:
+        raise LookupError(f"no experiment {experiment_id} in {store.url}")
+    stored = store.load_weights(experiment_id)
+    if stored is None:
+        raise LookupError(
+            f"experiment {experiment_id} has no stored weights: only text-model runs "
+            f"({', '.join(TEXT_MODELS)}) that finished a round store their final LoRA + head"
+        )
+    import torch  # only now: scoring is the only part that needs the model
+
+    from workloads import score_responses
+
+    config = ExperimentConfig.from_dict(experiment.config)
+    return score_responses(config, torch.from_numpy(stored.values().copy()), texts)
+
+
+def command_score(args: argparse.Namespace) -> int:
+    texts = [text for text in args.text if text.strip()]
+    if not texts:
+        print("error: give at least one non-empty --text", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store = ExperimentStore(args.db)
+    try:
+        probabilities = score_experiment(store, args.id, texts)
+    except (LookupError, ValueError, RuntimeError, OSError) as error:  # RuntimeError: a Hub model unavailable
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    elements = rubric_elements(store.get_experiment(args.id))
+    for text, row in zip(texts, probabilities.tolist()):
+        scored = [
+            {"label": label, "meaning": meaning, "probability": p, "predicted": int(p >= 0.5)}
+            for (label, meaning), p in zip(elements, row)
+        ]  # fmt: skip
+        total = sum(element["predicted"] for element in scored)
+        if args.json:
+            _emit(sys.stdout, {"experiment_id": args.id, "text": text, "elements": scored, "total_score": total})
+            continue
+        print(f"{text}\n  total score {total}/{len(scored)}")
+        for element in scored:
+            print(f"  {element['label']:<4} {element['probability']:.3f}  {element['predicted']}  {element['meaning']}")
+    return EXIT_OK
+
+
 # Per-round privacy ledger columns (all zero / empty for a run without privacy).
 LEDGER_COLUMNS = ["epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "privacy_steps", "accountant"]
 
@@ -437,11 +525,16 @@ def parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=command_show)
 
+    score = commands.add_parser("score", help="score responses with a finished text-model run's final weights")
+    score.add_argument("id", type=int)
+    score.add_argument("--text", action="append", required=True, help="one student response (repeatable)")
+    score.set_defaults(handler=command_score)
+
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("ids", type=int, nargs="+", metavar="ID", help="stored experiments, run in this order")
     worker.set_defaults(handler=command_worker)
 
-    for sub in (run, listing, show, worker):
+    for sub in (run, listing, show, score, worker):
         sub.add_argument("--db", default=None, help="SQLAlchemy URL (default: $DATABASE_URL or sqlite:///experiments.db)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     return root

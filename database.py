@@ -9,6 +9,8 @@ view, a second tab) sees every round as soon as it exists.
     store.record_round(experiment_id, round_result)
     store.finish(experiment_id, "completed", final={"accuracy": 0.99})
     store.rounds_frame([experiment_id])            # pandas DataFrame for the charts
+    store.save_weights(experiment_id, flat.numpy().astype("<f4").tobytes(), flat.numel())
+    store.load_weights(experiment_id).values()     # a text model's final LoRA + head, float32
 
 Any SQLAlchemy URL works: SQLite (the default; WAL and a busy timeout, so the page reads
 while the worker writes) or PostgreSQL (`postgresql+psycopg://user:password@host/db`).
@@ -50,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     JSON,
@@ -58,6 +61,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -78,6 +82,7 @@ DEFAULT_URL = "sqlite:///experiments.db"
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
 FINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
 ARRIVED = ("ok", "partial")  # client statuses whose update reached the server
+WEIGHTS_DTYPE = np.dtype("<f4")  # stored weights: little-endian float32, whatever the machine
 
 
 def utcnow() -> datetime:
@@ -180,6 +185,30 @@ class ClientRound(Base):
     bytes_down: Mapped[int] = mapped_column(Integer, default=0)
     simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     validation_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ModelWeights(Base):
+    """A text-model run's final exchanged weights (LoRA + head): `model.flatten` as little-endian float32."""
+
+    __tablename__ = "model_weights"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    num_values: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    """One run's stored final weights, session-free: `values()` is the (num_values,) float32 vector."""
+
+    experiment_id: int
+    weights: bytes
+    num_values: int
+    created_at: datetime
+
+    def values(self) -> np.ndarray:
+        return np.frombuffer(self.weights, dtype=WEIGHTS_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -392,6 +421,34 @@ class ExperimentStore:
         """Store what data the run used (source, task, clients; JSON-able dict)."""
         self._update(experiment_id, dataset_info=info)
 
+    def save_weights(self, experiment_id: int, tensor_bytes: bytes, num_values: int) -> None:
+        """Store (or replace) a run's final exchanged weights: `num_values` little-endian float32
+        values, `num_values * 4` bytes (`np.asarray(flat, "<f4").tobytes()`)."""
+        if num_values < 1 or len(tensor_bytes) != num_values * WEIGHTS_DTYPE.itemsize:
+            raise ValueError(
+                f"weights: {len(tensor_bytes)} bytes are not {num_values} float32 values "
+                f"({num_values * WEIGHTS_DTYPE.itemsize} bytes)"
+            )
+        with self.sessions.begin() as session:
+            if session.get(Experiment, experiment_id) is None:
+                raise KeyError(f"no experiment with id {experiment_id}")
+            session.merge(ModelWeights(
+                experiment_id=experiment_id, weights=bytes(tensor_bytes), num_values=num_values, created_at=utcnow()
+            ))  # fmt: skip
+
+    def load_weights(self, experiment_id: int) -> StoredWeights | None:
+        """A run's stored final weights, or None if it has none."""
+        with self.sessions() as session:
+            row = session.get(ModelWeights, experiment_id)
+            if row is None:
+                return None
+            return StoredWeights(row.experiment_id, bytes(row.weights), row.num_values, row.created_at)
+
+    def experiments_with_weights(self) -> set[int]:
+        """The ids of the experiments that have stored weights (without reading the weights)."""
+        with self.sessions() as session:
+            return set(session.scalars(select(ModelWeights.experiment_id)).all())
+
     def set_audit(self, experiment_id: int, audit: dict[str, Any]) -> None:
         """Store the membership-inference audit of the final model (JSON-able dict)."""
         self._update(experiment_id, audit=audit)
@@ -432,6 +489,7 @@ class ExperimentStore:
             round_ids = select(Round.id).where(Round.experiment_id == experiment_id)
             session.execute(delete(ClientRound).where(ClientRound.round_id.in_(round_ids)))
             session.execute(delete(Round).where(Round.experiment_id == experiment_id))
+            session.execute(delete(ModelWeights).where(ModelWeights.experiment_id == experiment_id))
             session.execute(delete(Experiment).where(Experiment.id == experiment_id))
 
     def _update(self, experiment_id: int, **values: Any) -> None:

@@ -7,15 +7,17 @@ and launches a worker process (`cli.launch_worker`) that runs it and writes ever
 round to the database. The page never trains: fragments poll the database, so a
 reload or a second tab shows the same run. Tabs: Live (the run in progress or just
 started), History (every experiment: charts, config, re-run, a baseline without
-privacy, export, delete; the privacy–utility trade-off across runs) and Compare
-(overlaid curves of several experiments). A target-ε sweep stores one experiment per
-value and runs them in sequence in one worker.
+privacy, export, delete; the privacy–utility trade-off across runs), Compare
+(overlaid curves of several experiments) and Score (a finished NGSS run's final model
+applied to new responses). A target-ε sweep stores one experiment per value and runs
+them in sequence in one worker. NGSS rubric scoring (synthetic or uploaded CSV data,
+text models with LoRA) is set in the sidebar's "NGSS rubric scoring" group.
 
 This file sets up the page, the header and the tabs; the parts live in `app_pages/`:
-`sidebar.py` (the form) and `config_fields.py` (what it asks), `live.py`, `history.py`
-and `compare.py` (the tabs), `run_view.py` (one experiment) with `federation.py` (its
-clients, attackers, compression and personalization) and `common.py` (store, worker
-launch, formatting).
+`sidebar.py` (the form) with `config_fields.py` (what it asks) and `csv_upload.py` (the
+lab's CSV files, checked and saved), `live.py`, `history.py`, `compare.py` and `score.py`
+(the tabs), `run_view.py` (one experiment) with `federation.py` (its clients, attackers,
+compression and personalization) and `common.py` (store, worker launch, formatting).
 
 Imports stay light (no torch) so the page is interactive within seconds.
 """
@@ -31,6 +33,7 @@ from app_pages.common import TABS, absolute_db_url, get_store, list_experiments
 from app_pages.compare import render_compare
 from app_pages.history import render_history
 from app_pages.live import render_live
+from app_pages.score import render_score
 from app_pages.sidebar import render_sidebar
 from database import resolve_url
 
@@ -54,7 +57,7 @@ def main() -> None:
     )
     if flash := st.session_state.pop("flash", None):
         getattr(st, flash[0])(flash[1])
-    live, history, compare = st.tabs(TABS, key="view", on_change="rerun")
+    live, history, compare, score = st.tabs(TABS, key="view", on_change="rerun")
     with live:
         if live.open:
             render_live(store, experiments)
@@ -64,6 +67,9 @@ def main() -> None:
     with compare:
         if compare.open:
             render_compare(store, experiments)
+    with score:
+        if score.open:
+            render_score(store, experiments)
 
 
 main()

@@ -13,6 +13,9 @@ Pure functions with no Streamlit and no I/O, so they are tested on hand-made fra
     client_status_figure(store.client_rounds_frame(3))   # clients x rounds: ok, partial, lost, ...
     upload_figure(store.client_rounds_frame(3))          # bytes sent vs uncompressed, per round
     personalization_figure(experiment.personalization)  # global vs personalized accuracy per client
+    rubric_figure(rubric_rows(rounds))    # NGSS: per-label accuracy, exact match, micro-F1, score MAE
+    school_heatmap(school_frame(metrics))  # NGSS: the final round per school
+    label_figure(metrics, ["E1", "E2"])    # NGSS: accuracy and F1 per rubric element
 
 Every figure shares one look (`_style`): white template, compact margins, a
 horizontal legend above the plot, and an annotation instead of an empty plot.
@@ -442,6 +445,117 @@ def personalization_figure(
         figure.update_layout(barmode="group", bargap=0.25)
     _style(figure, title=title, x_title="", y_title="accuracy", empty=clients.empty, x_is_round=False)
     figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return figure
+
+
+# -- NGSS rubric scoring: `rounds.metrics` is ngss_data.rubric_metrics of the global model -----------
+
+RUBRIC_COLUMNS = ("per_label_accuracy", "exact_match", "micro_f1", "macro_f1", "score_mae")
+RUBRIC_NAMES = {
+    "per_label_accuracy": "per-label accuracy", "exact_match": "exact match", "micro_f1": "micro-F1",
+    "macro_f1": "macro-F1", "score_mae": "score MAE",
+}  # fmt: skip
+
+
+def rubric_rows(rounds: pd.DataFrame) -> pd.DataFrame:
+    """experiment_id, round and the `RUBRIC_COLUMNS` of every round whose `metrics` holds rubric metrics
+    (None → NaN); empty for runs without them (MNIST)."""
+    rows = [
+        {"experiment_id": e, "round": r, **{c: metrics.get(c) for c in RUBRIC_COLUMNS}}
+        for e, r, metrics in zip(rounds["experiment_id"], rounds["round"], rounds.get("metrics", []))
+        if isinstance(metrics, Mapping) and "exact_match" in metrics
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["experiment_id", "round", *RUBRIC_COLUMNS]).astype(
+        {c: float for c in RUBRIC_COLUMNS}
+    )
+
+
+def rubric_figure(rows: pd.DataFrame, *, title: str = "Rubric scoring per round") -> go.Figure:
+    """Per-label accuracy, exact match and micro-F1 (0–1, left axis) and the total score's MAE (points, right
+    axis, dashed) per round of one experiment (`rubric_rows`)."""
+    figure = go.Figure()
+    rows = rows.sort_values("round")
+    for index, column in enumerate(("per_label_accuracy", "exact_match", "micro_f1")):
+        figure.add_trace(go.Scatter(
+            x=rows["round"].to_numpy(), y=rows[column].to_numpy(), mode="lines+markers", name=RUBRIC_NAMES[column],
+            line={"color": PALETTE[index], "width": 2}, marker={"size": 6},
+            hovertemplate=f"%{{y:.2%}}<extra>{RUBRIC_NAMES[column]}</extra>",
+        ))  # fmt: skip
+    figure.add_trace(go.Scatter(
+        x=rows["round"].to_numpy(), y=rows["score_mae"].to_numpy(), mode="lines+markers", name="score MAE",
+        yaxis="y2", line={"color": PALETTE[3], "width": 1.5, "dash": "dash"}, marker={"size": 5},
+        hovertemplate="%{y:.3f} points<extra>score MAE</extra>",
+    ))  # fmt: skip
+    _style(figure, title=title, x_title="round", y_title="share", empty=rows.empty)
+    figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    figure.update_layout(
+        yaxis2={"title": {"text": "score MAE (points)"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
+                "showgrid": False},
+        legend={"yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0},  # four entries: below, not over the title
+        margin={"b": 70},
+    )  # fmt: skip
+    return figure
+
+
+def rubric_overlay_figure(
+    rows: pd.DataFrame, column: str, labels: Mapping[int, str] | None = None, *, title: str | None = None
+) -> go.Figure:
+    """One rubric metric (`RUBRIC_COLUMNS`) per round, one line per `experiment_id`, for Compare."""
+    figure = _per_experiment_lines(rows, column, labels)
+    _style(figure, title=title or RUBRIC_NAMES[column].capitalize(), x_title="round", y_title=RUBRIC_NAMES[column],
+           empty=rows.empty)  # fmt: skip
+    if column != "score_mae":
+        figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return figure
+
+
+def school_frame(metrics: Mapping | None) -> pd.DataFrame:
+    """One row per school of a round's `per_group` metrics: school, examples and the `RUBRIC_COLUMNS`."""
+    groups = (metrics or {}).get("per_group") or {}
+    rows = [
+        {"school": school, "examples": int(values.get("num_examples", 0)), **{c: values.get(c) for c in RUBRIC_COLUMNS}}
+        for school, values in groups.items()
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["school", "examples", *RUBRIC_COLUMNS])
+    return frame.astype({c: float for c in RUBRIC_COLUMNS})
+
+
+def school_heatmap(schools: pd.DataFrame, *, title: str = "Final round per school") -> go.Figure:
+    """Schools (rows) × per-label accuracy, exact match, micro-F1, macro-F1 (columns), coloured on 0–1 with the
+    value in each cell (`school_frame`)."""
+    figure = go.Figure()
+    columns = ["per_label_accuracy", "exact_match", "micro_f1", "macro_f1"]
+    if not schools.empty:
+        values = schools[columns].to_numpy(dtype=float)  # (schools, 4)
+        figure.add_trace(go.Heatmap(
+            z=values, x=[RUBRIC_NAMES[c] for c in columns], y=schools["school"].tolist(), zmin=0, zmax=1,
+            colorscale="Blues", customdata=np.repeat(schools[["examples"]].to_numpy(), len(columns), axis=1),
+            texttemplate="%{z:.2f}", colorbar={"thickness": 12, "tickformat": ".0%"},
+            hovertemplate="%{y}, %{x}: %{z:.2%} (%{customdata} responses)<extra></extra>",
+        ))  # fmt: skip
+        figure.update_yaxes(autorange="reversed", type="category")
+    _style(figure, title=title, x_title="", y_title="", empty=schools.empty, x_is_round=False)
+    return figure
+
+
+def label_figure(
+    metrics: Mapping | None, label_names: Sequence[str], *, title: str = "Final round per rubric element"
+) -> go.Figure:
+    """Accuracy and F1 of each rubric element (grouped bars) from a round's `label_accuracy` / `label_f1`."""
+    figure = go.Figure()
+    metrics = metrics or {}
+    accuracy, f1 = metrics.get("label_accuracy") or [], metrics.get("label_f1") or []
+    names = list(label_names) if len(label_names) == len(accuracy) else [f"E{k + 1}" for k in range(len(accuracy))]
+    for values, name, color in ((accuracy, "accuracy", PALETTE[0]), (f1, "F1", PALETTE[2])):
+        if values:
+            figure.add_trace(go.Bar(
+                x=names, y=[np.nan if v is None else v for v in values], name=name, marker_color=color,
+                hovertemplate=f"%{{x}}: %{{y:.2%}}<extra>{name}</extra>",
+            ))  # fmt: skip
+    figure.update_layout(barmode="group", bargap=0.25)
+    figure.update_xaxes(type="category")
+    _style(figure, title=title, x_title="rubric element", y_title="", empty=not accuracy, x_is_round=False)
+    figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return figure
 
 

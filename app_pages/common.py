@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 import cli
 from database import ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
+from ngss_data import TASKS
 
 ACTIVE_STATUSES = ("queued", "running")
 STATUS_ICONS = {
@@ -24,7 +25,11 @@ STATUS_ICONS = {
 }  # fmt: skip
 LIVE_REFRESH_SECONDS = 1.5  # while a run is in progress
 IDLE_REFRESH_SECONDS = 5.0  # the Live tab notices runs started from another tab or the CLI
-TABS = (":material/monitoring: Live", ":material/history: History", ":material/compare_arrows: Compare")
+TABS = (
+    ":material/monitoring: Live", ":material/history: History", ":material/compare_arrows: Compare",
+    ":material/grading: Score",
+)  # fmt: skip
+REPO_ROOT = Path(cli.__file__).resolve().parent  # the worker's working directory
 
 
 @st.cache_resource
@@ -126,6 +131,43 @@ def compression_text(config: dict) -> str:
     if method == "qsgd":
         return f"qsgd {communication.get('quantization_bits', '?')}-bit"
     return method
+
+
+def data_source(experiment: ExperimentSummary) -> tuple[str, str]:
+    """(source, task) of the run's data: source "mnist", "synthetic" or "imported" (from its dataset_info once the
+    data is loaded, else from its config), task the NGSS task slug ("" for MNIST)."""
+    info, data = experiment.dataset_info or {}, experiment.config.get("data", {})
+    dataset = data.get("dataset", "mnist")
+    if dataset == "mnist":
+        return "mnist", ""
+    if dataset == "ngss":
+        return info.get("source", "synthetic"), info.get("task") or data.get("ngss_task", "")
+    from_file = Path(data.get("csv_path") or "").name.removesuffix(".csv").removesuffix("_train")
+    return info.get("source", "imported"), info.get("task") or from_file
+
+
+def data_text(experiment: ExperimentSummary) -> str:
+    """`MNIST`, `NGSS Gas Filled Balloons (synthetic)` or `NGSS my_task (imported)`."""
+    source, task = data_source(experiment)
+    if source == "mnist":
+        return "MNIST"
+    return f"NGSS {TASKS[task].title if task in TASKS else task} ({source})"
+
+
+def is_rubric(experiment: ExperimentSummary) -> bool:
+    """Whether the run scores NGSS rubrics (text data, multi-label metrics)."""
+    return experiment.config.get("data", {}).get("dataset", "mnist") in ("ngss", "csv")
+
+
+def render_data_badge(experiment: ExperimentSummary) -> None:
+    """A badge that says where an NGSS run's responses come from: synthetic, or the imported file."""
+    source, _ = data_source(experiment)
+    if source == "synthetic":
+        st.badge("Synthetic data", icon=":material/science:", color="orange",
+                 help="Generated responses (seeded), not real student data: see NGSS.md.")  # fmt: skip
+    elif source == "imported":
+        path = (experiment.dataset_info or {}).get("csv_path") or experiment.config["data"].get("csv_path", "")
+        st.badge(f"Imported: {Path(path).name}", icon=":material/upload_file:", color="blue", help=path)
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -1,4 +1,5 @@
-"""The Compare tab: overlaid accuracy, loss and ε curves of chosen experiments and the settings that differ."""
+"""The Compare tab: overlaid accuracy, loss and ε curves of chosen experiments and the settings that differ; for
+NGSS rubric scoring also exact match and micro-F1 (e.g. federated against its centralized baseline)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,12 @@ def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
     left, right = st.columns(2)
     left.plotly_chart(viz.accuracy_figure(rounds, labels), key="compare-accuracy", config={"displaylogo": False})
     right.plotly_chart(viz.loss_figure(rounds, labels), key="compare-loss", config={"displaylogo": False})
+    rubric = viz.rubric_rows(rounds)
+    if not rubric.empty:  # rubric scoring: accuracy above is per-label accuracy; the stricter measures here
+        left, right = st.columns(2)
+        for column, name in ((left, "exact_match"), (right, "micro_f1")):
+            figure = viz.rubric_overlay_figure(rubric, name, labels)
+            column.plotly_chart(figure, key=f"compare-{name}", config={"displaylogo": False})
     private = [e.id for e in chosen if privacy_on(e)]
     if private:
         epsilon = viz.epsilon_figure(rounds[rounds["experiment_id"].isin(private)], labels)

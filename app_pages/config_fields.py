@@ -7,6 +7,7 @@ config does; validation stays with `ExperimentConfig` when the form is submitted
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from experiment_config import (
     DATASETS,
     DROPOUT_STAGES,
     MODELS,
+    NGSS_TASKS,
     PARTITIONS,
     PERSONALIZATIONS,
     PRIVACY_MODES,
@@ -25,6 +27,7 @@ from experiment_config import (
     STRATEGIES,
     ExperimentConfig,
 )
+from ngss_data import TASKS
 
 PRIVACY_GUIDE = """
 **ε** bounds how much one protected unit can change what training reveals: every outcome
@@ -60,6 +63,7 @@ class Field:
     step: float | None = None
     format: str | None = None
     key: str | None = None  # the widget key; default: `name`
+    format_func: Callable[[Any], str] | None = None  # a selectbox's option as shown; default: the option
 
     def is_checkbox(self, defaults: ExperimentConfig) -> bool:
         return isinstance(getattr(getattr(defaults, self.section), self.name), bool)
@@ -71,21 +75,55 @@ class Field:
             return container.checkbox(self.label, default, key=key, help=self.help)
         if self.options:
             index = self.options.index(default)
-            return container.selectbox(self.label, self.options, index=index, key=key, help=self.help)
+            return container.selectbox(
+                self.label, self.options, index=index, key=key, help=self.help, format_func=self.format_func or str
+            )
+        if isinstance(default, str):
+            return container.text_input(self.label, default, key=key, help=self.help)
         return container.number_input(
             self.label, self.low, self.high, default, step=self.step, format=self.format, key=key, help=self.help
         )
 
 
 DATA_FIELDS = (
-    Field("data", "dataset", "Dataset", "The data set the clients share out.", options=DATASETS),
-    Field("model", "name", "Model", "cnn: the CNN of McMahan et al. 2017 (1.66M parameters); mlp: their 2NN "
-          "(two hidden layers of 200).", options=MODELS, key="model"),
+    Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp). ngss: rubric scoring of "
+          "middle-school science explanations, synthetic responses — not real student data (models "
+          "tinyllama-lora, minilm-lora). csv: your lab's own NGSS files, uploaded under NGSS rubric scoring.",
+          options=DATASETS),
+    Field("model", "name", "Model", "For MNIST: cnn, the CNN of McMahan et al. 2017 (1.66M parameters); mlp, their "
+          "2NN (two hidden layers of 200). For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
+          "with LoRA and a multi-label head; minilm-lora, all-MiniLM-L6-v2 (22.7M, pretrained, works offline). "
+          "Text models exchange only LoRA + head.", options=MODELS, key="model"),
     Field("data", "partition", "Partition", "How the training data is split over clients: iid (uniform at random), "
-          "dirichlet (label skew set by α) or shards (two shards of label-sorted data each).", options=PARTITIONS),
+          "dirichlet (label skew set by α), shards (two shards of label-sorted data each) or natural (one client "
+          "per school: ngss and csv with a Group column; the synthetic data has 9 schools, so Clients = 9).",
+          options=PARTITIONS),
     Field("data", "dirichlet_alpha", "Dirichlet α", "Only for the dirichlet partition: 0.1 gives each client a few "
           "labels, 100 is close to IID.", low=0.001, high=10_000.0, step=0.1, format="%.2f"),
 )  # fmt: skip
+NGSS_FIELDS = (
+    Field("data", "ngss_task", "Task", "ngss: which of the nine NGSS tasks to generate responses for (each has its "
+          "own rubric elements E1, E2, …). csv takes the task from the file name.", options=NGSS_TASKS,
+          format_func=lambda slug: TASKS[slug].title),
+    Field("model", "pretrained", "Pretrained backbone", "Load the published weights (TinyLLama-v0 from the Hugging "
+          "Face Hub, needs the network once; MiniLM ships with the app). Off: the same architecture with seeded "
+          "random weights and a tokenizer trained on the training responses (offline)."),
+    Field("model", "lora_rank", "LoRA rank r", "Rank of the LoRA adapters: r · (in + out) values per adapted "
+          "layer travel each round.", low=1, high=256),
+    Field("model", "lora_alpha", "LoRA α", "Scale of the adapters' update (α / r).", low=0.01, high=1e4, step=1.0,
+          format="%.1f"),
+    Field("model", "lora_dropout", "LoRA dropout", "Dropout on the adapters' input while training.", low=0.0,
+          high=0.9, step=0.05, format="%.2f"),
+    Field("model", "max_length", "Max tokens", "Tokens per response at most; longer responses are cut.", low=8,
+          high=2048),
+    Field("model", "lora_targets", "LoRA targets", "Modules that get adapters, comma-separated; empty = the "
+          "backbone's default (q_proj, v_proj for TinyLLama; query, value for MiniLM)."),
+)  # fmt: skip
+NGSS_NOTE = (
+    "Rubric scoring (Dataset ngss or csv, Model tinyllama-lora or minilm-lora). **ngss: synthetic responses — "
+    "not real student data**, generated from the published task statistics, seeded by Seed. **csv**: your lab's "
+    "files, uploaded below."
+)
 FEDERATION_FIELDS = (
     Field("federation", "num_clients", "Clients", "How many clients the training data is split across.", low=1,
           high=100_000),

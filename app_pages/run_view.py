@@ -1,5 +1,10 @@
 """One experiment: status and progress, metrics, the privacy audit and report download, charts, the Federation
-panel (`federation.py`), and the actions (re-run, run without privacy, CSV export, delete)."""
+panel (`federation.py`), and the actions (re-run, run without privacy, CSV export, delete).
+
+NGSS rubric-scoring runs also get: a badge saying where the responses come from (synthetic or an imported file),
+the rubric metrics (per-label accuracy, exact match, micro-F1, score MAE) in the metrics row and per round, the
+final round per school and per rubric element, bytes labelled as LoRA + head against the full model, and the
+action "Run centralized baseline" (the same config on pooled data, one client) to compare with."""
 
 from __future__ import annotations
 
@@ -18,13 +23,25 @@ from app_pages.common import (
     describe,
     format_bytes,
     format_seconds,
+    is_rubric,
     launch,
     privacy_on,
+    render_data_badge,
     total_rounds,
 )
 from app_pages.federation import render_federation
 from database import ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
+
+# The backbones of the text models: (name, parameters). Only LoRA + head travel; this is what a full copy would be.
+FULL_MODELS = {"tinyllama-lora": ("TinyLLama-v0", 4_621_376), "minilm-lora": ("all-MiniLM-L6-v2", 22_713_216)}
+RUBRIC_HELP = {
+    "per_label_accuracy": "Mean over rubric elements of the share of responses scored right (the paper's accuracy); "
+    "an element counts as earned when its probability is at least 0.5.",
+    "exact_match": "Share of responses whose every rubric element is right (rubric match).",
+    "micro_f1": "F1 of all (response, element) entries pooled.",
+    "score_mae": "Mean absolute error of the total score (the number of elements earned), in points.",
+}  # fmt: skip
 
 
 def advantage_bound(epsilon: float, delta: float) -> float:
@@ -55,6 +72,8 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
     """Title, stop button, progress bar with ETA, and the outcome of a finished run."""
     title, stop = st.columns([5, 1], vertical_alignment="center")
     title.subheader(f"{STATUS_ICONS.get(experiment.status, '')} {describe(experiment)}")
+    if is_rubric(experiment):
+        render_data_badge(experiment)
     active = experiment.status in ACTIVE_STATUSES
     if active and not experiment.stop_requested:
         stop.button(
@@ -73,7 +92,9 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
         st.info(f"Stopped after round {experiment.rounds_done}: {reason}.", icon=":material/stop_circle:")
 
 
-def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
+def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame) -> None:
+    """Accuracy, loss, privacy, time and bytes; a rubric-scoring run shows its rubric metrics first, then the rest
+    on a second row."""
     if rounds.empty:
         return
     last = rounds.iloc[-1]
@@ -83,18 +104,58 @@ def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame) -> None:
     seconds_per_round = float((rounds.seconds + rounds.eval_seconds).mean())
     bytes_total = float(rounds.bytes_up.sum() + rounds.bytes_down.sum())
     columns = st.columns(5)
-    columns[0].metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True)
-    columns[1].metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True)
+    rubric = viz.rubric_rows(rounds) if is_rubric(experiment) else pd.DataFrame()
+    if rubric.empty:
+        columns[0].metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True)
+        loss_column, columns = columns[1], columns[2:]
+    else:  # per-label accuracy is the accuracy of a rubric-scoring run
+        render_rubric_metrics(rubric, columns[:4])
+        loss_column, columns = columns[4], st.columns(5)
+    loss_column.metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True)
     if privacy_on(experiment):
-        columns[2].metric(
+        columns[0].metric(
             f"ε (δ = {last.delta:.0e})", f"{last.epsilon:.3g}", border=True,
             help=f"{experiment.config['privacy']['mode']} DP, σ = {last.noise_multiplier:.3g}, "
             f"C = {last.max_grad_norm:.3g}, {last.accountant} accountant",
         )  # fmt: skip
     else:
-        columns[2].metric("Privacy", "off", border=True)
-    columns[3].metric("Time per round", format_seconds(seconds_per_round), border=True)
-    columns[4].metric("Data exchanged", format_bytes(bytes_total), border=True)
+        columns[0].metric("Privacy", "off", border=True)
+    columns[1].metric("Time per round", format_seconds(seconds_per_round), border=True)
+    columns[2].metric("Data exchanged", format_bytes(bytes_total), border=True, help=exchange_help(experiment, clients))
+
+
+def render_rubric_metrics(rows: pd.DataFrame, columns: list[Any]) -> None:
+    """Per-label accuracy, exact match, micro-F1 and score MAE of the last round (`viz.rubric_rows`), each with
+    its change since the round before, into four columns."""
+    last, previous = rows.iloc[-1], rows.iloc[-2] if len(rows) > 1 else None
+    for column, (name, percent) in zip(columns, [
+        ("per_label_accuracy", True), ("exact_match", True), ("micro_f1", False), ("score_mae", False),
+    ]):  # fmt: skip
+        value = last[name]
+        change = None if previous is None or math.isnan(previous[name]) else value - previous[name]
+        if math.isnan(value):
+            shown, delta = "—", None
+        elif percent:
+            shown, delta = f"{value:.2%}", None if change is None else f"{change * 100:+.2f} pp"
+        else:
+            shown, delta = f"{value:.3f}", None if change is None else f"{change:+.3f}"
+        label = viz.RUBRIC_NAMES[name]
+        column.metric(label[0].upper() + label[1:], shown, delta, border=True, help=RUBRIC_HELP[name],
+                      delta_color="inverse" if name == "score_mae" else "normal")  # fmt: skip
+
+
+def exchange_help(experiment: ExperimentSummary, clients: pd.DataFrame) -> str | None:
+    """For a text model: one update's size (LoRA + head) against what the full model would cost."""
+    model = experiment.config.get("model", {}).get("name")
+    if model not in FULL_MODELS or clients.empty or not (clients["bytes_down"] > 0).any():
+        return None
+    backbone, parameters = FULL_MODELS[model]
+    update = float(clients.loc[clients["bytes_down"] > 0, "bytes_down"].median())  # one client's download
+    full = 4.0 * parameters  # float32
+    return (
+        f"Only LoRA adapters + the scoring head travel: {format_bytes(update)} ({update / 4:,.0f} values) per "
+        f"client and direction, against {format_bytes(full)} for the full {backbone} ({full / update:,.0f}× more)."
+    )
 
 
 def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
@@ -138,7 +199,8 @@ def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: s
 def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:
     """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
     seconds (real and simulated)."""
-    figures = {"accuracy": viz.accuracy_figure(rounds)}
+    rubric = is_rubric(experiment)
+    figures = {"accuracy": viz.rubric_figure(viz.rubric_rows(rounds)) if rubric else viz.accuracy_figure(rounds)}
     if privacy_on(experiment):
         privacy = experiment.config["privacy"]
         figures["epsilon"] = viz.epsilon_figure(
@@ -149,7 +211,8 @@ def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: 
         "loss": viz.loss_figure(rounds),
         "client-loss": viz.client_loss_figure(clients),
         "labels": viz.label_heatmap(experiment.label_counts),
-        "bytes": viz.bytes_figure(rounds),
+        "bytes": viz.bytes_figure(rounds, title="Bytes per round (LoRA + head only)") if rubric
+        else viz.bytes_figure(rounds),
         "time": viz.time_figure(rounds),
     }
     names = list(figures)
@@ -168,10 +231,42 @@ def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: s
         st.rerun()  # it started or ended since the page was drawn: redraw all (history, refresh rate)
     rounds, clients = store.rounds_frame([experiment.id]), store.client_rounds_frame(experiment.id)
     render_status(store, experiment, rounds, where)
-    render_metrics(experiment, rounds)
+    render_metrics(experiment, rounds, clients)
     render_privacy(experiment, rounds, where)
     render_charts(experiment, rounds, clients, where)
+    if is_rubric(experiment):
+        render_rubric(experiment, rounds, where)
     render_federation(experiment, rounds, clients, where)
+
+
+def school_table(schools: pd.DataFrame) -> pd.DataFrame:
+    """`viz.school_frame` as the page shows it: capitalised headers."""
+    return schools.rename(columns={"school": "School", "examples": "Responses"} | {
+        column: name[0].upper() + name[1:] for column, name in viz.RUBRIC_NAMES.items()
+    })  # fmt: skip
+
+
+def render_rubric(experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
+    """The last round's rubric metrics per school (table and heatmap) and per rubric element."""
+    recorded = [m for m in rounds.get("metrics", []) if isinstance(m, dict) and "exact_match" in m]
+    if not recorded:
+        return
+    metrics, labels = recorded[-1], (experiment.dataset_info or {}).get("labels") or []
+    st.markdown("##### :material/school: Last round by school and rubric element")
+    schools = viz.school_frame(metrics)
+    if not schools.empty:
+        percent = st.column_config.NumberColumn(format="percent")
+        st.dataframe(
+            school_table(schools), hide_index=True, key=f"{where}-schools", height=min(38 + 35 * len(schools), 400),
+            column_config={"Per-label accuracy": percent, "Exact match": percent,
+                           "Micro-F1": st.column_config.NumberColumn(format="%.3f"),
+                           "Macro-F1": st.column_config.NumberColumn(format="%.3f"),
+                           "Score MAE": st.column_config.NumberColumn(format="%.3f")},
+        )  # fmt: skip
+    left, right = st.columns(2)
+    if not schools.empty:
+        left.plotly_chart(viz.school_heatmap(schools), key=f"{where}-school-heatmap", config={"displaylogo": False})
+    right.plotly_chart(viz.label_figure(metrics, labels), key=f"{where}-label-metrics", config={"displaylogo": False})
 
 
 def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> None:
@@ -203,6 +298,31 @@ def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
     )  # fmt: skip
 
 
+def centralized_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment on pooled data: one client holding every response, trained every round (same model,
+    seed, rounds, privacy). Settings that mean nothing with a single client are reset so the config validates."""
+    return config.replace("data", partition="iid").replace(
+        "federation", num_clients=1, clients_per_round=1, strategy="fedavg", min_clients=1, selection="uniform",
+        selection_candidates=0, secure_aggregation=False,
+    )  # fmt: skip
+
+
+def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    """Start this NGSS experiment centralized (`centralized_config`) and compare the two."""
+    try:
+        config = centralized_config(ExperimentConfig.from_dict(experiment.config))
+        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} · centralized")
+    except (ValueError, OSError) as error:
+        st.session_state["flash"] = ("error", f"Cannot start a centralized baseline for #{experiment.id}: {error}")
+        return
+    st.session_state["compare_ids"] = [experiment.id, new_id]
+    st.session_state["view"] = TABS[2]
+    st.session_state["flash"] = (
+        "success", f"Started #{new_id}: #{experiment.id} on pooled data (one client, same model and seed). The gap "
+        "is the cost of federation.",
+    )  # fmt: skip
+
+
 def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
     store.delete_experiment(experiment_id)
     st.session_state.pop("history_selected", None)
@@ -221,6 +341,12 @@ def render_actions(store: ExperimentStore, experiment: ExperimentSummary) -> Non
             "Run without privacy", icon=":material/lock_open:", key="baseline", on_click=run_baseline,
             args=(store, experiment), help="Start this configuration with privacy off (same seed) and overlay both "
             "in Compare: the gap is what privacy costs in accuracy.",
+        )  # fmt: skip
+    if is_rubric(experiment) and experiment.config.get("federation", {}).get("num_clients", 1) > 1:
+        actions.button(
+            "Run centralized baseline", icon=":material/hub:", key="centralized", on_click=run_centralized,
+            args=(store, experiment), help="Start this configuration on pooled data (one client holding every "
+            "response, IID, fedavg, same model and seed) and overlay both in Compare.",
         )  # fmt: skip
     actions.download_button(
         "Rounds CSV", store.rounds_frame([experiment.id]).to_csv(index=False), icon=":material/download:",

@@ -57,6 +57,16 @@ SCENARIO_SELECT_KEYS = [
 SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback", "secure_aggregation"]
 SELECT_KEYS += SCENARIO_SELECT_KEYS
 NUMBER_KEYS += [key for key in SCENARIO_KEYS if key not in SCENARIO_SELECT_KEYS + SCENARIO_CHECKBOX_KEYS]
+# The "NGSS rubric scoring" group: widget key -> the config key it sets (and the CSV upload, key csv_upload).
+NGSS_KEYS = {
+    "ngss_task": ("data", "ngss_task"),
+    **{key: ("model", key) for key in ["pretrained", "lora_rank", "lora_alpha", "lora_dropout", "max_length",
+                                         "lora_targets"]},
+}  # fmt: skip
+SELECT_KEYS += ["ngss_task"]
+NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
+CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
+TEXT_KEYS = ["lora_targets", "data_dir"]
 TINY = {
     "model": "mlp", "num_clients": 2, "clients_per_round": 2, "rounds": 2,
     "max_train_examples": 600, "max_test_examples": 500, "num_workers": 1,
@@ -108,8 +118,10 @@ def fill(app: AppTest, values: dict) -> None:
 def widget(app: AppTest, key: str):
     if key in SELECT_KEYS:
         return app.selectbox(key=key)
-    if key in SCENARIO_CHECKBOX_KEYS:
+    if key in CHECKBOX_KEYS:
         return app.checkbox(key=key)
+    if key in TEXT_KEYS:
+        return app.text_input(key=key)
     return app.number_input(key=key)
 
 
@@ -185,8 +197,8 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
 
     groups = {expander.label: expander for expander in app.sidebar.expander}
     assert list(groups) == [
-        "Aggregation strategy", "Selection & unreliable clients", "Personalization", "Attack", "Communication",
-        "Secure aggregation", "Advanced",
+        "NGSS rubric scoring", "Aggregation strategy", "Selection & unreliable clients", "Personalization", "Attack",
+        "Communication", "Secure aggregation", "Advanced",
     ]  # fmt: skip
     assert {w.key for w in groups["Secure aggregation"].checkbox} == {"secure_aggregation"}
     for key, (section, name) in SCENARIO_KEYS.items():
@@ -777,3 +789,284 @@ def test_secure_aggregation_runs_show_their_protocol_cost_and_are_marked(store):
     assert strategy_text(ExperimentConfig.from_dict({"federation": {"secure_aggregation": True}}).to_dict()) == (
         "fedavg + secure aggregation"
     )
+
+
+# -- NGSS rubric scoring: sidebar, run view, centralized baseline, Score tab ----------------------------
+
+SCORE = ":material/grading: Score"
+NGSS_SETTINGS = {
+    "dataset": "ngss", "partition": "natural", "model": "tinyllama-lora", "num_clients": 9, "clients_per_round": 9,
+    "ngss_task": "anna_vs_carla", "lora_rank": 4, "lora_alpha": 16.0, "max_length": 64, "lora_targets": "q_proj",
+}  # fmt: skip
+
+
+def test_ngss_group_has_the_task_titles_text_model_options_and_a_csv_upload(store):
+    from ngss_data import TASKS
+
+    app = page()
+
+    group = {expander.label: expander for expander in app.sidebar.expander}["NGSS rubric scoring"]
+    assert {w.key for w in group.selectbox} == {"ngss_task"} and {w.key for w in group.checkbox} == {"pretrained"}
+    assert {w.key for w in group.number_input} == {"lora_rank", "lora_alpha", "lora_dropout", "max_length"}
+    assert app.selectbox(key="ngss_task").options == [task.title for task in TASKS.values()]
+    assert app.file_uploader(key="csv_upload").allowed_type == [".csv"]
+    assert any("synthetic responses — not real student data" in c.value for c in group.caption)
+    defaults = ExperimentConfig()
+    for key, (section, name) in NGSS_KEYS.items():
+        assert widget(app, key).value == getattr(getattr(defaults, section), name), key
+    assert "tinyllama-lora" in app.selectbox(key="model").help and "mnist" in app.selectbox(key="dataset").help
+
+
+def test_ngss_settings_with_pretrained_off_start_that_experiment(store, no_workers):
+    app = page()
+    fill(app, NGSS_SETTINGS)
+    app.checkbox(key="pretrained").uncheck()
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    expected = ExperimentConfig.from_dict({
+        "data": {"dataset": "ngss", "partition": "natural", "ngss_task": "anna_vs_carla"},
+        "model": {"name": "tinyllama-lora", "pretrained": False, "lora_rank": 4, "lora_alpha": 16.0, "max_length": 64,
+                  "lora_targets": "q_proj"},
+        "federation": {"num_clients": 9, "clients_per_round": 9},
+    })  # fmt: skip
+    assert ExperimentConfig.from_dict(experiment.config) == expected
+    assert no_workers == [(experiment.id,)] and not app.sidebar.error and not app.exception
+
+
+def lab_files(tmp_path: Path, task: str = "anna_vs_carla") -> tuple[bytes, bytes]:
+    """A two-school dataset in the lab's CSV layout: (train bytes, test bytes)."""
+    import ngss_data
+
+    generated = ngss_data.generate(task, seed=1)
+    pick = lambda split, n: ngss_data.NgssSplit(split.texts[:n], split.labels[:n], split.schools[:n] % 2)  # noqa: E731
+    two = ngss_data.NgssDataset(task=task, label_names=generated.label_names, source="imported",
+                                school_names=["North", "South"], train=pick(generated.train, 40),
+                                test=pick(generated.test, 10))  # fmt: skip
+    train, test = ngss_data.write_csv(two, tmp_path / "written")
+    return train.read_bytes(), test.read_bytes()
+
+
+def test_a_valid_csv_upload_is_saved_under_its_digest_and_started(store, no_workers, tmp_path):
+    import hashlib
+
+    train, test = lab_files(tmp_path)
+    app = page()
+    fill(app, {"dataset": "csv", "partition": "natural", "model": "tinyllama-lora", "num_clients": 2,
+               "clients_per_round": 2, "data_dir": str(tmp_path / "data")})  # fmt: skip
+    app.file_uploader(key="csv_upload").set_value(
+        [("anna_vs_carla_train.csv", train, "text/csv"), ("anna_vs_carla_test.csv", test, "text/csv")]
+    )
+
+    app.button(key="start").click().run()
+
+    assert not app.sidebar.error and not app.exception
+    (experiment,) = store.list_experiments()
+    digest = hashlib.sha256()
+    for name, data in (("anna_vs_carla_train.csv", train), ("anna_vs_carla_test.csv", test)):
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    folder = tmp_path / "data" / "uploads" / digest.hexdigest()[:16]
+    assert experiment.config["data"]["csv_path"] == str(folder / "anna_vs_carla_train.csv")
+    assert (folder / "anna_vs_carla_train.csv").read_bytes() == train
+    assert (folder / "anna_vs_carla_test.csv").read_bytes() == test
+    assert sorted(p.name for p in (tmp_path / "data" / "uploads").iterdir()) == [folder.name]  # nothing partial
+    assert no_workers == [(experiment.id,)]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ([("lab_train.csv", b"text,E1\nhello,2\n")],
+         "Invalid CSV: lab_train.csv: line 2, column E1: '2' is not 0, 1 or -1 (-1 = unscored)"),
+        ([("lab_train.csv", b"text,E1\nhello,1\n"), ("other_test.csv", b"text,E1\nbye,0\n")],
+         "Invalid CSV: other_test.csv: the test file of lab_train.csv must be named lab_test.csv"),
+        ([("responses.csv", b"text,E1\nhello,1\n")],
+         "Invalid CSV: responses.csv: name the files {task}_train.csv and {task}_test.csv (letters, digits, _ . -)"),
+        ([], "Dataset csv needs the lab's files: upload {task}_train.csv (and optionally its _test.csv) under NGSS "
+             "rubric scoring."),
+    ],
+)  # fmt: skip
+def test_a_bad_csv_upload_shows_its_error_and_creates_nothing(store, no_workers, tmp_path, files, message):
+    app = page()
+    fill(app, {"dataset": "csv", "model": "tinyllama-lora", "data_dir": str(tmp_path / "data")})
+    if files:
+        app.file_uploader(key="csv_upload").set_value([(name, data, "text/csv") for name, data in files])
+
+    app.button(key="start").click().run()
+
+    assert [error.value for error in app.sidebar.error] == [message]
+    assert store.list_experiments() == [] and no_workers == [] and not (tmp_path / "data").exists()
+
+
+def test_the_same_upload_is_saved_once_and_a_test_file_needs_its_train_file(tmp_path):
+    import ngss_data
+    from app_pages.csv_upload import check_upload
+
+    train, test = lab_files(tmp_path)
+    upload = check_upload([("anna_vs_carla_test.csv", test), ("anna_vs_carla_train.csv", train)])
+
+    first, second = upload.save(tmp_path / "data"), upload.save(tmp_path / "data")
+
+    assert first == second == upload.train_path(tmp_path / "data") and first.read_bytes() == train
+    assert len(list((tmp_path / "data" / "uploads").iterdir())) == 1
+    saved, given = ngss_data.load_csv(first), ngss_data.load_csv(train, test)
+    assert saved.test.texts == given.test.texts and len(saved.test) == 10  # the saved test file is found beside
+    with pytest.raises(ngss_data.CsvImportError, match="a test file needs its anna_vs_carla_train.csv"):
+        check_upload([("anna_vs_carla_test.csv", test)])
+
+
+def test_an_invalid_config_with_a_valid_upload_writes_no_file(store, no_workers, tmp_path):
+    train, _ = lab_files(tmp_path)
+    app = page()
+    fill(app, {"dataset": "csv", "model": "cnn", "data_dir": str(tmp_path / "data")})  # cnn cannot read text
+    app.file_uploader(key="csv_upload").set_value(("anna_vs_carla_train.csv", train, "text/csv"))
+
+    app.button(key="start").click().run()
+
+    assert app.sidebar.error[0].value.startswith("Invalid configuration: data.dataset = 'csv' is rubric scoring")
+    assert store.list_experiments() == [] and not (tmp_path / "data").exists()
+
+
+def rubric_round(predictions: list[list[int]], labels: list[list[int]], schools: list[int]) -> dict:
+    import ngss_data
+
+    return ngss_data.rubric_metrics(np.array(predictions), np.array(labels), np.array(schools), ["North", "South"])
+
+
+LABELS = [[1, 0, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]]  # four test responses, three elements
+SCHOOLS = [0, 0, 1, 1]
+ROUND_PREDICTIONS = [
+    [[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]],
+    [[1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]],  # round 2: only response 3's E3 is wrong
+]
+NGSS_CONFIG = {
+    "data": {"dataset": "ngss", "partition": "natural"},
+    "model": {"name": "tinyllama-lora", "pretrained": False, "max_length": 32},
+    "federation": {"num_clients": 9, "clients_per_round": 9, "rounds": 2},
+    "system": {"seed": 5},
+}  # fmt: skip
+
+
+def fabricate_ngss(store: ExperimentStore, *, name: str = "balloons", **data) -> int:
+    """A finished 2-round NGSS run with rubric metrics per round and per school (2 schools), 9 clients of 66 kB."""
+    config = ExperimentConfig.from_dict({**NGSS_CONFIG, "data": {**NGSS_CONFIG["data"], **data}})
+    experiment_id = store.create_experiment(config.to_dict(), name=name)
+    store.mark_running(experiment_id)
+    source = "imported" if config.data.dataset == "csv" else "synthetic"
+    info = {"source": source, "task": "gas_filled_balloons", "labels": ["E1", "E2", "E3"],
+            "schools": ["North", "South"], "train_responses": 958, "test_responses": 4, "max_tokens": 32}  # fmt: skip
+    store.set_dataset_info(experiment_id, info | ({"csv_path": config.data.csv_path} if source == "imported" else {}))
+    update = 4 * (16_384 + 64 * 3)  # bytes of LoRA + head
+    for number, predictions in enumerate(ROUND_PREDICTIONS, start=1):
+        metrics = rubric_round(predictions, LABELS, SCHOOLS)
+        store.record_round(experiment_id, {
+            "round": number, "accuracy": metrics["per_label_accuracy"], "loss": 0.7 / number, "seconds": 2.0,
+            "eval_seconds": 0.5, "bytes_up": 9 * update, "bytes_down": 9 * update, "metrics": metrics,
+            "clients": [{"id": c, "num_examples": 20, "steps": 2, "loss": 0.6, "bytes_up": update,
+                         "bytes_down": update} for c in range(9)],
+        })  # fmt: skip
+    store.finish(experiment_id, "completed", final={"accuracy": metrics["per_label_accuracy"], "loss": 0.35})
+    return experiment_id
+
+
+def test_ngss_run_view_shows_rubric_metrics_schools_and_the_synthetic_badge(store):
+    fabricate_ngss(store)
+
+    app = page()
+
+    assert not app.exception
+    assert ":orange-badge[:material/science: Synthetic data]" in [markdown.value for markdown in app.markdown]
+    metrics = {metric.label: metric for metric in app.metric}
+    # round 2: 11 of 12 entries right (4/4, 4/4, 3/4 per label); all rows but one; 5 true positives and one false:
+    # micro-F1 2·5 / (2·5 + 1); the total score is one point off for one of four responses
+    assert (metrics["Per-label accuracy"].value, metrics["Per-label accuracy"].delta) == ("91.67%", "+16.67 pp")
+    assert (metrics["Exact match"].value, metrics["Exact match"].delta) == ("75.00%", "+50.00 pp")
+    assert metrics["Micro-F1"].value == f"{10 / 11:.3f}" and metrics["Score MAE"].value == "0.250"
+    assert "Accuracy" not in metrics and "16,576 values" in metrics["Data exchanged"].help
+    assert "TinyLLama-v0" in metrics["Data exchanged"].help
+    (schools,) = [frame.value for frame in app.dataframe if "School" in frame.value.columns]
+    assert schools["School"].tolist() == ["North", "South"] and schools["Responses"].tolist() == [2, 2]
+    assert schools["Exact match"].tolist() == [1.0, 0.5] and schools["Per-label accuracy"].tolist()[0] == 1.0
+    traces = chart_traces(app)
+    assert len(traces) == 8  # the six charts (rubric metrics first), the per-school heatmap, per element
+    per_label, exact = traces[0][:2]
+    assert per_label["y"] == pytest.approx([0.75, 11 / 12]) and exact["y"] == pytest.approx([0.25, 0.75])
+    heatmap, (accuracy, f1) = traces[6][0], traces[7]
+    assert heatmap["y"] == ["North", "South"] and accuracy["x"] == ["E1", "E2", "E3"]
+    assert accuracy["y"] == pytest.approx([1.0, 1.0, 0.75]) and f1["y"] == pytest.approx([1.0, 1.0, 2 / 3])
+
+
+def test_an_imported_run_names_its_file_and_history_says_what_data_each_run_used(store):
+    fabricate(store)
+    fabricate_ngss(store, name="lab", dataset="csv", csv_path="/lab/uploads/ab12/gas_filled_balloons_train.csv")
+    fabricate_ngss(store)
+
+    app = page(HISTORY)
+
+    assert app.dataframe[0].value["Data"].tolist() == [
+        "NGSS Gas Filled Balloons (synthetic)", "NGSS Gas Filled Balloons (imported)", "MNIST",
+    ]  # fmt: skip
+    app.selectbox(key="history_selected").set_value(app.dataframe[0].value["ID"][1]).run()
+    badges = [markdown.value for markdown in app.markdown if "badge" in markdown.value]
+    assert badges == [":blue-badge[:material/upload_file: Imported: gas_filled_balloons_train.csv]"]
+
+
+def test_centralized_baseline_pools_the_data_in_one_client_and_compares(store, no_workers):
+    federated = fabricate_ngss(store, name="balloons")
+    app = page(HISTORY)
+    assert "baseline" not in [button.key for button in app.button]  # no privacy to remove
+
+    app.button(key="centralized").click().run()
+
+    baseline = store.list_experiments()[0]
+    assert no_workers == [(baseline.id,)] and baseline.name == "balloons · centralized"
+    original = store.get_experiment(federated).config
+    federation = {**original["federation"], "num_clients": 1, "clients_per_round": 1, "strategy": "fedavg"}
+    assert baseline.config == {**original, "data": {**original["data"], "partition": "iid"}, "federation": federation}
+    assert app.session_state["view"] == COMPARE and not app.exception
+    assert app.multiselect(key="compare_ids").value == [federated, baseline.id]
+    accuracy, _, exact_match, micro_f1 = chart_traces(app)  # the baseline has no rounds yet
+    assert exact_match[0]["y"] == pytest.approx([0.25, 0.75]) and len(micro_f1) == 1
+
+
+def test_score_tab_without_stored_weights_says_how_to_get_them(store):
+    fabricate_ngss(store)
+
+    app = page(SCORE)
+
+    assert not app.exception and app.info[0].value.startswith("No NGSS run with a stored model yet")
+
+
+def test_score_tab_scores_pasted_and_uploaded_responses_with_the_stored_weights(store):
+    import torch
+
+    from model import flatten, get_parameters
+    from ngss_data import TASKS
+    from workloads import build_model, score_responses
+
+    experiment_id = fabricate_ngss(store)
+    config = ExperimentConfig.from_dict(store.get_experiment(experiment_id).config)
+    trained = flatten(get_parameters(build_model(config, 3, seed=config.system.seed)))  # the right size, seeded
+    trained = trained + 0.05 * torch.randn(trained.shape, generator=torch.Generator().manual_seed(0))
+    store.save_weights(experiment_id, trained.numpy().astype("<f4").tobytes(), trained.numel())
+    texts = ["Gases A and D are the same, both flammable with the same density.", "idk", "B and C differ"]
+    expected = score_responses(config, trained, texts)
+    app = page(SCORE)
+    elements = app.dataframe[0].value
+    assert elements.values.tolist() == [[e.label, e.meaning] for e in TASKS["gas_filled_balloons"].elements]
+
+    app.text_area(key="score_text").set_value(f"{texts[0]}\n\n  {texts[1]}  \n")
+    app.file_uploader(key="score_csv").set_value(("more.csv", f"id,Response\n7,{texts[2]}\n".encode(), "text/csv"))
+    app.button(key="score_submit").click().run()
+
+    assert not app.exception and not app.error
+    scores = app.dataframe[1].value
+    assert scores["Response"].tolist() == texts
+    probabilities = scores[[f"E{k} probability" for k in (1, 2, 3)]].to_numpy()
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
+    earned = (expected >= 0.5).astype(int)
+    assert scores[["E1", "E2", "E3"]].to_numpy().tolist() == earned.tolist()
+    assert scores["Total score"].tolist() == earned.sum(axis=1).tolist()
+    (download,) = [button for button in app.get("download_button") if button.proto.label == "Scores CSV"]
+    assert app.markdown[0].value == ":orange-badge[:material/science: Synthetic data]"

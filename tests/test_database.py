@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -27,6 +28,7 @@ from database import (
     ClientRound,
     Experiment,
     ExperimentStore,
+    ModelWeights,
     Round,
     resolve_url,
 )
@@ -195,7 +197,9 @@ def schema_differences(url: str) -> list:
 def test_a_new_database_is_created_at_the_newest_revision(db_url):
     ExperimentStore(db_url)
     engine = create_engine(db_url)
-    assert set(inspect(engine).get_table_names()) == {"alembic_version", "experiments", "rounds", "client_rounds"}
+    assert set(inspect(engine).get_table_names()) == {
+        "alembic_version", "experiments", "rounds", "client_rounds", "model_weights",
+    }  # fmt: skip
     engine.dispose()
     assert schema_differences(db_url) == []  # the models are exactly what the migrations build
 
@@ -346,3 +350,55 @@ def test_json_is_standard_and_the_same_on_every_backend(db_url):
     assert experiment.config == {"seed": 1, "nested": [1.5, {"x": None}]}
     assert experiment.audit == {"auc": None, "advantage": 0.25}
     assert experiment.final_epsilon == float("inf")  # a float column keeps infinity: ε of an un-noised run
+
+
+def test_final_weights_round_trip_replace_and_go_with_their_experiment(db_url):
+    store = ExperimentStore(db_url)
+    kept, deleted, without = (store.create_experiment({}) for _ in range(3))
+    values = np.linspace(-1.5, 2.5, 17_000, dtype=np.float32)
+    store.save_weights(kept, values.astype("<f4").tobytes(), values.size)
+    store.save_weights(deleted, np.ones(4, "<f4").tobytes(), 4)
+    store.save_weights(deleted, np.full(3, 2.0, "<f4").tobytes(), 3)  # a second save replaces the first
+
+    stored = ExperimentStore(db_url).load_weights(kept)
+    assert (stored.experiment_id, stored.num_values) == (kept, 17_000)
+    assert stored.values().dtype == np.float32 and np.array_equal(stored.values(), values)
+    assert store.load_weights(deleted).values().tolist() == [2.0, 2.0, 2.0]
+    assert store.load_weights(without) is None
+    assert store.experiments_with_weights() == {kept, deleted}
+    store.delete_experiment(deleted)
+    assert store.experiments_with_weights() == {kept}
+    with store.engine.begin() as connection:  # the database's own cascade, without the store
+        connection.execute(delete(Experiment).where(Experiment.id == kept))
+        assert connection.scalar(select(func.count()).select_from(ModelWeights)) == 0
+
+
+def test_weights_of_the_wrong_size_or_for_no_experiment_are_refused(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({})
+    with pytest.raises(ValueError, match="10 bytes are not 3 float32 values"):
+        store.save_weights(experiment_id, b"0" * 10, 3)
+    with pytest.raises(KeyError):
+        store.save_weights(999, np.ones(2, "<f4").tobytes(), 2)
+    assert store.experiments_with_weights() == set()
+
+
+def test_a_database_at_the_first_revision_gains_the_weights_table_and_keeps_its_rows(db_url):
+    engine = create_engine(db_url)
+    with migration_lock(engine) as connection:
+        command.upgrade(alembic_config(connection), "0001")
+    with engine.begin() as connection:
+        assert "model_weights" not in inspect(connection).get_table_names()
+        connection.execute(text(
+            "INSERT INTO experiments (id, name, status, config, runtime, created_at, code_version, stop_requested) "
+            "VALUES (5, 'before', 'completed', '{}', 'in-process', '2026-01-01 00:00:00', 'abc', false)"
+        ))  # fmt: skip
+    engine.dispose()
+
+    store = ExperimentStore(db_url)
+
+    assert [(e.id, e.name) for e in store.list_experiments()] == [(5, "before")]
+    assert store.load_weights(5) is None
+    store.save_weights(5, np.arange(3, dtype="<f4").tobytes(), 3)
+    assert store.load_weights(5).values().tolist() == [0.0, 1.0, 2.0]
+    assert schema_differences(db_url) == []

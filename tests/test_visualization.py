@@ -367,3 +367,93 @@ def test_federation_figures_without_data_are_empty_with_a_note(make, empty):
 
     assert len(figure.data) == 0
     assert [annotation.text for annotation in figure.layout.annotations] == ["no data yet"]
+
+
+# -- NGSS rubric scoring --------------------------------------------------------------
+
+
+def rubric(per_label: float, exact: float, micro: float, mae: float, **extra) -> dict:
+    """A round's `metrics` as ngss_data.rubric_metrics writes them (only the keys the figures read)."""
+    return {"per_label_accuracy": per_label, "exact_match": exact, "micro_f1": micro, "macro_f1": micro - 0.1,
+            "score_mae": mae, **extra}  # fmt: skip
+
+
+def test_rubric_rows_take_the_metrics_of_rubric_rounds_only():
+    rounds = pd.DataFrame({
+        "experiment_id": [4, 4, 5, 6],
+        "round": [2, 1, 1, 1],
+        "metrics": [rubric(0.8, 0.5, 0.7, 0.4), rubric(0.7, 0.25, 0.6, None), None, {"other": 1.0}],
+    })  # fmt: skip
+
+    rows = viz.rubric_rows(rounds)
+
+    assert rows[["experiment_id", "round"]].values.tolist() == [[4, 2], [4, 1]]  # MNIST rounds have none
+    assert rows["exact_match"].tolist() == [0.5, 0.25]
+    assert rows["macro_f1"].tolist() == pytest.approx([0.6, 0.5])
+    assert rows["score_mae"].iloc[0] == 0.4 and np.isnan(rows["score_mae"].iloc[1])  # None: no scored rows
+    assert viz.rubric_rows(pd.DataFrame({"experiment_id": [], "round": [], "metrics": []})).empty
+
+
+def test_rubric_figure_plots_the_shares_on_the_left_and_the_score_error_on_the_right():
+    rows = viz.rubric_rows(pd.DataFrame({
+        "experiment_id": [4, 4], "round": [2, 1],
+        "metrics": [rubric(0.8, 0.5, 0.7, 0.4), rubric(0.7, 0.25, 0.6, 0.9)],
+    }))  # fmt: skip
+
+    figure = viz.rubric_figure(rows)
+
+    assert [trace.name for trace in figure.data] == ["per-label accuracy", "exact match", "micro-F1", "score MAE"]
+    assert xy(figure.data[0]) == ([1, 2], [0.7, 0.8])
+    assert xy(figure.data[1]) == ([1, 2], [0.25, 0.5])
+    assert xy(figure.data[3]) == ([1, 2], [0.9, 0.4]) and figure.data[3].yaxis == "y2"
+    assert figure.layout.yaxis2.overlaying == "y" and figure.layout.yaxis.tickformat == ".0%"
+    assert figure.layout.annotations == ()  # "no data yet" only when empty
+    assert viz.rubric_figure(rows.iloc[:0]).layout.annotations[0].text == "no data yet"
+
+
+def test_rubric_overlay_draws_one_line_per_experiment():
+    rows = viz.rubric_rows(pd.DataFrame({
+        "experiment_id": [4, 9, 4], "round": [1, 1, 2],
+        "metrics": [rubric(0.7, 0.25, 0.6, 0.9), rubric(0.75, 0.3, 0.65, 0.8), rubric(0.8, 0.5, 0.7, 0.4)],
+    }))  # fmt: skip
+
+    figure = viz.rubric_overlay_figure(rows, "exact_match", {4: "federated", 9: "centralized"})
+
+    assert [(trace.name, *xy(trace)) for trace in figure.data] == [
+        ("federated", [1, 2], [0.25, 0.5]), ("centralized", [1], [0.3]),
+    ]  # fmt: skip
+    assert figure.layout.title.text == "Exact match"
+
+
+PER_GROUP = {
+    "School A": {**rubric(0.9, 0.6, 0.8, 0.5), "num_examples": 30},
+    "School B": {**rubric(0.6, 0.2, 0.5, 1.25), "num_examples": 12},
+}
+
+
+def test_school_frame_and_heatmap_show_each_school_of_the_last_round():
+    schools = viz.school_frame({"per_group": PER_GROUP})
+
+    assert schools["school"].tolist() == ["School A", "School B"] and schools["examples"].tolist() == [30, 12]
+    assert schools["score_mae"].tolist() == [0.5, 1.25]
+    figure = viz.school_heatmap(schools)
+    (heatmap,) = figure.data
+    assert list(heatmap.x) == ["per-label accuracy", "exact match", "micro-F1", "macro-F1"]
+    assert list(heatmap.y) == ["School A", "School B"]
+    np.testing.assert_allclose(heatmap.z, [[0.9, 0.6, 0.8, 0.7], [0.6, 0.2, 0.5, 0.4]])
+    assert np.asarray(heatmap.customdata).tolist() == [[30] * 4, [12] * 4]  # responses, for the hover
+    assert (heatmap.zmin, heatmap.zmax) == (0, 1)
+    assert viz.school_frame(None).empty and viz.school_heatmap(viz.school_frame({})).data == ()
+
+
+def test_label_figure_shows_accuracy_and_f1_per_rubric_element():
+    metrics = {"label_accuracy": [0.9, 0.75, None], "label_f1": [0.8, 0.5, None]}
+
+    figure = viz.label_figure(metrics, ["E1", "E2", "E4"])
+
+    accuracy, f1 = figure.data
+    assert (accuracy.name, list(accuracy.x)) == ("accuracy", ["E1", "E2", "E4"])
+    assert list(accuracy.y)[:2] == [0.9, 0.75] and np.isnan(accuracy.y[2])  # E4 had no scored response
+    assert list(f1.y)[:2] == [0.8, 0.5]
+    assert [trace.name for trace in viz.label_figure(metrics, []).data] == ["accuracy", "F1"]
+    assert list(viz.label_figure(metrics, []).data[0].x) == ["E1", "E2", "E3"]  # no names: numbered
