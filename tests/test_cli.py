@@ -6,6 +6,7 @@ import sys
 import threading
 import types
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -64,6 +65,9 @@ def test_run_json_prints_rounds_then_the_experiment_id(db_url):
     shown = json.loads(cli("show", str(final["experiment_id"]), "--json", "--db", db_url).stdout)
     assert [r["round"] for r in shown["rounds"]] == [1, 2] and shown["config"]["model"]["name"] == "mlp"
     assert "completed" in cli("list", "--db", db_url).stdout
+    assert final["weights"] is None and store.load_weights(final["experiment_id"]) is None  # image models: none
+    scored = cli("score", str(final["experiment_id"]), "--text", "a response", "--db", db_url)
+    assert scored.returncode == 1 and "has no stored weights" in scored.stderr
 
 
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
@@ -250,3 +254,65 @@ def test_sigterm_to_a_sweep_worker_stops_the_current_run_and_the_queue(db_url):
     assert stopped.status == "stopped" and 1 <= stopped.rounds_done < 200
     assert never_started.status == "stopped" and never_started.rounds_done == 0
     assert "before this run started" in never_started.stop_reason
+
+
+TEXT = [
+    "--set", "data.dataset=ngss", "--set", "data.partition=natural", "--set", "model.name=tinyllama-lora",
+    "--set", "model.pretrained=false", "--set", "model.max_length=32", "--set", "federation.num_clients=9",
+    "--set", "federation.clients_per_round=9", "--set", "federation.rounds=1", "--set", "federation.batch_size=16",
+    "--set", "data.max_train_examples=90", "--set", "data.max_test_examples=30", "--set", "system.num_workers=1",
+    "--set", "privacy.audit_examples=0",
+]  # fmt: skip
+
+
+def test_a_text_run_stores_its_final_weights_and_score_applies_them(db_url):
+    from ngss_data import TASKS
+
+    result = cli("run", "--json", "--db", db_url, *TEXT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(result.stdout.splitlines()[-1])
+    experiment_id = final["experiment_id"]
+    stored = ExperimentStore(db_url).load_weights(experiment_id)
+    assert final["weights"] == {"values": 16_384 + 64 * 3} == {"values": stored.num_values}  # LoRA + 3-label head
+    assert np.isfinite(stored.values()).all() and np.abs(stored.values()).max() > 0
+
+    texts = ["Gases A and D are the same: both flammable, same density.", "idk"]
+    scored = cli("score", str(experiment_id), "--json", "--db", db_url, "--text", texts[0], "--text", texts[1])
+
+    assert scored.returncode == 0, scored.stderr
+    rows = [json.loads(line) for line in scored.stdout.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    elements = TASKS["gas_filled_balloons"].elements
+    for row in rows:
+        assert [(e["label"], e["meaning"]) for e in row["elements"]] == [(e.label, e.meaning) for e in elements]
+        assert all(e["predicted"] == int(e["probability"] >= 0.5) for e in row["elements"])
+        assert row["total_score"] == sum(e["predicted"] for e in row["elements"])
+    plain = cli("score", str(experiment_id), "--db", db_url, "--text", texts[1]).stdout
+    probability = rows[1]["elements"][0]["probability"]
+    assert plain.startswith("idk\n  total score ") and f"E1   {probability:.3f}  " in plain
+
+
+def test_a_failure_to_store_the_weights_keeps_the_run(db_url, monkeypatch):
+    import io
+
+    import cli as cli_module
+    from experiment_config import ExperimentConfig
+
+    def broken(self, experiment_id, tensor_bytes, num_values):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ExperimentStore, "save_weights", broken)
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TEXT if a != "--set"])
+    experiment_id = store.create_experiment(config.to_dict())
+    out = io.StringIO()
+
+    no_signal_handlers = types.SimpleNamespace(new_run=threading.Event)  # leave pytest's handlers alone
+    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True, signals=no_signal_handlers)
+
+    final = json.loads(out.getvalue().splitlines()[-1])
+    assert code == 0 and final["status"] == "completed"
+    assert final["weights"] == {"error": "could not store the final weights: OSError: disk full"}
+    experiment = store.get_experiment(experiment_id)
+    assert (experiment.status, experiment.rounds_done, experiment.error) == ("completed", 1, None)
+    assert store.load_weights(experiment_id) is None
