@@ -67,6 +67,7 @@ class TaskOutcome:
     history: tuple[tuple[float, float, int], ...] = ()
     seconds: float = 0.0  # wall-clock training time of this client
     validation_accuracy: float | None = None  # on task.holdout, with the client's new weights
+    error: str = ""  # the client failed (an exception in its training): its row holds no update
 
 
 class LocalObjective:
@@ -219,14 +220,21 @@ class ClientTrainer:
                 learning_rate=settings.learning_rate,
             )  # fmt: skip
         labels = self._labels(task.flip_labels)
-        if settings.local_dp:
+        if settings.local_dp:  # an error here fails the run: the steps it took may not be in its accountant
             outcome = self._run_private(task, labels, objective)
         else:
-            steps, loss = train_client(
-                self.model, self.train_x, labels, task.indices,
-                local_epochs=settings.local_epochs, batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps, objective=objective,
-            )  # fmt: skip
+            try:
+                steps, loss = train_client(
+                    self.model, self.train_x, labels, task.indices,
+                    local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+                    learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps,
+                    objective=objective,
+                )  # fmt: skip
+            except Exception as error:  # a faulty client: the server excludes it and goes on
+                out.copy_(global_weights)
+                return TaskOutcome(
+                    task, 0, 0.0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}"
+                )
             outcome = TaskOutcome(task, steps, loss)
         torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
         validation = None
@@ -320,7 +328,7 @@ def _worker_main(
 def _warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """One forward/backward pass, discarded: torch's one-time kernel set-up happens here,
     at start-up, instead of inside the first round's timing."""
-    nn.functional.cross_entropy(model(x), y).backward()
+    objectives.batch_loss(model(x), y).backward()
     model.zero_grad(set_to_none=True)
 
 

@@ -178,13 +178,14 @@ class ClientRound(Base):
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
     # ok | partial (straggler, fewer steps) | lost (trained, update never arrived) |
-    # dropped (never started) | late (past the deadline, dropped)
+    # dropped (never started) | late (past the deadline, dropped) | failed (raised or sent NaN/inf: excluded)
     status: Mapped[str] = mapped_column(String(16), default="ok")
     malicious: Mapped[bool] = mapped_column(Boolean, default=False)
     bytes_up: Mapped[int] = mapped_column(Integer, default=0)
     bytes_down: Mapped[int] = mapped_column(Integer, default=0)
     simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     validation_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")  # why a failed client was excluded
 
 
 class ModelWeights(Base):
@@ -397,6 +398,7 @@ class ExperimentStore:
                     bytes_down=int(client.get("bytes_down", 0)),
                     simulated_seconds=float(client.get("simulated_seconds", 0.0)),
                     validation_accuracy=client.get("validation_accuracy"),
+                    error=str(client.get("error", "")),
                 )
                 for client in result.get("clients", [])
             ]
@@ -532,10 +534,10 @@ class ExperimentStore:
 
     def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
         """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
-        sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy."""
+        sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error."""
         columns = [
             "round", "client_id", "num_examples", "steps", "loss", "epsilon", "sample_rate", "status",
-            "malicious", "bytes_up", "bytes_down", "simulated_seconds", "validation_accuracy",
+            "malicious", "bytes_up", "bytes_down", "simulated_seconds", "validation_accuracy", "error",
         ]  # fmt: skip
         with self.sessions() as session:
             rows = session.execute(

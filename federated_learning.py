@@ -49,6 +49,7 @@ from workloads import build_model, is_text, load_data, model_options
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "run_experiment"]
 
 EVAL_BATCH = 1000
+NON_FINITE = "returned non-finite weights (NaN or inf): its training diverged; lower the learning rate"
 AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
 ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
 
@@ -66,13 +67,15 @@ class ClientResult:
     epsilon: float = 0.0
     sample_rate: float = 0.0
     # ok | partial (straggler: fewer steps) | lost (trained; update never arrived) |
-    # dropped (never started) | late (could not finish before the deadline; dropped)
+    # dropped (never started) | late (could not finish before the deadline; dropped) |
+    # failed (its training raised, or it returned NaN/inf: excluded, `error` says why)
     status: str = "ok"
     malicious: bool = False
     bytes_up: int = 0  # after compression
     bytes_down: int = 0
     simulated_seconds: float = 0.0  # download + compute at its speed + upload, over its simulated link
     validation_accuracy: float | None = None  # its new local model on its own held-out split
+    error: str = ""  # why a failed client was excluded
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class FederatedRun:
         self.trained_clients: set[int] = set()  # every client that has trained in some round
         self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
         self.secagg_stats: dict[str, Any] | None = None  # the last round's secure-aggregation statistics
+        self.failures: dict[int, str] = {}  # this round's faulty clients: why each was excluded
 
     def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
         """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
@@ -332,6 +336,7 @@ class FederatedRun:
                     break
                 started = time.perf_counter()
                 self.secagg_stats = None
+                self.failures = {}
                 statuses = self._plan_round(round_number, clients)
                 clip_norm = self.clip_norm
                 global_weights, outcomes, arrivals, skipped = self._train_and_aggregate(
@@ -415,13 +420,14 @@ class FederatedRun:
                     trainer.corrections[task.slot].copy_(self.strategy.client_correction(task.client_id, global_weights))
             for outcome in trainer.train(global_weights, chunk):
                 client, row = outcome.task.client_id, trainer.results[outcome.task.slot]
-                if not torch.isfinite(row).all():
-                    raise RuntimeError(
-                        f"client {client} returned non-finite weights in round {round_number}: training diverged "
-                        "(lower the learning rate; with central DP, use more clients per round so the server "
-                        "noise σC/(q·n) per weight is smaller)"
-                    )
                 outcomes.append(outcome)
+                if failure := outcome.error or ("" if torch.isfinite(row).all() else NON_FINITE):
+                    self.failures[client] = failure  # excluded: like a client lost after the key exchange
+                    if aggregator is not None:
+                        aggregator.add(client, torch.zeros_like(global_weights), lost=True)
+                    elif secure:
+                        lost_rows[client] = torch.zeros_like(global_weights)
+                    continue
                 if self.head_size:
                     self.heads[client] = row[-self.head_size :].clone()  # stays on the client
                 if statuses[client][0] == "lost":
@@ -554,9 +560,11 @@ class FederatedRun:
         clients, simulated, epsilon, sample_rate, privacy_steps = [], 0.0, 0.0, 0.0, 0
         for client, (status, _limit) in statuses.items():
             profile, outcome = self.profiles[client], by_client.get(client)
+            failure = self.failures.get(client, "")
             common = dict(
-                status=status, malicious=profile.malicious, num_examples=len(self.partitions[client]), id=client,
-                epsilon=self.client_epsilons.get(client, 0.0),
+                status="failed" if failure else status, malicious=profile.malicious,
+                num_examples=len(self.partitions[client]), id=client, epsilon=self.client_epsilons.get(client, 0.0),
+                error=failure,
             )  # fmt: skip
             if outcome is None:  # dropped before training, or too late to start
                 late = status == "late"
@@ -580,7 +588,7 @@ class FederatedRun:
             if client in arrivals:
                 simulated = max(simulated, client_seconds)
             clients.append(ClientResult(
-                steps=steps, loss=outcome.loss, sample_rate=rate, bytes_up=up, bytes_down=down_bytes,
+                steps=steps, loss=0.0 if failure else outcome.loss, sample_rate=rate, bytes_up=up, bytes_down=down_bytes,
                 simulated_seconds=client_seconds, validation_accuracy=outcome.validation_accuracy, **common,
             ))  # fmt: skip
         if plan.mode == "local":

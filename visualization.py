@@ -35,13 +35,14 @@ PALETTE = (
     "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
 )  # fmt: skip
 # What happened to a selected client in a round (database.ClientRound.status), in the status grid's order.
-CLIENT_STATUSES = ("ok", "partial", "lost", "late", "dropped")
+CLIENT_STATUSES = ("ok", "partial", "lost", "late", "dropped", "failed")
 STATUS_COLORS = {
     "ok": "#16a34a",  # trained, update arrived
     "partial": "#eab308",  # straggler: fewer local steps, arrived
     "lost": "#f97316",  # trained, update never arrived
     "late": "#9333ea",  # could not finish before the deadline
     "dropped": "#9ca3af",  # never started
+    "failed": "#dc2626",  # raised, or sent NaN/inf: excluded
 }
 ARRIVED_STATUSES = ("ok", "partial")
 ABSENT_STATUSES = ("dropped", "late")  # selected, but never trained: steps 0, loss 0

@@ -402,3 +402,17 @@ def test_a_database_at_the_first_revision_gains_the_weights_table_and_keeps_its_
     store.save_weights(5, np.arange(3, dtype="<f4").tobytes(), 3)
     assert store.load_weights(5).values().tolist() == [0.0, 1.0, 2.0]
     assert schema_differences(db_url) == []
+
+
+def test_a_failed_clients_reason_is_stored(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({"federation": {"rounds": 1}})
+    store.record_round(experiment_id, {
+        "round": 1, "accuracy": 0.5, "loss": 1.0, "seconds": 1.0, "bytes_up": 1, "bytes_down": 1,
+        "clients": [
+            {"id": 0, "num_examples": 10, "steps": 1, "loss": 0.5},
+            {"id": 1, "num_examples": 10, "steps": 0, "loss": 0.0, "status": "failed", "error": "MemoryError: boom"},
+        ],
+    })  # fmt: skip
+    frame = store.client_rounds_frame(experiment_id)
+    assert frame["error"].tolist() == ["", "MemoryError: boom"] and frame["status"].tolist() == ["ok", "failed"]

@@ -532,3 +532,49 @@ def test_secure_aggregation_with_too_few_survivors_skips_the_round(mnist):
     assert any(c.status == "lost" for c in result.clients)
     assert result.skipped.startswith("secure aggregation failed")
     assert torch.equal(flatten(get_parameters(run.model)), start)
+
+
+# -- faulty clients ----------------------------------------------------------------------------
+
+
+def test_a_client_that_raises_or_returns_nan_is_excluded_and_the_run_goes_on(mnist, monkeypatch):
+    import client_trainers
+
+    config = federation_config(rounds=2, num_clients=4, clients_per_round=4)
+    run = FederatedRun(config, data=mnist)
+    crashing, diverging = run.partitions[1][0], run.partitions[2][0]
+    real_train = client_trainers.train_client
+
+    def faulty(model, train_x, train_y, indices, **kwargs):
+        if indices[0] == crashing:
+            raise MemoryError("out of memory on this device")
+        steps, loss = real_train(model, train_x, train_y, indices, **kwargs)
+        if indices[0] == diverging:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return steps, loss
+
+    monkeypatch.setattr(client_trainers, "train_client", faulty)
+    results = list(run.rounds())
+    for result in results:
+        by_id = {c.id: c for c in result.clients}
+        assert by_id[1].status == "failed" and "MemoryError: out of memory" in by_id[1].error
+        assert by_id[2].status == "failed" and "non-finite" in by_id[2].error
+        assert {by_id[0].status, by_id[3].status} == {"ok"} and result.skipped == ""
+    assert torch.isfinite(flatten(get_parameters(run.model))).all()
+    assert results[-1].accuracy > 0.6  # the two healthy clients still train it
+
+
+def test_too_few_healthy_clients_skip_the_round_under_min_clients(mnist, monkeypatch):
+    import client_trainers
+
+    def always_raises(*args, **kwargs):
+        raise RuntimeError("corrupt local data")
+
+    monkeypatch.setattr(client_trainers, "train_client", always_raises)
+    run = FederatedRun(federation_config(rounds=1, min_clients=2), data=mnist)
+    start = flatten(get_parameters(run.model)).clone()
+    (result,) = list(run.rounds())
+    assert all(c.status == "failed" for c in result.clients)
+    assert "fewer than federation.min_clients = 2" in result.skipped
+    assert torch.equal(flatten(get_parameters(run.model)), start)
