@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -434,7 +434,7 @@ class ExperimentConfig:
         sections = {}
         for name, values in raw.items():
             if name not in SECTIONS:
-                raise ValueError(f"unknown config section {name!r}; sections: {', '.join(SECTIONS)}")
+                raise ValueError(f"unknown config section {_shown(name)}; sections: {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
                 raise ValueError(f"config section {name!r} must be a table, got {type(values).__name__}")
             sections[name] = _build_section(name, SECTIONS[name], values)
@@ -444,16 +444,26 @@ class ExperimentConfig:
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         try:
             with open(path, "rb") as handle:
-                raw = tomllib.load(handle)
+                data = handle.read()
         except FileNotFoundError:
             raise ValueError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+        except (OSError, ValueError) as error:  # a folder, no permission, a NUL in the name
+            reason = getattr(error, "strerror", None) or error
+            raise ValueError(f"config file {path} cannot be read: {reason}") from None
+        try:
+            raw = tomllib.loads(data.decode("utf-8"))
+        # TOMLDecodeError, not UTF-8 and an integer past Python's 4300-digit limit are ValueErrors.
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"config file {path} is not valid TOML: {_problem(error)}") from None
         return cls.from_dict(raw)
 
     @classmethod
-    def from_json(cls, text: str) -> ExperimentConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes) -> ExperimentConfig:
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as error:  # as in from_toml
+            raise ValueError(f"config is not valid JSON: {_problem(error)}") from None
+        return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -468,9 +478,9 @@ class ExperimentConfig:
             dotted, sep, text = assignment.partition("=")
             section, dot, key = dotted.strip().partition(".")
             if not sep or not dot or not key:
-                raise ValueError(f"--set expects section.key=value, got {assignment!r}")
+                raise ValueError(f"--set expects section.key=value, got {_shown(assignment)}")
             if section not in SECTIONS:
-                raise ValueError(f"unknown config section {section!r} in {assignment!r}")
+                raise ValueError(f"unknown config section {_shown(section)} in {_shown(assignment)}")
             raw[section][key.strip()] = _parse_scalar(text.strip())
         return ExperimentConfig.from_dict(raw)
 
@@ -483,49 +493,73 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
     for key in values:
         if key not in known:
-            raise ValueError(f"unknown key {name}.{key}; keys: {', '.join(known)}")
+            shown = key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _shown(key)
+            raise ValueError(f"unknown key {name}.{shown}; keys: {', '.join(known)}")
     coerced = {}
     for key, value in values.items():
-        # TOML and JSON write 1 for 1.0: accept ints where a float is expected.
+        # TOML and JSON write 1 for 1.0: accept ints where a float is expected (one past the
+        # float range stays an int, which validation refuses as out of range).
         if known[key].type == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value) if abs(value) <= sys.float_info.max else value
         coerced[key] = value
     return cls(**coerced)
 
 
 def _parse_scalar(text: str) -> Any:
+    """`text` as a TOML value if it is exactly one, else the string itself."""
     try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
+        parsed = tomllib.loads(f"value = {text}")
+    except (ValueError, RecursionError):  # as in from_toml
         return text
+    return parsed["value"] if len(parsed) == 1 else text  # "5\nx = 3" is not one value
+
+
+_SHOWN_CHARS = 80  # of a bad value in an error message
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for an error message: one line, at most about 80 characters, and never
+    raising (an int past Python's 4300-digit str limit, a list nested past the recursion limit)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS - 3]}..."
+
+
+def _problem(error: BaseException) -> str:
+    """A parser's error on one line (RecursionError says nothing about the input)."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(error).split())
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...], later: set[str] | None = None) -> None:
     if later and value in later:
         raise ValueError(f"{name} = {value!r} is not available in this version; available: {', '.join(allowed)}")
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}")
 
 
 def _integer(name: str, value: Any, *, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {_shown(value)}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+        raise ValueError(f"{name} must be in [{low}, {high}], got {_shown(value)}")
 
 
 def _number(name: str, value: Any, *, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+        raise ValueError(f"{name} must be a number, got {_shown(value)}")
+    if not low <= value <= high:  # NaN fails this too; an int is compared exactly, however large
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {_shown(value)}")
 
 
 def _boolean(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {_shown(value)}")
 
 
 def _string(name: str, value: Any) -> None:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {value!r}")
+        raise ValueError(f"{name} must be a string, got {_shown(value)}")

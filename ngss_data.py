@@ -631,14 +631,15 @@ def _read_text(source: str | Path | bytes, role: str, max_bytes: int) -> tuple[s
         data = path.read_bytes()
     if len(data) > max_bytes:
         raise CsvImportError(f"{name}: {len(data) / 2**20:.1f} MiB is over the {limit} limit")
-    if not data.strip():
-        raise CsvImportError(f"{name}: the file is empty")
     try:
-        return name, data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise CsvImportError(
             f"{name}: not UTF-8 text (invalid byte at offset {error.start}); save it as 'CSV UTF-8'"
         ) from None
+    if not text.strip():  # after decoding: a byte-order mark alone is empty too
+        raise CsvImportError(f"{name}: the file is empty")
+    return name, text
 
 
 def _label_value(name: str, line: int, column: str, cell: str) -> int:
