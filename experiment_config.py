@@ -218,12 +218,14 @@ class FederationConfig:
                 f"{self.strategy!r} needs each update. Use one of {', '.join(SUM_STRATEGIES)}"
             )
         needs_holdout = [
-            name for name, on in (("personalization", self.personalization != "none"),
-                                  ("adaptive_weighting", self.strategy == "adaptive_weighting")) if on
+            text for text, on in (
+                (f"federation.personalization = {self.personalization!r}", self.personalization != "none"),
+                ("federation.strategy = 'adaptive_weighting'", self.strategy == "adaptive_weighting"),
+            ) if on
         ]  # fmt: skip
         if needs_holdout and self.client_holdout <= 0:
             raise ValueError(
-                f"federation.{needs_holdout[0]} needs each client's own held-out split: "
+                f"{needs_holdout[0]} needs each client's own held-out split: "
                 "set federation.client_holdout > 0 (e.g. 0.1)"
             )
 
