@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import ngss_data
+import ngss_csv
 from conftest import REPO
 from experiment_config import (
     ACCOUNTANTS,
@@ -588,7 +588,7 @@ def test_oversized_input_is_refused_before_it_is_parsed_or_read(data, max_bytes)
         raise AssertionError("parsed or read an oversized file")
 
     with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as folder:
-        patch.setattr(ngss_data, "_parse_table", never)
+        patch.setattr(ngss_csv, "_parse_table", never)
         with pytest.raises(CsvImportError, match="uploaded train file: .* over the .* limit"):
             load_csv(data, max_bytes=max_bytes)
         path = Path(folder) / "big_train.csv"

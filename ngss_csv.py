@@ -1,0 +1,234 @@
+"""The lab's CSV format for NGSS responses (NGSS.md, "Real data"): `load_csv` imports and
+validates a train file (and its test file), `write_csv` writes a dataset back. Every failure is a
+`CsvImportError` naming the file, and nothing is half-imported."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ngss_tasks import NgssDataset, NgssSplit
+
+# ----------------------------------------------------------------------------- CSV import / export
+
+
+class CsvImportError(ValueError):
+    """A CSV file that cannot be imported; the message names the file and, where it helps, the line/column."""
+
+
+_LABEL_COLUMN = re.compile(r"[Ee]\d+")
+_TEXT_COLUMNS = ("text", "response")
+_GROUP_COLUMNS = ("group", "school")
+_SPLIT_FILE = re.compile(r"(?P<slug>.+)_(?P<split>train|test)\.csv", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One parsed file: texts, (N, K) int8 labels, label names, and group names per row (or None)."""
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    groups: list[str] | None
+
+
+def _read_text(source: str | Path | bytes, role: str, max_bytes: int) -> tuple[str, str]:
+    """(display name, decoded text) of a path or uploaded bytes, size- and encoding-checked."""
+    limit = f"{max_bytes / 2**20:.1f} MiB"
+    if isinstance(source, (bytes, bytearray)):
+        name, data = f"uploaded {role} file", bytes(source)
+    else:
+        path = Path(source).expanduser()
+        name = str(path)
+        if not path.is_file():
+            raise CsvImportError(f"{name}: no such file")
+        if path.stat().st_size > max_bytes:
+            raise CsvImportError(f"{name}: {path.stat().st_size / 2**20:.1f} MiB is over the {limit} limit")
+        data = path.read_bytes()
+    if len(data) > max_bytes:
+        raise CsvImportError(f"{name}: {len(data) / 2**20:.1f} MiB is over the {limit} limit")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CsvImportError(
+            f"{name}: not UTF-8 text (invalid byte at offset {error.start}); save it as 'CSV UTF-8'"
+        ) from None
+    if not text.strip():  # after decoding: a byte-order mark alone is empty too
+        raise CsvImportError(f"{name}: the file is empty")
+    return name, text
+
+
+def _label_value(name: str, line: int, column: str, cell: str) -> int:
+    value = cell.strip()
+    if value in ("0", "1", "-1"):
+        return int(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if number in (0.0, 1.0, -1.0):  # "1.0" from a spreadsheet
+        return int(number)
+    shown = repr(cell) if cell.strip() else "an empty cell"
+    raise CsvImportError(f"{name}: line {line}, column {column}: {shown} is not 0, 1 or -1 (-1 = unscored)")
+
+
+def _parse_table(name: str, text: str) -> _Table:
+    """Validate and parse the lab's layout: text column, E* columns, optional Group/school column."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [column.strip() for column in next(reader)]
+        records = [(reader.line_num, row) for row in reader if row]
+    except csv.Error as error:
+        raise CsvImportError(f"{name}: line {reader.line_num}: not valid CSV ({error})") from None
+    lowered = [column.lower() for column in header]
+    label_columns = [i for i, column in enumerate(header) if _LABEL_COLUMN.fullmatch(column)]
+    group_column = next((lowered.index(c) for c in _GROUP_COLUMNS if c in lowered), None)
+    text_column = next((lowered.index(c) for c in _TEXT_COLUMNS if c in lowered), 0)
+    if text_column in label_columns or text_column == group_column:
+        raise CsvImportError(
+            f"{name}: no text column: name it 'text' or 'response', or put the responses in the first column "
+            f"(the header is {', '.join(header)})"
+        )
+    if not label_columns:
+        raise CsvImportError(f"{name}: no rubric-element columns (E1, E2, ...) in the header {', '.join(header)}")
+    label_names = [header[i].upper() for i in label_columns]
+    if len(set(label_names)) < len(label_names):
+        raise CsvImportError(f"{name}: a rubric-element column appears twice: {', '.join(label_names)}")
+    if not records:
+        raise CsvImportError(f"{name}: the file has a header but no rows")
+    texts, labels, groups = [], np.zeros((len(records), len(label_columns)), dtype=np.int8), []
+    for row_index, (line, row) in enumerate(records):
+        if len(row) != len(header):
+            raise CsvImportError(f"{name}: line {line}: {len(row)} field(s), but the header has {len(header)}")
+        if not row[text_column].strip():
+            raise CsvImportError(f"{name}: line {line}: empty response text in column {header[text_column]!r}")
+        texts.append(row[text_column])
+        for k, i in enumerate(label_columns):
+            labels[row_index, k] = _label_value(name, line, header[i], row[i])
+        if group_column is not None:
+            group = row[group_column].strip()
+            if not group:
+                raise CsvImportError(f"{name}: line {line}: empty {header[group_column]!r} value")
+            groups.append(group)
+    return _Table(name, texts, labels, label_names, groups if group_column is not None else None)
+
+
+def _matched_test(train: _Table, test: _Table) -> _Table:
+    """The test table with its label columns in the train table's order; mismatches raise."""
+    if set(test.label_names) != set(train.label_names):
+        raise CsvImportError(
+            f"{test.name}: rubric-element columns {', '.join(test.label_names)} differ from "
+            f"{train.name}'s {', '.join(train.label_names)}"
+        )
+    if (train.groups is None) != (test.groups is None):
+        with_groups, without = (train, test) if train.groups is not None else (test, train)
+        raise CsvImportError(f"{without.name}: no Group/school column, but {with_groups.name} has one")
+    order = [test.label_names.index(label) for label in train.label_names]
+    return _Table(test.name, test.texts, test.labels[:, order], train.label_names, test.groups)
+
+
+def _split_off_test(
+    schools: np.ndarray, test_fraction: float, seed: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows), sorted: `test_fraction` of each school (at least one row of
+    any school with two or more), seeded."""
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for school in np.unique(schools):
+        rows = rng.permutation(np.flatnonzero(schools == school))
+        count = min(max(round(len(rows) * test_fraction), 1), len(rows) - 1)
+        test_rows.append(rows[:count])
+    test = np.sort(np.concatenate(test_rows))
+    if len(test) == 0:
+        raise CsvImportError(f"{name}: too few rows to split off a test set (give a test file)")
+    return np.setdiff1d(np.arange(len(schools)), test), test
+
+
+def _subset(texts: list[str], labels: np.ndarray, schools: np.ndarray, rows: np.ndarray) -> NgssSplit:
+    return NgssSplit([texts[i] for i in rows], labels[rows], schools[rows])
+
+
+def load_csv(
+    train: str | Path | bytes,
+    test: str | Path | bytes | None = None,
+    *,
+    task_name: str | None = None,
+    max_bytes: int = 20 * 1024 * 1024,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> NgssDataset:
+    """Import the lab's CSV files (NGSS.md, "Real data") as an NgssDataset with source "imported".
+
+    Layout: the response text in the first column (or a column named `text`/`response`),
+    one column per rubric element `E1`, `E2`, ... holding 0, 1 or -1 (unscored, kept as
+    -1), an optional `Group` or `school` column naming each row's school. Without `test`,
+    a path named `{slug}_train.csv` takes its sibling `{slug}_test.csv` if there is one;
+    otherwise `test_fraction` of each school is split off, seeded. Without a group column
+    every row is school 0 ("all") and `has_groups` is false. School indices follow the
+    sorted school names. Any problem raises `CsvImportError` and nothing is returned;
+    each file is read whole and at most `max_bytes` long.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    slug = None
+    if not isinstance(train, (bytes, bytearray)):
+        match = _SPLIT_FILE.fullmatch(Path(train).name)
+        slug = match.group("slug") if match else Path(train).stem
+        sibling = Path(train).with_name(f"{match.group('slug')}_test.csv") if match else None
+        if test is None and sibling is not None and sibling.is_file():
+            test = sibling
+    train_table = _parse_table(*_read_text(train, "train", max_bytes))
+    test_table = None
+    if test is not None:
+        test_table = _matched_test(train_table, _parse_table(*_read_text(test, "test", max_bytes)))
+    has_groups = train_table.groups is not None
+    tables = [train_table] + ([test_table] if test_table is not None else [])
+    school_names = sorted({g for table in tables for g in table.groups}) if has_groups else ["all"]
+    index = {school: i for i, school in enumerate(school_names)}
+
+    def schools_of(table: _Table) -> np.ndarray:
+        return np.array([index[g] for g in table.groups] if has_groups else [0] * len(table.texts), dtype=np.int64)
+
+    train_schools = schools_of(train_table)
+    if test_table is None:
+        train_rows, test_rows = _split_off_test(train_schools, test_fraction, seed, train_table.name)
+        train_split = _subset(train_table.texts, train_table.labels, train_schools, train_rows)
+        test_split = _subset(train_table.texts, train_table.labels, train_schools, test_rows)
+    else:
+        train_split = NgssSplit(train_table.texts, train_table.labels, train_schools)
+        test_split = NgssSplit(test_table.texts, test_table.labels, schools_of(test_table))
+    return NgssDataset(
+        task=task_name or slug or "imported",
+        label_names=train_table.label_names,
+        source="imported",
+        school_names=school_names,
+        train=train_split,
+        test=test_split,
+        has_groups=has_groups,
+    )
+
+
+def write_csv(dataset: NgssDataset, directory: str | Path) -> tuple[Path, Path]:
+    """Write `{task}_train.csv` and `{task}_test.csv` in the lab's layout (text, E*, Group);
+    `load_csv` on the train path reads the same dataset back. Returns (train path, test path)."""
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = (directory / f"{dataset.task}_train.csv", directory / f"{dataset.task}_test.csv")
+    header = ["text", *dataset.label_names] + (["Group"] if dataset.has_groups else [])
+    for path, split in zip(paths, (dataset.train, dataset.test)):
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for text, labels, school in zip(split.texts, split.labels.tolist(), split.schools.tolist()):
+                group = [dataset.school_names[school]] if dataset.has_groups else []
+                writer.writerow([text, *labels, *group])
+    return paths
