@@ -91,6 +91,8 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def quality(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the centralized run trains in this process
     for task in args.tasks.split(","):
         federated = ngss_config(task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr)
         centralized = federated.replace("data", partition="iid").replace(
@@ -122,6 +124,7 @@ def main() -> None:
     quality_parser.add_argument("--tasks", default="gas_filled_balloons,layers_in_test_tube")
     quality_parser.add_argument("--rounds", type=int, default=10)
     quality_parser.add_argument("--lr", type=float, default=0.5, help="the clients' SGD learning rate")
+    quality_parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     args = parser.parse_args()
     speed(args) if args.command == "speed" else quality(args)
 
