@@ -331,7 +331,7 @@ class FederatedRun:
         try:
             for round_number in range(1, federation.rounds + 1):
                 clients = self.sample_clients(round_number)
-                if (reason := self._budget_exhausted(round_number, clients)) is not None:
+                if (reason := self.budget_exhausted(round_number, clients)) is not None:
                     self.stop_reason = reason
                     break
                 started = time.perf_counter()
@@ -350,7 +350,7 @@ class FederatedRun:
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
                 accuracy, loss, metrics = self.evaluate_global()
-                yield self._round_result(
+                yield self.round_result(
                     round_number, statuses, outcomes, arrivals, accuracy=accuracy, loss=loss, seconds=seconds,
                     eval_seconds=time.perf_counter() - eval_started, clip_norm=clip_norm, skipped=skipped,
                     metrics=metrics,
@@ -513,7 +513,7 @@ class FederatedRun:
             sent = torch.cat([sent, update[body:]])
         return sent, num_bytes
 
-    def _budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
+    def budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
         """Why the next round may not run under `privacy.max_epsilon`, or None if it may."""
         plan = self.privacy
         if plan.mode == "none" or plan.max_epsilon <= 0:
@@ -540,7 +540,7 @@ class FederatedRun:
         return None
 
 
-    def _round_result(
+    def round_result(
         self, round_number: int, statuses: dict[int, tuple[str, int]], outcomes: list[TaskOutcome],
         arrivals: dict[int, int], *, accuracy: float, loss: float, seconds: float, eval_seconds: float,
         clip_norm: float, skipped: str, metrics: dict[str, Any] | None = None,

@@ -1,0 +1,324 @@
+"""Flower on this machine: a SuperLink and one SuperNode per client on loopback, started as
+child processes, the app (`flower_app.py`) run on them, and exactly those processes stopped
+by PID afterwards, whatever happens (`insecure` mode: loopback only).
+
+    from flower_deployment import run_local_deployment
+    experiment_id = run_local_deployment(config, db_url="sqlite:///experiments.db")
+
+The multi-machine recipe (TLS, SuperNode authentication) is in `flower_app`'s docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from experiment_config import ExperimentConfig
+from flower_app import POLL_SECONDS, REPO, RUNTIME, RunOptions, check_supported
+
+if TYPE_CHECKING:
+    from database import ExperimentStore
+
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def flower_command(name: str) -> str:
+    """A Flower console script of this interpreter's installation (not some other Python's)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install the pinned flwr (pip install -r requirements.txt)")
+    return found
+
+
+class LocalDeployment:
+    """A SuperLink and `num_supernodes` SuperNodes on loopback (insecure: loopback only),
+    child processes of this one, stopped by PID in `close` (also on Ctrl-C: use `with`).
+
+    SuperNode i hosts client i (`--node-config "partition-id=i num-partitions=N"`). With
+    `simulation`, the SuperLink runs Flower's simulation engine instead (Ray, from
+    `flwr[simulation]`) with N virtual SuperNodes, and no SuperNode process is started.
+    Each started process and its descendants carry `FPL_FLOWER_LAUNCHER=<this pid>` and
+    `FPL_FLOWER_DEPLOYMENT=<a token>` in their environment: what a launcher started can be
+    found in the process table, and `close` finds its stragglers there too.
+    """
+
+    def __init__(
+        self, num_supernodes: int, *, work_dir: Path, simulation: bool = False, start_timeout_s: float = 60.0
+    ) -> None:
+        if num_supernodes < 1:
+            raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        self.num_supernodes, self.work_dir, self.start_timeout_s = num_supernodes, work_dir, start_timeout_s
+        self.simulation = simulation
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.port = 0
+        self.token = f"{os.getpid()}-{time.time_ns()}"
+        self.env = dict(os.environ)
+        self.env.update({
+            "FLWR_HOME": str(work_dir / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1", "FPL_FLOWER_LAUNCHER": str(os.getpid()), "FPL_FLOWER_DEPLOYMENT": self.token,
+        })  # fmt: skip
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self._spawn("superlink", [
+            flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-runtime-dependency-installation", *(["--simulation"] if self.simulation else []),
+        ])  # fmt: skip
+        self._wait_for_port()
+        threads = max(1, (os.cpu_count() or 1) // self.num_supernodes)  # the nodes share this machine's cores
+        for i in range(0 if self.simulation else self.num_supernodes):
+            node_config = f"partition-id={i} num-partitions={self.num_supernodes} num-threads={threads}"
+            self._spawn(f"supernode-{i}", [
+                flower_command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(free_port()), "--node-config", node_config,
+            ])  # fmt: skip
+        home = self.work_dir / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        with open(self.work_dir / "logs" / f"{name}.log", "wb") as log_file:  # the child keeps its own handle
+            # Its own session: Ctrl-C reaches only us, and we stop it (in `close`).
+            self.processes[name] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self.env,
+                cwd=self.work_dir, start_new_session=True,
+            )  # fmt: skip
+
+    def _wait_for_port(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.processes["superlink"].poll() is not None:
+                raise RuntimeError(f"flower-superlink exited at start: {self.log_tail('superlink')}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"flower-superlink did not listen on port {self.port} within {self.start_timeout_s:.0f} s")
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        path = self.work_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the `flwr` CLI against this deployment's SuperLink (connection "local")."""
+        return subprocess.run([flower_command("flwr"), *args], capture_output=True, text=True, env=self.env,
+                              cwd=self.work_dir, timeout=timeout_s, check=False)  # fmt: skip
+
+    def start_run(self, options: RunOptions, *, app_dir: Path = REPO) -> int:
+        """`flwr run` this repository's app with `options` as its run config; returns the run id."""
+        import tomli_w  # a dependency of flwr
+
+        run_config = self.work_dir / "run-config.toml"
+        run_config.write_text(tomli_w.dumps(options.to_run_config()))
+        simulation = ["--federation-config", f"num-supernodes={self.num_supernodes}"] if self.simulation else []
+        done = self.flwr("run", str(app_dir), "local", "--run-config", str(run_config), *simulation, "--format", "json")
+        try:
+            return int(json.loads(done.stdout)["run-id"])
+        except (ValueError, KeyError) as error:
+            raise RuntimeError(f"flwr run failed ({error}): {done.stdout[-2000:]} {done.stderr[-2000:]}") from None
+
+    def run_status(self, run_id: int) -> str:
+        """The SuperLink's status of a run ("running", "finished:completed", ...), "" if unknown."""
+        done = self.flwr("ls", "local", "--run-id", str(run_id), "--format", "json", timeout_s=60.0)
+        with contextlib.suppress(ValueError, KeyError, IndexError):
+            return str(json.loads(done.stdout)["runs"][0]["status"])
+        return ""
+
+    def kill_supernode(self, index: int) -> None:
+        """SIGKILL SuperNode `index` and its ClientApp processes (a site that vanished)."""
+        process = self.processes[f"supernode-{index}"]
+        _signal_all(_with_descendants([process.pid]), signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop every process started here and each of their descendants, by PID: SIGTERM,
+        then SIGKILL for what is left after `grace_s`."""
+        if not self.processes:
+            return
+        started = [p.pid for p in self.processes.values() if p.poll() is None]
+        family = _with_descendants(started)  # before they go: orphans are not anyone's children
+        _signal_all(family, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        _signal_all(_alive(family | _with_descendants(started) | self._stragglers()), signal.SIGKILL)
+        for process in self.processes.values():
+            process.wait()
+        self.processes.clear()
+
+    def _stragglers(self) -> set[int]:
+        """Live processes with this deployment's token: descendants that outlived their parents."""
+        import psutil
+
+        found = set()
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("FPL_FLOWER_DEPLOYMENT") == self.token:
+                    found.add(process.pid)
+        return found
+
+
+def _with_descendants(pids: list[int]) -> set[int]:
+    import psutil
+
+    family = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+    return family
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import psutil
+
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+    return alive
+
+
+def _signal_all(pids: set[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def run_local_deployment(
+    config: ExperimentConfig,
+    *,
+    db_url: str,
+    num_supernodes: int | None = None,
+    timeout_s: float = 3600.0,
+    round_timeout_s: float = 600.0,
+    work_dir: str | Path | None = None,
+    simulation: bool = False,
+    on_started: Any = None,
+) -> int:
+    """Run `config` on a local Flower deployment; returns the experiment id.
+
+    Starts `flower-superlink` and one `flower-supernode` per client (`num_supernodes` must
+    equal `federation.num_clients`; None: that many) on loopback, runs this app with
+    `flwr run`, waits until the ServerApp has finished the experiment in `db_url`, and stops
+    exactly the processes it started, by PID, in any case (also on Ctrl-C). A run still
+    going after `timeout_s` seconds is stopped and recorded failed, and TimeoutError is
+    raised. `on_started(deployment, experiment_id)` (tests) is called once the run started.
+    Logs go to `work_dir` (default: a temporary directory, removed afterwards). `simulation`:
+    Flower's simulation engine (Ray; `pip install "flwr[simulation]"`) instead of SuperNodes.
+    SIGTERM, when nothing else handles it, is treated like Ctrl-C.
+    """
+    from sqlalchemy import make_url
+
+    from database import FINAL_STATUSES, ExperimentStore
+
+    check_supported(config)
+    num_supernodes = config.federation.num_clients if num_supernodes is None else num_supernodes
+    if num_supernodes != config.federation.num_clients:
+        raise ValueError(f"one SuperNode per client: num_supernodes ({num_supernodes}) must equal "
+                         f"federation.num_clients ({config.federation.num_clients})")  # fmt: skip
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_url = url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(config.to_dict(), runtime=RUNTIME)
+    data_dir = str(Path(config.data.data_dir).expanduser().resolve())  # the ServerApp runs elsewhere
+    options = RunOptions(experiment=config.replace("data", data_dir=data_dir).to_json(), db_url=db_url,
+                         experiment_id=experiment_id, round_timeout_s=round_timeout_s)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_interrupt())
+        if work_dir is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fpl-flower-"))
+        deployment = LocalDeployment(num_supernodes, work_dir=Path(work_dir), simulation=simulation)
+        stack.enter_context(deployment)
+        try:
+            run_id = deployment.start_run(options)
+            if on_started is not None:
+                on_started(deployment, experiment_id)
+            _wait_for_experiment(store, experiment_id, deployment, run_id, deadline, FINAL_STATUSES)
+        except BaseException as error:
+            summary = store.get_experiment(experiment_id)
+            if summary is not None and summary.status not in FINAL_STATUSES:
+                status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                store.finish(experiment_id, status, error=f"{type(error).__name__}: {error}")
+            raise
+    return experiment_id
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (so `finally` blocks stop our processes), unless
+    this is not the main thread or someone else already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _wait_for_experiment(
+    store: ExperimentStore, experiment_id: int, deployment: LocalDeployment, run_id: int, deadline: float,
+    final: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Until the experiment is final in the database; a Flower run that ended without
+    finishing it (the ServerApp crashed) is recorded failed with the end of its log."""
+    next_check = time.monotonic() + 5.0
+    while (summary := store.get_experiment(experiment_id)) is not None and summary.status not in final:
+        now = time.monotonic()
+        if (code := deployment.processes["superlink"].poll()) is not None:
+            raise RuntimeError(f"flower-superlink exited (code {code}): {deployment.log_tail('superlink')}")
+        if now > deadline:
+            deployment.flwr("stop", str(run_id), "local", timeout_s=30.0)
+            raise TimeoutError(f"the Flower run {run_id} did not finish in time")
+        if now > next_check:
+            next_check = now + 5.0
+            if (status := deployment.run_status(run_id)).startswith("finished"):
+                time.sleep(1.0)  # the ServerApp's last commit may be on its way
+                summary = store.get_experiment(experiment_id)
+                if summary is not None and summary.status not in final:
+                    logs = deployment.flwr("log", str(run_id), "local", "--show", timeout_s=30.0).stdout[-3000:]
+                    store.finish(experiment_id, "failed", error=f"the Flower run ended ({status}): {logs}")
+                return
+        time.sleep(POLL_SECONDS)

@@ -1,0 +1,290 @@
+"""The Flower runtime (flower_app.py): the ClientApp trains like the engine's trainers, and
+real local deployments (a SuperLink and SuperNodes started here, stopped by PID) record
+their rounds like the in-process engine, survive a SuperNode that vanishes, and leave no
+process behind. Offline; MNIST from FPL_DATA_DIR (../shared/data).
+
+The two deployment tests take one to two minutes each: each round starts a fresh ClientApp
+process per client (torch import, MNIST load) and Flower polls every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+pytest.importorskip("flwr")
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, Metadata, RecordDict  # noqa: E402
+from flwr.common.constant import ErrorCode  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+import differential_privacy as dp  # noqa: E402
+import flower_app  # noqa: E402
+import flower_deployment  # noqa: E402
+from client_population import client_seed  # noqa: E402
+from client_trainers import InProcessTrainer, TrainTask  # noqa: E402
+from database import ExperimentStore  # noqa: E402
+from experiment_config import ExperimentConfig  # noqa: E402
+from federated_learning import FederatedRun, run_experiment  # noqa: E402
+from model import flatten, get_parameters  # noqa: E402
+
+
+def small_config(**federation: object) -> ExperimentConfig:
+    """MNIST MLP, 3 clients of 1,000 examples, 2 rounds: quick on two shared cores."""
+    return ExperimentConfig.from_dict({
+        "data": {"max_train_examples": 3000, "max_test_examples": 2000},
+        "model": {"name": "mlp"},
+        "federation": {"num_clients": 3, "clients_per_round": 3, "rounds": 2, **federation},
+        "privacy": {"audit_examples": 0},
+    })  # fmt: skip
+
+
+def flower_processes_started_here() -> list[psutil.Process]:
+    """Live processes (not zombies) that a launcher in this process started, with their descendants."""
+    mine, found = str(os.getpid()), []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and process.environ().get("FPL_FLOWER_LAUNCHER") == mine:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def instruction(content: RecordDict, message_type: str, node_id: int = 7) -> Message:
+    """A message as the SuperLink delivers it to a ClientApp."""
+    metadata = Metadata(
+        run_id=1, message_id=f"m{time.monotonic_ns()}", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
+        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+    )  # fmt: skip
+    return Message(content, metadata=metadata)
+
+
+def node_context(config: ExperimentConfig, partition_id: int) -> Context:
+    node_config = {"partition-id": partition_id, "num-partitions": config.federation.num_clients}
+    run_config = flower_app.RunOptions(experiment=config.to_json()).to_run_config()
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+
+def train_message(run: FederatedRun, client: int, round_number: int, history: tuple = ()) -> Message:
+    params = get_parameters(run.model)
+    task = ConfigRecord({"client-id": client, "round": round_number,
+                         "noise-multiplier": run.config.privacy.noise_multiplier})  # fmt: skip
+    content = RecordDict({
+        flower_app.WEIGHTS: flower_app.weights_record(flatten(params), params), flower_app.TASK: task,
+        flower_app.HISTORY: flower_app.history_record(history),
+    })  # fmt: skip
+    return instruction(content, MessageType.TRAIN)
+
+
+# -- the apps, called in this process ----------------------------------------------------
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "shards"])
+def test_each_client_computes_the_engines_partition(partition: str) -> None:
+    config = small_config(client_holdout=0.1).replace("data", partition=partition)
+    run = FederatedRun(config)
+
+    for client in range(3):
+        indices, holdout = flower_app.client_examples(config, run.data, client)
+
+        assert np.array_equal(indices, run.partitions[client])
+        assert np.array_equal(holdout, run.holdouts[client]) and len(holdout) > 0
+
+
+def test_the_client_app_trains_like_the_engines_trainer() -> None:
+    config = small_config()
+    run = FederatedRun(config)
+    settings = flower_app.train_settings(config, run.data.num_classes, noise_multiplier=0.0)
+    reference = InProcessTrainer(run.data, settings, flatten(get_parameters(run.model)).numel(), slots=1)
+    task = TrainTask(0, 2, run.partitions[2], client_seed(config.system.seed, 1, 2))
+    expected = reference.train(flatten(get_parameters(run.model)), [task])[0]
+
+    reply = flower_app.client_app(train_message(run, client=2, round_number=1), node_context(config, 2))
+
+    result = reply.content.config_records[flower_app.RESULT]
+    weights = flower_app.flat_weights(reply.content.array_records[flower_app.WEIGHTS], get_parameters(run.model))
+    assert (result["client-id"], result["num-examples"], result["steps"]) == (2, 1000, 20)
+    assert result["loss"] == pytest.approx(expected.loss, rel=1e-5) and result["error"] == ""
+    torch.testing.assert_close(weights, reference.results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_client_keeps_its_accountant_across_rounds_and_restarts() -> None:
+    config = small_config().replace("privacy", mode="local", noise_multiplier=1.1)
+    run = FederatedRun(config)
+    context = node_context(config, 0)
+
+    first = flower_app.client_app(train_message(run, 0, 1), context)
+    second = flower_app.client_app(train_message(run, 0, 2), context)  # the server's copy is stale (empty)
+    restarted = flower_app.client_app(  # a fresh node: its state is gone, the server sends what it knows
+        train_message(run, 0, 2, history=flower_app.history_from(first.content.config_records["history"])),
+        node_context(config, 0),
+    )
+
+    histories = [flower_app.history_from(m.content.config_records["history"]) for m in (first, second, restarted)]
+    assert [flower_app.history_steps(h) for h in histories] == [20, 40, 40]
+    assert flower_app.history_from(context.state.config_records["history"]) == histories[1]
+    epsilons = [dp.epsilon_from_history(h, config.privacy.delta) for h in histories]
+    assert 0 < epsilons[0] < epsilons[1] == pytest.approx(epsilons[2])
+    # independent check: two rounds of 20 DP-SGD steps at q = 50/1000 under Opacus's RDP accountant
+    accountant = dp.accountant_from_history([(1.1, 0.05, 40)])
+    assert epsilons[1] == pytest.approx(accountant.get_epsilon(config.privacy.delta), rel=1e-6)
+
+
+def test_a_client_refuses_noise_other_than_the_configured() -> None:
+    config = small_config().replace("privacy", mode="local", noise_multiplier=1.1)
+    run = FederatedRun(config.replace("privacy", noise_multiplier=0.5))  # a server asking for less noise
+
+    with pytest.raises(ValueError, match="σ = 0.5"):
+        flower_app.client_app(train_message(run, 0, 1), node_context(config, 0))
+
+
+def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: str) -> None:
+    central = small_config().replace("privacy", mode="central")
+    compressed = small_config().replace("communication", compression="topk")
+
+    with pytest.raises(ValueError, match="privacy.mode 'central'"):
+        flower_deployment.run_local_deployment(central, db_url=db_url)
+    with pytest.raises(ValueError, match="communication.compression"):
+        flower_app.check_supported(compressed)
+    with pytest.raises(ValueError, match="one SuperNode per client"):
+        flower_deployment.run_local_deployment(small_config(), db_url=db_url, num_supernodes=2)
+    assert ExperimentStore(db_url).list_experiments() == [] and flower_processes_started_here() == []
+
+
+class LoopbackGrid(Grid):
+    """A stand-in for the SuperLink: delivers each message to the ClientApp in this process.
+    Client ids in `gone` joined, then vanished (their train replies never come); those in
+    `broken` have a --node-config their ClientApp cannot train with (it raises)."""
+
+    def __init__(self, config: ExperimentConfig, *, gone: set[int], broken: set[int]) -> None:
+        self.contexts = {100 + c: node_context(config, c) for c in range(config.federation.num_clients)}
+        for client in broken:
+            self.contexts[100 + client].node_config["num-threads"] = "many"
+        self.gone, self.replies = {100 + c for c in gone}, {}
+
+    def set_run(self, run: object) -> None: ...
+
+    @property
+    def run(self) -> object: ...
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:
+        raise NotImplementedError
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id  # what the SuperLink does
+            node = message.metadata.dst_node_id
+            if not (node in self.gone and message.metadata.message_type == MessageType.TRAIN):
+                try:
+                    reply = flower_app.client_app(message, self.contexts[node])
+                except Exception as error:
+                    reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(error)), reply_to=message)
+                self.replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        raise NotImplementedError
+
+
+def test_the_server_records_lost_and_failed_clients_and_skips_below_min_clients(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):  # who is sending, as flwr-serverapp sets it
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    config = small_config(rounds=1, min_clients=2)
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=2.0, connect_timeout_s=10.0)
+
+    flower_app.record_experiment(LoopbackGrid(config, gone={1}, broken={2}), config, options, store, experiment_id)
+
+    clients = store.client_rounds_frame(experiment_id).set_index("client_id")
+    assert dict(clients.status) == {0: "ok", 1: "lost", 2: "failed"}
+    assert "ClientApp failed" in clients.loc[2, "error"] and "'many'" in clients.loc[2, "error"]
+    rounds = store.rounds_frame([experiment_id])
+    assert rounds.skipped[0] == "1 update(s) arrived, fewer than federation.min_clients = 2"
+    unchanged_accuracy, _, _ = FederatedRun(config).evaluate_global()  # the initial model, never updated
+    assert rounds.accuracy[0] == unchanged_accuracy and rounds.num_clients[0] == 1
+    assert store.get_experiment(experiment_id).status == "completed"
+
+
+# -- real deployments on loopback --------------------------------------------------------
+
+
+def test_a_local_deployment_records_the_same_rounds_as_the_engine(db_url: str) -> None:
+    config = small_config()
+    during: list[list[psutil.Process]] = []
+
+    experiment_id = flower_deployment.run_local_deployment(
+        config, db_url=db_url, timeout_s=400, round_timeout_s=150,
+        on_started=lambda deployment, experiment: during.append(flower_processes_started_here()),
+    )  # fmt: skip
+
+    store = ExperimentStore(db_url)
+    summary = store.get_experiment(experiment_id)
+    assert (summary.runtime, summary.status, summary.error) == ("flower", "completed", None)
+    # The reference: the in-process engine on the same config, recorded as `cli.execute` does.
+    reference_id = store.create_experiment(config.to_dict())
+    for result in run_experiment(config.replace("system", num_workers=1)):
+        store.record_round(reference_id, result.to_dict())
+    flower_rounds, engine_rounds = store.rounds_frame([experiment_id]), store.rounds_frame([reference_id])
+    flower_clients, engine_clients = store.client_rounds_frame(experiment_id), store.client_rounds_frame(reference_id)
+    assert list(flower_rounds.columns) == list(engine_rounds.columns)
+    assert list(flower_rounds["round"]) == [1, 2] and flower_rounds.accuracy[1] > flower_rounds.accuracy[0] > 0.3
+    np.testing.assert_allclose(flower_rounds.accuracy, engine_rounds.accuracy, atol=2e-3)
+    np.testing.assert_allclose(flower_rounds.loss, engine_rounds.loss, rtol=1e-3)
+    same = ["round", "client_id", "num_examples", "steps", "status", "bytes_up", "bytes_down"]
+    assert flower_clients[same].to_dict("records") == engine_clients[same].to_dict("records")
+    assert (flower_rounds.num_clients == 3).all() and (flower_rounds.seconds > 0).all()
+    assert len(during) == 1 and len(during[0]) >= 5  # a SuperLink and 3 SuperNodes (and their helpers) ran
+    assert flower_processes_started_here() == []
+
+
+def test_a_supernode_that_vanishes_mid_run_is_recorded_lost(db_url: str) -> None:
+    config = small_config()
+    store, killed = ExperimentStore(db_url), threading.Event()
+
+    def kill_after_round_one(deployment: flower_deployment.LocalDeployment, experiment_id: int) -> None:
+        def watch() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and store.rounds_frame([experiment_id]).empty:
+                time.sleep(0.2)
+            deployment.kill_supernode(1)  # SIGKILL: the site is gone, its reply never comes
+            killed.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    started = time.monotonic()
+    experiment_id = flower_deployment.run_local_deployment(
+        config, db_url=db_url, timeout_s=400, round_timeout_s=60, on_started=kill_after_round_one
+    )
+
+    assert killed.is_set() and time.monotonic() - started < 400
+    summary = store.get_experiment(experiment_id)
+    assert (summary.runtime, summary.status) == ("flower", "completed")
+    rounds = store.rounds_frame([experiment_id])
+    clients = store.client_rounds_frame(experiment_id)
+    second = clients[clients["round"] == 2].set_index("client_id")
+    assert dict(second.status) == {0: "ok", 1: "lost", 2: "ok"}
+    assert second.loc[1, "bytes_up"] == 0 and (second.loc[[0, 2], "steps"] == 20).all()
+    assert list(rounds.num_clients) == [3, 2] and list(rounds.num_selected) == [3, 3]
+    assert list(rounds.skipped) == ["", ""] and rounds.accuracy[1] > rounds.accuracy[0]
+    assert flower_processes_started_here() == []
