@@ -279,22 +279,34 @@ def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> N
     st.session_state["flash"] = ("success", f"Started #{new_id}, a re-run of #{experiment.id}.")
 
 
-def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
-    """Start this private experiment's config with `privacy.mode = "none"` (same seed) and compare the two."""
+def launch_comparison(
+    store: ExperimentStore, experiment: ExperimentSummary, change: Any, *, what: str, suffix: str, gap: str
+) -> None:
+    """Start `change(config)` of this experiment and open Compare on the pair; errors go to the flash message."""
     try:
-        config = ExperimentConfig.from_dict(experiment.config)
-        changes: dict[str, Any] = {"mode": "none"}
-        if getattr(config.privacy, "adaptive_clipping", False):
-            changes["adaptive_clipping"] = False  # a DP-FedAvg option, invalid without privacy
-        config = config.replace("privacy", **changes)
-        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} without privacy")
+        config = change(ExperimentConfig.from_dict(experiment.config))
+        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} {suffix}")
     except (ValueError, OSError) as error:
-        st.session_state["flash"] = ("error", f"Cannot start a baseline for #{experiment.id}: {error}")
+        st.session_state["flash"] = ("error", f"Cannot start {what} for #{experiment.id}: {error}")
         return
     st.session_state["compare_ids"] = [experiment.id, new_id]
     st.session_state["view"] = TABS[2]
-    st.session_state["flash"] = (
-        "success", f"Started #{new_id}: #{experiment.id} without privacy, same seed. The gap is the cost of privacy.",
+    st.session_state["flash"] = ("success", f"Started #{new_id}: #{experiment.id} {gap}")
+
+
+def without_privacy(config: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment with `privacy.mode = "none"` (and no DP-FedAvg-only options)."""
+    changes: dict[str, Any] = {"mode": "none"}
+    if getattr(config.privacy, "adaptive_clipping", False):
+        changes["adaptive_clipping"] = False  # a DP-FedAvg option, invalid without privacy
+    return config.replace("privacy", **changes)
+
+
+def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
+    """Start this private experiment's config without privacy (same seed) and compare the two."""
+    launch_comparison(
+        store, experiment, without_privacy, what="a baseline", suffix="without privacy",
+        gap="without privacy, same seed. The gap is the cost of privacy.",
     )  # fmt: skip
 
 
@@ -309,17 +321,9 @@ def centralized_config(config: ExperimentConfig) -> ExperimentConfig:
 
 def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> None:
     """Start this NGSS experiment centralized (`centralized_config`) and compare the two."""
-    try:
-        config = centralized_config(ExperimentConfig.from_dict(experiment.config))
-        new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} · centralized")
-    except (ValueError, OSError) as error:
-        st.session_state["flash"] = ("error", f"Cannot start a centralized baseline for #{experiment.id}: {error}")
-        return
-    st.session_state["compare_ids"] = [experiment.id, new_id]
-    st.session_state["view"] = TABS[2]
-    st.session_state["flash"] = (
-        "success", f"Started #{new_id}: #{experiment.id} on pooled data (one client, same model and seed). The gap "
-        "is the cost of federation.",
+    launch_comparison(
+        store, experiment, centralized_config, what="a centralized baseline", suffix="· centralized",
+        gap="on pooled data (one client, same model and seed). The gap is the cost of federation.",
     )  # fmt: skip
 
 
