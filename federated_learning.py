@@ -16,7 +16,6 @@ result does not depend on which worker trained which client).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import threading
@@ -41,7 +40,7 @@ from compression import Compressor
 from data_handler import FederatedData, label_counts, partition, partition_natural, split_holdout, subset
 from experiment_config import ExperimentConfig
 from model import flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
-from dp_fedavg import SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, PrivacyPlan, plan_privacy, secagg_statistics
+from dp_fedavg import SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, plan_privacy, secagg_statistics
 from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from strategies import ClientUpdate, make_strategy
 from workloads import build_model, is_text, load_data, model_options
@@ -115,6 +114,9 @@ class RoundResult:
         return asdict(self)
 
 
+class StopEvent(Protocol):
+    """What `rounds` checks between rounds: a `threading.Event` will do."""
+
     def is_set(self) -> bool: ...
 
 
@@ -132,6 +134,41 @@ def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[start : start + EVAL_BATCH]) for start in range(0, len(x), EVAL_BATCH)]) if len(x) else (
         torch.zeros(0)
+    )
+
+
+def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
+    """Each client's example indices (before its held-out split): one per school with the natural
+    partition, else the seeded iid / dirichlet / shards split of `data` (after `subset`)."""
+    federation = config.federation
+    if config.data.partition == "natural":
+        return partition_natural(data.train_groups, num_clients=federation.num_clients, group_names=data.group_names)
+    return partition(
+        data.train_y.numpy(), config.data.partition, num_clients=federation.num_clients, seed=config.system.seed,
+        alpha=config.data.dirichlet_alpha,
+    )  # fmt: skip
+
+
+def train_settings(config: ExperimentConfig, num_classes: int, *, noise_multiplier: float) -> TrainSettings:
+    """What every client trainer of a run is told (σ: the configured or calibrated one)."""
+    federation, privacy = config.federation, config.privacy
+    return TrainSettings(
+        model_name=config.model.name,
+        num_classes=num_classes,
+        model_options=model_options(config),
+        model_seed=config.system.seed,
+        # Text models run Linear layers over (B, T, features): Opacus's hooks compute their per-example
+        # gradients; our bookkeeping clipper handles (B, features) only (and refuses the rest).
+        grad_sample_mode="hooks" if is_text(config) else "",
+        local_epochs=federation.local_epochs,
+        batch_size=federation.batch_size,
+        learning_rate=federation.learning_rate,
+        local_dp=privacy.mode == "local",
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        accountant=privacy.accountant,
+        proximal_mu=federation.proximal_mu if federation.strategy == "fedprox" else 0.0,
+        corrections=federation.strategy == "scaffold",
     )
 
 
@@ -158,17 +195,8 @@ class FederatedRun:
         self.data = subset(
             data, max_train=config.data.max_train_examples, max_test=config.data.max_test_examples, seed=seed
         )
-        labels = self.data.train_y.numpy()
-        if config.data.partition == "natural":  # each school is a client
-            parts = partition_natural(
-                self.data.train_groups, num_clients=federation.num_clients, group_names=self.data.group_names
-            )
-        else:
-            parts = partition(
-                labels, config.data.partition, num_clients=federation.num_clients, seed=seed,
-                alpha=config.data.dirichlet_alpha,
-            )  # fmt: skip
-        self.label_counts = label_counts(parts, labels, self.data.num_classes)
+        parts = client_partitions(config, self.data)
+        self.label_counts = label_counts(parts, self.data.train_y.numpy(), self.data.num_classes)
         # Each client's own held-out split (personalization, validation scores) is never trained on.
         self.partitions, self.holdouts = split_holdout(parts, federation.client_holdout, seed=seed)
         self.model = build_model(config, self.data.num_classes, seed=seed)
@@ -301,24 +329,7 @@ class FederatedRun:
         config, plan, federation = self.config, self.privacy, self.config.federation
         params = get_parameters(self.model)
         global_weights = flatten(params)
-        settings = TrainSettings(
-            model_name=config.model.name,
-            num_classes=self.data.num_classes,
-            model_options=model_options(config),
-            model_seed=config.system.seed,
-            # Text models run Linear layers over (B, T, features): Opacus's hooks compute their per-example
-            # gradients; our bookkeeping clipper handles (B, features) only (and refuses the rest).
-            grad_sample_mode="hooks" if is_text(config) else "",
-            local_epochs=federation.local_epochs,
-            batch_size=federation.batch_size,
-            learning_rate=federation.learning_rate,
-            local_dp=plan.mode == "local",
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm,
-            accountant=plan.accountant,
-            proximal_mu=federation.proximal_mu if federation.strategy == "fedprox" else 0.0,
-            corrections=federation.strategy == "scaffold",
-        )
+        settings = train_settings(config, self.data.num_classes, noise_multiplier=plan.noise_multiplier)
         slots = federation.clients_per_round  # central DP trains Poisson samples in chunks of this
         if config.system.backend == "mlx":  # local training on MLX; aggregation stays here
             from mlx_backend import MlxTrainer

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from client_trainers import TaskOutcome, TrainSettings
+    from client_trainers import TaskOutcome
     from data_handler import FederatedData
     from database import ExperimentStore
     from federated_learning import RoundResult
@@ -213,30 +213,12 @@ def node_partition(node_config: Mapping[str, Any]) -> tuple[int, int]:
 def client_examples(config: ExperimentConfig, data: FederatedData, client_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) example indices of `client_id`: the partition `FederatedRun` computes.
     `data` is the run's data after `data_handler.subset`."""
-    from data_handler import partition, split_holdout
+    from data_handler import split_holdout
+    from federated_learning import client_partitions
 
-    seed = config.system.seed
-    parts = partition(
-        data.train_y.numpy(), config.data.partition, num_clients=config.federation.num_clients, seed=seed,
-        alpha=config.data.dirichlet_alpha,
-    )  # fmt: skip
-    train, held_out = split_holdout(parts, config.federation.client_holdout, seed=seed)
+    parts = client_partitions(config, data)
+    train, held_out = split_holdout(parts, config.federation.client_holdout, seed=config.system.seed)
     return train[client_id], held_out[client_id]
-
-
-def train_settings(config: ExperimentConfig, num_classes: int, *, noise_multiplier: float) -> TrainSettings:
-    """The `TrainSettings` `FederatedRun.rounds` gives its trainers, for an MNIST model."""
-    from client_trainers import TrainSettings
-    from workloads import model_options
-
-    federation, privacy = config.federation, config.privacy
-    return TrainSettings(
-        model_name=config.model.name, num_classes=num_classes, model_options=model_options(config),
-        model_seed=config.system.seed, local_epochs=federation.local_epochs, batch_size=federation.batch_size,
-        learning_rate=federation.learning_rate, local_dp=privacy.mode == "local", noise_multiplier=noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm, accountant=privacy.accountant,
-        proximal_mu=federation.proximal_mu if federation.strategy == "fedprox" else 0.0,
-    )  # fmt: skip
 
 
 def _client_config(context: Context) -> tuple[ExperimentConfig, int]:
@@ -281,6 +263,7 @@ def train(message: Message, context: Context) -> Message:
     from client_population import client_seed
     from client_trainers import ClientTrainer, TrainTask
     from data_handler import subset
+    from federated_learning import train_settings
     from workloads import load_data
 
     config, client_id = _client_config(context)

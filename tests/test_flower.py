@@ -34,7 +34,7 @@ from client_population import client_seed  # noqa: E402
 from client_trainers import InProcessTrainer, TrainTask  # noqa: E402
 from database import ExperimentStore  # noqa: E402
 from experiment_config import ExperimentConfig  # noqa: E402
-from federated_learning import FederatedRun, run_experiment  # noqa: E402
+from federated_learning import FederatedRun, run_experiment, train_settings  # noqa: E402
 from model import flatten, get_parameters  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def test_each_client_computes_the_engines_partition(partition: str) -> None:
 def test_the_client_app_trains_like_the_engines_trainer() -> None:
     config = small_config()
     run = FederatedRun(config)
-    settings = flower_app.train_settings(config, run.data.num_classes, noise_multiplier=0.0)
+    settings = train_settings(config, run.data.num_classes, noise_multiplier=0.0)
     reference = InProcessTrainer(run.data, settings, flatten(get_parameters(run.model)).numel(), slots=1)
     task = TrainTask(0, 2, run.partitions[2], client_seed(config.system.seed, 1, 2))
     expected = reference.train(flatten(get_parameters(run.model)), [task])[0]
