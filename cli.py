@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from database import ExperimentStore, ExperimentSummary
+from database import FINAL_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import TEXT_MODELS, ExperimentConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -54,6 +54,8 @@ def execute(
     signals: StopSignals | None = None,
 ) -> int:
     """Run a stored experiment to the end, committing each round; returns the exit code."""
+    if config.system.runtime == "flower":
+        return _execute_on_flower(store, experiment_id, config, out=out, as_json=as_json)
     stop_event = (signals or StopSignals()).new_run()
     store.mark_running(experiment_id)
     last: dict[str, Any] = {}
@@ -133,6 +135,40 @@ def _save_weights(store: ExperimentStore, experiment_id: int, run: Any) -> dict[
         print(f"error: {result['error']}", file=sys.stderr)
         return result
     return {"values": int(weights.size)}
+
+
+def _execute_on_flower(
+    store: ExperimentStore, experiment_id: int, config: ExperimentConfig, *, out: TextIO, as_json: bool
+) -> int:
+    """Run a stored experiment on a local Flower deployment (`flower_deployment`): its ServerApp
+    records the rounds into this database; this process waits and reports the outcome."""
+    try:
+        from flower_deployment import run_local_deployment
+
+        run_local_deployment(config, db_url=store.url, experiment_id=experiment_id)
+    except KeyboardInterrupt:
+        print(f"error: experiment {experiment_id} aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        summary = store.get_experiment(experiment_id)
+        if summary is not None and summary.status not in FINAL_STATUSES:
+            store.finish(experiment_id, "failed", error=message)
+        print(f"error: {message}", file=sys.stderr)
+        if as_json:
+            _emit(out, {"experiment_id": experiment_id, "status": "failed", "error": message})
+        return EXIT_FAILED
+    summary = store.get_experiment(experiment_id)
+    rounds = store.rounds_frame([experiment_id])
+    final = {
+        "experiment_id": experiment_id, "status": summary.status, "runtime": "flower", "rounds": len(rounds),
+        "accuracy": summary.final_accuracy, "loss": summary.final_loss, "epsilon": summary.final_epsilon or 0.0,
+    }  # fmt: skip
+    if as_json:
+        _emit(out, final)
+    else:
+        print(f"experiment {experiment_id} {summary.status} after {len(rounds)} rounds on Flower", file=out)
+    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
 
 
 def _audit(store: ExperimentStore, experiment_id: int, run: Any, config: ExperimentConfig) -> dict[str, Any] | None:

@@ -419,6 +419,10 @@ class ExperimentStore:
         """Store the per-client personalized vs global accuracy (JSON-able dict)."""
         self._update(experiment_id, personalization=personalization)
 
+    def set_runtime(self, experiment_id: int, runtime: str) -> None:
+        """Record where the run executes ("in-process", "flower")."""
+        self._update(experiment_id, runtime=runtime)
+
     def set_dataset_info(self, experiment_id: int, info: dict[str, Any]) -> None:
         """Store what data the run used (source, task, clients; JSON-able dict)."""
         self._update(experiment_id, dataset_info=info)

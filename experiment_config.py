@@ -36,6 +36,7 @@ NGSS_TASKS = (
 )  # fmt: skip
 NGSS_SCHOOLS = 9  # the synthetic generator's schools: partition = "natural" makes each a client
 BACKENDS = ("torch", "mlx")
+RUNTIMES = ("in-process", "flower")  # flower: a SuperLink and one SuperNode per client on loopback
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
     "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
@@ -304,11 +305,13 @@ class SystemConfig:
     # as there are cores, never more than clients per round; 1 = train in-process.
     num_workers: int = 0
     backend: str = "torch"  # torch | mlx (MNIST local training on Apple's MLX; `mlx[cpu]` on Linux)
+    runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
 
     def validate(self) -> None:
         _integer("system.seed", self.seed, low=0, high=2**32 - 1)
         _integer("system.num_workers", self.num_workers, low=0, high=256)
         _one_of("system.backend", self.backend, BACKENDS)
+        _one_of("system.runtime", self.runtime, RUNTIMES)
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ def run_local_deployment(
     work_dir: str | Path | None = None,
     simulation: bool = False,
     on_started: Any = None,
+    experiment_id: int | None = None,
 ) -> int:
     """Run `config` on a local Flower deployment; returns the experiment id.
 
@@ -240,7 +241,8 @@ def run_local_deployment(
     raised. `on_started(deployment, experiment_id)` (tests) is called once the run started.
     Logs go to `work_dir` (default: a temporary directory, removed afterwards). `simulation`:
     Flower's simulation engine (Ray; `pip install "flwr[simulation]"`) instead of SuperNodes.
-    SIGTERM, when nothing else handles it, is treated like Ctrl-C.
+    SIGTERM, when nothing else handles it, is treated like Ctrl-C. `experiment_id`: record into
+    this stored (queued) experiment instead of creating one (the page and `cli.py worker`).
     """
     from sqlalchemy import make_url
 
@@ -255,7 +257,10 @@ def run_local_deployment(
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         db_url = url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(hide_password=False)
     store = ExperimentStore(db_url)
-    experiment_id = store.create_experiment(config.to_dict(), runtime=RUNTIME)
+    if experiment_id is None:
+        experiment_id = store.create_experiment(config.to_dict(), runtime=RUNTIME)
+    else:
+        store.set_runtime(experiment_id, RUNTIME)
     data_dir = str(Path(config.data.data_dir).expanduser().resolve())  # the ServerApp runs elsewhere
     options = RunOptions(experiment=config.replace("data", data_dir=data_dir).to_json(), db_url=db_url,
                          experiment_id=experiment_id, round_timeout_s=round_timeout_s)  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 from experiment_config import (
     ACCOUNTANTS,
     ATTACKS,
+    BACKENDS,
     COMPRESSIONS,
     DATASETS,
     DROPOUT_STAGES,
@@ -22,6 +23,7 @@ from experiment_config import (
     PARTITIONS,
     PERSONALIZATIONS,
     PRIVACY_MODES,
+    RUNTIMES,
     SELECTIONS,
     STRAGGLER_POLICIES,
     STRATEGIES,
@@ -166,6 +168,11 @@ ADVANCED_FIELDS = (
           "0 = all of it.", low=0, high=10_000_000),
     Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
           "1 = inside the worker itself.", low=0, high=256),
+    Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "
+          "deployment on this machine (a SuperLink and one SuperNode per client on loopback, stopped when the run "
+          "ends); MNIST only, without central DP, secure aggregation or the simulated faults.", options=RUNTIMES),
+    Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for MNIST "
+          "local training; MLX has no DP-SGD.", options=BACKENDS),
     Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
           "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
           high=100_000),

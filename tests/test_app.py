@@ -63,7 +63,7 @@ NGSS_KEYS = {
     **{key: ("model", key) for key in ["pretrained", "lora_rank", "lora_alpha", "lora_dropout", "max_length",
                                          "lora_targets"]},
 }  # fmt: skip
-SELECT_KEYS += ["ngss_task"]
+SELECT_KEYS += ["ngss_task", "runtime", "backend"]  # runtime, backend: under Advanced
 NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
 CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
 TEXT_KEYS = ["lora_targets", "data_dir"]

@@ -316,3 +316,18 @@ def test_a_failure_to_store_the_weights_keeps_the_run(db_url, monkeypatch):
     experiment = store.get_experiment(experiment_id)
     assert (experiment.status, experiment.rounds_done, experiment.error) == ("completed", 1, None)
     assert store.load_weights(experiment_id) is None
+
+
+def test_a_worker_runs_a_flower_runtime_experiment_on_a_local_deployment(db_url):
+    pytest.importorskip("flwr")
+    store = ExperimentStore(db_url)
+    from cli import build_config
+
+    assignments = [value for value in TINY if value != "--set"] + ["system.runtime=flower", "federation.clients_per_round=3"]
+    config = build_config(None, assignments)
+    experiment_id = store.create_experiment(config.to_dict(), name="on flower")
+    result = cli("worker", str(experiment_id), "--db", db_url, timeout=300)
+    assert result.returncode == 0, result.stderr
+    stored = store.get_experiment(experiment_id)
+    assert stored.status == "completed" and stored.runtime == "flower" and stored.rounds_done == 2
+    assert (store.rounds_frame([experiment_id])["num_clients"] == 3).all()

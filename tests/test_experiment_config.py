@@ -45,6 +45,7 @@ BAD_VALUES = {
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
     "system.backend": ["cuda", 1],
+    "system.runtime": ["ray", None],
     "federation.proximal_mu": [-0.1, "0.01"],
     "federation.server_learning_rate": [-1.0, 1000.0],
     "federation.server_momentum": [1.0, -0.5],
