@@ -419,5 +419,8 @@ class ProcessPoolTrainer:
             if process.is_alive():
                 process.kill()
                 process.join()
+        # Tasks no trainer will read (its trainers died) must not keep this process from exiting:
+        # the queue's feeder thread would block on the full pipe forever.
+        self.tasks.cancel_join_thread()
         self.tasks.close()
         self.replies.close()

@@ -83,6 +83,7 @@ STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted"
 FINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
 ARRIVED = ("ok", "partial")  # client statuses whose update reached the server
 WEIGHTS_DTYPE = np.dtype("<f4")  # stored weights: little-endian float32, whatever the machine
+DEAD_WORKER_ERROR = "the worker process ended without finishing the run"
 
 
 def utcnow() -> datetime:
@@ -553,21 +554,29 @@ class ExperimentStore:
         return pd.DataFrame(rows, columns=columns)
 
     def mark_interrupted_if_dead(self, is_alive: Any) -> list[int]:
-        """Mark `running`/`queued` runs of this host whose worker PID `is_alive(pid)` denies."""
+        """Mark `running`/`queued` runs of this host whose worker PID `is_alive(pid)` denies.
+
+        The update is conditional: a worker that finishes its run and exits between the
+        look-up and the check has already written the final status, which stands."""
         host = socket.gethostname()
+        active = ("queued", "running")
         marked = []
         with self.sessions.begin() as session:
-            candidates = session.scalars(
-                select(Experiment).where(
-                    Experiment.status.in_(("queued", "running")), Experiment.worker_host == host
+            candidates = session.execute(
+                select(Experiment.id, Experiment.worker_pid).where(
+                    Experiment.status.in_(active), Experiment.worker_host == host, Experiment.worker_pid.is_not(None)
                 )
             ).all()
-            for experiment in candidates:
-                if experiment.worker_pid is not None and not is_alive(experiment.worker_pid):
-                    experiment.status = "interrupted"
-                    experiment.finished_at = utcnow()
-                    experiment.error = "the worker process ended without finishing the run"
-                    marked.append(experiment.id)
+            for experiment_id, pid in candidates:
+                if is_alive(pid):
+                    continue
+                result = session.execute(  # only if its worker has not finished it meanwhile
+                    update(Experiment)
+                    .where(Experiment.id == experiment_id, Experiment.worker_pid == pid, Experiment.status.in_(active))
+                    .values(status="interrupted", finished_at=utcnow(), error=DEAD_WORKER_ERROR)
+                )
+                if result.rowcount:
+                    marked.append(experiment_id)
         return marked
 
     @staticmethod
