@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,34 @@ def mnist():
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'experiments.db'}"
+
+
+POSTGRES_URL = os.environ.get("FPL_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def every_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database: a new SQLite file, or a new schema on the PostgreSQL server that
+    `FPL_TEST_POSTGRES_URL` names (skipped without one, except under CI=true, where it fails)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'experiments.db'}"
+        return
+    if not POSTGRES_URL:
+        message = "PostgreSQL: set FPL_TEST_POSTGRES_URL (postgresql+psycopg://user@host:port/db) to run against it"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    from sqlalchemy import create_engine, make_url
+    from sqlalchemy.schema import CreateSchema, DropSchema
+
+    schema = f"fpl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(CreateSchema(schema))
+    try:
+        # Every connection, in this process and the ones it starts, sees that schema only.
+        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(DropSchema(schema, cascade=True))
+        admin.dispose()

@@ -21,16 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import create_engine, make_url
-from sqlalchemy.schema import CreateSchema, DropSchema
+from sqlalchemy import make_url
 
 import cli
 from conftest import REPO
@@ -47,27 +44,10 @@ SMALL = [
 STATUS_ORDER = {"queued": 0, "running": 1, **dict.fromkeys(FINAL_STATUSES, 2)}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL to an empty database: a new SQLite file, or a new schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'experiments.db'}"
-        return
-    if not POSTGRES_URL:
-        pytest.skip("PostgreSQL: set FPL_TEST_POSTGRES_URL (postgresql+psycopg://user@host:port/db) to run against it")
-    schema = f"fpl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(CreateSchema(schema))
-    try:
-        # Every connection, in this process and the ones it starts, sees that schema only.
-        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(DropSchema(schema, cascade=True))
-        admin.dispose()
+@pytest.fixture
+def shared_db_url(every_db_url: str) -> str:
+    """SQLite, and PostgreSQL when FPL_TEST_POSTGRES_URL names a server (conftest.every_db_url)."""
+    return every_db_url
 
 
 @pytest.fixture

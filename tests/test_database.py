@@ -7,9 +7,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, delete, func, inspect, make_url, select, text
+from sqlalchemy import create_engine, delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.schema import CreateSchema, DropSchema
 
 from conftest import REPO
 from database import (
@@ -38,28 +34,10 @@ from migrations import alembic_config, migration_lock
 POSTGRES_URL = os.environ.get("FPL_TEST_POSTGRES_URL")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL to an empty database: a new SQLite file, or a new schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'experiments.db'}"
-        return
-    if not POSTGRES_URL:
-        message = "PostgreSQL: set FPL_TEST_POSTGRES_URL (postgresql+psycopg://user@host:port/db) to run against it"
-        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
-    schema = f"fpl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(CreateSchema(schema))
-    try:
-        # Every connection of the test sees that schema only (its tables, its alembic_version).
-        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(DropSchema(schema, cascade=True))
-        admin.dispose()
+@pytest.fixture
+def db_url(every_db_url: str) -> str:
+    """SQLite, and PostgreSQL when FPL_TEST_POSTGRES_URL names a server (conftest.every_db_url)."""
+    return every_db_url
 
 
 def round_row(number: int, accuracy: float, clients: int = 2) -> dict:
