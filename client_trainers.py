@@ -160,10 +160,8 @@ def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.
     """Accuracy of `model` on the examples `indices` of (x, y); 0 for no examples."""
     if len(indices) == 0:
         return 0.0
-    model.eval()
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    logits = torch.cat([model(x[index_tensor[s : s + 1000]]) for s in range(0, len(index_tensor), 1000)])
-    return objectives.accuracy(logits, y[index_tensor])
+    return objectives.accuracy(objectives.predict_logits(model, x[index_tensor]), y[index_tensor])
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import objectives
+from objectives import predict_logits
 from attacks import poison_update
 from client_population import (
     ParticipationTally, allowed_steps, client_seed, dropouts, loss_sample, make_profiles, select_clients, stream_seed,
@@ -124,17 +125,7 @@ class StopEvent(Protocol):
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, mean loss) of `model` on (x, y) (`objectives`: cross-entropy and accuracy,
     or for multi-label targets BCE and per-label accuracy)."""
-    logits = predict_logits(model, x)
-    return objectives.accuracy(logits, y), float(objectives.batch_loss(logits, y)) if len(y) else 0.0
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N, outputs) logits of `model` on x, in evaluation batches."""
-    model.eval()
-    return torch.cat([model(x[start : start + EVAL_BATCH]) for start in range(0, len(x), EVAL_BATCH)]) if len(x) else (
-        torch.zeros(0)
-    )
+    return objectives.scores(predict_logits(model, x, EVAL_BATCH), y)
 
 
 def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
@@ -229,9 +220,8 @@ class FederatedRun:
     def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
         """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
         data = self.data
-        logits = predict_logits(self.model, data.test_x)
-        accuracy = objectives.accuracy(logits, data.test_y)
-        loss = float(objectives.batch_loss(logits, data.test_y)) if len(data.test_y) else 0.0
+        logits = predict_logits(self.model, data.test_x, EVAL_BATCH)
+        accuracy, loss = objectives.scores(logits, data.test_y)
         if not data.multilabel:
             return accuracy, loss, None
         from ngss_data import rubric_metrics

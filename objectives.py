@@ -75,6 +75,22 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((hits.sum(0)[present].double() / per_label_total[present]).mean())
 
 
+def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean loss) of whole-set logits; (0, 0) for an empty set."""
+    if len(y) == 0:
+        return 0.0, 0.0
+    return accuracy(logits, y), float(batch_loss(logits, y))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """(N, outputs) logits of `model` on x in evaluation mode, `batch_size` examples at a time."""
+    model.eval()
+    if len(x) == 0:
+        return torch.zeros(0)
+    return torch.cat([model(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+
 def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """A label-flipping attacker's targets: class c → C − 1 − c; multi-label: 0 ↔ 1 (−1 stays)."""
     if not is_multilabel(y):

@@ -14,6 +14,7 @@ responses, so the same config always gives the same ids.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,7 @@ def encode(config: ExperimentConfig, tokenizer: Any, texts: list[str]) -> torch.
 def load_data(config: ExperimentConfig) -> FederatedData:
     """The run's data: MNIST tensors, or one NGSS task tokenized for the configured text model."""
     if config.data.dataset == "mnist":
-        data = load_mnist(config.data.data_dir)
-        return FederatedData(
-            data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, info={"source": "mnist"}
-        )
+        return dataclasses.replace(load_mnist(config.data.data_dir), info={"source": "mnist"})
     ngss = load_ngss(config)
     tokenizer = load_tokenizer(config, ngss.train.texts)
     train_x = encode(config, tokenizer, ngss.train.texts)
