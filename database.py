@@ -46,7 +46,9 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,7 +300,17 @@ def _finite(value: Any) -> Any:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")  # ms a writer waits for a lock; first, for the next line
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    # Readers never wait for the writer. Switching a new file to WAL needs an exclusive lock, and SQLite
+    # reports "database is locked" at once (no busy wait) while another process is opening it too: retry.
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
