@@ -4,6 +4,7 @@
     python cli.py list [--db URL] [--json]
     python cli.py show ID [--db URL] [--json | --privacy-report]
     python cli.py score ID --text "a response" [--text ...] [--db URL] [--json]
+    python cli.py resume ID [--db URL] [--json]
 
 `run` validates the config first: a bad one exits 2 with one line on stderr and
 writes nothing. Then every round is committed to the database as it finishes.
@@ -14,6 +15,14 @@ model is stored with the run (`show ID --privacy-report` turns it, and the priva
 guarantee, into a one-page statement). A text-model run (NGSS rubric scoring) also stores
 its final LoRA + head weights; `score` applies them to new responses: per rubric element
 the probability and 0/1 (≥ 0.5), and the total score (`--json`: one object per response).
+
+Each round is committed together with a checkpoint of the run (global model, strategy
+state, privacy accountants, participation tally; every random draw is seeded by round), so a
+run that was killed, stopped or failed continues with `resume ID` from its last committed
+round and ends exactly where it would have without the interruption. While it runs, the
+worker beats a heartbeat into the database every few seconds, mid-round too: `list`,
+`show` and the page mark a run whose worker died `interrupted` (at once on this machine,
+within 30 s from another one sharing the database).
 
 The page starts runs through the same code: `python cli.py worker ID [ID ...]` runs
 experiments already stored (queued) in the database, one after the other.
@@ -32,7 +41,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from database import FINAL_STATUSES, ExperimentStore, ExperimentSummary
+from database import FINAL_STATUSES, RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import TEXT_MODELS, ExperimentConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -58,30 +67,16 @@ def execute(
         return _execute_on_flower(store, experiment_id, config, out=out, as_json=as_json)
     stop_event = (signals or StopSignals()).new_run()
     store.mark_running(experiment_id)
-    last: dict[str, Any] = {}
     try:
-        from federated_learning import FederatedRun  # torch loads only when a run starts
-
-        run = FederatedRun(config)
-        store.set_label_counts(experiment_id, run.label_counts.tolist())
-        store.set_dataset_info(experiment_id, run.data.info)
-        store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
-        if run.privacy.mode != "none":
-            store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
-        for result in run.rounds(stop_event):
-            row = result.to_dict()
-            store.record_round(experiment_id, row)
-            last = row
-            _print_round(out, row, config.federation.rounds, as_json)
-            if store.stop_requested(experiment_id):
-                stop_event.set()
+        with store.beating(experiment_id):  # mid-round too: a dead worker shows `interrupted` within seconds
+            run, last = _run_rounds(store, experiment_id, config, stop_event, out=out, as_json=as_json)
     except KeyboardInterrupt:
-        store.finish(experiment_id, "interrupted", error="aborted by a second interrupt", final=last)
+        store.finish(experiment_id, "interrupted", error="aborted by a second interrupt", final=_last_round(store, experiment_id))
         print(f"error: experiment {experiment_id} aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # recorded with the run, so the page shows it
         message = f"{type(error).__name__}: {error}"
-        store.finish(experiment_id, "failed", error=message, final=last)
+        store.finish(experiment_id, "failed", error=message, final=_last_round(store, experiment_id))
         print(f"error: {message}", file=sys.stderr)
         if as_json:
             _emit(out, {"experiment_id": experiment_id, "status": "failed", "error": message})
@@ -120,6 +115,46 @@ def execute(
     return EXIT_OK
 
 
+def _run_rounds(
+    store: ExperimentStore, experiment_id: int, config: ExperimentConfig, stop_event: threading.Event, *,
+    out: TextIO, as_json: bool,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Set up the run (from its checkpoint when it has one: a resume) and commit each round with
+    the checkpoint after it. Returns (the run, the last round's row, {} if none)."""
+    from federated_learning import FederatedRun  # torch loads only when a run starts
+
+    run = FederatedRun(config)
+    if (saved := store.load_checkpoint(experiment_id)) is not None:
+        done = run.restore(saved[1])
+        if not as_json:
+            print(f"resuming after round {done}", file=out, flush=True)
+    else:
+        store.set_label_counts(experiment_id, run.label_counts.tolist())
+        store.set_dataset_info(experiment_id, run.data.info)
+        store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
+        if run.privacy.mode != "none":
+            store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
+    last = _last_round(store, experiment_id)
+    for result in run.rounds(stop_event):
+        row = result.to_dict()
+        store.record_round(experiment_id, row, checkpoint=run.checkpoint())
+        last = row
+        _print_round(out, row, config.federation.rounds, as_json)
+        if store.stop_requested(experiment_id):
+            stop_event.set()
+    return run, last
+
+
+def _last_round(store: ExperimentStore, experiment_id: int) -> dict[str, Any]:
+    """The newest stored round of a run as {round, accuracy, loss, epsilon}, or {} if none."""
+    rounds = store.rounds_frame([experiment_id])
+    if rounds.empty:
+        return {}
+    row = rounds.iloc[-1]
+    return {"round": int(row["round"]), "accuracy": float(row["accuracy"]), "loss": float(row["loss"]),
+            "epsilon": float(row["epsilon"])}  # fmt: skip
+
+
 def _save_weights(store: ExperimentStore, experiment_id: int, run: Any) -> dict[str, Any]:
     """Store a text model's final exchanged weights (LoRA + head) for scoring: `{"values": n}`.
     A failure is reported as `{"error": ...}` (and on stderr), like the audit's: the run stands."""
@@ -145,7 +180,8 @@ def _execute_on_flower(
     try:
         from flower_deployment import run_local_deployment
 
-        run_local_deployment(config, db_url=store.url, experiment_id=experiment_id)
+        with store.beating(experiment_id):  # the ServerApp records rounds; this process vouches for the run
+            run_local_deployment(config, db_url=store.url, experiment_id=experiment_id)
     except KeyboardInterrupt:
         print(f"error: experiment {experiment_id} aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -384,6 +420,25 @@ def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool, signal
     return execute(store, experiment_id, config, out=sys.stdout, as_json=True, signals=signals)
 
 
+def command_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted, stopped or failed run from its checkpoint, in this process."""
+    store = ExperimentStore(args.db)
+    store.mark_interrupted_if_dead(pid_alive)
+    experiment = store.get_experiment(args.id)
+    if experiment is None:
+        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        config = ExperimentConfig.from_dict(experiment.config)
+        done = store.reopen(args.id)
+    except (KeyError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not args.json:
+        print(f"experiment {args.id}: resuming after round {done} of {config.federation.rounds}  (database {store.url})")
+    return execute(store, args.id, config, out=sys.stdout, as_json=args.json)
+
+
 def command_list(args: argparse.Namespace) -> int:
     store = ExperimentStore(args.db)
     store.mark_interrupted_if_dead(pid_alive)
@@ -424,6 +479,10 @@ def command_show(args: argparse.Namespace) -> int:
         print(json.dumps(payload))
         return EXIT_OK
     _print_summary(experiment)
+    total = experiment.config.get("federation", {}).get("rounds", 0)
+    if experiment.status in RESUMABLE_STATUSES and experiment.rounds_done < total:
+        if (done := store.checkpoint_round(args.id)) is not None:
+            print(f"  resumable from round {done + 1} of {total}: python cli.py resume {args.id}")
     if not rounds.empty:
         print(_rounds_table(rounds))
     if experiment.audit is not None:
@@ -543,7 +602,7 @@ def _describe(config: dict[str, Any]) -> str:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cli.py", description="Federated Privacy Lab, headless.")
-    commands = root.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", required=True, metavar="{run,list,show,score,resume}")
 
     run = commands.add_parser("run", help="run an experiment and store every round")
     run.add_argument("--config", help="TOML file (sections data, model, federation, privacy, system)")
@@ -566,11 +625,15 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--text", action="append", required=True, help="one student response (repeatable)")
     score.set_defaults(handler=command_score)
 
-    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    resume = commands.add_parser("resume", help="continue an interrupted, stopped or failed run from its checkpoint")
+    resume.add_argument("id", type=int)
+    resume.set_defaults(handler=command_resume)
+
+    worker = commands.add_parser("worker")  # no help: the page's, unlisted
     worker.add_argument("ids", type=int, nargs="+", metavar="ID", help="stored experiments, run in this order")
     worker.set_defaults(handler=command_worker)
 
-    for sub in (run, listing, show, score, worker):
+    for sub in (run, listing, show, score, resume, worker):
         sub.add_argument("--db", default=None, help="SQLAlchemy URL (default: $DATABASE_URL or sqlite:///experiments.db)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     return root

@@ -1,4 +1,4 @@
-"""Client training: local SGD or DP-SGD for one client, run in this process or in a pool
+"""Client training: local SGD, AdamW or DP-SGD for one client, run in this process or in a pool
 of single-threaded worker processes.
 
 The engine (`federated_learning`) hands a trainer the global weights and this round's
@@ -72,9 +72,11 @@ class TaskOutcome:
 
 class LocalObjective:
     """Terms a strategy adds to each local gradient g: μ·(w − w_global) (FedProx) and a
-    fixed correction c (SCAFFOLD's c − c_i). Applied as a second SGD step computed at the
-    pre-step weights, which for plain SGD is the same as adding them to the gradient, and
-    works unchanged after DP-SGD has clipped and noised g (they do not touch the data).
+    fixed correction c (SCAFFOLD's c − c_i). With SGD (and DP-SGD) they are applied as a
+    second SGD step computed at the pre-step weights (`pre_step`/`post_step`), which for
+    plain SGD is the same as adding them to the gradient, and works unchanged after DP-SGD
+    has clipped and noised g (they do not touch the data). AdamW is not linear in g: there
+    `add_to_gradients` adds them to g itself, so AdamW minimises loss + μ/2·‖w − w_global‖².
     """
 
     def __init__(
@@ -102,11 +104,35 @@ class LocalObjective:
                     extra.add_(self.correction[i])
                 self.pending.append(extra)
 
+    def add_to_gradients(self, trainable: list[nn.Parameter]) -> None:
+        """g += the terms, for an optimizer that is not plain SGD; `trainable` are the model's
+        parameters that require grad, in the order of `self.params` (`model.get_parameters`)."""
+        self.pre_step()
+        with torch.no_grad():
+            for p, extra in zip(trainable, self.pending, strict=True):
+                if p.grad is None:
+                    p.grad = extra.clone()
+                else:
+                    p.grad.add_(extra)
+        self.pending = []
+
     def post_step(self) -> None:
         with torch.no_grad():
             for p, extra in zip(self.params, self.pending, strict=True):
                 p.sub_(extra, alpha=self.learning_rate)
         self.pending = []
+
+
+OPTIMIZERS = ("sgd", "adamw")  # experiment_config.CLIENT_OPTIMIZERS
+
+
+def make_optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    """A fresh local optimizer over `model`'s parameters (frozen ones have no grad and are skipped)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=learning_rate)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    raise ValueError(f"client optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
 def train_client(
@@ -121,12 +147,19 @@ def train_client(
     seed: int,
     max_steps: int = 0,
     objective: LocalObjective | None = None,
+    optimizer_name: str = "sgd",
 ) -> tuple[int, float]:
-    """Plain SGD on the client's examples, batches taken by index; returns (steps, mean loss).
+    """Local training on the client's examples, batches taken by index; returns (steps, mean loss).
+
+    `optimizer_name` "sgd": plain SGD, w ← w − lr·g. "adamw": `torch.optim.AdamW` with lr and
+    torch's defaults (β = (0.9, 0.999), ε = 1e-8, decoupled weight decay 0.01), created
+    afresh for this call: its moments start at zero every round and never leave the client.
     `max_steps` > 0 stops early (partial work); `objective` adds FedProx/SCAFFOLD terms."""
     generator = torch.Generator().manual_seed(seed)
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    optimizer = make_optimizer(optimizer_name, model, learning_rate)
+    plain_sgd = optimizer_name == "sgd"
+    trainable = [p for p in model.parameters() if p.requires_grad]
     criterion = objectives.TaskLoss()
     model.train()
     steps, loss_sum, seen = 0, 0.0, 0
@@ -139,10 +172,12 @@ def train_client(
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(train_x[batch]), train_y[batch])
             loss.backward()
-            if objective is not None:
+            if objective is not None and plain_sgd:
                 objective.pre_step()
+            elif objective is not None:
+                objective.add_to_gradients(trainable)
             optimizer.step()
-            if objective is not None:
+            if objective is not None and plain_sgd:
                 objective.post_step()
             steps += 1
             loss_sum += loss.item() * len(batch)
@@ -180,6 +215,7 @@ class TrainSettings:
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # text models: LoRA, pretrained
     model_seed: int | None = None  # the run's seed: a randomly initialised frozen backbone must match the server's
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
+    optimizer: str = "sgd"  # the clients' local optimizer (`OPTIMIZERS`); DP-SGD always steps with SGD
 
 
 class ClientTrainer:
@@ -191,6 +227,10 @@ class ClientTrainer:
     """
 
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings) -> None:
+        if settings.optimizer not in OPTIMIZERS:  # else every client would fail, each excluded as faulty
+            raise ValueError(f"client optimizer must be one of {', '.join(OPTIMIZERS)}; got {settings.optimizer!r}")
+        if settings.local_dp and settings.optimizer != "sgd":  # privacy fails closed: never DP-SGD in its place
+            raise ValueError(f"local DP runs DP-SGD: client optimizer {settings.optimizer!r} cannot be used with it")
         self.train_x, self.train_y, self.settings = train_x, train_y, settings
         self.model = create_model(
             settings.model_name, num_classes=settings.num_classes, seed=settings.model_seed, **settings.model_options
@@ -226,7 +266,7 @@ class ClientTrainer:
                     self.model, self.train_x, labels, task.indices,
                     local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps,
-                    objective=objective,
+                    objective=objective, optimizer_name=settings.optimizer,
                 )  # fmt: skip
             except Exception as error:  # a faulty client: the server excludes it and goes on
                 out.copy_(global_weights)

@@ -158,3 +158,11 @@ class Compressor:
         """‖residual[client]‖₂ (same units as the update); 0 if none is kept for that client."""
         residual = self._residuals.get(client_id)
         return 0.0 if residual is None else float(torch.linalg.vector_norm(residual))
+
+    def state_dict(self) -> dict[int, Tensor]:
+        """The residuals kept for error feedback ({client_id: (P,)}), for a checkpoint."""
+        return dict(self._residuals)
+
+    def load_state_dict(self, residuals: dict[int, Tensor]) -> None:
+        """Restore what `state_dict` returned."""
+        self._residuals = {int(client): residual.to(torch.float32) for client, residual in residuals.items()}

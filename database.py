@@ -48,9 +48,13 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,12 @@ FINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
 ARRIVED = ("ok", "partial")  # client statuses whose update reached the server
 WEIGHTS_DTYPE = np.dtype("<f4")  # stored weights: little-endian float32, whatever the machine
 DEAD_WORKER_ERROR = "the worker process ended without finishing the run"
+HEARTBEAT_SECONDS = 5.0  # a running worker touches `heartbeat_at` this often, even mid-round
+# A run whose worker is on another machine counts as dead when its heartbeat is this old
+# (on this machine its PID answers at once). Assumes the machines' clocks agree (NTP).
+STALE_HEARTBEAT_SECONDS = 30.0
+STALE_HEARTBEAT_ERROR = "the worker stopped sending its heartbeat (its machine or process died)"
+RESUMABLE_STATUSES = ("interrupted", "stopped", "failed")
 
 
 def utcnow() -> datetime:
@@ -199,6 +209,18 @@ class ModelWeights(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     num_values: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    """The state after a run's last committed round, to resume it (`federated_learning.FederatedRun.checkpoint`):
+    one row per experiment, replaced in the same transaction as each round it follows."""
+
+    __tablename__ = "checkpoints"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer)
+    state: Mapped[bytes] = mapped_column(LargeBinary)  # torch.save of tensors and plain values; weights_only load
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -355,7 +377,7 @@ class ExperimentStore:
         self._update(
             experiment_id,
             status="running",
-            started_at=now,
+            started_at=func.coalesce(Experiment.started_at, now),  # a resumed run keeps its start
             heartbeat_at=now,
             worker_pid=pid if pid is not None else os.getpid(),
             worker_host=socket.gethostname(),
@@ -371,8 +393,32 @@ class ExperimentStore:
     def heartbeat(self, experiment_id: int) -> None:
         self._update(experiment_id, heartbeat_at=utcnow())
 
-    def record_round(self, experiment_id: int, result: dict[str, Any]) -> None:
-        """Store one round (`round, accuracy, loss, ...`, `clients: [...]`) atomically."""
+    @contextmanager
+    def beating(self, experiment_id: int, interval: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Touch the run's heartbeat every `interval` seconds from a thread while the block runs
+        (rounds can take minutes; readers call a run dead after STALE_HEARTBEAT_SECONDS of silence)."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(interval):
+                try:
+                    self.heartbeat(experiment_id)
+                except Exception as error:  # a busy or unreachable database: the next beat tries again
+                    print(f"warning: heartbeat of experiment {experiment_id} failed: {error}", file=sys.stderr)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{experiment_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def record_round(
+        self, experiment_id: int, result: dict[str, Any], *, checkpoint: bytes | None = None
+    ) -> None:
+        """Store one round (`round, accuracy, loss, ...`, `clients: [...]`) atomically, with the
+        run's `checkpoint` after it when given: a round is never stored without its checkpoint."""
         with self.sessions.begin() as session:
             row = Round(
                 experiment_id=experiment_id,
@@ -416,9 +462,58 @@ class ExperimentStore:
                 for client in result.get("clients", [])
             ]
             session.add(row)
+            if checkpoint is not None:
+                session.merge(Checkpoint(
+                    experiment_id=experiment_id, round=row.round, state=bytes(checkpoint), created_at=utcnow()
+                ))  # fmt: skip
             session.execute(
                 update(Experiment).where(Experiment.id == experiment_id).values(heartbeat_at=utcnow())
             )
+
+    def load_checkpoint(self, experiment_id: int) -> tuple[int, bytes] | None:
+        """(round, state) of a run's newest checkpoint, or None if it has none."""
+        with self.sessions() as session:
+            row = session.get(Checkpoint, experiment_id)
+            return None if row is None else (row.round, bytes(row.state))
+
+    def checkpoint_round(self, experiment_id: int) -> int | None:
+        """The round a run's checkpoint follows (without reading the state), or None."""
+        with self.sessions() as session:
+            return session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
+
+    def reopen(self, experiment_id: int, *, worker_pid: int | None = None) -> int:
+        """Make an interrupted, stopped or failed run with a checkpoint `queued` again, to resume
+        after the checkpoint's round; rounds stored after it (none, as both are written in one
+        transaction) are removed. `worker_pid` (default: this process) will run it, so the liveness
+        check does not take it for dead meanwhile. Returns that round. Raises ValueError when it
+        cannot resume, KeyError when there is no such run."""
+        with self.sessions.begin() as session:
+            experiment = session.get(Experiment, experiment_id, with_for_update=True)
+            if experiment is None:
+                raise KeyError(f"no experiment with id {experiment_id}")
+            if experiment.status not in RESUMABLE_STATUSES:
+                raise ValueError(
+                    f"experiment {experiment_id} is {experiment.status}: only {', '.join(RESUMABLE_STATUSES)} runs resume"
+                )
+            checkpoint = session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
+            if checkpoint is None:
+                raise ValueError(
+                    f"experiment {experiment_id} has no checkpoint (it finished no round, or ran before checkpoints "
+                    "existed, or on Flower): start it again instead"
+                )
+            total = int((experiment.config or {}).get("federation", {}).get("rounds", 0))
+            if checkpoint >= total:
+                raise ValueError(f"experiment {experiment_id} already ran all {total} rounds")
+            later = select(Round.id).where(Round.experiment_id == experiment_id, Round.round > checkpoint)
+            session.execute(delete(ClientRound).where(ClientRound.round_id.in_(later)))
+            session.execute(delete(Round).where(Round.experiment_id == experiment_id, Round.round > checkpoint))
+            experiment.status, experiment.finished_at, experiment.error = "queued", None, None
+            experiment.stop_requested, experiment.stop_reason = False, None
+            experiment.worker_pid = worker_pid if worker_pid is not None else os.getpid()
+            experiment.worker_host = socket.gethostname()
+            experiment.final_accuracy = experiment.final_loss = experiment.final_epsilon = None
+            experiment.audit = experiment.personalization = None
+            return checkpoint
 
     def set_noise_multiplier(self, experiment_id: int, noise_multiplier: float) -> None:
         """Record the σ the run uses (the calibrated one when a target ε was set)."""
@@ -509,6 +604,7 @@ class ExperimentStore:
             session.execute(delete(ClientRound).where(ClientRound.round_id.in_(round_ids)))
             session.execute(delete(Round).where(Round.experiment_id == experiment_id))
             session.execute(delete(ModelWeights).where(ModelWeights.experiment_id == experiment_id))
+            session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == experiment_id))
             session.execute(delete(Experiment).where(Experiment.id == experiment_id))
 
     def _update(self, experiment_id: int, **values: Any) -> None:
@@ -566,12 +662,16 @@ class ExperimentStore:
         return pd.DataFrame(rows, columns=columns)
 
     def mark_interrupted_if_dead(self, is_alive: Any) -> list[int]:
-        """Mark `running`/`queued` runs of this host whose worker PID `is_alive(pid)` denies.
+        """Mark `interrupted` the active runs whose worker is gone: on this host, a `queued` or
+        `running` run whose worker PID `is_alive(pid)` denies; on any host, a `running` run whose
+        heartbeat is older than STALE_HEARTBEAT_SECONDS (the worker beats every HEARTBEAT_SECONDS,
+        mid-round too, so this catches a dead machine or a PID reused on another one).
 
-        The update is conditional: a worker that finishes its run and exits between the
-        look-up and the check has already written the final status, which stands."""
+        The updates are conditional: a worker that finishes its run (or beats) between the
+        look-up and the check has already written, and what it wrote stands."""
         host = socket.gethostname()
         active = ("queued", "running")
+        stale = utcnow() - timedelta(seconds=STALE_HEARTBEAT_SECONDS)
         marked = []
         with self.sessions.begin() as session:
             candidates = session.execute(
@@ -586,6 +686,17 @@ class ExperimentStore:
                     update(Experiment)
                     .where(Experiment.id == experiment_id, Experiment.worker_pid == pid, Experiment.status.in_(active))
                     .values(status="interrupted", finished_at=utcnow(), error=DEAD_WORKER_ERROR)
+                )
+                if result.rowcount:
+                    marked.append(experiment_id)
+            silent = session.scalars(
+                select(Experiment.id).where(Experiment.status == "running", Experiment.heartbeat_at < stale)
+            ).all()
+            for experiment_id in silent:
+                result = session.execute(
+                    update(Experiment)
+                    .where(Experiment.id == experiment_id, Experiment.status == "running", Experiment.heartbeat_at < stale)
+                    .values(status="interrupted", finished_at=utcnow(), error=STALE_HEARTBEAT_ERROR)
                 )
                 if result.rowcount:
                     marked.append(experiment_id)

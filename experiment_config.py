@@ -52,6 +52,9 @@ ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
 COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
 ACCOUNTANTS = ("rdp", "prv")
+# The clients' local optimizer. adamw: a fresh torch.optim.AdamW each round (its moments do not
+# carry over from round to round); SCAFFOLD, DP-SGD and fine-tuning assume plain SGD.
+CLIENT_OPTIMIZERS = ("sgd", "adamw")
 
 # Values in DESIGN.md's contract that a later release implements. Asking for them
 # is an error now (privacy fails closed), with a message that says why.
@@ -128,6 +131,7 @@ class FederationConfig:
     local_epochs: int = 1
     batch_size: int = 50
     learning_rate: float = 0.05
+    client_optimizer: str = "sgd"  # sgd | adamw (fresh each round: no optimizer state across rounds)
     strategy: str = "fedavg"
     # Strategy parameters (each read only by the strategies named).
     proximal_mu: float = 0.01  # fedprox: μ of the proximal term μ/2·‖w − w_global‖²
@@ -174,6 +178,7 @@ class FederationConfig:
         _integer("federation.local_epochs", self.local_epochs, low=1, high=1_000)
         _integer("federation.batch_size", self.batch_size, low=1, high=100_000)
         _number("federation.learning_rate", self.learning_rate, low=1e-8, high=100.0)
+        _one_of("federation.client_optimizer", self.client_optimizer, CLIENT_OPTIMIZERS)
         _one_of("federation.strategy", self.strategy, STRATEGIES)
         _number("federation.proximal_mu", self.proximal_mu, low=0.0, high=1e4)
         _number("federation.server_learning_rate", self.server_learning_rate, low=0.0, high=100.0)
@@ -228,6 +233,23 @@ class FederationConfig:
             raise ValueError(
                 f"{needs_holdout[0]} needs each client's own held-out split: "
                 "set federation.client_holdout > 0 (e.g. 0.1)"
+            )
+        self._validate_optimizer()
+
+    def _validate_optimizer(self) -> None:
+        """AdamW only where the local training it replaces does not assume plain SGD."""
+        if self.client_optimizer == "sgd":
+            return
+        if self.strategy == "scaffold":
+            raise ValueError(
+                "federation.strategy = 'scaffold' derives its control variates from plain SGD steps "
+                f"(c_i = (w_global − w_i) / (K·lr)): federation.client_optimizer must be 'sgd', "
+                f"got {self.client_optimizer!r}"
+            )
+        if self.personalization == "finetune":
+            raise ValueError(
+                "federation.personalization = 'finetune' fine-tunes with plain SGD: "
+                f"federation.client_optimizer must be 'sgd', got {self.client_optimizer!r}"
             )
 
     def _validate_robust(self) -> None:
@@ -304,7 +326,7 @@ class SystemConfig:
     # Parallel client trainers (processes, one thread each). 0 = automatic: as many
     # as there are cores, never more than clients per round; 1 = train in-process.
     num_workers: int = 0
-    backend: str = "torch"  # torch | mlx (MNIST local training on Apple's MLX; `mlx[cpu]` on Linux)
+    backend: str = "torch"  # torch | mlx (local training on Apple's MLX: cnn, mlp, tinyllama-lora; `mlx[cpu]` on Linux)
     runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
 
     def validate(self) -> None:
@@ -384,6 +406,11 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(section).__name__}")
             section.validate()
         self._check_workload()
+        if self.privacy.mode == "local" and self.federation.client_optimizer != "sgd":
+            raise ValueError(
+                "privacy.mode = 'local' runs DP-SGD (clipped, noised SGD steps): federation.client_optimizer "
+                f"must be 'sgd', got {self.federation.client_optimizer!r}"
+            )
         if self.privacy.mode == "central" and self.federation.strategy != "fedavg":
             raise ValueError(
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
@@ -424,8 +451,8 @@ class ExperimentConfig:
                 f"federation.num_clients must be {NGSS_SCHOOLS}, got {self.federation.num_clients}"
             )
         if self.system.backend == "mlx":
-            if text:
-                raise ValueError("system.backend = 'mlx' runs the MNIST workload only (cnn, mlp) in this version")
+            if text and model.name != "tinyllama-lora":
+                raise ValueError(f"system.backend = 'mlx' runs MNIST (cnn, mlp) or tinyllama-lora, not {model.name}")
             if self.privacy.mode == "local":
                 raise ValueError(
                     "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"

@@ -17,6 +17,7 @@ result does not depend on which worker trained which client).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 import time
@@ -52,6 +53,7 @@ EVAL_BATCH = 1000
 NON_FINITE = "returned non-finite weights (NaN or inf): its training diverged; lower the learning rate"
 AUDIT_SEED_TAG = 0xA0D17  # the membership audit's sampling stream (see FederatedRun.audit)
 ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
+CHECKPOINT_FORMAT = 1  # FederatedRun.checkpoint's layout; a reader refuses any other
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ def train_settings(config: ExperimentConfig, num_classes: int, *, noise_multipli
         accountant=privacy.accountant,
         proximal_mu=federation.proximal_mu if federation.strategy == "fedprox" else 0.0,
         corrections=federation.strategy == "scaffold",
+        optimizer=federation.client_optimizer,
     )
 
 
@@ -216,6 +219,64 @@ class FederatedRun:
         self.clip_norm = config.privacy.max_grad_norm  # central: C of the next round (adaptive: moves)
         self.secagg_stats: dict[str, Any] | None = None  # the last round's secure-aggregation statistics
         self.failures: dict[int, str] = {}  # this round's faulty clients: why each was excluded
+        self.completed_rounds = 0  # rounds done (a restored run goes on after its checkpoint's)
+
+    # -- checkpoints: everything that carries from one round to the next ----------------
+    #
+    # Every random draw is seeded from (seed, round, client), so the RNG state to keep is the
+    # round number; the rest is the global model and what rounds accumulate: the strategy's
+    # state (momentum, moments, SCAFFOLD's control variates), each client's privacy accountant
+    # history, the participation tally (availability-aware selection), the adaptive clip norm,
+    # top-k residuals and FedPer heads. The partition, profiles and privacy plan are rebuilt
+    # from the config, as they were at the start.
+
+    def checkpoint(self) -> bytes:
+        """The state after the last completed round, serialized (tensors and plain values only:
+        `restore` reads it with `torch.load(weights_only=True)`, never unpickling code)."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "round": self.completed_rounds,
+            "weights": flatten(get_parameters(self.model)),
+            "strategy": self.strategy.state_dict(),
+            "residuals": self.compressor.state_dict(),
+            "heads": dict(self.heads),
+            "histories": {c: [list(entry) for entry in h] for c, h in self.histories.items()},
+            "client_epsilons": dict(self.client_epsilons),
+            "selected": dict(self.tally.selected),
+            "arrived": dict(self.tally.arrived),
+            "trained_clients": sorted(self.trained_clients),
+            "clip_norm": float(self.clip_norm),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def restore(self, checkpoint: bytes) -> int:
+        """Continue from a `checkpoint` of a run with the same config; returns its round.
+        Raises ValueError for a checkpoint of another config or format."""
+        try:
+            state = torch.load(io.BytesIO(checkpoint), weights_only=True)
+        except Exception as error:  # truncated or not ours: never trust it further
+            raise ValueError(f"the checkpoint cannot be read: {type(error).__name__}: {error}") from error
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"the checkpoint is not format {CHECKPOINT_FORMAT} (written by another version)")
+        if state["config"] != self.config.to_dict():
+            raise ValueError("the checkpoint belongs to a run with another config")
+        params = get_parameters(self.model)
+        if state["weights"].shape != flatten(params).shape:
+            raise ValueError("the checkpoint's weights do not fit the model")
+        set_parameters(self.model, unflatten(state["weights"], params))
+        self.strategy.load_state_dict(state["strategy"])
+        self.compressor.load_state_dict(state["residuals"])
+        self.heads = dict(state["heads"])
+        self.histories = {c: tuple(tuple(entry) for entry in h) for c, h in state["histories"].items()}
+        self.client_epsilons = dict(state["client_epsilons"])
+        self.tally = ParticipationTally(selected=dict(state["selected"]), arrived=dict(state["arrived"]))
+        self.trained_clients = set(state["trained_clients"])
+        self.clip_norm = state["clip_norm"]
+        self.completed_rounds = int(state["round"])
+        return self.completed_rounds
 
     def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
         """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
@@ -314,8 +375,9 @@ class FederatedRun:
         }
 
     def rounds(self, stop_event: StopEvent | None = None) -> Iterator[RoundResult]:
-        """Run the rounds, yielding each result; ends early after a round if `stop_event` is
-        set, or before a round that would take ε past `privacy.max_epsilon`."""
+        """Run the rounds (after a restored checkpoint's), yielding each result; `checkpoint()`
+        taken at a yield holds the state after that round. Ends early after a round if
+        `stop_event` is set, or before a round that would take ε past `privacy.max_epsilon`."""
         config, plan, federation = self.config, self.privacy, self.config.federation
         params = get_parameters(self.model)
         global_weights = flatten(params)
@@ -330,7 +392,7 @@ class FederatedRun:
         else:
             trainer = InProcessTrainer(self.data, settings, global_weights.numel(), slots)
         try:
-            for round_number in range(1, federation.rounds + 1):
+            for round_number in range(self.completed_rounds + 1, federation.rounds + 1):
                 clients = self.sample_clients(round_number)
                 if (reason := self.budget_exhausted(round_number, clients)) is not None:
                     self.stop_reason = reason
@@ -351,6 +413,7 @@ class FederatedRun:
                 for name, tensor in unflatten(global_weights, params).items():
                     params[name].copy_(tensor)
                 accuracy, loss, metrics = self.evaluate_global()
+                self.completed_rounds = round_number
                 yield self.round_result(
                     round_number, statuses, outcomes, arrivals, accuracy=accuracy, loss=loss, seconds=seconds,
                     eval_seconds=time.perf_counter() - eval_started, clip_norm=clip_norm, skipped=skipped,

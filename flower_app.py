@@ -4,20 +4,26 @@ Flower (`flwr`) carries the rounds between real processes: a SuperLink routes me
 SuperNode per site runs the ClientApp next to its data, and the ServerApp drives the rounds.
 What runs inside them is this project's code, not a second implementation:
 
-- the ServerApp plans the run with the engine's `FederatedRun` (partition plan, initial
-  model, client sampling, `strategies.make_strategy`, privacy plan), aggregates the
-  updates that arrive, evaluates on the test split and records every round with
-  `ExperimentStore.record_round` (experiment runtime "flower"), so the app's live view and
-  history show a Flower run like an in-process one;
-- each ClientApp computes its own partition exactly as the engine does (same seeded
-  subset, partition and holdout; its `partition-id` is the client id) and trains it with
+- the ServerApp (`flower_server`) plans the run with the engine's `FederatedRun` (partition
+  plan, initial model, client sampling, `strategies.make_strategy`, privacy plan),
+  aggregates the updates that arrive (with central DP: clipped and noised by DP-FedAvg's
+  `CentralSum`), evaluates on the test split (NGSS: rubric metrics per school) and records
+  every round with `ExperimentStore.record_round` (experiment runtime "flower"), so the
+  app's live view and history show a Flower run like an in-process one;
+- each ClientApp finds its own data: its partition exactly as the engine computes it (same
+  seeded subset, partition and holdout of MNIST or the synthetic NGSS responses; its
+  `partition-id` is the client id), or, for imported NGSS responses, its school's own CSV
+  file (`data-path`; `flower_data`: the rows never leave the site), and trains it with
   `client_trainers.ClientTrainer` (local SGD or DP-SGD), seeded by (seed, round, client).
 
 What travels: the `ExperimentConfig` as JSON under the run-config key `experiment` (with
 `db-url`, `experiment-id` and the timeouts); each round, a `train` message with the global
 weights (an ArrayRecord of the model's cleanly named parameters), the round number, σ and,
-with local DP, the server's copy of the client's accountant history; each reply with the new
-weights, steps, loss and the client's full history. The client keeps its history in its
+with local DP, the server's copy of the client's accountant history, with SCAFFOLD the
+client's correction c − c_i (the control variates stay on the server, in the strategy), and
+with the data at the sites the run's rubric elements and schools (and a TinyLLama-from-config
+tokenizer); each reply with the new weights (text models: LoRA + head only), steps, loss and
+the client's full history. The client keeps its history in its
 node state (`context.state`), so ε is cumulative over every round it trained, even rounds
 whose reply was lost; a SuperNode that restarted (empty state) continues from the server's
 copy. Every wait has a timeout: a client whose reply does not come within `round-timeout`
@@ -38,29 +44,32 @@ SuperNodes"):
    --disable-runtime-dependency-installation` (one HTTPS port for the Fleet, Control and
    ServerApp APIs; it listens on 127.0.0.1:8000 unless told otherwise). Register each
    site's public key: `flwr supernode register site.pub <connection>`. The ServerApp runs
-   here, so the database (`db-url`) and MNIST must be reachable from here.
+   here, so the database (`db-url`) and MNIST (or, for imported NGSS responses, the
+   `{task}_test.csv` beside `data.csv_path`) must be reachable from here.
 2. Each site: `flower-supernode --superlink server.example.org:9093 --root-certificates
    ca.crt --auth-supernode-private-key site.key --node-config "partition-id=3
    num-partitions=10 data-dir='/srv/mnist'"` (`data-dir` overrides `data.data_dir`;
-   optional `num-threads`). Sites need this repository's Python requirements installed:
-   the FAB carries the code, not its dependencies.
+   optional `num-threads`). A school with imported NGSS responses names its own file instead:
+   `--node-config "partition-id=0 num-partitions=9 data-path='/srv/ngss/our_school.csv'"`
+   (partition-id: the school's place in the sorted school names of the test file). Sites
+   need this repository's Python requirements installed: the FAB carries the code, not its
+   dependencies.
 3. Anywhere with this checkout: a connection in `$FLWR_HOME/config.toml`
    (`[superlink.lab] address = "server.example.org:9093"`, `root-certificates = "ca.crt"`),
    then `flwr run . lab --run-config run.toml`, with `run.toml` holding
    `experiment = '<ExperimentConfig JSON>'` and `db-url = "postgresql+psycopg://..."`.
 
-Not on Flower yet (refused by `check_supported`): text workloads, MLX, central DP and
-secure aggregation, SCAFFOLD, power-of-choice selection, simulated dropouts, deadlines,
-attacks, compression and personalization.
+Not on Flower yet (refused by `check_supported`): MLX, secure aggregation (with or without
+central DP), power-of-choice selection, simulated dropouts, deadlines, attacks, compression
+and personalization; imported NGSS responses need `data.partition = "natural"`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from logging import INFO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,22 +77,19 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.common import log  # noqa: E402
 from flwr.common.constant import ErrorCode  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from experiment_config import ExperimentConfig  # noqa: E402
+from flower_data import at_sites, site_examples, site_reasons, site_split, summarize_site  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from client_trainers import TaskOutcome
     from data_handler import FederatedData
-    from database import ExperimentStore
-    from federated_learning import RoundResult
 
 RUNTIME = "flower"  # experiments.runtime of runs recorded by the ServerApp
 REPO = Path(__file__).resolve().parent
@@ -91,6 +97,8 @@ POLL_SECONDS = 0.5  # how often the ServerApp asks the SuperLink for replies
 QUERY_TIMEOUT_S = 60.0  # a new SuperNode that does not say which client it is by then is asked again later
 # Record names inside messages.
 WEIGHTS, TASK, RESULT, HISTORY, NODE = "weights", "task", "result", "history", "node"
+CORRECTION = "correction"  # SCAFFOLD: c − c_i for this client, shaped like the weights
+SITE, TOKENIZER = "site", "tokenizer"  # data at the sites: the run's labels and schools; a local tokenizer's files
 # Replies the SuperLink makes up when a SuperNode is gone: the client's update never arrived.
 UNREACHABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
@@ -137,11 +145,8 @@ def check_supported(config: ExperimentConfig) -> None:
     """Raise ValueError naming every setting the Flower runtime does not run yet."""
     federation = config.federation
     unsupported = [
-        (config.data.dataset != "mnist", "data.dataset must be 'mnist'"),
         (config.system.backend != "torch", "system.backend must be 'torch'"),
-        (config.privacy.mode == "central", "privacy.mode 'central' (server-side noise) is in-process only"),
         (federation.secure_aggregation, "federation.secure_aggregation is in-process only"),
-        (federation.strategy == "scaffold", "federation.strategy 'scaffold' (control variates) is in-process only"),
         (federation.selection == "power_of_choice", "federation.selection 'power_of_choice' needs client losses"),
         (federation.dropout_probability > 0, "federation.dropout_probability: on Flower clients drop out for real"),
         (federation.round_deadline > 0, "federation.round_deadline: use the round timeout instead"),
@@ -149,7 +154,7 @@ def check_supported(config: ExperimentConfig) -> None:
         (config.attack.fraction > 0, "attack.fraction: simulated attackers are in-process only"),
         (config.communication.compression != "none", "communication.compression is in-process only"),
     ]
-    reasons = [reason for bad, reason in unsupported if bad]
+    reasons = [reason for bad, reason in unsupported if bad] + site_reasons(config)
     if reasons:
         raise ValueError("the Flower runtime cannot run this config: " + "; ".join(reasons))
 
@@ -213,12 +218,35 @@ def node_partition(node_config: Mapping[str, Any]) -> tuple[int, int]:
 def client_examples(config: ExperimentConfig, data: FederatedData, client_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) example indices of `client_id`: the partition `FederatedRun` computes.
     `data` is the run's data after `data_handler.subset`."""
+    train, held_out = _all_client_examples(config, data)
+    return train[client_id], held_out[client_id]
+
+
+def _all_client_examples(config: ExperimentConfig, data: FederatedData) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every client's (training, held-out) indices of `data`, as `FederatedRun` splits them."""
     from data_handler import split_holdout
     from federated_learning import client_partitions
 
-    parts = client_partitions(config, data)
-    train, held_out = split_holdout(parts, config.federation.client_holdout, seed=config.system.seed)
-    return train[client_id], held_out[client_id]
+    return split_holdout(client_partitions(config, data), config.federation.client_holdout, seed=config.system.seed)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_client_data(config: ExperimentConfig) -> tuple[FederatedData, list[np.ndarray], list[np.ndarray]]:
+    """(the run's data after `subset`, every client's training indices, held-out indices) that each
+    node rebuilds (MNIST, synthetic NGSS), built once per process and config.
+
+    Flower's simulation engine runs many clients' messages in each of a few long-lived Ray actor
+    processes, which would otherwise reload MNIST and repartition it for every message; a SuperNode
+    starts a fresh ClientApp process per message, where this is built once either way. Keyed by
+    the whole (frozen) config, this site's `data-dir` included: everything the data depends on.
+    One entry, so a process holds one run's data. Callers must not modify what it returns.
+    """
+    from data_handler import subset
+    from workloads import load_data
+
+    data = subset(load_data(config), max_train=config.data.max_train_examples,
+                  max_test=config.data.max_test_examples, seed=config.system.seed)  # fmt: skip
+    return data, *_all_client_examples(config, data)
 
 
 def _client_config(context: Context) -> tuple[ExperimentConfig, int]:
@@ -247,12 +275,44 @@ def _checked_noise(config: ExperimentConfig, noise_multiplier: float) -> float:
     return noise_multiplier
 
 
+def _data_path(context: Context) -> str:
+    """This site's own training file (`--node-config data-path=...`)."""
+    if not (path := str(context.node_config.get("data-path", ""))):
+        raise ValueError("this SuperNode has no data-path in its --node-config: with data.dataset 'csv' each site "
+                         "trains on its own school's CSV file")  # fmt: skip
+    return path
+
+
 @client_app.query()
 def describe(message: Message, context: Context) -> Message:
-    """Which client this SuperNode is: its partition id and the number of partitions."""
+    """Which client this SuperNode is: its partition id and the number of partitions; with the
+    data at the sites also its number of responses, its school and its rubric elements."""
     partition_id, num_partitions = node_partition(context.node_config)
     record = ConfigRecord({"partition-id": partition_id, "num-partitions": num_partitions})
+    config = RunOptions.from_run_config(context.run_config).config()
+    if at_sites(config):
+        summary = summarize_site(config, _data_path(context))
+        record.update({"num-examples": summary.num_examples, "school": summary.school,
+                       "labels": list(summary.label_names)})  # fmt: skip
     return Message(RecordDict({NODE: record}), reply_to=message)
+
+
+def _client_data(
+    config: ExperimentConfig, context: Context, message: Message, client_id: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, int]:
+    """(x, y, training indices, held-out indices, number of classes) of this node's client: its
+    own file at the site, or its slice of the data every node rebuilds (MNIST, synthetic NGSS)."""
+    if at_sites(config):
+        site = message.content.config_records[SITE]
+        labels, schools = [str(n) for n in site["labels"]], [str(n) for n in site["schools"]]
+        tokenizer = message.content.config_records.get(TOKENIZER)
+        x, y = site_examples(
+            config, _data_path(context), client_id=client_id, label_names=labels, school_names=schools,
+            tokenizer_files={str(k): str(v) for k, v in tokenizer.items()} if tokenizer is not None else {},
+        )  # fmt: skip
+        return x, y, *site_split(config, len(y), client_id), len(labels)
+    data, train, held_out = shared_client_data(config)
+    return data.train_x, data.train_y, train[client_id], held_out[client_id], data.num_classes
 
 
 @client_app.train()
@@ -262,9 +322,7 @@ def train(message: Message, context: Context) -> Message:
 
     from client_population import client_seed
     from client_trainers import ClientTrainer, TrainTask
-    from data_handler import subset
     from federated_learning import train_settings
-    from workloads import load_data
 
     config, client_id = _client_config(context)
     if threads := int(context.node_config.get("num-threads", 0)):
@@ -273,13 +331,16 @@ def train(message: Message, context: Context) -> Message:
     if int(task["client-id"]) != client_id:
         raise ValueError(f"the server sent client {task['client-id']}'s task to client {client_id}")
     round_number, seed = int(task["round"]), config.system.seed
-    data = subset(load_data(config), max_train=config.data.max_train_examples,
-                  max_test=config.data.max_test_examples, seed=seed)  # fmt: skip
-    indices, holdout = client_examples(config, data, client_id)
+    train_x, train_y, indices, holdout, num_classes = _client_data(config, context, message, client_id)
     noise_multiplier = _checked_noise(config, float(task["noise-multiplier"]))
-    settings = train_settings(config, data.num_classes, noise_multiplier=noise_multiplier)
-    trainer = ClientTrainer(data.train_x, data.train_y, settings)
+    settings = train_settings(config, num_classes, noise_multiplier=noise_multiplier)
+    trainer = ClientTrainer(train_x, train_y, settings)
     global_weights = flat_weights(message.content.array_records[WEIGHTS], trainer.params)
+    correction = None  # SCAFFOLD's c − c_i, from the server's control variates
+    if CORRECTION in message.content.array_records:
+        correction = flat_weights(message.content.array_records[CORRECTION], trainer.params)
+    elif settings.corrections:
+        raise ValueError("federation.strategy 'scaffold': the server sent no control-variate correction")
     # The node's own accountant, unless the node restarted and the server's copy has more steps.
     history = max(history_from(context.state.config_records.get(HISTORY)),
                   history_from(message.content.config_records.get(HISTORY)), key=history_steps)  # fmt: skip
@@ -287,7 +348,7 @@ def train(message: Message, context: Context) -> Message:
     outcome = trainer.run(
         TrainTask(0, client_id, indices, client_seed(seed, round_number, client_id), history,
                   holdout=holdout if len(holdout) else None),
-        global_weights, new_weights,
+        global_weights, new_weights, correction,
     )  # fmt: skip
     if settings.local_dp:
         context.state[HISTORY] = history_record(outcome.history)
@@ -307,193 +368,12 @@ def train(message: Message, context: Context) -> Message:
 # -- the ServerApp ----------------------------------------------------------------------
 
 
-def exchange(grid: Grid, messages: Mapping[Any, Message], *, timeout_s: float) -> dict[Any, Message]:
-    """Send `messages` ({key: message}) and collect replies until all came or `timeout_s`
-    passed; returns {key: reply} for the replies that came."""
-    if not messages:
-        return {}
-    keys = list(messages)
-    message_ids = list(grid.push_messages([messages[k] for k in keys]))
-    if len(message_ids) != len(keys):  # the SuperLink refused the whole batch (too large)
-        raise RuntimeError(f"the SuperLink accepted {len(message_ids)} of {len(keys)} messages")
-    pending = {message_id: key for message_id, key in zip(message_ids, keys, strict=True) if message_id}
-    replies, deadline = {}, time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline:
-        for reply in grid.pull_messages(list(pending)):
-            if (key := pending.pop(reply.metadata.reply_to_message_id, None)) is not None:
-                replies[key] = reply
-        if pending:
-            time.sleep(POLL_SECONDS)
-    return replies
-
-
-class NodeDirectory:
-    """Which SuperNode hosts which client, learnt by asking each new node its partition id.
-    A node that joins later for a client already known (a restarted site) replaces the old one."""
-
-    def __init__(self, num_clients: int) -> None:
-        self.num_clients = num_clients
-        self.nodes: dict[int, int] = {}  # client id → node id
-        self.asked: set[int] = set()
-
-    def refresh(self, grid: Grid, *, timeout_s: float) -> None:
-        new = [node for node in grid.get_node_ids() if node not in self.asked]
-        questions = {node: Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY, ttl=timeout_s)
-                     for node in new}  # fmt: skip
-        for node, reply in exchange(grid, questions, timeout_s=timeout_s).items():
-            self.asked.add(node)
-            if reply.has_error() and reply.error.code in UNREACHABLE:  # gone already
-                continue
-            if reply.has_error():  # a site set up wrongly (no partition-id, say): fail closed
-                raise RuntimeError(f"SuperNode {node} cannot serve this run: {reply.error.reason}")
-            record = reply.content.config_records[NODE]
-            if int(record["num-partitions"]) != self.num_clients:
-                raise RuntimeError(
-                    f"SuperNode {node} has num-partitions = {record['num-partitions']}, the run "
-                    f"federation.num_clients = {self.num_clients}"
-                )
-            self.nodes[int(record["partition-id"])] = node
-
-    def wait_for_all(self, grid: Grid, *, timeout_s: float, at_least: int) -> None:
-        """Refresh until every client has its node, or `timeout_s`; fewer than `at_least` then is an error."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.nodes) < self.num_clients and (left := deadline - time.monotonic()) > 0:
-            self.refresh(grid, timeout_s=left)
-            if len(self.nodes) < self.num_clients:
-                time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0)))
-        if len(self.nodes) < at_least:
-            raise RuntimeError(
-                f"{len(self.nodes)} of {self.num_clients} SuperNodes joined within {timeout_s:.0f} s, fewer than "
-                f"federation.min_clients = {at_least}"
-            )
-        log(INFO, "clients on SuperNodes: %s", dict(sorted(self.nodes.items())))
-
-
-class Coordinator:
-    """The ServerApp's side of one experiment. The engine's `FederatedRun` holds the plan
-    (partition sizes, model, sampling, strategy, privacy, participation); Flower carries
-    each round's training to the SuperNodes."""
-
-    def __init__(self, grid: Grid, config: ExperimentConfig, options: RunOptions) -> None:
-        from federated_learning import FederatedRun
-        from model import flatten, get_parameters
-
-        self.grid, self.config, self.options = grid, config, options
-        self.run = FederatedRun(config)
-        self.params = get_parameters(self.run.model)
-        self.weights = flatten(self.params)  # (P,) the global model
-        self.nodes = NodeDirectory(config.federation.num_clients)
-
-    def rounds(self, should_stop: Any) -> Iterator[RoundResult]:
-        """Yield each round's result; stop early like the engine (budget, `should_stop()`)."""
-        run, federation = self.run, self.config.federation
-        self.nodes.wait_for_all(self.grid, timeout_s=self.options.connect_timeout_s, at_least=federation.min_clients)
-        for round_number in range(1, federation.rounds + 1):
-            clients = run.sample_clients(round_number)
-            if (reason := run.budget_exhausted(round_number, clients)) is not None:
-                run.stop_reason = reason
-                return
-            yield self.round(round_number, clients)
-            if should_stop():
-                run.stop_reason = "stopped on request"
-                return
-
-    def round(self, round_number: int, clients: list[int]) -> RoundResult:
-        """Train the selected clients on their nodes, aggregate what arrives, evaluate."""
-        from federated_learning import NON_FINITE
-        from model import parameter_bytes, set_parameters, unflatten
-        from strategies import ClientUpdate
-
-        run, started = self.run, time.perf_counter()
-        run.failures = {}
-        self.nodes.refresh(self.grid, timeout_s=min(QUERY_TIMEOUT_S, self.options.round_timeout_s))  # joined since
-        statuses = dict.fromkeys(clients, ("dropped", 0))  # no node: never started
-        weights = weights_record(self.weights, self.params)  # one copy for all: records are content-addressed
-        messages = {c: self._train_message(c, round_number, weights) for c in clients if c in self.nodes.nodes}
-        replies = exchange(self.grid, messages, timeout_s=self.options.round_timeout_s)
-        outcomes, updates, arrivals = [], [], {}
-        for client in messages:
-            reply = replies.get(client)
-            if reply is None or (reply.has_error() and reply.error.code in UNREACHABLE):
-                statuses[client] = ("lost", 0)
-                continue
-            statuses[client] = ("ok", 0)
-            outcome, row = self._read_reply(client, round_number, reply)
-            outcomes.append(outcome)
-            if failure := outcome.error or ("" if row is not None and bool(row.isfinite().all()) else NON_FINITE):
-                run.failures[client] = failure
-                continue
-            arrivals[client] = parameter_bytes(self.params)
-            updates.append(ClientUpdate(
-                client, row, len(outcome.task.indices), outcome.steps, outcome.loss,
-                validation_score=outcome.validation_accuracy,
-            ))  # fmt: skip
-        self.weights, skipped = self._aggregate(updates, len(arrivals))
-        seconds = time.perf_counter() - started
-        for client in clients:
-            run.tally.record(client, client in arrivals)
-        run.trained_clients.update(o.task.client_id for o in outcomes)
-        eval_started = time.perf_counter()
-        set_parameters(run.model, unflatten(self.weights, self.params))
-        accuracy, loss, metrics = run.evaluate_global()
-        return run.round_result(
-            round_number, statuses, outcomes, arrivals, accuracy=accuracy, loss=loss, seconds=seconds,
-            eval_seconds=time.perf_counter() - eval_started, clip_norm=run.clip_norm, skipped=skipped, metrics=metrics,
-        )  # fmt: skip
-
-    def _train_message(self, client: int, round_number: int, weights: ArrayRecord) -> Message:
-        task = ConfigRecord({"client-id": client, "round": round_number,
-                             "noise-multiplier": float(self.run.privacy.noise_multiplier)})  # fmt: skip
-        content = RecordDict({
-            WEIGHTS: weights, TASK: task,
-            HISTORY: history_record(self.run.histories.get(client, ())),
-        })  # fmt: skip
-        timeout = self.options.round_timeout_s  # expires with the round: a late node never starts it
-        return Message(content, dst_node_id=self.nodes.nodes[client], message_type=MessageType.TRAIN,
-                       group_id=str(round_number), ttl=timeout)  # fmt: skip
-
-    def _read_reply(self, client: int, round_number: int, reply: Message) -> tuple[TaskOutcome, torch.Tensor | None]:
-        """The client's outcome (an `error` if it failed) and its new (P,) weights, or None."""
-        from client_population import client_seed
-        from client_trainers import TaskOutcome, TrainTask
-
-        run = self.run
-        task = TrainTask(0, client, run.partitions[client], client_seed(self.config.system.seed, round_number, client),
-                         run.histories.get(client, ()))  # fmt: skip
-        if reply.has_error():
-            if run.privacy.mode == "local":  # its accountant may have moved without us: fail closed, like the engine
-                raise RuntimeError(f"client {client} failed under local DP: {reply.error.reason}")
-            return TaskOutcome(task, 0, 0.0, error=f"its ClientApp failed: {reply.error.reason}"), None
-        result = reply.content.config_records[RESULT]
-        outcome = TaskOutcome(
-            task, int(result["steps"]), float(result["loss"]),
-            history=history_from(reply.content.config_records.get(HISTORY)), seconds=float(result["seconds"]),
-            validation_accuracy=float(result["validation-accuracy"]) if "validation-accuracy" in result else None,
-            error=str(result["error"]),
-        )  # fmt: skip
-        if int(result["num-examples"]) != len(task.indices):
-            error = (f"its partition has {result['num-examples']} examples, the server's plan {len(task.indices)}: "
-                     "different data or code at the site")  # fmt: skip
-            return TaskOutcome(task, outcome.steps, outcome.loss, outcome.history, outcome.seconds, error=error), None
-        if outcome.error:
-            return outcome, None
-        return outcome, flat_weights(reply.content.array_records[WEIGHTS], self.params)
-
-    def _aggregate(self, updates: list[Any], arrived: int) -> tuple[torch.Tensor, str]:
-        """(new global weights, why they were not updated or ""): the engine's rule and wording."""
-        min_clients = self.config.federation.min_clients
-        if arrived < min_clients:
-            return self.weights, f"{arrived} update(s) arrived, fewer than federation.min_clients = {min_clients}"
-        try:
-            return self.run.strategy.aggregate(self.weights, updates), ""
-        except ValueError as error:  # e.g. Krum with too few updates
-            return self.weights, str(error)
-
-
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    """Run one experiment over the connected SuperNodes, recording it like `cli.execute`."""
+    """Run one experiment over the connected SuperNodes, recording it like `cli.execute`
+    (`flower_server.record_experiment`)."""
     from database import ExperimentStore
+    from flower_server import record_experiment
 
     options = RunOptions.from_run_config(context.run_config)
     store = ExperimentStore(options.db_url or None)
@@ -506,40 +386,3 @@ def server_main(grid: Grid, context: Context) -> None:
         raise
     experiment_id = options.experiment_id or store.create_experiment(config.to_dict(), runtime=RUNTIME)
     record_experiment(grid, config, options, store, experiment_id)
-
-
-def record_experiment(
-    grid: Grid, config: ExperimentConfig, options: RunOptions, store: ExperimentStore, experiment_id: int
-) -> None:
-    """Run the rounds, committing each; finish the experiment completed, stopped or failed."""
-    store.mark_running(experiment_id)
-    last: dict[str, Any] = {}
-    try:
-        coordinator = Coordinator(grid, config, options)
-        run = coordinator.run
-        store.set_label_counts(experiment_id, run.label_counts.tolist())
-        store.set_dataset_info(experiment_id, run.data.info)
-        store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
-        if run.privacy.mode != "none":
-            store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
-        for result in coordinator.rounds(lambda: store.stop_requested(experiment_id)):
-            last = result.to_dict()
-            store.record_round(experiment_id, last)
-            log(INFO, "round %d: accuracy %.4f, %d of %d updates arrived, %.1f s", result.round, result.accuracy,
-                sum(c.status in ("ok", "partial") for c in result.clients), len(result.clients), result.seconds)
-    except Exception as error:
-        store.finish(experiment_id, "failed", error=f"{type(error).__name__}: {error}", final=last)
-        raise
-    except BaseException:
-        store.finish(experiment_id, "interrupted", error="the ServerApp was stopped", final=last)
-        raise
-    stopped = last.get("round", 0) < config.federation.rounds
-    if last and config.privacy.audit_examples > 0:
-        try:
-            audit = run.audit(config.privacy.audit_examples)
-        except Exception as error:  # the rounds stand either way (as in cli._after_run)
-            audit = {"error": f"{type(error).__name__}: {error}"}
-        if audit is not None:
-            store.set_audit(experiment_id, audit)
-    store.finish(experiment_id, "stopped" if stopped else "completed", final=last,
-                 stop_reason=run.stop_reason if stopped else None)  # fmt: skip

@@ -21,12 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from experiment_config import ExperimentConfig
 from flower_app import POLL_SECONDS, REPO, RUNTIME, RunOptions, check_supported
+from flower_data import at_sites, write_sites
 
 if TYPE_CHECKING:
     from database import ExperimentStore
@@ -53,7 +54,8 @@ class LocalDeployment:
     """A SuperLink and `num_supernodes` SuperNodes on loopback (insecure: loopback only),
     child processes of this one, stopped by PID in `close` (also on Ctrl-C: use `with`).
 
-    SuperNode i hosts client i (`--node-config "partition-id=i num-partitions=N"`). With
+    SuperNode i hosts client i (`--node-config "partition-id=i num-partitions=N"`, and with
+    `data_paths` its own training file, `data-path=data_paths[i]`: `flower_data`). With
     `simulation`, the SuperLink runs Flower's simulation engine instead (Ray, from
     `flwr[simulation]`) with N virtual SuperNodes, and no SuperNode process is started.
     Each started process and its descendants carry `FPL_FLOWER_LAUNCHER=<this pid>` and
@@ -62,12 +64,16 @@ class LocalDeployment:
     """
 
     def __init__(
-        self, num_supernodes: int, *, work_dir: Path, simulation: bool = False, start_timeout_s: float = 60.0
-    ) -> None:
+        self, num_supernodes: int, *, work_dir: Path, simulation: bool = False, start_timeout_s: float = 60.0,
+        data_paths: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        if data_paths and (simulation or len(data_paths) != num_supernodes):
+            raise ValueError(f"data_paths: one per SuperNode ({num_supernodes}), and no simulation (its virtual "
+                             f"nodes have no node config), got {len(data_paths)}")  # fmt: skip
         self.num_supernodes, self.work_dir, self.start_timeout_s = num_supernodes, work_dir, start_timeout_s
-        self.simulation = simulation
+        self.simulation, self.data_paths = simulation, list(data_paths)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.port = 0
         self.token = f"{os.getpid()}-{time.time_ns()}"
@@ -100,6 +106,8 @@ class LocalDeployment:
         threads = max(1, (os.cpu_count() or 1) // self.num_supernodes)  # the nodes share this machine's cores
         for i in range(0 if self.simulation else self.num_supernodes):
             node_config = f"partition-id={i} num-partitions={self.num_supernodes} num-threads={threads}"
+            if self.data_paths:
+                node_config += f" data-path={json.dumps(self.data_paths[i])}"  # a quoted TOML string
             self._spawn(f"supernode-{i}", [
                 flower_command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", node_config,
@@ -241,6 +249,9 @@ def run_local_deployment(
     raised. `on_started(deployment, experiment_id)` (tests) is called once the run started.
     Logs go to `work_dir` (default: a temporary directory, removed afterwards). `simulation`:
     Flower's simulation engine (Ray; `pip install "flwr[simulation]"`) instead of SuperNodes.
+    Imported NGSS data (`data.dataset = "csv"`) is split first into one training file per school
+    in `work_dir`, each SuperNode given its own (`data-path`), and the server's test file: the
+    ServerApp never opens the training rows (`flower_data`).
     SIGTERM, when nothing else handles it, is treated like Ctrl-C. `experiment_id`: record into
     this stored (queued) experiment instead of creating one (the page and `cli.py worker`).
     """
@@ -261,15 +272,22 @@ def run_local_deployment(
         experiment_id = store.create_experiment(config.to_dict(), runtime=RUNTIME)
     else:
         store.set_runtime(experiment_id, RUNTIME)
-    data_dir = str(Path(config.data.data_dir).expanduser().resolve())  # the ServerApp runs elsewhere
-    options = RunOptions(experiment=config.replace("data", data_dir=data_dir).to_json(), db_url=db_url,
-                         experiment_id=experiment_id, round_timeout_s=round_timeout_s)  # fmt: skip
+    if simulation and at_sites(config):
+        raise ValueError("data.dataset 'csv' needs one SuperNode per school with its own file: no simulation")
     deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_as_interrupt())
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fpl-flower-"))
-        deployment = LocalDeployment(num_supernodes, work_dir=Path(work_dir), simulation=simulation)
+        try:
+            run_config, data_paths = _deployed_config(config, Path(work_dir))
+        except BaseException as error:
+            store.finish(experiment_id, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        options = RunOptions(experiment=run_config.to_json(), db_url=db_url, experiment_id=experiment_id,
+                             round_timeout_s=round_timeout_s)  # fmt: skip
+        deployment = LocalDeployment(num_supernodes, work_dir=Path(work_dir), simulation=simulation,
+                                     data_paths=data_paths)  # fmt: skip
         stack.enter_context(deployment)
         try:
             run_id = deployment.start_run(options)
@@ -283,6 +301,17 @@ def run_local_deployment(
                 store.finish(experiment_id, status, error=f"{type(error).__name__}: {error}")
             raise
     return experiment_id
+
+
+def _deployed_config(config: ExperimentConfig, work_dir: Path) -> tuple[ExperimentConfig, list[str]]:
+    """The config the apps run (paths absolute: they run elsewhere) and each SuperNode's data-path:
+    imported data is written out per school here, the subsets already applied."""
+    data_dir = str(Path(config.data.data_dir).expanduser().resolve())
+    config = config.replace("data", data_dir=data_dir)
+    if not at_sites(config):
+        return config, []
+    server_csv, data_paths = write_sites(config, work_dir.resolve())
+    return config.replace("data", csv_path=server_csv, max_train_examples=0, max_test_examples=0), data_paths
 
 
 @contextlib.contextmanager

@@ -1,32 +1,37 @@
-"""MNIST local training on MLX (`system.backend = "mlx"`): the clients' SGD runs in MLX,
-the server side (sampling, aggregation, evaluation) stays the common torch code.
+"""Local training on MLX (`system.backend = "mlx"`): the clients' SGD (or AdamW) runs in
+MLX, the server side (sampling, aggregation, evaluation) stays the common torch code.
 
     trainer = MlxTrainer(data, settings, num_params, slots=10)   # same interface as InProcessTrainer
     outcomes = trainer.train(global_weights, tasks)             # trainer.results[task.slot]: (P,)
     trainer.close()
 
+Workloads: MNIST with the CNN or MLP (here), and NGSS rubric scoring with tinyllama-lora
+(`mlx_text`: mlx-lm's Llama, LoRA and a multi-label head). MiniLM stays torch-only.
+
 The exchange format is unchanged: the flat float32 torch vector of
 `model.flatten(get_parameters(torch_model))`, in torch's parameter order and layouts.
-`ExchangeLayout` converts it to and from the MLX models, which keep torch's parameter
-names but compute in NHWC: conv weights are (O, kH, kW, I) instead of (O, I, kH, kW), and
-the CNN's fc1 reads its input flattened as H·W·C instead of C·H·W, so its columns are
-permuted. Copies: torch → numpy views are free and every layout change is a numpy view;
-`mx.array(view)` then copies once (MLX owns its buffers, and that copy also makes the
-permuted layout contiguous); MLX → torch reads each MLX array through a numpy view and
-copies once, into the caller's result row.
+`ExchangeLayout` converts it to and from an MLX model's parameters, one `_Entry` per torch
+parameter: its MLX name and the transpose that gives MLX's layout. The MNIST models keep
+torch's names but compute in NHWC: conv weights are (O, kH, kW, I) instead of
+(O, I, kH, kW), and the CNN's fc1 reads its input flattened as H·W·C instead of C·H·W, so
+its columns are permuted. Copies: torch → numpy views are free and every layout change is
+a numpy view; `mx.array(view)` then copies once (MLX owns its buffers, and that copy also
+makes the permuted layout contiguous); MLX → torch reads each MLX array through a numpy
+view and copies once, into the caller's result row.
 
 Needs `mlx`: `pip install 'mlx[cpu]'` on Linux (CPU kernels, compiled on first use),
-`pip install mlx` on Apple silicon (Metal). On Linux the results match torch's but are
-slow: the mlx[cpu] wheel bundles the single-threaded reference BLAS, so a round takes
-about 6× (MLP) to 20× (CNN) torch's time on one thread (`python -m bench.mlx`). Local DP
-(DP-SGD) is not implemented here: asking for it raises instead of training without it.
+`pip install mlx` on Apple silicon (Metal); the text model also needs `mlx-lm`. On Linux
+the results match torch's but are slow: the mlx[cpu] wheel bundles the single-threaded
+reference BLAS, so a round takes about 6× (MLP), 20× (CNN) and 9× (TinyLLama) torch's
+time on one thread (`python -m bench.mlx`). Local DP (DP-SGD) is not implemented
+here: asking for it raises instead of training without it.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,15 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 
+import objectives
 from client_trainers import TaskOutcome, TrainSettings, TrainTask
 from data_handler import FederatedData
-from model import create_model, get_parameters
+from model import TEXT_MODELS, Parameters, create_model, get_parameters
 
 try:
     import mlx.core as mx
     import mlx.nn as mnn
     import mlx.optimizers as optim
-    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx.utils import tree_flatten, tree_map, tree_unflatten
 except ImportError as error:  # optional dependency: the module stays importable, trainers refuse
     mx = mnn = optim = None  # type: ignore[assignment]
     _IMPORT_ERROR: ImportError | None = error
@@ -51,7 +57,7 @@ else:
 
 _ModuleBase: Any = mnn.Module if mnn is not None else object
 EVAL_BATCH = 1000
-MlxParameters = dict[str, Any]  # {clean torch name: mx.array in MLX layout}
+MlxParameters = dict[str, Any]  # {MLX parameter name: mx.array in MLX layout}
 
 
 def available() -> bool:
@@ -133,12 +139,16 @@ def _model_class(name: str) -> type:
 
 # -- the exchange format <-> MLX parameters ------------------------------------------------
 
+# Where one torch parameter goes in MLX: (MLX name, torch view, axes, MLX shape); see `_Entry`.
+Placement = tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
 
 @dataclass(frozen=True)
 class _Entry:
     """Where one parameter sits in the flat vector and how its layout changes for MLX."""
 
-    name: str
+    name: str  # the exchanged (clean torch) name
+    mlx_name: str  # its path in the MLX model's parameter tree
     offset: int
     size: int
     torch_view: tuple[int, ...]  # the flat slice viewed so that one transpose gives MLX's layout
@@ -154,40 +164,40 @@ class _Entry:
         return tuple(int(a) for a in np.argsort(self.axes))
 
 
+def place_parameters(
+    torch_params: Parameters, place: Callable[[str, tuple[int, ...]], Placement]
+) -> list[_Entry]:
+    """The entries of a torch model's exchanged parameters, in its order; `place(name, shape)`
+    says where each goes in MLX."""
+    entries, offset = [], 0
+    for name, tensor in torch_params.items():
+        mlx_name, view, axes, mlx_shape = place(name, tuple(tensor.shape))
+        entries.append(_Entry(name, mlx_name, offset, tensor.numel(), view, axes, mlx_shape))
+        offset += tensor.numel()
+    return entries
+
+
 class ExchangeLayout:
     """Converts between the flat torch exchange vector (P,) and an MLX model's parameters."""
 
-    def __init__(self, model_name: str, num_classes: int) -> None:
-        feature_maps = _model_class(model_name).FEATURE_MAP_INPUTS
-        torch_params = get_parameters(create_model(model_name, num_classes=num_classes, seed=0))  # names, order
-        entries, offset = [], 0
-        for name, tensor in torch_params.items():
-            shape = tuple(tensor.shape)
-            if len(shape) == 4:  # conv weight: (O, I, kH, kW) → (O, kH, kW, I)
-                view, axes, mlx_shape = shape, (0, 2, 3, 1), (shape[0], shape[2], shape[3], shape[1])
-            elif name in feature_maps:  # (out, C·H·W) → (out, H·W·C)
-                channels, height, width = feature_maps[name]
-                view, axes, mlx_shape = (shape[0], channels, height, width), (0, 2, 3, 1), shape
-            else:
-                view, axes, mlx_shape = shape, tuple(range(len(shape))), shape
-            entries.append(_Entry(name, offset, tensor.numel(), view, axes, mlx_shape))
-            offset += tensor.numel()
-        self.entries, self.size = entries, offset
+    def __init__(self, entries: Sequence[_Entry]) -> None:
+        self.entries = tuple(entries)
+        self.size = sum(e.size for e in self.entries)
 
     def to_mlx(self, flat: torch.Tensor) -> MlxParameters:
-        """(P,) float32 torch vector → {name: mx.array in MLX layout}; one copy per parameter."""
+        """(P,) float32 torch vector → {MLX name: mx.array in MLX layout}; one copy per parameter."""
         if flat.shape != (self.size,) or flat.dtype != torch.float32:
             raise ValueError(f"expected a float32 vector of {self.size} values, got {tuple(flat.shape)} {flat.dtype}")
         values = flat.detach().cpu().numpy()  # a view of the tensor's memory
         return {
-            e.name: mx.array(values[e.offset : e.offset + e.size].reshape(e.torch_view).transpose(e.axes)).reshape(
+            e.mlx_name: mx.array(values[e.offset : e.offset + e.size].reshape(e.torch_view).transpose(e.axes)).reshape(
                 e.mlx_shape
             )
             for e in self.entries
         }
 
     def to_flat(self, params: MlxParameters, out: torch.Tensor | None = None) -> torch.Tensor:
-        """{name: mx.array} → (P,) float32 torch vector, written into `out` when given
+        """{MLX name: mx.array} → (P,) float32 torch vector, written into `out` when given
         (one copy, MLX buffer → `out`)."""
         out = torch.empty(self.size) if out is None else out
         if out.shape != (self.size,) or out.dtype != torch.float32 or not out.is_contiguous():
@@ -195,9 +205,25 @@ class ExchangeLayout:
         target = out.numpy()  # a view: writing it writes `out`
         mx.eval(list(params.values()))
         for e in self.entries:
-            source = np.asarray(params[e.name]).reshape(e.mlx_view).transpose(e.inverse_axes)  # views
+            source = np.asarray(params[e.mlx_name]).reshape(e.mlx_view).transpose(e.inverse_axes)  # views
             target[e.offset : e.offset + e.size].reshape(e.torch_view)[...] = source
         return out
+
+
+def image_layout(model_name: str, num_classes: int) -> ExchangeLayout:
+    """The layout of an MNIST model: torch's names, NHWC layouts (see the module docstring)."""
+    feature_maps = _model_class(model_name).FEATURE_MAP_INPUTS
+
+    def place(name: str, shape: tuple[int, ...]) -> Placement:
+        if len(shape) == 4:  # conv weight: (O, I, kH, kW) → (O, kH, kW, I)
+            return name, shape, (0, 2, 3, 1), (shape[0], shape[2], shape[3], shape[1])
+        if name in feature_maps:  # (out, C·H·W) → (out, H·W·C)
+            channels, height, width = feature_maps[name]
+            return name, (shape[0], channels, height, width), (0, 2, 3, 1), shape
+        return name, shape, tuple(range(len(shape))), shape
+
+    torch_model = create_model(model_name, num_classes=num_classes, seed=0)  # names, order, shapes
+    return ExchangeLayout(place_parameters(get_parameters(torch_model), place))
 
 
 def load_flat(model: Any, layout: ExchangeLayout, flat: torch.Tensor) -> None:
@@ -228,15 +254,63 @@ def batch_orders(indices: np.ndarray, *, seed: int, local_epochs: int) -> list[n
     ]
 
 
+class ImageWorkload:
+    """MNIST images (NHWC) and class labels in MLX, and the MLX model of `settings`.
+
+    The images are converted once (a second copy of the training set, 188 MB for MNIST)."""
+
+    compiled = True  # fixed batch shapes: compiling fuses the element-wise work
+    eval_batch = EVAL_BATCH
+
+    def __init__(self, data: FederatedData, settings: TrainSettings) -> None:
+        if data.multilabel or tuple(data.train_x.shape[1:]) != (1, 28, 28):
+            raise ValueError(
+                f"system.backend = 'mlx' trains the MNIST workload only (images (N, 1, 28, 28)); this data has "
+                f"inputs {tuple(data.train_x.shape[1:])}: use system.backend = 'torch'"
+            )
+        self.model = create_mlx_model(settings.model_name, num_classes=settings.num_classes)
+        self.layout = image_layout(settings.model_name, settings.num_classes)
+        self.train_x = images_to_nhwc(data.train_x)  # (N, 28, 28, 1)
+        labels = data.train_y.numpy().astype(np.int32)
+        self.train_y = mx.array(labels)
+        self.flipped_y = mx.array(settings.num_classes - 1 - labels)  # label-flipping attackers
+        self.loss = _mean_cross_entropy
+
+    def inputs(self, indices: np.ndarray) -> Any:
+        return self.train_x[mx.array(np.asarray(indices, dtype=np.int32))]
+
+    def labels(self, indices: np.ndarray, flipped: bool) -> Any:
+        return (self.flipped_y if flipped else self.train_y)[mx.array(np.asarray(indices, dtype=np.int32))]
+
+
+def _workload(data: FederatedData, settings: TrainSettings) -> Any:
+    """The MNIST workload, or the NGSS one for a text model (`mlx_text`, which needs mlx-lm)."""
+    if settings.model_name in TEXT_MODELS:
+        import mlx_text  # transformers, peft and mlx-lm: loaded only for text
+
+        return mlx_text.TextWorkload(data, settings)
+    return ImageWorkload(data, settings)
+
+
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    """The MLX twin of `client_trainers.make_optimizer`: plain SGD, or AdamW with torch's
+    defaults (β = (0.9, 0.999), ε = 1e-8, decoupled weight decay 0.01, bias correction)."""
+    if name == "sgd":
+        return optim.SGD(learning_rate=learning_rate)
+    if name == "adamw":
+        return optim.AdamW(learning_rate=learning_rate, weight_decay=0.01, bias_correction=True)
+    raise ValueError(f"system.backend = 'mlx' trains with sgd or adamw; got federation.client_optimizer = {name!r}")
+
+
 class MlxTrainer:
     """Trains clients one after another in this process with MLX; the same interface and
-    semantics as `client_trainers.InProcessTrainer` (plain SGD, mean cross-entropy, the
-    same batch order, FedProx/SCAFFOLD terms, FedPer heads, holdout accuracy), without
-    local DP.
+    semantics as `client_trainers.InProcessTrainer` (SGD or AdamW fresh for each client,
+    mean task loss, the same batch order, FedProx/SCAFFOLD terms, FedPer heads, holdout
+    accuracy), without local DP. The workload: MNIST (cnn, mlp) or NGSS (tinyllama-lora,
+    `mlx_text`).
 
-    The training images are converted once to NHWC MLX arrays (a second copy of the
-    training set, 188 MB for MNIST). Each round the global weights are converted once and
-    every client starts from them (MLX arrays are immutable, so no client can change them).
+    Each round the global weights are converted once and every client starts from them
+    (MLX arrays are immutable, so no client can change them).
     """
 
     def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
@@ -246,40 +320,29 @@ class MlxTrainer:
                 "system.backend = 'mlx' does not implement local DP (DP-SGD with per-example clipping and "
                 "accounting); use system.backend = 'torch' for privacy.mode = 'local' (or central DP with mlx)"
             )
-        if data.multilabel or tuple(data.train_x.shape[1:]) != (1, 28, 28):
-            raise ValueError(
-                f"system.backend = 'mlx' trains the MNIST workload only (images (N, 1, 28, 28)); this data has "
-                f"inputs {tuple(data.train_x.shape[1:])}: use system.backend = 'torch'"
-            )
         self.settings = settings
-        self.model = create_mlx_model(settings.model_name, num_classes=settings.num_classes)
-        self.layout = ExchangeLayout(settings.model_name, settings.num_classes)
+        self.optimizer = make_optimizer(settings.optimizer, settings.learning_rate)
+        self.workload = _workload(data, settings)
+        self.model, self.layout = self.workload.model, self.workload.layout
         if self.layout.size != num_params:
             raise ValueError(
                 f"{settings.model_name} has {self.layout.size} parameters, the engine expects {num_params}"
             )
-        self.train_x = images_to_nhwc(data.train_x)  # (N, 28, 28, 1)
-        labels = data.train_y.numpy().astype(np.int32)
-        self.train_y = mx.array(labels)
-        self.flipped_y = mx.array(settings.num_classes - 1 - labels)  # label-flipping attackers
+        self.true_y = data.train_y  # holdout accuracy is on the true labels, as in torch
         self.results = torch.empty(slots, num_params)
         self.corrections = torch.zeros(slots, num_params) if settings.corrections else None
-        self.optimizer = optim.SGD(learning_rate=settings.learning_rate)
         self.optimizer.init(self.model.trainable_parameters())
-        self._step = self._compiled_step()
+        self._step = self._step_function()
 
-    def _compiled_step(self) -> Any:
-        """One SGD step on the batch `train_x[batch]`: w ← w − lr·(∇loss + μ(w − anchor) + c),
-        the terms computed at the pre-step weights like `client_trainers.LocalObjective`."""
+    def _step_function(self) -> Any:
+        """One optimizer step on a batch, with g ← ∇loss + μ(w − anchor) + c, the terms computed
+        at the pre-step weights like `client_trainers.LocalObjective` (for SGD the same as
+        torch's separate step; for AdamW torch adds them to g too)."""
         model, optimizer, mu = self.model, self.optimizer, self.settings.proximal_mu
-        loss_and_grad = mnn.value_and_grad(model, _mean_cross_entropy)
-        state = [model.state, optimizer.state]
+        loss_and_grad = mnn.value_and_grad(model, self.workload.loss)
 
-        # Compiled: it fuses the element-wise work (SGD, the FedProx/SCAFFOLD terms). With
-        # mlx[cpu] the step is BLAS-bound and compiling neither helps nor hurts measurably.
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(images: Any, labels: Any, batch: Any, anchor: MlxParameters, correction: MlxParameters) -> Any:
-            loss, grads = loss_and_grad(model, images[batch], labels[batch])
+        def step(inputs: Any, labels: Any, anchor: MlxParameters, correction: MlxParameters) -> Any:
+            loss, grads = loss_and_grad(model, inputs, labels)
             if mu or correction:
                 weights = dict(tree_flatten(model.trainable_parameters()))
                 terms = []
@@ -293,7 +356,11 @@ class MlxTrainer:
             optimizer.update(model, grads)
             return loss
 
-        return step
+        if not self.workload.compiled:
+            return step
+        # With mlx[cpu] the MNIST step is BLAS-bound and compiling neither helps nor hurts measurably.
+        state = [model.state, optimizer.state]
+        return partial(mx.compile, inputs=state, outputs=state)(step)
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         """Train each task's client from `global_weights` (P,); new weights go to `results[task.slot]`."""
@@ -305,47 +372,64 @@ class MlxTrainer:
         self, task: TrainTask, global_weights: torch.Tensor, start: MlxParameters, anchor: MlxParameters
     ) -> TaskOutcome:
         started = time.perf_counter()
+        mx.random.seed(task.seed)  # LoRA dropout: the same masks for the same task
         if task.head is not None:  # FedPer: the client's own final layer replaces the trailing values
             own = global_weights.clone()
             own[-task.head.numel() :] = task.head
             start = self.layout.to_mlx(own)
         self.model.update(tree_unflatten(list(start.items())))
+        _reset(self.optimizer)  # torch makes a fresh optimizer for every client: no moments carried over
         correction = {} if self.corrections is None else self.layout.to_mlx(self.corrections[task.slot])
-        steps, loss = self._sgd(task, anchor, correction)
+        steps, loss = self._local_steps(task, anchor, correction)
         flatten_mlx(self.model, self.layout, self.results[task.slot])
         validation = None if task.holdout is None else self.accuracy(task.holdout)
         return TaskOutcome(task, steps, loss, seconds=time.perf_counter() - started, validation_accuracy=validation)
 
-    def _sgd(self, task: TrainTask, anchor: MlxParameters, correction: MlxParameters) -> tuple[int, float]:
+    def _local_steps(self, task: TrainTask, anchor: MlxParameters, correction: MlxParameters) -> tuple[int, float]:
         """The local epochs; returns (steps, mean loss over the examples seen)."""
-        settings, state = self.settings, [self.model.state, self.optimizer.state]
-        labels = self.flipped_y if task.flip_labels else self.train_y
+        settings, workload = self.settings, self.workload
+        state = [self.model.state, self.optimizer.state]
+        self.model.train()
         steps, seen, loss_sum = 0, 0, 0.0
         for order in batch_orders(task.indices, seed=task.seed, local_epochs=settings.local_epochs):
-            order_mx = mx.array(order.astype(np.int32))
             for begin in range(0, len(order), settings.batch_size):
                 if task.max_steps and steps >= task.max_steps:
                     return steps, loss_sum / max(seen, 1)
-                batch = order_mx[begin : begin + settings.batch_size]
-                loss = self._step(self.train_x, labels, batch, anchor, correction)
+                batch = order[begin : begin + settings.batch_size]
+                loss = self._step(workload.inputs(batch), workload.labels(batch, task.flip_labels), anchor, correction)
                 mx.eval(loss, state)
-                size = batch.shape[0]
-                steps, seen, loss_sum = steps + 1, seen + size, loss_sum + loss.item() * size
+                steps, seen, loss_sum = steps + 1, seen + len(batch), loss_sum + loss.item() * len(batch)
         return steps, loss_sum / max(seen, 1)
 
+    def logits(self, indices: np.ndarray) -> torch.Tensor:
+        """(n, outputs) logits of the current model on training examples `indices`, in evaluation mode."""
+        self.model.eval()
+        try:
+            chunks = [
+                np.asarray(self.model(self.workload.inputs(indices[begin : begin + self.workload.eval_batch])))
+                for begin in range(0, len(indices), self.workload.eval_batch)
+            ]
+        finally:
+            self.model.train()
+        return torch.from_numpy(np.concatenate(chunks))
+
     def accuracy(self, indices: np.ndarray) -> float:
-        """The current model's accuracy on training examples `indices` (true labels); 0 for none."""
+        """`objectives.accuracy` of the current model on training examples `indices` (true labels); 0 for none."""
         if len(indices) == 0:
             return 0.0
-        index = mx.array(np.asarray(indices, dtype=np.int32))
-        correct = 0
-        for begin in range(0, len(indices), EVAL_BATCH):
-            batch = index[begin : begin + EVAL_BATCH]
-            correct += (self.model(self.train_x[batch]).argmax(axis=1) == self.train_y[batch]).sum().item()
-        return correct / len(indices)
+        indices = np.asarray(indices, dtype=np.int64)
+        return objectives.accuracy(self.logits(indices), self.true_y[torch.from_numpy(indices)])
 
     def close(self) -> None:
         pass
+
+
+def _reset(optimizer: Any) -> None:
+    """Zero an optimizer's state (step count, moments) in place; compiled steps hold this dict."""
+    state = optimizer.state
+    for key, value in list(state.items()):
+        if key != "learning_rate":
+            state[key] = tree_map(mx.zeros_like, value)
 
 
 def _mean_cross_entropy(model: Any, images: Any, labels: Any) -> Any:

@@ -230,6 +230,20 @@ class Strategy(ABC):
     """One server-side rule for turning client updates into the next global model."""
 
     name: str
+    # The attributes a strategy carries from round to round (momentum, moments, control variates):
+    # what a checkpoint must hold to resume it exactly. Tensors, dicts of tensors, or None.
+    state_fields: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state carried between rounds (`state_fields`), for a checkpoint."""
+        return {name: getattr(self, name) for name in self.state_fields}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (a strategy of the same kind and settings)."""
+        if set(state) != set(self.state_fields):
+            raise ValueError(f"{self.name} state has fields {sorted(state)}, expected {sorted(self.state_fields)}")
+        for name in self.state_fields:
+            setattr(self, name, state[name])
 
     def client_correction(self, client_id: int, global_weights: torch.Tensor) -> torch.Tensor | None:
         """A (P,) vector the client adds to every gradient it computes this round; None = nothing (default)."""
@@ -279,6 +293,7 @@ class FedAvgM(Strategy):
     """Hsu et al. 2019: server momentum on the pseudo-gradient. v ← β·v + Δ; x ← x + η·v (β=0, η=1: FedAvg)."""
 
     name = "fedavgm"
+    state_fields = ("velocity",)
 
     def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
         self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
@@ -298,6 +313,7 @@ class _AdaptiveServerOptimizer(Strategy):
     """
 
     second_moment: SecondMoment
+    state_fields = ("first_moment", "second_moment_estimate")
 
     def __init__(self, *, server_learning_rate: float, beta1: float = 0.9, beta2: float = 0.99,
                  tau: float = 1e-3) -> None:
@@ -353,6 +369,7 @@ class Scaffold(Strategy):
     """
 
     name = "scaffold"
+    state_fields = ("server_control", "client_controls")
 
     def __init__(self, *, num_clients: int, client_learning_rate: float, server_learning_rate: float = 1.0) -> None:
         self.num_clients = _checked("num_clients", num_clients, num_clients >= 1, "at least 1")

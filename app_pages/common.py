@@ -83,6 +83,25 @@ def launch_many(store: ExperimentStore, runs: list[tuple[ExperimentConfig, str]]
     return experiment_ids
 
 
+def resume(store: ExperimentStore, experiment_id: int) -> None:
+    """Reopen an interrupted, stopped or failed run from its checkpoint and start a worker on it;
+    a refusal (no checkpoint, no rounds left) lands in `session_state["resume_error"]`."""
+    try:
+        store.reopen(experiment_id)
+    except (KeyError, ValueError) as error:
+        st.session_state["resume_error"] = (experiment_id, str(error))
+        return
+    try:
+        handle = cli.launch_worker(store, experiment_id)
+    except OSError as error:
+        store.finish(experiment_id, "failed", error=f"could not start the worker to resume: {error}")
+        st.session_state["resume_error"] = (experiment_id, f"could not start the worker: {error}")
+        return
+    st.session_state.setdefault("workers", {})[experiment_id] = handle
+    st.session_state["live_id"] = experiment_id
+    st.session_state["view"] = TABS[0]
+
+
 # -- formatting ---------------------------------------------------------------------
 
 

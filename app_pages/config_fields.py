@@ -15,6 +15,7 @@ from experiment_config import (
     ACCOUNTANTS,
     ATTACKS,
     BACKENDS,
+    CLIENT_OPTIMIZERS,
     COMPRESSIONS,
     DATASETS,
     DROPOUT_STAGES,
@@ -166,13 +167,17 @@ ADVANCED_FIELDS = (
           "set; 0 = all of it.", low=0, high=10_000_000),
     Field("data", "max_test_examples", "Max test examples", "Evaluate on a seeded random subset of the test set; "
           "0 = all of it.", low=0, high=10_000_000),
+    Field("federation", "client_optimizer", "Client optimizer", "sgd: plain SGD. adamw: AdamW (weight decay 0.01), "
+          "created afresh each round, so its moments do not carry over between rounds; use a smaller learning "
+          "rate (e.g. 0.001). Not with scaffold, local DP or finetune.", options=CLIENT_OPTIMIZERS),
     Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
           "1 = inside the worker itself.", low=0, high=256),
     Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "
           "deployment on this machine (a SuperLink and one SuperNode per client on loopback, stopped when the run "
-          "ends); MNIST only, without central DP, secure aggregation or the simulated faults.", options=RUNTIMES),
-    Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for MNIST "
-          "local training; MLX has no DP-SGD.", options=BACKENDS),
+          "ends): MNIST and NGSS, local or central DP, the aggregation rules incl. SCAFFOLD; not yet secure "
+          "aggregation, FedPer, compression, attacks or the simulated faults.", options=RUNTIMES),
+    Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for "
+          "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD.", options=BACKENDS),
     Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
           "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
           high=100_000),

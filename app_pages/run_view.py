@@ -27,10 +27,11 @@ from app_pages.common import (
     launch,
     privacy_on,
     render_data_badge,
+    resume,
     total_rounds,
 )
 from app_pages.federation import render_federation
-from database import ExperimentStore, ExperimentSummary
+from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
 
 # The backbones of the text models: (name, parameters). Only LoRA + head travel; this is what a full copy would be.
@@ -81,6 +82,18 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
             width="stretch", on_click=store.request_stop, args=(experiment.id,),
         )  # fmt: skip
     st.progress(min(experiment.rounds_done / max(total_rounds(experiment), 1), 1.0), progress_text(experiment, rounds))
+    resumable = (
+        experiment.status in RESUMABLE_STATUSES and experiment.rounds_done < total_rounds(experiment)
+        and store.checkpoint_round(experiment.id) is not None
+    )  # fmt: skip
+    if resumable:
+        stop.button(
+            "Resume", icon=":material/play_arrow:", key=f"{where}-resume", width="stretch", on_click=resume,
+            args=(store, experiment.id), help=f"Continue from round {experiment.rounds_done + 1} of the checkpoint "
+            "saved with each round: the result is the same as if it had never stopped.",
+        )  # fmt: skip
+    if (refused := st.session_state.get("resume_error")) and refused[0] == experiment.id:
+        st.error(f"Could not resume: {refused[1]}", icon=":material/error:")
     if experiment.stop_requested and active:
         st.info("Stop requested: the run ends after the current round.", icon=":material/stop_circle:")
     if experiment.status == "failed":

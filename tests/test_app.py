@@ -63,7 +63,7 @@ NGSS_KEYS = {
     **{key: ("model", key) for key in ["pretrained", "lora_rank", "lora_alpha", "lora_dropout", "max_length",
                                          "lora_targets"]},
 }  # fmt: skip
-SELECT_KEYS += ["ngss_task", "runtime", "backend"]  # runtime, backend: under Advanced
+SELECT_KEYS += ["ngss_task", "runtime", "backend", "client_optimizer"]  # all but ngss_task: under Advanced
 NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
 CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
 TEXT_KEYS = ["lora_targets", "data_dir"]
@@ -207,6 +207,8 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
         assert shown.help, key
     assert {w.key for w in groups["Aggregation strategy"].number_input} >= {"trim_fraction", "byzantine_clients"}
     assert {w.key for w in groups["Attack"].selectbox} == {"attack_behaviour"}
+    assert {w.key for w in groups["Advanced"].selectbox} == {"client_optimizer", "runtime", "backend"}
+    assert app.selectbox(key="client_optimizer").value == defaults.federation.client_optimizer
     assert app.selectbox(key="strategy").options == ["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam",
         "fedyogi", "scaffold", "fednova", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
         "adaptive_weighting"]  # fmt: skip
@@ -1070,3 +1072,29 @@ def test_score_tab_scores_pasted_and_uploaded_responses_with_the_stored_weights(
     assert scores["Total score"].tolist() == earned.sum(axis=1).tolist()
     (download,) = [button for button in app.get("download_button") if button.proto.label == "Scores CSV"]
     assert app.markdown[0].value == ":orange-badge[:material/science: Synthetic data]"
+
+
+# -- resume --------------------------------------------------------------------------
+
+
+def test_an_interrupted_run_with_a_checkpoint_offers_resume_and_resumes_it(store, no_workers):
+    older = fabricate(store, rounds=2, status="interrupted")  # no checkpoint (e.g. from before checkpoints)
+    experiment_id = fabricate(store, rounds=1, status="running")
+    store.record_round(experiment_id, {
+        "round": 2, "accuracy": 0.5, "loss": 1.0, "seconds": 1.0, "bytes_up": 0, "bytes_down": 0, "clients": [],
+    }, checkpoint=b"the state after round 2")  # fmt: skip
+    store.finish(experiment_id, "interrupted", error="the worker process ended without finishing the run")
+    app = page()
+    app.session_state["live_id"] = older
+    app.run()
+    assert "live-resume" not in [button.key for button in app.button]
+    app.session_state["live_id"] = experiment_id
+    app.run()
+    assert app.warning[0].value.startswith("Interrupted: the worker process ended")
+
+    app.button(key="live-resume").click().run()
+
+    assert no_workers == [(experiment_id,)]
+    resumed = store.get_experiment(experiment_id)
+    assert (resumed.status, resumed.error, resumed.rounds_done) == ("queued", None, 2)
+    assert not app.exception and not app.error

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -87,3 +88,86 @@ def test_client_trainer_flips_labels_keeps_a_head_and_reports_validation_accurac
     expected = torch.empty_like(weights)
     short.run(TrainTask(0, 0, np.arange(200), 1, max_steps=1), start, expected)
     torch.testing.assert_close(out, expected)
+
+
+def manual_adamw_round(model, x, y, indices, *, batch_size, lr, seed, epochs, mu=0.0, anchor=None):
+    """One round written out with a new torch.optim.AdamW: same batch order, loss + μ/2·‖w − anchor‖²."""
+    generator = torch.Generator().manual_seed(seed)
+    index_tensor = torch.from_numpy(indices)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    params = list(model.parameters())
+    for _ in range(epochs):
+        order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            if mu:
+                with torch.no_grad():
+                    offset = 0
+                    for p in params:
+                        p.grad += mu * (p - anchor[offset : offset + p.numel()].view_as(p))
+                        offset += p.numel()
+            optimizer.step()
+
+
+def test_adamw_takes_fresh_adamw_steps_each_round_and_sgd_is_unchanged():
+    x, y = tiny_data()
+    indices = np.arange(64)
+    ours, reference = create_model("mlp", seed=1), create_model("mlp", seed=1)
+    for round_seed in (3, 4):  # two rounds: the optimizer's moments start from zero in each
+        train_client(ours, x, y, indices, local_epochs=2, batch_size=16, learning_rate=1e-3, seed=round_seed,
+                     optimizer_name="adamw")  # fmt: skip
+        manual_adamw_round(reference, x, y, indices, batch_size=16, lr=1e-3, seed=round_seed, epochs=2)
+    assert torch.equal(flatten(get_parameters(ours)), flatten(get_parameters(reference)))
+
+    sgd, plain = create_model("mlp", seed=1), create_model("mlp", seed=1)
+    train_client(sgd, x, y, indices, local_epochs=1, batch_size=16, learning_rate=1e-3, seed=3, optimizer_name="sgd")
+    manual_steps(plain, x, y, indices, batch_size=16, lr=1e-3, seed=3)
+    torch.testing.assert_close(flatten(get_parameters(sgd)), flatten(get_parameters(plain)))
+    start = flatten(get_parameters(create_model("mlp", seed=1)))
+    adamw_move = (flatten(get_parameters(ours)) - start).abs().max()
+    assert adamw_move > 10 * (flatten(get_parameters(sgd)) - start).abs().max()  # the step sizes differ in kind
+
+
+def test_fedprox_with_adamw_adds_the_proximal_term_to_the_gradient():
+    x, y = tiny_data()
+    indices = np.arange(64)
+    start = create_model("mlp", seed=1)
+    anchor = flatten(get_parameters(start)).clone() + 0.05  # a global model different from the start
+
+    ours = create_model("mlp", seed=1)
+    objective = LocalObjective(list(get_parameters(ours).values()), anchor, mu=0.5, correction=None, learning_rate=1e-3)
+    train_client(ours, x, y, indices, local_epochs=1, batch_size=16, learning_rate=1e-3, seed=3, objective=objective,
+                 optimizer_name="adamw")  # fmt: skip
+
+    reference = create_model("mlp", seed=1)
+    manual_adamw_round(reference, x, y, indices, batch_size=16, lr=1e-3, seed=3, epochs=1, mu=0.5, anchor=anchor)
+    torch.testing.assert_close(flatten(get_parameters(ours)), flatten(get_parameters(reference)), rtol=0, atol=1e-7)
+
+
+def test_client_trainer_uses_the_settings_optimizer_and_refuses_it_with_local_dp():
+    x, y = tiny_data()
+    settings = TrainSettings(model_name="mlp", num_classes=10, local_epochs=1, batch_size=16, learning_rate=1e-3,
+                             optimizer="adamw")  # fmt: skip
+    weights = flatten(get_parameters(create_model("mlp", seed=1)))
+    out = torch.empty_like(weights)
+    outcome = ClientTrainer(x, y, settings).run(TrainTask(0, 0, np.arange(64), 3), weights, out)
+
+    reference = create_model("mlp", seed=1)
+    manual_adamw_round(reference, x, y, np.arange(64), batch_size=16, lr=1e-3, seed=3, epochs=1)
+    assert outcome.error == "" and outcome.steps == 4
+    assert torch.equal(out, flatten(get_parameters(reference)))
+    with pytest.raises(ValueError, match="local DP runs DP-SGD"):
+        ClientTrainer(x, y, TrainSettings("mlp", 10, 1, 16, 1e-3, local_dp=True, optimizer="adamw"))
+    with pytest.raises(ValueError, match="one of sgd, adamw; got 'adam'"):
+        ClientTrainer(x, y, TrainSettings("mlp", 10, 1, 16, 1e-3, optimizer="adam"))
+
+
+def test_the_engine_tells_every_trainer_the_configured_optimizer():
+    from experiment_config import ExperimentConfig
+    from federated_learning import train_settings
+
+    adamw = ExperimentConfig.from_dict({"federation": {"client_optimizer": "adamw", "learning_rate": 0.001}})
+    assert train_settings(adamw, 10, noise_multiplier=0.0).optimizer == "adamw"
+    assert train_settings(ExperimentConfig(), 10, noise_multiplier=0.0).optimizer == "sgd"

@@ -176,7 +176,7 @@ def test_a_new_database_is_created_at_the_newest_revision(db_url):
     ExperimentStore(db_url)
     engine = create_engine(db_url)
     assert set(inspect(engine).get_table_names()) == {
-        "alembic_version", "experiments", "rounds", "client_rounds", "model_weights",
+        "alembic_version", "experiments", "rounds", "client_rounds", "model_weights", "checkpoints",
     }  # fmt: skip
     engine.dispose()
     assert schema_differences(db_url) == []  # the models are exactly what the migrations build

@@ -30,6 +30,7 @@ BAD_VALUES = {
     "federation.local_epochs": [0, 2.5],
     "federation.batch_size": [0, -50, "50"],
     "federation.learning_rate": [0.0, -0.1, float("inf"), "fast"],
+    "federation.client_optimizer": ["adam", "SGD", "", None, 1],
     "federation.strategy": ["fedsomething", 1],
     "privacy.mode": ["sometimes", 0],
     "privacy.noise_multiplier": [-1.0, "1", float("nan")],
@@ -230,6 +231,38 @@ def test_secure_aggregation_rules(raw, message):
 def test_workload_rules(raw, message):
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.from_dict(raw)
+
+
+ADAMW = {"client_optimizer": "adamw"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"federation": {**ADAMW, "strategy": "scaffold"}}, r"'scaffold' derives .*client_optimizer must be 'sgd'"),
+        ({"federation": {**ADAMW, "personalization": "finetune", "client_holdout": 0.1}}, "'finetune' fine-tunes with"),
+        ({"federation": ADAMW, "privacy": {"mode": "local"}}, r"runs DP-SGD .*client_optimizer must be 'sgd'"),
+    ],
+)
+def test_adamw_is_refused_where_local_training_assumes_sgd(raw, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"federation": {**ADAMW, "strategy": "fedprox"}},  # the proximal term joins AdamW's gradient
+        {"federation": {**ADAMW, "strategy": "fednova"}},
+        {"federation": ADAMW, "privacy": {"mode": "central"}},  # DP-FedAvg clips and noises whole updates
+        {"federation": {**ADAMW, "personalization": "fedper", "client_holdout": 0.1}},
+    ],
+)
+def test_adamw_is_accepted_elsewhere_and_round_trips(raw):
+    config = ExperimentConfig.from_dict(raw)
+    assert config.federation.client_optimizer == "adamw"
+    assert ExperimentConfig.from_json(config.to_json()) == config
+    assert ExperimentConfig().federation.client_optimizer == "sgd"  # the default is unchanged
 
 
 def test_an_ngss_config_and_its_text_options():

@@ -1,17 +1,21 @@
-"""The Flower runtime (flower_app.py): the ClientApp trains like the engine's trainers, and
-real local deployments (a SuperLink and SuperNodes started here, stopped by PID) record
-their rounds like the in-process engine, survive a SuperNode that vanishes, and leave no
-process behind. Offline; MNIST from FPL_DATA_DIR (../shared/data).
+"""The Flower runtime (flower_app.py, flower_data.py): the ClientApp trains like the engine's
+trainers; the ServerApp (driven here through a stand-in SuperLink) gives the engine's rounds for
+central DP (same ε, same noise) and SCAFFOLD, and for NGSS schools that train on their own files;
+real local deployments (a SuperLink and SuperNodes started here, stopped by PID) record their
+rounds like the in-process engine, survive a SuperNode that vanishes, run two schools' NGSS
+scoring, and leave no process behind. Offline; MNIST from FPL_DATA_DIR (../shared/data).
 
-The two deployment tests take one to two minutes each: each round starts a fresh ClientApp
-process per client (torch import, MNIST load) and Flower polls every few seconds.
+The deployment tests take about a minute each on two cores: each round starts a fresh
+ClientApp process per client (torch import, data load) and Flower polls every few seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +33,9 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import differential_privacy as dp  # noqa: E402
 import flower_app  # noqa: E402
+import flower_data  # noqa: E402
 import flower_deployment  # noqa: E402
+import flower_server  # noqa: E402
 from client_population import client_seed  # noqa: E402
 from client_trainers import InProcessTrainer, TrainTask  # noqa: E402
 from database import ExperimentStore  # noqa: E402
@@ -69,8 +75,8 @@ def instruction(content: RecordDict, message_type: str, node_id: int = 7) -> Mes
     return Message(content, metadata=metadata)
 
 
-def node_context(config: ExperimentConfig, partition_id: int) -> Context:
-    node_config = {"partition-id": partition_id, "num-partitions": config.federation.num_clients}
+def node_context(config: ExperimentConfig, partition_id: int, **node_config: object) -> Context:
+    node_config = {"partition-id": partition_id, "num-partitions": config.federation.num_clients, **node_config}
     run_config = flower_app.RunOptions(experiment=config.to_json()).to_run_config()
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
 
@@ -118,6 +124,29 @@ def test_the_client_app_trains_like_the_engines_trainer() -> None:
     torch.testing.assert_close(weights, reference.results[0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_process_loads_a_runs_data_once_and_never_serves_another_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workloads
+
+    loads = []
+    real_load = workloads.load_data
+    monkeypatch.setattr(workloads, "load_data", lambda config: loads.append(config) or real_load(config))
+    flower_app.shared_client_data.cache_clear()
+    config = small_config()
+    smaller = config.replace("data", max_train_examples=2400)  # 800 examples per client, other indices
+    run, smaller_run = FederatedRun(config), FederatedRun(smaller)
+
+    replies = [flower_app.client_app(train_message(run, client=c, round_number=1), node_context(config, c))
+               for c in (0, 1, 2)]  # fmt: skip
+    other = flower_app.client_app(train_message(smaller_run, client=1, round_number=1), node_context(smaller, 1))
+    _, smaller_train, _ = flower_app.shared_client_data(smaller)
+    flower_app.shared_client_data.cache_clear()
+
+    assert loads == [config, smaller]  # once per config, not once per message
+    assert [r.content.config_records[flower_app.RESULT]["num-examples"] for r in replies] == [1000, 1000, 1000]
+    assert other.content.config_records[flower_app.RESULT]["num-examples"] == 800
+    assert np.array_equal(smaller_train[1], smaller_run.partitions[1])
+
+
 def test_a_client_keeps_its_accountant_across_rounds_and_restarts() -> None:
     config = small_config().replace("privacy", mode="local", noise_multiplier=1.1)
     run = FederatedRun(config)
@@ -149,13 +178,15 @@ def test_a_client_refuses_noise_other_than_the_configured() -> None:
 
 
 def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: str) -> None:
-    central = small_config().replace("privacy", mode="central")
+    secure = small_config().replace("federation", secure_aggregation=True)
     compressed = small_config().replace("communication", compression="topk")
 
-    with pytest.raises(ValueError, match="privacy.mode 'central'"):
-        flower_deployment.run_local_deployment(central, db_url=db_url)
+    with pytest.raises(ValueError, match="federation.secure_aggregation"):
+        flower_deployment.run_local_deployment(secure, db_url=db_url)
     with pytest.raises(ValueError, match="communication.compression"):
         flower_app.check_supported(compressed)
+    with pytest.raises(ValueError, match="each SuperNode is one school, so data.partition must be 'natural'"):
+        flower_app.check_supported(text_config("task_train.csv", model="minilm-lora").replace("data", partition="iid"))
     with pytest.raises(ValueError, match="one SuperNode per client"):
         flower_deployment.run_local_deployment(small_config(), db_url=db_url, num_supernodes=2)
     assert ExperimentStore(db_url).list_experiments() == [] and flower_processes_started_here() == []
@@ -164,10 +195,15 @@ def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: s
 class LoopbackGrid(Grid):
     """A stand-in for the SuperLink: delivers each message to the ClientApp in this process.
     Client ids in `gone` joined, then vanished (their train replies never come); those in
-    `broken` have a --node-config their ClientApp cannot train with (it raises)."""
+    `broken` have a --node-config their ClientApp cannot train with (it raises); `data_paths[c]`
+    is client c's own file (data at the sites)."""
 
-    def __init__(self, config: ExperimentConfig, *, gone: set[int], broken: set[int]) -> None:
-        self.contexts = {100 + c: node_context(config, c) for c in range(config.federation.num_clients)}
+    def __init__(
+        self, config: ExperimentConfig, *, gone: set[int] = frozenset(), broken: set[int] = frozenset(),
+        data_paths: list[str] | None = None,
+    ) -> None:  # fmt: skip
+        sites = [{"data-path": path} for path in data_paths] if data_paths else [{}] * config.federation.num_clients
+        self.contexts = {100 + c: node_context(config, c, **sites[c]) for c in range(config.federation.num_clients)}
         for client in broken:
             self.contexts[100 + client].node_config["num-threads"] = "many"
         self.gone, self.replies = {100 + c for c in gone}, {}
@@ -204,17 +240,38 @@ class LoopbackGrid(Grid):
         raise NotImplementedError
 
 
-def test_the_server_records_lost_and_failed_clients_and_skips_below_min_clients(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("_run_id", "_node_id", "_task_id"):  # who is sending, as flwr-serverapp sets it
+@pytest.fixture
+def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Who is sending, as flwr-serverapp sets it: messages can be built in this process."""
+    for name in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def on_loopback(config: ExperimentConfig, store: ExperimentStore, **grid: object) -> int:
+    """Run `config` through the ServerApp over a `LoopbackGrid`; returns the experiment id."""
+    experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=60.0, connect_timeout_s=10.0)
+    flower_server.record_experiment(LoopbackGrid(config, **grid), config, options, store, experiment_id)
+    return experiment_id
+
+
+def in_process(config: ExperimentConfig, store: ExperimentStore) -> int:
+    """Run `config` on the in-process engine, recorded as `cli.execute` does; returns the experiment id."""
+    experiment_id = store.create_experiment(config.to_dict())
+    for result in run_experiment(config.replace("system", num_workers=1)):
+        store.record_round(experiment_id, result.to_dict())
+    return experiment_id
+
+
+def test_the_server_records_lost_and_failed_clients_and_skips_below_min_clients(
+    db_url: str, serverapp_identity: None
+) -> None:
     config = small_config(rounds=1, min_clients=2)
     store = ExperimentStore(db_url)
     experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
     options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=2.0, connect_timeout_s=10.0)
 
-    flower_app.record_experiment(LoopbackGrid(config, gone={1}, broken={2}), config, options, store, experiment_id)
+    flower_server.record_experiment(LoopbackGrid(config, gone={1}, broken={2}), config, options, store, experiment_id)
 
     clients = store.client_rounds_frame(experiment_id).set_index("client_id")
     assert dict(clients.status) == {0: "ok", 1: "lost", 2: "failed"}
@@ -224,6 +281,146 @@ def test_the_server_records_lost_and_failed_clients_and_skips_below_min_clients(
     unchanged_accuracy, _, _ = FederatedRun(config).evaluate_global()  # the initial model, never updated
     assert rounds.accuracy[0] == unchanged_accuracy and rounds.num_clients[0] == 1
     assert store.get_experiment(experiment_id).status == "completed"
+
+
+def test_central_dp_on_flower_spends_the_engines_epsilon_with_the_engines_noise(
+    db_url: str, serverapp_identity: None
+) -> None:
+    # Three clients cannot buy a useful ε: σ is small so that the model visibly learns (ε in the thousands).
+    config = small_config(rounds=3, clients_per_round=2).replace(
+        "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True
+    )
+    store = ExperimentStore(db_url)
+
+    flower_id, engine_id = on_loopback(config, store), in_process(config, store)
+
+    flower, engine = store.rounds_frame([flower_id]), store.rounds_frame([engine_id])
+    # Poisson sampling, each client with q = 2/3: the same clients in each round, as the accountant assumes.
+    assert list(flower.num_selected) == list(engine.num_selected)
+    assert list(store.client_rounds_frame(flower_id).client_id) == list(store.client_rounds_frame(engine_id).client_id)
+    assert list(flower.epsilon) == list(engine.epsilon)
+    # independent check: r steps of the sampled Gaussian mechanism at q = 2/3 under Opacus's RDP accountant
+    reference = [dp.accountant_from_history([(0.03, 2 / 3, r)]).get_epsilon(1e-5) for r in (1, 2, 3)]
+    np.testing.assert_allclose(flower.epsilon, reference, rtol=1e-6)
+    assert list(flower.noise_multiplier) == [0.03] * 3 and list(flower.sample_rate) == [pytest.approx(2 / 3)] * 3
+    np.testing.assert_allclose(flower.max_grad_norm, engine.max_grad_norm, rtol=1e-6)  # adaptive clipping moves C alike
+    assert len(set(flower.max_grad_norm)) == 3
+    np.testing.assert_allclose(flower.accuracy, engine.accuracy, atol=2e-3)  # the same noise draws
+    np.testing.assert_allclose(flower.loss, engine.loss, rtol=1e-3)
+    assert flower.accuracy.iloc[-1] > 0.5
+
+
+def test_scaffold_on_flower_sends_each_client_the_engines_correction(db_url: str, serverapp_identity: None) -> None:
+    config = small_config(strategy="scaffold").replace("data", partition="shards")
+    store = ExperimentStore(db_url)
+
+    flower_id, engine_id = on_loopback(config, store), in_process(config, store)
+
+    flower, engine = store.rounds_frame([flower_id]), store.rounds_frame([engine_id])
+    fedavg = store.rounds_frame([in_process(config.replace("federation", strategy="fedavg"), store)])
+    np.testing.assert_allclose(flower.loss, engine.loss, rtol=1e-5)  # round 2 trains with c − c_i
+    np.testing.assert_allclose(flower.accuracy, engine.accuracy, atol=1e-3)
+    assert abs(flower.loss.iloc[-1] - fedavg.loss.iloc[-1]) > 1e-3  # the corrections changed the training
+
+
+def test_a_scaffold_client_refuses_to_train_without_its_correction() -> None:
+    config = small_config(strategy="scaffold")
+
+    with pytest.raises(ValueError, match="no control-variate correction"):
+        flower_app.client_app(train_message(FederatedRun(config), 0, 1), node_context(config, 0))
+
+
+# -- NGSS scoring: each school trains on its own file ------------------------------------
+
+
+def two_school_files(directory: Path, *, train_per_school: int = 40, test_per_school: int = 20) -> str:
+    """The lab's files (NGSS.md "Real data") for two schools of synthetic gas_filled_balloons
+    responses; returns the path of the training file."""
+    import ngss_data
+    from ngss_tasks import NgssSplit
+
+    full = ngss_data.generate("gas_filled_balloons", seed=0)
+
+    def first(split: NgssSplit, count: int) -> NgssSplit:
+        rows = np.concatenate([np.flatnonzero(split.schools == school)[:count] for school in (0, 1)])
+        return NgssSplit([split.texts[i] for i in rows], split.labels[rows], split.schools[rows])
+
+    two = dataclasses.replace(full, school_names=full.school_names[:2], train=first(full.train, train_per_school),
+                              test=first(full.test, test_per_school), source="imported")  # fmt: skip
+    return str(ngss_data.write_csv(two, directory)[0])
+
+
+def text_config(csv_path: str, *, model: str, **federation: object) -> ExperimentConfig:
+    """Two schools' imported responses, natural partition: one client per school."""
+    return ExperimentConfig.from_dict({
+        "data": {"dataset": "csv", "csv_path": csv_path, "partition": "natural"},
+        "model": {"name": model, "pretrained": model == "minilm-lora", "max_length": 32},
+        "federation": {"num_clients": 2, "clients_per_round": 2, "rounds": 1, "batch_size": 16, **federation},
+        "privacy": {"audit_examples": 0},
+        "system": {"num_workers": 1},
+    })  # fmt: skip
+
+
+def test_schools_train_on_their_own_files_as_the_engine_trains_on_the_whole_file(
+    tmp_path: Path, db_url: str, serverapp_identity: None
+) -> None:
+    lab_file = two_school_files(tmp_path / "lab", train_per_school=20, test_per_school=10)  # MiniLM: small
+    config = text_config(lab_file, model="minilm-lora", client_holdout=0.2).replace("model", max_length=16)
+    server_csv, site_paths = flower_data.write_sites(config, tmp_path / "deployment")
+    store = ExperimentStore(db_url)
+
+    flower_id = on_loopback(config.replace("data", csv_path=server_csv), store, data_paths=site_paths)
+
+    engine_id = in_process(config, store)
+    assert sorted(p.name for p in Path(server_csv).parent.iterdir()) == ["gas_filled_balloons_test.csv"]
+    flower, engine = store.rounds_frame([flower_id]), store.rounds_frame([engine_id])
+    np.testing.assert_allclose(flower.loss, engine.loss, rtol=1e-4)
+    metrics, expected = flower.metrics[0], engine.metrics[0]
+    assert set(metrics["per_group"]) == {"School A", "School B"}
+    for name in ("micro_f1", "macro_f1", "exact_match", "score_mae"):
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-6), name
+    same = ["client_id", "num_examples", "steps", "status", "bytes_up"]
+    flower_clients, engine_clients = store.client_rounds_frame(flower_id), store.client_rounds_frame(engine_id)
+    assert flower_clients[same].to_dict("records") == engine_clients[same].to_dict("records")
+    assert list(flower_clients.num_examples) == [16, 16]  # 20 responses each, 4 held out
+    np.testing.assert_allclose(flower_clients.validation_accuracy, engine_clients.validation_accuracy, atol=1e-6)
+    summary = store.get_experiment(flower_id)
+    assert summary.status == "completed" and summary.label_counts is None  # the server never sees a label
+    assert store.load_weights(flower_id).num_values == 2 * 6 * 8 * 384 * 2 + 384 * 3 + 3  # LoRA (q, v) + head
+
+
+def test_a_client_of_synthetic_ngss_trains_its_schools_slice_like_the_engine() -> None:
+    config = ExperimentConfig.from_dict({
+        "data": {"dataset": "ngss", "partition": "natural", "max_train_examples": 90, "max_test_examples": 30},
+        "model": {"name": "tinyllama-lora", "pretrained": False, "max_length": 32},
+        "federation": {"num_clients": 9, "clients_per_round": 9, "batch_size": 4},
+        "privacy": {"audit_examples": 0},
+    })  # fmt: skip
+    run = FederatedRun(config)  # every node rebuilds the same responses and tokenizer from the seed
+    settings = train_settings(config, run.data.num_classes, noise_multiplier=0.0)
+    reference = InProcessTrainer(run.data, settings, flatten(get_parameters(run.model)).numel(), slots=1)
+    school = 3
+    task = TrainTask(0, school, run.partitions[school], client_seed(config.system.seed, 1, school))
+    expected = reference.train(flatten(get_parameters(run.model)), [task])[0]
+
+    reply = flower_app.client_app(train_message(run, client=school, round_number=1), node_context(config, school))
+
+    result = reply.content.config_records[flower_app.RESULT]
+    weights = flower_app.flat_weights(reply.content.array_records[flower_app.WEIGHTS], get_parameters(run.model))
+    assert result["num-examples"] == len(run.partitions[school]) == int((run.data.train_groups == school).sum())
+    assert result["loss"] == pytest.approx(expected.loss, rel=1e-5) and result["error"] == ""
+    torch.testing.assert_close(weights, reference.results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_site_with_another_schools_file_is_refused(tmp_path: Path) -> None:
+    config = text_config(two_school_files(tmp_path / "lab"), model="minilm-lora")
+    _, site_paths = flower_data.write_sites(config, tmp_path / "deployment")
+    summary = flower_data.summarize_site(config, site_paths[1])
+
+    with pytest.raises(ValueError, match="client 0 .* is 'School A'.* holds 'School B'"):
+        flower_data.check_site(summary, client_id=0, label_names=["E1", "E2", "E3"],
+                               school_names=["School A", "School B"])  # fmt: skip
+    assert summary == flower_data.SiteSummary(40, "School B", ("E1", "E2", "E3"))
 
 
 # -- real deployments on loopback --------------------------------------------------------
@@ -287,4 +484,31 @@ def test_a_supernode_that_vanishes_mid_run_is_recorded_lost(db_url: str) -> None
     assert second.loc[1, "bytes_up"] == 0 and (second.loc[[0, 2], "steps"] == 20).all()
     assert list(rounds.num_clients) == [3, 2] and list(rounds.num_selected) == [3, 3]
     assert list(rounds.skipped) == ["", ""] and rounds.accuracy[1] > rounds.accuracy[0]
+    assert flower_processes_started_here() == []
+
+
+def test_a_local_deployment_of_two_schools_records_rubric_metrics(tmp_path: Path, db_url: str) -> None:
+    config = text_config(two_school_files(tmp_path / "lab"), model="tinyllama-lora")  # from its config: offline
+    work_dir = tmp_path / "deployment"
+
+    experiment_id = flower_deployment.run_local_deployment(
+        config, db_url=db_url, timeout_s=300, round_timeout_s=200, work_dir=work_dir
+    )
+
+    store = ExperimentStore(db_url)
+    summary = store.get_experiment(experiment_id)
+    assert (summary.runtime, summary.status, summary.error) == ("flower", "completed", None)
+    rounds, clients = store.rounds_frame([experiment_id]), store.client_rounds_frame(experiment_id)
+    assert list(rounds["round"]) == [1] and rounds.num_clients[0] == 2
+    metrics = rounds.metrics[0]
+    assert set(metrics["per_group"]) == {"School A", "School B"} and 0 <= metrics["micro_f1"] <= 1
+    assert metrics["num_examples"] == 40  # the server's test file: 20 responses per school
+    assert dict(zip(clients.client_id, clients.num_examples)) == {0: 40, 1: 40}
+    assert (clients.status == "ok").all() and (clients.steps == 3).all()
+    # Its tokenizer was trained on the server's test responses, which `cli.py score` cannot rebuild.
+    assert store.load_weights(experiment_id) is None
+    for school, name in enumerate(("School A", "School B")):  # each site's file: its own school's rows only
+        site = flower_data.summarize_site(config, str(work_dir / f"site-{school}" / "gas_filled_balloons_train.csv"))
+        assert (site.school, site.num_examples) == (name, 40)
+    assert not (work_dir / "server" / "gas_filled_balloons_train.csv").exists()
     assert flower_processes_started_here() == []

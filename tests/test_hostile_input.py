@@ -36,6 +36,7 @@ from experiment_config import (
     ACCOUNTANTS,
     ATTACKS,
     BACKENDS,
+    CLIENT_OPTIMIZERS,
     COMPRESSIONS,
     DATASETS,
     DROPOUT_STAGES,
@@ -78,7 +79,7 @@ CHOICES = {
     ("federation", "dropout_stage"): DROPOUT_STAGES, ("federation", "straggler_policy"): STRAGGLER_POLICIES,
     ("federation", "personalization"): PERSONALIZATIONS, ("privacy", "mode"): PRIVACY_MODES,
     ("privacy", "accountant"): ACCOUNTANTS, ("system", "backend"): BACKENDS, ("attack", "behaviour"): ATTACKS,
-    ("communication", "compression"): COMPRESSIONS,
+    ("communication", "compression"): COMPRESSIONS, ("federation", "client_optimizer"): CLIENT_OPTIMIZERS,
 }  # fmt: skip
 # Past int64, past the float range. (Past Python's 4300-digit int->str limit only in explicit
 # examples: hypothesis itself cannot show such an int.)
@@ -334,6 +335,7 @@ VALID_BASES = (
                     "min_clients": 5}},
     {"federation": {"personalization": "fedper", "client_holdout": 0.2, "strategy": "adaptive_weighting"}},
     {"communication": {"compression": "topk"}, "system": {"backend": "mlx"}, "model": {"name": "mlp"}},
+    {"federation": {"client_optimizer": "adamw", "strategy": "fedprox", "learning_rate": 0.001}},
 )  # fmt: skip
 
 
