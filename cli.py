@@ -420,13 +420,21 @@ def _work_on(store: ExperimentStore, experiment_id: int, *, waited: bool, signal
     return execute(store, experiment_id, config, out=sys.stdout, as_json=True, signals=signals)
 
 
-def command_resume(args: argparse.Namespace) -> int:
-    """Continue an interrupted, stopped or failed run from its checkpoint, in this process."""
+def _open_experiment(args: argparse.Namespace) -> tuple[ExperimentStore, ExperimentSummary | None]:
+    """The store and experiment `args.id` (None, said on stderr, if there is none), after marking
+    runs whose worker died."""
     store = ExperimentStore(args.db)
     store.mark_interrupted_if_dead(pid_alive)
     experiment = store.get_experiment(args.id)
     if experiment is None:
         print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+    return store, experiment
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted, stopped or failed run from its checkpoint, in this process."""
+    store, experiment = _open_experiment(args)
+    if experiment is None:
         return EXIT_FAILED
     try:
         config = ExperimentConfig.from_dict(experiment.config)
@@ -461,11 +469,8 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_show(args: argparse.Namespace) -> int:
-    store = ExperimentStore(args.db)
-    store.mark_interrupted_if_dead(pid_alive)
-    experiment = store.get_experiment(args.id)
+    store, experiment = _open_experiment(args)
     if experiment is None:
-        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
         return EXIT_FAILED
     rounds = store.rounds_frame([args.id]).drop(columns=["experiment_id", "created_at"])
     if args.privacy_report:

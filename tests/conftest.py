@@ -58,3 +58,15 @@ def every_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as connection:
             connection.execute(DropSchema(schema, cascade=True))
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (use it with `pytestmark`), like MLX's CPU BLAS and the
+    engine's workers: fast and steady on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

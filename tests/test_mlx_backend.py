@@ -29,13 +29,7 @@ def layout(name: str) -> ExchangeLayout:
     return image_layout(name, 10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """torch on one thread, like MLX's CPU BLAS and the engine's workers: fast and steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

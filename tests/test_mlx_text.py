@@ -29,12 +29,7 @@ SEED = 5  # the run's seed: the random frozen backbone both backends build
 EXCHANGED = 16_384 + 64 * LABELS  # LoRA r=8 on q_proj and v_proj of 8 layers + the 64×K head
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
