@@ -122,7 +122,27 @@ class MnistMLP(_ModuleBase):
         return self.fc3(x)
 
 
-MLX_MODELS = {"cnn": MnistCNN, "mlp": MnistMLP}
+class MnistDPCNN(_ModuleBase):
+    """The small tanh CNN for DP (model.py's `MnistDPCNN`) on NHWC images."""
+
+    FEATURE_MAP_INPUTS = {"fc1.weight": (32, 4, 4)}
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = mnn.Conv2d(1, 16, kernel_size=8, stride=2, padding=3)
+        self.conv2 = mnn.Conv2d(16, 32, kernel_size=4, stride=2)
+        self.pool = mnn.MaxPool2d(2, stride=1)
+        self.fc1 = mnn.Linear(4 * 4 * 32, 32)
+        self.fc2 = mnn.Linear(32, num_classes)
+
+    def __call__(self, x: Any) -> Any:  # x: (B, 28, 28, 1)
+        x = self.pool(mx.tanh(self.conv1(x)))  # (B, 13, 13, 16)
+        x = self.pool(mx.tanh(self.conv2(x)))  # (B, 4, 4, 32)
+        x = mx.tanh(self.fc1(x.reshape(x.shape[0], -1)))  # (B, 32)
+        return self.fc2(x)  # (B, classes) logits
+
+
+MLX_MODELS = {"cnn": MnistCNN, "mlp": MnistMLP, "cnn-dp": MnistDPCNN}
 
 
 def create_mlx_model(name: str, *, num_classes: int = 10) -> Any:

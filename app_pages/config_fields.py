@@ -89,12 +89,13 @@ class Field:
 
 
 DATA_FIELDS = (
-    Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp). ngss: rubric scoring of "
+    Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp, cnn-dp). ngss: rubric scoring of "
           "middle-school science explanations, synthetic responses — not real student data (models "
           "tinyllama-lora, minilm-lora). csv: your lab's own NGSS files, uploaded under NGSS rubric scoring.",
           options=DATASETS),
     Field("model", "name", "Model", "For MNIST: cnn, the CNN of McMahan et al. 2017 (1.66M parameters); mlp, their "
-          "2NN (two hidden layers of 200). For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
+          "2NN (two hidden layers of 200); cnn-dp, the small tanh CNN DP-SGD papers use (26k parameters: the "
+          "best choice with privacy on). For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
           "with LoRA and a multi-label head; minilm-lora, all-MiniLM-L6-v2 (22.7M, pretrained, works offline). "
           "Text models exchange only LoRA + head.", options=MODELS, key="model"),
     Field("data", "partition", "Partition", "How the training data is split over clients: iid (uniform at random), "

@@ -4,7 +4,8 @@ quality with the pretrained MiniLM, and the bytes LoRA saves.
     python -m bench.ngss speed   [--task gas_filled_balloons] [--rounds 2] [--workers 0]
     python -m bench.ngss quality [--tasks gas_filled_balloons,layers_in_test_tube] [--rounds 10]
                                  [--optimizer adamw --lr 0.001] [--local-epochs 1] [--batch-size 16]
-                                 [--threads 1] [--workers 1]
+                                 [--threads 1] [--workers 1] [--arms federated,centralized]
+                                 [--federated-set federation.strategy=fedavgm ...]
 
 speed: one round over all nine schools of one task (≈ 950 synthetic responses, max length 128,
 batch 16, E = 1) with the TinyLLama-v0 architecture + LoRA (random weights built from its
@@ -102,19 +103,31 @@ def quality(args: argparse.Namespace) -> None:
             task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr,
             client_optimizer=args.optimizer, local_epochs=args.local_epochs, batch_size=args.batch_size,
         )  # fmt: skip
-        print(f"{task}: {args.optimizer}, lr {args.lr:g}, E = {args.local_epochs}, B = {args.batch_size}, "
-              f"{args.rounds} rounds")
+        print(f"{task}: {args.optimizer}, lr {args.lr:g} (centralized {args.central_lr or args.lr:g}), "
+              f"E = {args.local_epochs}, B = {args.batch_size}, {args.rounds} rounds")
         federated = federated.replace("system", num_workers=args.workers)
         centralized = federated.replace("data", partition="iid").replace(
-            "federation", num_clients=1, clients_per_round=1
+            "federation", num_clients=1, clients_per_round=1, learning_rate=args.central_lr or args.lr
         )
+        if args.federated_set:  # e.g. server momentum: the centralized run has no server step to change
+            federated = federated.with_overrides(args.federated_set)
+            print(f"federated run only: {', '.join(args.federated_set)}")
         rows = {}
         for name, config in (("federated", federated), ("centralized", centralized)):
+            if name not in args.arms.split(","):
+                continue
             started = time.perf_counter()
-            results = run_experiment(config)
+
+            def progress(r, name=name, started=started):
+                print(f"{task:<28} {name:<12} round {r.round}: per-label accuracy {100 * r.accuracy:.2f}% "
+                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+            results = run_experiment(config, callback=progress)
             rows[name] = results[-1]
             curve = " ".join(f"{100 * r.accuracy:.1f}" for r in results)
             print(f"{task:<28} {name:<12} per-label accuracy by round: {curve}  ({time.perf_counter() - started:.0f} s)")
+        if len(rows) < 2:
+            continue
         fed, cen = rows["federated"], rows["centralized"]
         gap = 100 * (cen.accuracy - fed.accuracy)
         print(f"{task:<28} after {args.rounds} rounds: federated {100 * fed.accuracy:.2f}% "
@@ -134,11 +147,17 @@ def main() -> None:
     quality_parser.add_argument("--tasks", default="gas_filled_balloons,layers_in_test_tube")
     quality_parser.add_argument("--rounds", type=int, default=10)
     quality_parser.add_argument("--lr", type=float, default=0.5, help="the clients' learning rate")
+    quality_parser.add_argument("--central-lr", type=float, default=0.0,
+                                help="the centralized run's learning rate (0: --lr); one client taking every step in "
+                                     "sequence can need a smaller one")
     quality_parser.add_argument("--optimizer", choices=CLIENT_OPTIMIZERS, default="sgd", help="the clients' optimizer")
     quality_parser.add_argument("--local-epochs", type=int, default=1, help="federation.local_epochs (both runs)")
     quality_parser.add_argument("--batch-size", type=int, default=16, help="federation.batch_size (both runs)")
     quality_parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     quality_parser.add_argument("--workers", type=int, default=0, help="system.num_workers of the federated run")
+    quality_parser.add_argument("--federated-set", action="append", default=[], metavar="KEY=VALUE",
+                                help="a config override for the federated run only, e.g. federation.strategy=fedavgm")
+    quality_parser.add_argument("--arms", default="federated,centralized", help="run one arm alone, e.g. to run the two in parallel")
     args = parser.parse_args()
     speed(args) if args.command == "speed" else quality(args)
 

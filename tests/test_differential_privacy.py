@@ -283,7 +283,7 @@ def test_noise_on_the_summed_gradient_has_std_sigma_c(mode):
 
 
 @pytest.mark.parametrize("noise_multiplier", [0.0, 1.0])
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn-dp"])
 def test_bookkeeping_steps_equal_opacus_per_sample_gradient_steps(name, noise_multiplier, monkeypatch):
     x, y = synthetic(4)
     x[2] *= 1e4  # clipped whenever it is drawn

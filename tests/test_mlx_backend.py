@@ -43,7 +43,7 @@ def both_trainers(data, train_settings: TrainSettings, slots: int = 1):
     return torch_trainer, MlxTrainer(data, train_settings, num_params, slots)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn-dp"])
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_flat_to_mlx_to_flat_is_the_identity(name, seed):
@@ -70,7 +70,7 @@ def test_layouts_are_nhwc_and_fc1_columns_follow_h_w_c(small):
         np.testing.assert_array_equal(fc1[:, h * 448 + w * 64 + c], torch_fc1[:, c * 49 + h * 7 + w])
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn-dp"])
 def test_mlx_and_torch_models_give_the_same_logits(small, name):
     torch_model = create_model(name, seed=1)
     mlx_model = create_mlx_model(name)
@@ -86,6 +86,7 @@ def test_mlx_and_torch_models_give_the_same_logits(small, name):
 
 @pytest.mark.parametrize(("name", "examples", "batch_size", "epochs", "max_steps"), [
     ("cnn", 500, 50, 1, 1),  # one step: loss, gradient and SGD agree
+    ("cnn-dp", 200, 50, 1, 2),  # strided convolutions, pooling with stride 1, tanh
     ("mlp", 130, 50, 2, 0),  # reshuffled epochs and a short last batch: the same data order
 ])  # fmt: skip
 def test_local_steps_match_torch(small, name, examples, batch_size, epochs, max_steps):

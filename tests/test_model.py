@@ -24,9 +24,20 @@ def test_parameter_counts_match_the_architectures():
     assert parameter_count(get_parameters(create_model("cnn"))) == 832 + 51_264 + 1_606_144 + 5_130
     # 784·200+200, 200·200+200, 200·10+10
     assert parameter_count(get_parameters(create_model("mlp"))) == 157_000 + 40_200 + 2_010
+    # conv1 1·16·64+16, conv2 16·32·16+32, fc1 512·32+32, fc2 32·10+10 (Papernot et al. 2021's 26,010)
+    assert parameter_count(get_parameters(create_model("cnn-dp"))) == 1_040 + 8_224 + 16_416 + 330
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_dp_cnn_feature_maps_have_the_published_shapes():
+    model = create_model("cnn-dp", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    first = model.pool(torch.tanh(model.conv1(x)))
+    second = model.pool(torch.tanh(model.conv2(first)))
+    assert first.shape == (2, 16, 13, 13) and second.shape == (2, 32, 4, 4)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())  # bounded activations: tanh only
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "cnn-dp"])
 def test_models_have_no_batch_norm_and_give_logits(name):
     model = create_model(name)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
