@@ -103,11 +103,13 @@ def quality(args: argparse.Namespace) -> None:
             task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr,
             client_optimizer=args.optimizer, local_epochs=args.local_epochs, batch_size=args.batch_size,
         )  # fmt: skip
-        print(f"{task}: {args.optimizer}, lr {args.lr:g} (centralized {args.central_lr or args.lr:g}), "
-              f"E = {args.local_epochs}, B = {args.batch_size}, {args.rounds} rounds")
+        print(f"{task}: {args.optimizer}, B = {args.batch_size}, {args.rounds} rounds; federated lr {args.lr:g}, "
+              f"E = {args.local_epochs}; centralized lr {args.central_lr or args.lr:g}, "
+              f"E = {args.central_epochs or args.local_epochs}")
         federated = federated.replace("system", num_workers=args.workers)
         centralized = federated.replace("data", partition="iid").replace(
-            "federation", num_clients=1, clients_per_round=1, learning_rate=args.central_lr or args.lr
+            "federation", num_clients=1, clients_per_round=1, learning_rate=args.central_lr or args.lr,
+            local_epochs=args.central_epochs or args.local_epochs,
         )
         if args.federated_set:  # e.g. server momentum: the centralized run has no server step to change
             federated = federated.with_overrides(args.federated_set)
@@ -152,6 +154,8 @@ def main() -> None:
                                      "sequence can need a smaller one")
     quality_parser.add_argument("--optimizer", choices=CLIENT_OPTIMIZERS, default="sgd", help="the clients' optimizer")
     quality_parser.add_argument("--local-epochs", type=int, default=1, help="federation.local_epochs (both runs)")
+    quality_parser.add_argument("--central-epochs", type=int, default=0,
+                                help="the centralized run's epochs per round (0: --local-epochs)")
     quality_parser.add_argument("--batch-size", type=int, default=16, help="federation.batch_size (both runs)")
     quality_parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     quality_parser.add_argument("--workers", type=int, default=0, help="system.num_workers of the federated run")
