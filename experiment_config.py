@@ -326,7 +326,7 @@ class SystemConfig:
     # Parallel client trainers (processes, one thread each). 0 = automatic: as many
     # as there are cores, never more than clients per round; 1 = train in-process.
     num_workers: int = 0
-    backend: str = "torch"  # torch | mlx (local training on Apple's MLX: cnn, mlp, cnn-dp, tinyllama-lora; `mlx[cpu]` on Linux)
+    backend: str = "torch"  # torch | mlx (local training on Apple's MLX: the MNIST models, tinyllama-lora; `mlx[cpu]` on Linux)
     runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
 
     def validate(self) -> None:
@@ -452,7 +452,9 @@ class ExperimentConfig:
             )
         if self.system.backend == "mlx":
             if text and model.name != "tinyllama-lora":
-                raise ValueError(f"system.backend = 'mlx' runs MNIST (cnn, mlp, cnn-dp) or tinyllama-lora, not {model.name}")
+                raise ValueError(
+                    f"system.backend = 'mlx' runs MNIST ({', '.join(IMAGE_MODELS)}) or tinyllama-lora, not {model.name}"
+                )
             if self.privacy.mode == "local":
                 raise ValueError(
                     "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"
