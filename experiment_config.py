@@ -29,6 +29,22 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client pe
 IMAGE_MODELS = ("cnn", "mlp", "cnn-dp")
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
 MODELS = IMAGE_MODELS + TEXT_MODELS
+# What a text model's head reads (model.pooling), its default first; text_models.py explains each.
+TEXT_POOLINGS = {"tinyllama-lora": ("last", "mean"), "minilm-lora": ("mean", "cls")}
+POOLINGS = ("mean", "cls", "last")
+
+
+def text_pooling(model: str, pooling: str) -> str:
+    """model.pooling for text model `model`: its default for "", else `pooling` if it has it."""
+    allowed = TEXT_POOLINGS[model]
+    if not pooling:
+        return allowed[0]
+    if pooling not in allowed:
+        raise ValueError(
+            f"model.pooling for {model} must be one of {', '.join(allowed)} (or empty for its default, "
+            f"{allowed[0]}); got {pooling!r}"
+        )
+    return pooling
 NGSS_TASKS = (
     "anna_vs_carla", "breaking_down_hydrogen_peroxide", "carlos_javier_atomic_model", "dry_ice_model",
     "gas_filled_balloons", "layers_in_test_tube", "model_for_making_water", "namis_careful_experiment",
@@ -104,6 +120,7 @@ class ModelConfig:
     lora_dropout: float = 0.1
     lora_targets: str = ""  # comma-separated module names; "" = the backbone's default (q_proj,v_proj / query,value)
     max_length: int = 128  # tokens per response at most; batches are padded to their longest response
+    pooling: str = ""  # what the head reads: mean | cls (minilm) | last (tinyllama); "" = the model's default
 
     def validate(self) -> None:
         _one_of("model.name", self.name, MODELS)
@@ -113,13 +130,14 @@ class ModelConfig:
         _number("model.lora_dropout", self.lora_dropout, low=0.0, high=0.9)
         _string("model.lora_targets", self.lora_targets)
         _integer("model.max_length", self.max_length, low=8, high=2048)
+        _one_of("model.pooling", self.pooling, ("", *POOLINGS))
 
     def text_options(self) -> dict[str, Any]:
         """The keyword arguments `model.create_model` takes for a text model."""
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
         return {
             "pretrained": self.pretrained, "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha,
-            "lora_dropout": self.lora_dropout, "lora_targets": targets,
+            "lora_dropout": self.lora_dropout, "lora_targets": targets, "pooling": self.pooling,
         }  # fmt: skip
 
 
@@ -450,11 +468,15 @@ class ExperimentConfig:
                 f"data.partition = 'natural' makes each of the {NGSS_SCHOOLS} synthetic schools a client: "
                 f"federation.num_clients must be {NGSS_SCHOOLS}, got {self.federation.num_clients}"
             )
+        if text:
+            pooling = text_pooling(model.name, model.pooling)
         if self.system.backend == "mlx":
             if text and model.name != "tinyllama-lora":
                 raise ValueError(
                     f"system.backend = 'mlx' runs MNIST ({', '.join(IMAGE_MODELS)}) or tinyllama-lora, not {model.name}"
                 )
+            if text and pooling != "last":
+                raise ValueError(f"system.backend = 'mlx' reads the last token (model.pooling = 'last'), not {pooling!r}")
             if self.privacy.mode == "local":
                 raise ValueError(
                     "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"

@@ -90,7 +90,7 @@ def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, *
     """A fresh model by config name; `seed` makes its initial weights reproducible.
 
     `text_options` (text models only): pretrained, lora_rank, lora_alpha, lora_dropout,
-    lora_targets; see `text_models.TextModelOptions`.
+    lora_targets, pooling; see `text_models.TextModelOptions`.
     """
     if name in TEXT_MODELS:
         from text_models import create_text_model  # lazy: transformers + peft take seconds to import

@@ -23,6 +23,7 @@ from experiment_config import (
     NGSS_TASKS,
     PARTITIONS,
     PERSONALIZATIONS,
+    POOLINGS,
     PRIVACY_MODES,
     RUNTIMES,
     SELECTIONS,
@@ -122,6 +123,17 @@ NGSS_FIELDS = (
           high=2048),
     Field("model", "lora_targets", "LoRA targets", "Modules that get adapters, comma-separated; empty = the "
           "backbone's default (q_proj, v_proj for TinyLLama; query, value for MiniLM)."),
+    Field("model", "pooling", "Pooling", "What the head reads of a response: mean, the average over its tokens "
+          "(MiniLM's default: it was pretrained as a sentence encoder this way, and learns far faster with it); "
+          "cls, BERT's pooler over [CLS] (MiniLM only; runs stored before this option used it); last, the last "
+          "token (TinyLLama's default and MLX's only choice).", options=("", *POOLINGS),
+          format_func=lambda p: p or "model's default"),
+)  # fmt: skip
+# The measured rubric-scoring recipe (README, "NGSS rubric scoring"): (widget key, value), applied by a button.
+NGSS_RECIPE = (
+    ("dataset", "ngss"), ("model", "minilm-lora"), ("pretrained", True), ("pooling", ""), ("partition", "natural"),
+    ("num_clients", 9), ("clients_per_round", 9), ("rounds", 10), ("local_epochs", 3), ("batch_size", 4),
+    ("learning_rate", 0.003), ("client_optimizer", "adamw"), ("strategy", "fedavg"),
 )  # fmt: skip
 NGSS_NOTE = (
     "Rubric scoring (Dataset ngss or csv, Model tinyllama-lora or minilm-lora). **ngss: synthetic responses — "

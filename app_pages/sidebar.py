@@ -15,6 +15,7 @@ from app_pages.config_fields import (
     FEDERATION_FIELDS,
     NGSS_FIELDS,
     NGSS_NOTE,
+    NGSS_RECIPE,
     PRIVACY_FIELDS,
     PRIVACY_GUIDE,
     SCENARIO_GROUPS,
@@ -84,6 +85,12 @@ def ngss_widgets(raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> 
     """The folded "NGSS rubric scoring" group: task, text model options, and the CSV upload (returned)."""
     with st.expander("NGSS rubric scoring", icon=":material/school:"):
         st.caption(NGSS_NOTE)
+        st.form_submit_button(  # in the form: keeps what was typed, then the callback sets the recipe
+            "Use the scoring recipe", icon=":material/auto_fix_high:", key="ngss_recipe", on_click=use_ngss_recipe,
+            help="Synthetic NGSS, pretrained MiniLM + LoRA, one client per school (9), AdamW lr 0.003, batch 4, "
+            "3 local epochs, 10 rounds: the settings that bring the schools within 2 points of a centralized run "
+            "(README). Sets those widgets; the task and everything else stay as they are.",
+        )  # fmt: skip
         task, *options = NGSS_FIELDS  # the task's title needs the full width
         raw[task.section][task.name] = task.widget(st, defaults)
         paired_rows(tuple(options), raw, defaults)
@@ -96,6 +103,12 @@ def ngss_widgets(raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> 
             f"At most {MAX_UPLOAD_MB} MB each; checked when you press Start.",
         )  # fmt: skip
     return list(files or [])
+
+
+def use_ngss_recipe() -> None:
+    """Set the widgets of `NGSS_RECIPE` (a button's callback: it runs before the widgets are drawn)."""
+    for key, value in NGSS_RECIPE:
+        st.session_state[key] = value
 
 
 def checked_config(

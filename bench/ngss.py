@@ -35,20 +35,22 @@ import time
 import numpy as np
 import torch
 
-from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig
+from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig, text_pooling
 from federated_learning import FederatedRun, run_experiment
 from model import flatten, get_parameters
 from objectives import batch_loss
 
 
-def ngss_config(task: str, model: str, *, pretrained: bool, rounds: int, learning_rate: float, **federation) -> ExperimentConfig:
+def ngss_config(
+    task: str, model: str, *, pretrained: bool, rounds: int, learning_rate: float, pooling: str = "", **federation
+) -> ExperimentConfig:
     values = {
         "num_clients": 9, "clients_per_round": 9, "rounds": rounds, "batch_size": 16, "local_epochs": 1,
         "learning_rate": learning_rate, **federation,
     }  # fmt: skip
     return ExperimentConfig.from_dict({
         "data": {"dataset": "ngss", "partition": "natural", "ngss_task": task},
-        "model": {"name": model, "pretrained": pretrained, "max_length": 128},
+        "model": {"name": model, "pretrained": pretrained, "max_length": 128, "pooling": pooling},
         "federation": values,
         "privacy": {"audit_examples": 0},
     })  # fmt: skip
@@ -107,8 +109,10 @@ def quality(args: argparse.Namespace) -> None:
         federated = ngss_config(
             task, "minilm-lora", pretrained=True, rounds=args.rounds, learning_rate=args.lr,
             client_optimizer=args.optimizer, local_epochs=args.local_epochs, batch_size=args.batch_size,
+            pooling=args.pooling,
         )  # fmt: skip
-        print(f"{task}: {args.optimizer}, B = {args.batch_size}, {args.rounds} rounds; federated lr {args.lr:g}, "
+        print(f"{task}: {text_pooling('minilm-lora', args.pooling)} pooling, {args.optimizer}, B = {args.batch_size}, "
+              f"{args.rounds} rounds; federated lr {args.lr:g}, "
               f"E = {args.local_epochs}; centralized lr {args.central_lr or args.lr:g}, "
               f"E = {args.central_epochs or args.local_epochs}")
         federated = federated.replace("system", num_workers=args.workers)
@@ -162,6 +166,8 @@ def main() -> None:
     quality_parser.add_argument("--central-epochs", type=int, default=0,
                                 help="the centralized run's epochs per round (0: --local-epochs)")
     quality_parser.add_argument("--batch-size", type=int, default=4, help="federation.batch_size (both runs)")
+    quality_parser.add_argument("--pooling", choices=["", "mean", "cls"], default="",
+                                help="model.pooling (both runs; empty: MiniLM's default, mean)")
     quality_parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     quality_parser.add_argument("--workers", type=int, default=0, help="system.num_workers of the federated run")
     quality_parser.add_argument("--federated-set", action="append", default=[], metavar="KEY=VALUE",

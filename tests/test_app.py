@@ -61,9 +61,9 @@ NUMBER_KEYS += [key for key in SCENARIO_KEYS if key not in SCENARIO_SELECT_KEYS 
 NGSS_KEYS = {
     "ngss_task": ("data", "ngss_task"),
     **{key: ("model", key) for key in ["pretrained", "lora_rank", "lora_alpha", "lora_dropout", "max_length",
-                                         "lora_targets"]},
+                                         "lora_targets", "pooling"]},
 }  # fmt: skip
-SELECT_KEYS += ["ngss_task", "runtime", "backend", "client_optimizer"]  # all but ngss_task: under Advanced
+SELECT_KEYS += ["ngss_task", "pooling", "runtime", "backend", "client_optimizer"]  # all but ngss_task and pooling: under Advanced
 NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
 CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
 TEXT_KEYS = ["lora_targets", "data_dir"]
@@ -799,6 +799,7 @@ SCORE = ":material/grading: Score"
 NGSS_SETTINGS = {
     "dataset": "ngss", "partition": "natural", "model": "tinyllama-lora", "num_clients": 9, "clients_per_round": 9,
     "ngss_task": "anna_vs_carla", "lora_rank": 4, "lora_alpha": 16.0, "max_length": 64, "lora_targets": "q_proj",
+    "pooling": "mean",
 }  # fmt: skip
 
 
@@ -808,7 +809,8 @@ def test_ngss_group_has_the_task_titles_text_model_options_and_a_csv_upload(stor
     app = page()
 
     group = {expander.label: expander for expander in app.sidebar.expander}["NGSS rubric scoring"]
-    assert {w.key for w in group.selectbox} == {"ngss_task"} and {w.key for w in group.checkbox} == {"pretrained"}
+    assert {w.key for w in group.selectbox} == {"ngss_task", "pooling"}
+    assert {w.key for w in group.checkbox} == {"pretrained"}
     assert {w.key for w in group.number_input} == {"lora_rank", "lora_alpha", "lora_dropout", "max_length"}
     assert app.selectbox(key="ngss_task").options == [task.title for task in TASKS.values()]
     assert app.file_uploader(key="csv_upload").allowed_type == [".csv"]
@@ -830,7 +832,7 @@ def test_ngss_settings_with_pretrained_off_start_that_experiment(store, no_worke
     expected = ExperimentConfig.from_dict({
         "data": {"dataset": "ngss", "partition": "natural", "ngss_task": "anna_vs_carla"},
         "model": {"name": "tinyllama-lora", "pretrained": False, "lora_rank": 4, "lora_alpha": 16.0, "max_length": 64,
-                  "lora_targets": "q_proj"},
+                  "lora_targets": "q_proj", "pooling": "mean"},
         "federation": {"num_clients": 9, "clients_per_round": 9},
     })  # fmt: skip
     assert ExperimentConfig.from_dict(experiment.config) == expected
@@ -1098,3 +1100,25 @@ def test_an_interrupted_run_with_a_checkpoint_offers_resume_and_resumes_it(store
     resumed = store.get_experiment(experiment_id)
     assert (resumed.status, resumed.error, resumed.rounds_done) == ("queued", None, 2)
     assert not app.exception and not app.error
+
+
+def test_the_scoring_recipe_button_sets_the_measured_recipe_and_starts_it(store, no_workers):
+    from app_pages.config_fields import NGSS_RECIPE
+
+    app = page()
+    fill(app, {"ngss_task": "layers_in_test_tube", "lora_rank": 4})
+
+    app.button(key="ngss_recipe").click().run()
+
+    assert {key: widget(app, key).value for key, _ in NGSS_RECIPE} == dict(NGSS_RECIPE)
+    assert not app.warning and not app.exception
+    app.button(key="start").click().run()
+    (experiment,) = store.list_experiments()
+    expected = ExperimentConfig.from_dict({
+        "data": {"dataset": "ngss", "partition": "natural", "ngss_task": "layers_in_test_tube"},
+        "model": {"name": "minilm-lora", "lora_rank": 4},  # what the recipe does not name stays as it was
+        "federation": {"num_clients": 9, "clients_per_round": 9, "rounds": 10, "local_epochs": 3, "batch_size": 4,
+                       "learning_rate": 0.003, "client_optimizer": "adamw"},
+    })  # fmt: skip
+    assert ExperimentConfig.from_dict(experiment.config) == expected
+    assert no_workers == [(experiment.id,)] and not app.sidebar.error

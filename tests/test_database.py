@@ -394,3 +394,26 @@ def test_a_failed_clients_reason_is_stored(db_url):
     })  # fmt: skip
     frame = store.client_rounds_frame(experiment_id)
     assert frame["error"].tolist() == ["", "MemoryError: boom"] and frame["status"].tolist() == ["ok", "failed"]
+
+
+def test_minilm_runs_stored_before_pooling_existed_keep_reading_cls(db_url):
+    store = ExperimentStore(db_url)
+    minilm = {"data": {"dataset": "ngss", "partition": "natural"}, "model": {"name": "minilm-lora"},
+              "federation": {"num_clients": 9, "clients_per_round": 9}}  # fmt: skip
+    tinyllama = {**minilm, "model": {"name": "tinyllama-lora", "pretrained": False}}
+    ids = [store.create_experiment(c) for c in (minilm, tinyllama, {"model": {"name": "cnn"}}, {})]
+    mean = store.create_experiment({**minilm, "model": {"name": "minilm-lora", "pooling": "mean"}})
+    with migration_lock(store.engine) as connection:  # back to before 0005, as an older version stored them
+        command.downgrade(alembic_config(connection), "0004")
+    with store.engine.connect() as connection:
+        downgraded = connection.execute(select(Experiment.config).where(Experiment.id == mean)).scalar_one()
+    assert downgraded["model"] == {"name": "minilm-lora"}  # older code refuses keys it does not know
+    store.engine.dispose()
+
+    store = ExperimentStore(db_url)  # opening migrates to head
+
+    configs = {i: store.get_experiment(i).config for i in [*ids, mean]}
+    assert configs[ids[0]]["model"] == {"name": "minilm-lora", "pooling": "cls"}
+    assert ExperimentConfig.from_dict(configs[ids[0]]).model.pooling == "cls"
+    assert configs[ids[1]] == tinyllama and configs[ids[2]] == {"model": {"name": "cnn"}} and configs[ids[3]] == {}
+    assert configs[mean]["model"] == {"name": "minilm-lora", "pooling": "cls"}  # downgrading dropped "mean"

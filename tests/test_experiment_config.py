@@ -24,6 +24,7 @@ BAD_VALUES = {
     "model.lora_dropout": [-0.1, 0.95, None],
     "model.lora_targets": [3, None],
     "model.max_length": [4, 4096, "128"],
+    "model.pooling": ["max", "CLS", None, 1],
     "federation.num_clients": [0, -3, 2.0, "10", True],
     "federation.clients_per_round": [0, 11, 1.0],
     "federation.rounds": [0, 100_001, "5"],
@@ -273,9 +274,26 @@ def test_an_ngss_config_and_its_text_options():
     })  # fmt: skip
     assert config.model.text_options() == {
         "pretrained": False, "lora_rank": 8, "lora_alpha": 32.0, "lora_dropout": 0.1,
-        "lora_targets": ("q_proj", "k_proj", "v_proj"),
+        "lora_targets": ("q_proj", "k_proj", "v_proj"), "pooling": "",
     }  # fmt: skip
     assert ExperimentConfig.from_json(config.to_json()) == config
+
+
+def test_text_pooling_defaults_per_model_and_each_model_takes_only_its_own():
+    from experiment_config import text_pooling
+
+    assert (text_pooling("minilm-lora", ""), text_pooling("tinyllama-lora", "")) == ("mean", "last")
+    ngss = {"data": {"dataset": "ngss", "partition": "natural"}, "federation": {"num_clients": 9, "clients_per_round": 9}}
+    for name, pooling in (("minilm-lora", "cls"), ("minilm-lora", "mean"), ("tinyllama-lora", "mean")):
+        ExperimentConfig.from_dict({**ngss, "model": {"name": name, "pooling": pooling}})
+    with pytest.raises(ValueError, match="model.pooling for minilm-lora must be one of mean, cls .*default, mean.*'last'"):
+        ExperimentConfig.from_dict({**ngss, "model": {"name": "minilm-lora", "pooling": "last"}})
+    with pytest.raises(ValueError, match="model.pooling must be one of , mean, cls, last; got 'max'"):
+        ExperimentConfig.from_dict({**ngss, "model": {"name": "minilm-lora", "pooling": "max"}})
+    mlx = {**ngss, "system": {"backend": "mlx"}}
+    ExperimentConfig.from_dict({**mlx, "model": {"name": "tinyllama-lora", "pooling": "last"}})
+    with pytest.raises(ValueError, match="'mlx' reads the last token .*not 'mean'"):
+        ExperimentConfig.from_dict({**mlx, "model": {"name": "tinyllama-lora", "pooling": "mean"}})
 
 
 def test_the_config_knows_the_nine_ngss_tasks():

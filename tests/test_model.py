@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 
@@ -395,12 +396,56 @@ def test_minilm_tokenizer_and_padding(text_models, minilm):
     torch.testing.assert_close(alone, logits, rtol=0, atol=1e-5)
 
 
+def test_minilm_pools_the_mean_of_its_tokens_by_default_as_sentence_transformers_does(text_models, minilm):
+    tokenizer = text_models.load_tokenizer("minilm-lora")
+    ids = text_models.encode(tokenizer, CORPUS[:4])
+    hf = minilm.backbone.base_model.model
+    minilm.eval()
+    with torch.no_grad():
+        logits = minilm(ids).double().numpy()
+        hidden = hf.bert(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state.double().numpy()
+    mask = (ids != 0).numpy()[:, :, None]
+    pooled = (hidden * mask).sum(axis=1) / mask.sum(axis=1)  # numpy reference: padding left out
+    weight, bias = hf.classifier.weight.detach().double().numpy(), hf.classifier.bias.detach().double().numpy()
+    np.testing.assert_allclose(logits, pooled @ weight.T + bias, rtol=0, atol=1e-5)
+    assert text_models.resolve_pooling("minilm-lora", "") == "mean"
+
+
+def test_minilm_cls_pooling_is_berts_own_head_with_the_same_parameters(text_models, minilm):
+    cls = create_model("minilm-lora", num_classes=LABELS, seed=0, pooling="cls").eval()
+    assert {n: t.shape for n, t in get_parameters(cls).items()} == {
+        n: t.shape for n, t in get_parameters(minilm).items()
+    }  # fmt: skip
+    set_parameters(cls, get_parameters(minilm))
+    ids = text_models.encode(text_models.load_tokenizer("minilm-lora"), CORPUS[:4])
+    with torch.no_grad():
+        native = cls.backbone(input_ids=ids, attention_mask=(ids != 0).long()).logits
+        torch.testing.assert_close(cls(ids), native, rtol=0, atol=0)
+        assert not torch.allclose(cls(ids), minilm.eval()(ids), atol=1e-3)
+
+
+def test_tinyllama_can_mean_pool_and_refuses_cls(token_ids, text_models):
+    last, mean = tinyllama().eval(), tinyllama(pooling="mean").eval()
+    set_parameters(mean, get_parameters(last))
+    padded = torch.nn.functional.pad(token_ids, (0, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(mean(padded), mean(token_ids), rtol=0, atol=1e-6)
+        alone = torch.cat([mean(row[row != 0][None]) for row in token_ids])
+        torch.testing.assert_close(alone, mean(token_ids), rtol=0, atol=1e-5)
+        assert not torch.allclose(mean(token_ids), last(token_ids), atol=1e-4)
+    with pytest.raises(ValueError, match="model.pooling for tinyllama-lora must be one of last, mean.*'cls'"):
+        tinyllama(pooling="cls")
+    with pytest.raises(ValueError, match="pooling must be a string"):
+        tinyllama(pooling=1)
+
+
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # layer 0's LoRA input needs no grad
-def test_opacus_computes_per_sample_gradients_for_lora_and_head(token_ids):
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_opacus_computes_per_sample_gradients_for_lora_and_head(token_ids, pooling):
     from opacus import GradSampleModule
     from opacus.validators import ModuleValidator
 
-    model = tinyllama(lora_dropout=0.0)  # Opacus needs train mode; no dropout keeps the reference exact
+    model = tinyllama(lora_dropout=0.0, pooling=pooling)  # Opacus needs train mode; no dropout keeps the reference exact
     assert ModuleValidator.validate(model, strict=False) == []
     batch, labels = token_ids[:3], torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1]])
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
