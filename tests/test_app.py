@@ -952,9 +952,12 @@ NGSS_CONFIG = {
 }  # fmt: skip
 
 
-def fabricate_ngss(store: ExperimentStore, *, name: str = "balloons", **data) -> int:
+def fabricate_ngss(store: ExperimentStore, *, name: str = "balloons", federation: dict | None = None, **data) -> int:
     """A finished 2-round NGSS run with rubric metrics per round and per school (2 schools), 9 clients of 66 kB."""
-    config = ExperimentConfig.from_dict({**NGSS_CONFIG, "data": {**NGSS_CONFIG["data"], **data}})
+    config = ExperimentConfig.from_dict({
+        **NGSS_CONFIG, "data": {**NGSS_CONFIG["data"], **data},
+        "federation": {**NGSS_CONFIG["federation"], **(federation or {})},
+    })  # fmt: skip
     experiment_id = store.create_experiment(config.to_dict(), name=name)
     store.mark_running(experiment_id)
     source = "imported" if config.data.dataset == "csv" else "synthetic"
@@ -1029,9 +1032,24 @@ def test_centralized_baseline_pools_the_data_in_one_client_and_compares(store, n
     federation = {**original["federation"], "num_clients": 1, "clients_per_round": 1, "strategy": "fedavg"}
     assert baseline.config == {**original, "data": {**original["data"], "partition": "iid"}, "federation": federation}
     assert app.session_state["view"] == COMPARE and not app.exception
+    assert "learning rate 0.05)" in app.success[0].value  # SGD: the run's own rate
     assert app.multiselect(key="compare_ids").value == [federated, baseline.id]
     accuracy, _, exact_match, micro_f1 = chart_traces(app)  # the baseline has no rounds yet
     assert exact_match[0]["y"] == pytest.approx([0.25, 0.75]) and len(micro_f1) == 1
+
+
+def test_an_adamw_runs_centralized_baseline_starts_at_a_capped_rate_the_user_can_change(store, no_workers):
+    federated = fabricate_ngss(store, name="recipe", federation={"client_optimizer": "adamw", "learning_rate": 0.003})
+    app = page(HISTORY)
+    rate = app.number_input(key=f"centralized_lr_{federated}")
+    assert rate.value == pytest.approx(0.001)  # pooled AdamW diverged at the schools' 0.003
+
+    rate.set_value(0.0005).run()
+    app.button(key="centralized").click().run()
+
+    baseline = store.list_experiments()[0]
+    assert baseline.config["federation"]["learning_rate"] == pytest.approx(0.0005)
+    assert baseline.config["federation"]["client_optimizer"] == "adamw" and not app.exception
 
 
 def test_score_tab_without_stored_weights_says_how_to_get_them(store):
