@@ -497,6 +497,16 @@ class ExperimentConfig:
         return cls(**sections)
 
     @classmethod
+    def from_stored(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        """A config as any version of this code stored it (a checkpoint): keys added since take their defaults,
+        which keep the old behaviour, except that a minilm-lora run from before `model.pooling` read [CLS]
+        (migration 0005 makes the same change to the database's rows)."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if isinstance(model, dict) and model.get("name") == "minilm-lora" and "pooling" not in model:
+            raw = {**raw, "model": {**model, "pooling": "cls"}}
+        return cls.from_dict(raw)
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         try:
             with open(path, "rb") as handle:

@@ -261,7 +261,11 @@ class FederatedRun:
             raise ValueError(f"the checkpoint cannot be read: {type(error).__name__}: {error}") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"the checkpoint is not format {CHECKPOINT_FORMAT} (written by another version)")
-        if state["config"] != self.config.to_dict():
+        try:  # written by an older version, it may lack keys added since
+            saved = ExperimentConfig.from_stored(state["config"])
+        except (ValueError, TypeError, AttributeError):
+            saved = None
+        if saved != self.config:
             raise ValueError("the checkpoint belongs to a run with another config")
         params = get_parameters(self.model)
         if state["weights"].shape != flatten(params).shape:

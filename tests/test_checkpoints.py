@@ -126,6 +126,28 @@ def test_restore_refuses_another_config_a_damaged_checkpoint_and_another_format(
         FederatedRun(config, data=mnist).restore(buffer.getvalue())
 
 
+def test_a_checkpoint_from_before_a_config_key_existed_still_resumes(mnist):
+    config = config_with()
+    run = FederatedRun(config, data=mnist)
+    next(run.rounds())
+    state = torch.load(io.BytesIO(run.checkpoint()), weights_only=True)
+    del state["config"]["model"]["pooling"]  # as the version before model.pooling wrote it
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+
+    resumed = FederatedRun(config, data=mnist)
+
+    assert resumed.restore(buffer.getvalue()) == 1 and torch.equal(weights(resumed), weights(run))
+
+
+def test_a_stored_minilm_config_without_pooling_means_cls_as_migration_0005_says():
+    ngss = {"data": {"dataset": "ngss", "partition": "natural"}, "federation": {"num_clients": 9, "clients_per_round": 9}}
+    old = ExperimentConfig.from_stored({**ngss, "model": {"name": "minilm-lora"}})
+    assert old.model.pooling == "cls"
+    assert ExperimentConfig.from_stored({**ngss, "model": {"name": "minilm-lora", "pooling": ""}}).model.pooling == ""
+    assert ExperimentConfig.from_stored({**ngss, "model": {"name": "tinyllama-lora"}}).model.pooling == ""
+
+
 # -- the worker killed with SIGKILL mid-round, then resumed through the CLI ---------------
 
 REPO = Path(__file__).resolve().parents[1]
