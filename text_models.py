@@ -55,7 +55,6 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from torch import nn
-import experiment_config
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -67,6 +66,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from experiment_config import text_pooling
 
 TINYLLAMA_REPO = "Maykeye/TinyLLama-v0"
 MULTI_LABEL = "multi_label_classification"
@@ -155,11 +156,6 @@ BACKBONES: dict[str, Backbone] = {
     "tinyllama-lora": Backbone(_load_tinyllama, head="score", default_targets=("q_proj", "v_proj")),
     "minilm-lora": Backbone(_load_minilm, head="classifier", default_targets=("query", "value")),
 }
-
-
-def resolve_pooling(name: str, pooling: str) -> str:
-    """The pooling `pooling` asks of backbone `name`: its default for "", or a clear error."""
-    return experiment_config.text_pooling(name, pooling)
 
 
 @dataclass(frozen=True)
@@ -282,7 +278,7 @@ def create_text_model(name: str, *, num_classes: int, seed: int | None = None, *
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes (rubric labels) must be an integer ≥ 1; got {num_classes!r}")
     spec, opts = BACKBONES[name], TextModelOptions.from_mapping(options)
-    pooling = resolve_pooling(name, opts.pooling)
+    pooling = text_pooling(name, opts.pooling)  # the backbone's default for "", or a clear error
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

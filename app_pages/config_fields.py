@@ -182,7 +182,8 @@ ADVANCED_FIELDS = (
           "0 = all of it.", low=0, high=10_000_000),
     Field("federation", "client_optimizer", "Client optimizer", "sgd: plain SGD. adamw: AdamW (weight decay 0.01), "
           "created afresh each round, so its moments do not carry over between rounds; use a smaller learning "
-          "rate (0.001–0.003: the NGSS recipe uses 0.003). Not with scaffold, local DP or finetune.", options=CLIENT_OPTIMIZERS),
+          "rate (0.001–0.003: the NGSS recipe uses 0.003). Not with scaffold, local DP or finetune.",
+          options=CLIENT_OPTIMIZERS),
     Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
           "1 = inside the worker itself.", low=0, high=256),
     Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "

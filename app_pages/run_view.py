@@ -348,7 +348,7 @@ def suggested_centralized_lr(config: dict[str, Any]) -> float:
 
 def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> None:
     """Start this NGSS experiment centralized (`centralized_config`, at the rate in the popover) and compare."""
-    rate = float(st.session_state.get(f"centralized_lr_{experiment.id}", suggested_centralized_lr(experiment.config)))
+    rate = float(st.session_state[f"centralized_lr_{experiment.id}"])  # the popover's input, beside the button
     launch_comparison(
         store, experiment, lambda config: centralized_config(config, rate), what="a centralized baseline",
         suffix="· centralized",

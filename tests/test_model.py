@@ -408,7 +408,7 @@ def test_minilm_pools_the_mean_of_its_tokens_by_default_as_sentence_transformers
     pooled = (hidden * mask).sum(axis=1) / mask.sum(axis=1)  # numpy reference: padding left out
     weight, bias = hf.classifier.weight.detach().double().numpy(), hf.classifier.bias.detach().double().numpy()
     np.testing.assert_allclose(logits, pooled @ weight.T + bias, rtol=0, atol=1e-5)
-    assert text_models.resolve_pooling("minilm-lora", "") == "mean"
+    assert text_models.text_pooling("minilm-lora", "") == "mean"
 
 
 def test_minilm_cls_pooling_is_berts_own_head_with_the_same_parameters(text_models, minilm):

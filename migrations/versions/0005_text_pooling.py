@@ -40,7 +40,7 @@ def _rewrite(change) -> None:
 
 
 def upgrade() -> None:
-    _rewrite(lambda m: {**m, "pooling": "cls"} if m.get("name") == "minilm-lora" and not m.get("pooling") else None)
+    _rewrite(lambda m: {**m, "pooling": "cls"} if m.get("name") == "minilm-lora" and "pooling" not in m else None)
 
 
 def downgrade() -> None:
