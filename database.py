@@ -47,13 +47,8 @@ import math
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +77,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
+from engine.results import CLIENT_FIELDS, ROUND_FIELDS
 from migrations import upgrade_to_head
 
 DEFAULT_URL = "sqlite:///experiments.db"
@@ -155,7 +151,7 @@ class Round(Base):
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     delta: Mapped[float] = mapped_column(Float, default=0.0)
     seconds: Mapped[float] = mapped_column(Float)
-    eval_seconds: Mapped[float] = mapped_column(Float)
+    eval_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     bytes_up: Mapped[int] = mapped_column(Integer)
     bytes_down: Mapped[int] = mapped_column(Integer)
     num_clients: Mapped[int] = mapped_column(Integer)
@@ -338,21 +334,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def code_version() -> str:
-    """The git commit of this checkout, or `unknown`."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
-
-
 class ExperimentStore:
     """Repository over one database. One per process; every method is one transaction."""
 
@@ -363,10 +344,13 @@ class ExperimentStore:
 
     # -- writing (the worker) -------------------------------------------------
 
-    def create_experiment(self, config: dict[str, Any], *, name: str = "", runtime: str = "in-process") -> int:
+    def create_experiment(
+        self, config: dict[str, Any], *, name: str = "", runtime: str = "in-process", code_version: str = "unknown"
+    ) -> int:
+        """A new `queued` experiment; `code_version`: the commit of the code that will run it."""
         with self.sessions.begin() as session:
             experiment = Experiment(
-                name=name, status="queued", config=config, runtime=runtime, code_version=code_version()
+                name=name, status="queued", config=config, runtime=runtime, code_version=code_version
             )
             session.add(experiment)
             session.flush()
@@ -393,73 +377,22 @@ class ExperimentStore:
     def heartbeat(self, experiment_id: int) -> None:
         self._update(experiment_id, heartbeat_at=utcnow())
 
-    @contextmanager
-    def beating(self, experiment_id: int, interval: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-        """Touch the run's heartbeat every `interval` seconds from a thread while the block runs
-        (rounds can take minutes; readers call a run dead after STALE_HEARTBEAT_SECONDS of silence)."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(interval):
-                try:
-                    self.heartbeat(experiment_id)
-                except Exception as error:  # a busy or unreachable database: the next beat tries again
-                    print(f"warning: heartbeat of experiment {experiment_id} failed: {error}", file=sys.stderr)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{experiment_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-
     def record_round(
         self, experiment_id: int, result: dict[str, Any], *, checkpoint: bytes | None = None
     ) -> None:
         """Store one round (`round, accuracy, loss, ...`, `clients: [...]`) atomically, with the
         run's `checkpoint` after it when given: a round is never stored without its checkpoint."""
         with self.sessions.begin() as session:
+            clients = result.get("clients", [])
             row = Round(
                 experiment_id=experiment_id,
-                round=int(result["round"]),
-                accuracy=float(result["accuracy"]),
-                loss=float(result["loss"]),
-                epsilon=float(result.get("epsilon", 0.0)),
-                delta=float(result.get("delta", 0.0)),
-                seconds=float(result["seconds"]),
-                eval_seconds=float(result.get("eval_seconds", 0.0)),
-                bytes_up=int(result["bytes_up"]),
-                bytes_down=int(result["bytes_down"]),
-                num_clients=sum(c.get("status", "ok") in ARRIVED for c in result.get("clients", [])),
-                num_selected=len(result.get("clients", [])),
-                skipped=str(result.get("skipped", "")),
-                simulated_seconds=float(result.get("simulated_seconds", 0.0)),
-                secure_aggregation=result.get("secure_aggregation"),
-                metrics=result.get("metrics"),
-                noise_multiplier=float(result.get("noise_multiplier", 0.0)),
-                max_grad_norm=float(result.get("max_grad_norm", 0.0)),
-                sample_rate=float(result.get("sample_rate", 0.0)),
-                privacy_steps=int(result.get("privacy_steps", 0)),
-                accountant=str(result.get("accountant", "")),
+                num_clients=sum(c.get("status", "ok") in ARRIVED for c in clients),
+                num_selected=len(clients),
+                **_columns(Round, result, ROUND_FIELDS),
             )
             row.clients = [
-                ClientRound(
-                    client_id=int(client["id"]),
-                    num_examples=int(client["num_examples"]),
-                    steps=int(client["steps"]),
-                    loss=float(client["loss"]),
-                    epsilon=float(client.get("epsilon", 0.0)),
-                    sample_rate=float(client.get("sample_rate", 0.0)),
-                    status=str(client.get("status", "ok")),
-                    malicious=bool(client.get("malicious", False)),
-                    bytes_up=int(client.get("bytes_up", 0)),
-                    bytes_down=int(client.get("bytes_down", 0)),
-                    simulated_seconds=float(client.get("simulated_seconds", 0.0)),
-                    validation_accuracy=client.get("validation_accuracy"),
-                    error=str(client.get("error", "")),
-                )
-                for client in result.get("clients", [])
+                ClientRound(client_id=int(client["id"]), **_columns(ClientRound, client, CLIENT_FIELDS[1:]))
+                for client in clients
             ]
             session.add(row)
             if checkpoint is not None:
@@ -631,12 +564,7 @@ class ExperimentStore:
 
     def rounds_frame(self, experiment_ids: list[int]) -> pd.DataFrame:
         """One row per round: experiment_id, round, accuracy, loss, epsilon, ..."""
-        columns = [
-            "experiment_id", "round", "accuracy", "loss", "epsilon", "delta", "seconds",
-            "eval_seconds", "bytes_up", "bytes_down", "num_clients", "noise_multiplier",
-            "max_grad_norm", "sample_rate", "privacy_steps", "accountant", "skipped", "num_selected",
-            "simulated_seconds", "secure_aggregation", "metrics", "created_at",
-        ]  # fmt: skip
+        columns = ["experiment_id", *ROUND_FIELDS, "num_clients", "num_selected", "created_at"]
         with self.sessions() as session:
             rows = session.execute(
                 select(*(getattr(Round, c) for c in columns))
@@ -645,13 +573,24 @@ class ExperimentStore:
             ).all()
         return pd.DataFrame(rows, columns=columns)
 
+    def round_rows(self, experiment_id: int, *, after_round: int = 0) -> list[dict[str, Any]]:
+        """The stored rounds after `after_round`, each as `RoundResult.to_dict()` gave it (with its
+        `clients`), in order: what `cli.py run --json` prints, whichever process ran the round."""
+        with self.sessions() as session:
+            rounds = session.scalars(
+                select(Round).where(Round.experiment_id == experiment_id, Round.round > after_round).order_by(Round.round)
+            ).all()
+            return [
+                {**{name: getattr(row, name) for name in ROUND_FIELDS},
+                 "clients": [{"id": c.client_id, **{name: getattr(c, name) for name in CLIENT_FIELDS[1:]}}
+                             for c in sorted(row.clients, key=lambda c: c.client_id)]}
+                for row in rounds
+            ]  # fmt: skip
+
     def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
         """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
         sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error."""
-        columns = [
-            "round", "client_id", "num_examples", "steps", "loss", "epsilon", "sample_rate", "status",
-            "malicious", "bytes_up", "bytes_down", "simulated_seconds", "validation_accuracy", "error",
-        ]  # fmt: skip
+        columns = ["round", "client_id", *CLIENT_FIELDS[1:]]
         with self.sessions() as session:
             rows = session.execute(
                 select(Round.round, *(getattr(ClientRound, c) for c in columns[1:]))
@@ -710,30 +649,24 @@ class ExperimentStore:
         return dict(session.execute(query).all())
 
 
+def _columns(table: type[Base], values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """{name: value} for `table`'s columns `names` from a result dict: plain Python values of the
+    column's type (numpy scalars are not for every driver), the column's default where missing."""
+    out = {}
+    for name in names:
+        column = table.__table__.c[name]
+        value = values.get(name)
+        if value is None:
+            out[name] = column.default.arg if column.default is not None and not column.nullable else None
+            continue
+        kind = column.type.python_type if not isinstance(column.type, JSON) else None
+        out[name] = kind(value) if kind in (int, float, str, bool) else value
+    return out
+
+
 def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
-    return ExperimentSummary(
-        id=experiment.id,
-        name=experiment.name,
-        status=experiment.status,
-        config=json.loads(json.dumps(experiment.config)),
-        runtime=experiment.runtime,
-        created_at=experiment.created_at,
-        started_at=experiment.started_at,
-        finished_at=experiment.finished_at,
-        error=experiment.error,
-        code_version=experiment.code_version,
-        worker_pid=experiment.worker_pid,
-        worker_host=experiment.worker_host,
-        stop_requested=experiment.stop_requested,
-        label_counts=experiment.label_counts,
-        final_accuracy=experiment.final_accuracy,
-        final_loss=experiment.final_loss,
-        final_epsilon=experiment.final_epsilon,
-        noise_multiplier=experiment.noise_multiplier,
-        stop_reason=experiment.stop_reason,
-        audit=experiment.audit,
-        rounds_done=rounds_done,
-        client_profiles=experiment.client_profiles,
-        personalization=experiment.personalization,
-        dataset_info=experiment.dataset_info,
-    )
+    """The session-free view of a row: every `ExperimentSummary` field is the column of that name
+    (the config a deep copy, so callers never touch the ORM's JSON), plus the rounds stored."""
+    values = {f.name: getattr(experiment, f.name) for f in fields(ExperimentSummary) if f.name != "rounds_done"}
+    values["config"] = json.loads(json.dumps(experiment.config))
+    return ExperimentSummary(**values, rounds_done=rounds_done)

@@ -1,50 +1,50 @@
 """Differential privacy for the engine: local DP-SGD (Opacus), central DP-FedAvg, accounting.
 
-Mechanism and accounting are separate, as in Opacus. The mechanisms change numbers
+Mechanism and accounting are separate, as in Opacus. The mechanisms, here, change numbers
 (per-sample clipping and Gaussian noise in DP-SGD; clip + noise on client updates in
-DP-FedAvg); the accountants (Opacus `RDPAccountant` / `PRVAccountant`) turn what was
-done, a history of `(noise_multiplier, sample_rate, steps)`, into ε. No ε here comes
-from a formula of our own. Asked-for privacy that cannot be applied raises
-`PrivacyError`; a bad parameter raises `ValueError`.
+DP-FedAvg); the accountants (`privacy/accounting.py`, whose names this module re-exports)
+turn what was done, a history of `(noise_multiplier, sample_rate, steps)`, into ε:
+Opacus's `RDPAccountant` / `PRVAccountant`, and `PLDAccountant`, which keeps Opacus's
+interface and composes privacy loss distributions with Google's `dp_accounting`. No ε here
+comes from a formula of our own. Asked-for privacy that cannot be applied raises
+`PrivacyError`; a bad parameter raises `ValueError` naming it and its allowed range.
 
 Local DP (sample level; one accountant per client, ε cumulative over rounds). Per-example
 clipping is "bookkeeping" by default (one backward pass, Linear and Conv2d layers; Bu et
-al. 2023), or Opacus's "ghost" / "hooks" (`grad_sample_mode`); noise and accounting are
-Opacus's in every mode:
+al. 2023), or Opacus's "ghost" / "hooks" (`grad_sample_mode`); noise and the step hook
+that feeds the accountant are Opacus's in every mode. One `DPSGDModel` per process serves
+every client; the server keeps each client's accountant history (a few JSON-able tuples)
+and hands it back with the task, so ε stays cumulative whichever process trains the client:
 
-    client = LocalDPClient(create_model("cnn"), num_examples=len(indices), batch_size=50,
-                           noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp")
-    for round_number in range(rounds):
-        client.set_weights(global_weights)                      # (P,) float32 or {name: tensor}
-        result = client.train(train_x, train_y, indices, local_epochs=1,
-                              learning_rate=0.05, seed=round_number)
-        client.epsilon(1e-5), client.steps, client.accountant_history
-
-In worker processes, one `DPSGDModel` per process serves every client; the server keeps
-each client's accountant history (a few JSON-able tuples) and hands it back with the task:
-
-    accountant = accountant_from_history(history, "rdp")
+    dp_model = DPSGDModel(create_model("cnn"), max_grad_norm=1.0)
+    accountant = accountant_from_history(history, "rdp")      # [] for a client's first round
+    dp_model.set_weights(global_weights)                        # (P,) float32 or {name: tensor}
     result = dp_model.train(train_x, train_y, indices, local_epochs=1, batch_size=50,
                             learning_rate=0.05, noise_multiplier=1.0, accountant=accountant, seed=s)
     history = accountant.history                                # back to the server
+    epsilon_from_history(history, 1e-5, "rdp")                  # the client's ε so far
 
 Central DP (user level, DP-FedAvg; McMahan et al. 2018): `clip_update` each client's
-update, sum, `central_noise`, and `central_epsilon` for the ledger.
+update, sum, `central_noise`, and `central_epsilon` for the ledger (Poisson client
+sampling, add/remove one client) or `fixed_size_epsilon` (exactly k of n clients a round,
+replace one client); `NEIGHBOURING_RELATIONS` names the relation for a report:
+
+    epsilons_by_accountant([(1.5, 0.04, 2250)], 1e-5)    # {"rdp": 7.329, "prv": 6.779, "pld": 6.769}
+    fixed_size_epsilon(noise_multiplier=1.0, clients_per_round=10, num_clients=100,
+                       rounds=100, delta=1e-5)
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
@@ -52,37 +52,66 @@ from opacus.validators import ModuleValidator
 from opacus.validators.errors import UnsupportedModuleError
 from torch import nn
 
+from engine.objectives import TaskLoss
+from experiment_config import check_number, check_one_of
 from model import Parameters, get_parameters, set_parameters, unflatten
-from objectives import TaskLoss
-from per_example_clipping import BookkeepingClipper, UnsupportedLayerError
+from privacy.accounting import (
+    ACCOUNTANTS,
+    FIXED_SIZE_ACCOUNTANTS,
+    NEIGHBOURING_RELATIONS,
+    PLD_VALUE_DISCRETIZATION,
+    HistoryEntry,
+    PLDAccountant,
+    PrivacyError,
+    accountant_from_history,
+    calibrate_fixed_size_noise,
+    calibrate_noise,
+    central_epsilon,
+    check_count,
+    check_noise_multiplier,
+    check_sample_rate,
+    epsilon_from_history,
+    epsilons_by_accountant,
+    fixed_size_epsilon,
+    make_accountant,
+    normalize_history,
+    would_exceed,
+)
+from privacy.per_example_clipping import BookkeepingClipper, UnsupportedLayerError
 
 __all__ = [
     "ACCOUNTANTS",
     "DEFAULT_GRAD_SAMPLE_MODE",
+    "FIXED_SIZE_ACCOUNTANTS",
     "GRAD_SAMPLE_MODES",
+    "NEIGHBOURING_RELATIONS",
+    "PLD_VALUE_DISCRETIZATION",
     "DPSGDModel",
     "DPTrainResult",
     "HistoryEntry",
-    "LocalDPClient",
+    "PLDAccountant",
     "PrivacyError",
     "accountant_from_history",
     "adapt_clip_norm",
     "adaptive_update_noise",
+    "calibrate_fixed_size_noise",
     "calibrate_noise",
     "central_epsilon",
     "central_noise",
     "clip_update",
     "count_noise_stddev",
     "epsilon_from_history",
+    "epsilons_by_accountant",
+    "fixed_size_epsilon",
     "local_sample_rate",
     "make_accountant",
+    "next_clip_norm",
     "normalize_history",
     "poisson_batches",
     "steps_per_epoch",
     "would_exceed",
 ]
 
-ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
 # "bookkeeping": one backward pass, clipped sum from kept activations and output gradients
 # (Bu et al. 2023; Linear and Conv2d only). "ghost": Opacus ghost clipping, per-sample norms
 # without per-sample gradients, two backward passes (~2.5x non-DP on CPU). "hooks": Opacus
@@ -90,192 +119,17 @@ ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAcc
 GRAD_SAMPLE_MODES = ("bookkeeping", "ghost", "hooks")
 DEFAULT_GRAD_SAMPLE_MODE = "bookkeeping"  # ~1.7x non-DP for the CNN on one CPU thread, ghost ~2.8x
 
-# One accountant history entry: (noise_multiplier σ, sample_rate q, steps), as Opacus keeps it.
-HistoryEntry = tuple[float, float, int]
 
 # Harmless torch warning from Opacus's backward hooks when the input needs no grad.
 _HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
 
 
-class PrivacyError(RuntimeError):
-    """Differential privacy was asked for and cannot be provided; the run must stop."""
+def _positive(name: str, value: float) -> float:
+    return check_number(name, value, low=0.0, low_open=True)
 
 
-# -- validation ---------------------------------------------------------------------------
-
-
-def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_noise_multiplier(value: float) -> float:
-    if _finite("noise_multiplier", value) < 0:
-        raise ValueError(f"noise_multiplier must be >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if _finite(name, value) <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
-
-
-def _check_delta(delta: float) -> float:
-    if not 0.0 < _finite("delta", delta) < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    return float(delta)
-
-
-def _check_sample_rate(sample_rate: float) -> float:
-    if not 0.0 < _finite("sample_rate", sample_rate) <= 1.0:
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    return float(sample_rate)
-
-
-def _check_count(name: str, value: int, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_accountant(name: str) -> str:
-    if name not in ACCOUNTANTS:
-        raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}; got {name!r}")
-    return name
-
-
-# -- accounting -----------------------------------------------------------------------------
-
-
-def make_accountant(name: str) -> IAccountant:
-    """A fresh Opacus accountant: "rdp" (`RDPAccountant`, default) or "prv" (`PRVAccountant`)."""
-    return ACCOUNTANTS[_check_accountant(name)]()
-
-
-def normalize_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
-    """Validated `[(noise_multiplier, sample_rate, steps)]`, e.g. back from JSON (lists)."""
-    entries = []
-    for entry in history:
-        if len(entry) != 3:
-            raise ValueError(f"history entries are (noise_multiplier, sample_rate, steps), got {entry!r}")
-        noise_multiplier, sample_rate, steps = entry
-        entries.append(
-            (
-                _check_noise_multiplier(noise_multiplier),
-                _check_sample_rate(sample_rate),
-                _check_count("steps", steps, low=0),
-            )
-        )
-    return entries
-
-
-def accountant_from_history(history: Iterable[Sequence[float]], accountant: str = "rdp") -> IAccountant:
-    """An Opacus accountant holding `history`; stepping it continues where the history ends."""
-    restored = make_accountant(accountant)
-    restored.history = normalize_history(history)
-    return restored
-
-
-def epsilon_from_history(history: Iterable[Sequence[float]], delta: float, accountant: str = "rdp") -> float:
-    """ε spent by `history` at `delta`, from the named Opacus accountant.
-
-    An empty history has spent nothing (0.0). A step with noise_multiplier 0 releases an
-    un-noised gradient, so ε is infinite; RDP says so itself, PRV cannot represent it.
-    """
-    delta, accountant = _check_delta(delta), _check_accountant(accountant)
-    entries = [entry for entry in normalize_history(history) if entry[2] > 0]
-    if not entries:
-        return 0.0
-    if any(noise_multiplier == 0.0 for noise_multiplier, _, _ in entries):
-        return math.inf
-    return float(accountant_from_history(entries, accountant).get_epsilon(delta=delta))
-
-
-def central_epsilon(
-    *, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp"
-) -> float:
-    """ε of DP-FedAvg after `rounds` rounds: a Poisson-subsampled Gaussian, one step per round.
-
-    `sample_rate` is q = clients_per_round / num_clients. The accountant assumes each
-    client takes part in a round independently with probability q (Poisson sampling); a
-    fixed-size uniform sample without replacement is a different mechanism and is not
-    covered by this number. In central mode the engine must therefore sample clients by
-    Poisson: each round, include each client independently with probability q (the
-    number of participants varies; zero participants is a valid, noise-only round), and
-    divide the noised sum by the *expected* count q·num_clients (see `central_noise`).
-    """
-    history = [(noise_multiplier, sample_rate, _check_count("rounds", rounds, low=0))]
-    return epsilon_from_history(history, delta, accountant)
-
-
-def calibrate_noise(
-    *,
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: str = "rdp",
-    epsilon_tolerance: float = 0.01,
-) -> float:
-    """The noise multiplier σ whose ε after `steps` steps at `sample_rate` is <= target_epsilon
-    and within min(`epsilon_tolerance`, 5% of the target) below it (absolute ε units), found
-    by Opacus's `get_noise_multiplier` with the named accountant.
-
-    Central mode: steps = rounds, sample_rate = clients_per_round / num_clients.
-    Local mode (per client k): steps = max rounds client k can take part in × local_epochs ×
-    `steps_per_epoch(q_k)`, q_k = `local_sample_rate(N_k, batch_size)`; one σ serves all
-    clients, so take the largest σ over clients (ε falls as σ grows).
-    Raises PrivacyError when no σ up to 1e6 reaches the target.
-    """
-    target_epsilon = _finite("target_epsilon", target_epsilon)
-    if target_epsilon <= 0:
-        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
-    delta, sample_rate = _check_delta(delta), _check_sample_rate(sample_rate)
-    steps = _check_count("steps", steps, low=1)
-    if _finite("epsilon_tolerance", epsilon_tolerance) <= 0:
-        raise ValueError(f"epsilon_tolerance must be > 0, got {epsilon_tolerance!r}")
-    try:
-        with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" while searching
-            warnings.simplefilter("ignore", UserWarning)
-            noise_multiplier = get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=_check_accountant(accountant),
-                epsilon_tolerance=min(epsilon_tolerance, 0.05 * target_epsilon),
-            )
-    except ValueError as error:  # Opacus: "The privacy budget is too low."
-        raise PrivacyError(
-            f"no noise multiplier reaches ε = {target_epsilon} at δ = {delta} over {steps} steps "
-            f"at sample rate {sample_rate}: {error}"
-        ) from None
-    reached = epsilon_from_history([(noise_multiplier, sample_rate, steps)], delta, accountant)
-    if reached > target_epsilon:
-        raise PrivacyError(f"calibrated σ = {noise_multiplier} gives ε = {reached} > target {target_epsilon}")
-    return float(noise_multiplier)
-
-
-def would_exceed(
-    history: Iterable[Sequence[float]],
-    next_steps: Iterable[Sequence[float]],
-    *,
-    delta: float,
-    max_epsilon: float,
-    accountant: str = "rdp",
-) -> bool:
-    """True if ε after `history` plus the planned `next_steps` would be above `max_epsilon`.
-
-    `next_steps` is in history form too: the next round's `[(noise_multiplier,
-    sample_rate, steps)]`, e.g. `[(σ, q, local_epochs * steps_per_epoch(q))]`.
-    """
-    max_epsilon = _finite("max_epsilon", max_epsilon)
-    if max_epsilon <= 0:
-        raise ValueError(f"max_epsilon must be > 0, got {max_epsilon!r}")
-    combined = normalize_history(history) + normalize_history(next_steps)
-    return epsilon_from_history(combined, delta, accountant) > max_epsilon
+def _quantile(value: float) -> float:
+    return check_number("target_quantile", value, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 # -- local DP-SGD: the mechanism -----------------------------------------------------------
@@ -283,14 +137,14 @@ def would_exceed(
 
 def local_sample_rate(num_examples: int, batch_size: int) -> float:
     """Poisson sampling rate q = batch_size / num_examples, capped at 1 (full batch)."""
-    num_examples = _check_count("num_examples", num_examples, low=1)
-    batch_size = _check_count("batch_size", batch_size, low=1)
+    num_examples = check_count("num_examples", num_examples, low=1)
+    batch_size = check_count("batch_size", batch_size, low=1)
     return min(1.0, batch_size / num_examples)
 
 
 def steps_per_epoch(sample_rate: float) -> int:
     """Optimizer steps in one epoch of Poisson sampling: round(1/q), at least 1."""
-    return max(1, round(1.0 / _check_sample_rate(sample_rate)))
+    return max(1, round(1.0 / check_sample_rate(sample_rate)))
 
 
 def poisson_batches(
@@ -300,8 +154,8 @@ def poisson_batches(
 
     Batches vary in size and may be empty; that is what the accountant assumes.
     """
-    sample_rate = _check_sample_rate(sample_rate)
-    for _ in range(_check_count("steps", steps, low=0)):
+    sample_rate = check_sample_rate(sample_rate)
+    for _ in range(check_count("steps", steps, low=0)):
         yield indices[torch.rand(len(indices), generator=generator) < sample_rate]
 
 
@@ -329,12 +183,8 @@ class DPSGDModel:
     def __init__(
         self, model: nn.Module, *, max_grad_norm: float, grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE
     ) -> None:
-        self.max_grad_norm = _check_positive("max_grad_norm", max_grad_norm)
-        if grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise ValueError(
-                f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}; got {grad_sample_mode!r}"
-            )
-        self.grad_sample_mode = grad_sample_mode
+        self.max_grad_norm = _positive("max_grad_norm", max_grad_norm)
+        self.grad_sample_mode = check_one_of("grad_sample_mode", grad_sample_mode, GRAD_SAMPLE_MODES)
         # Opacus's validator skips BatchNorm without affine parameters, yet in training it
         # still normalises each example by its batch-mates: no per-example bound then holds.
         batch_norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -395,15 +245,15 @@ class DPSGDModel:
         adds data-independent terms (FedProx, SCAFFOLD) after the gradient was privatised.
         `seed` fixes batch sampling and noise (pseudo-random, for reproducible experiments).
         """
-        noise_multiplier = _check_noise_multiplier(noise_multiplier)
+        noise_multiplier = check_noise_multiplier(noise_multiplier)
         index_tensor = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         sample_rate = local_sample_rate(len(index_tensor), batch_size)
-        total_steps = _check_count("local_epochs", local_epochs, low=1) * steps_per_epoch(sample_rate)
-        if _check_count("max_steps", max_steps, low=0):
+        total_steps = check_count("local_epochs", local_epochs, low=1) * steps_per_epoch(sample_rate)
+        if check_count("max_steps", max_steps, low=0):
             total_steps = min(total_steps, max_steps)
         sampling, noise = _generators(seed)
         optimizer, criterion = self._optimizer(
-            learning_rate=_check_positive("learning_rate", learning_rate),
+            learning_rate=_positive("learning_rate", learning_rate),
             noise_multiplier=noise_multiplier,
             expected_batch_size=sample_rate * len(index_tensor),
             generator=noise,
@@ -411,10 +261,26 @@ class DPSGDModel:
         recorded_before = _recorded_steps(accountant)
         optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
         self.module.train()
+        batches = poisson_batches(index_tensor, sample_rate=sample_rate, steps=total_steps, generator=sampling)
+        loss_sum, seen = self._take_steps(optimizer, criterion, batches, train_x, train_y, objective)
+        recorded = _recorded_steps(accountant) - recorded_before
+        if recorded != total_steps:  # fail closed: every step taken must be accounted
+            raise PrivacyError(f"accountant recorded {recorded} of {total_steps} DP-SGD steps")
+        return DPTrainResult(steps=total_steps, loss=loss_sum / max(seen, 1), sample_rate=sample_rate)
+
+    def _take_steps(
+        self,
+        optimizer: DPOptimizer,
+        criterion: nn.Module,
+        batches: Iterator[torch.Tensor],
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        objective: Any,
+    ) -> tuple[float, int]:
+        """One DP optimizer step per batch; returns (Σ batch loss × batch size, examples seen)."""
         loss_sum, seen = 0.0, 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_HOOK_WARNING)
-            batches = poisson_batches(index_tensor, sample_rate=sample_rate, steps=total_steps, generator=sampling)
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 loss = self._backward(criterion, train_x[batch], train_y[batch])
@@ -427,10 +293,7 @@ class DPSGDModel:
                     loss_sum += loss.item() * len(batch)
                     seen += len(batch)
         optimizer.zero_grad(set_to_none=True)
-        recorded = _recorded_steps(accountant) - recorded_before
-        if recorded != total_steps:  # fail closed: every step taken must be accounted
-            raise PrivacyError(f"accountant recorded {recorded} of {total_steps} DP-SGD steps")
-        return DPTrainResult(steps=total_steps, loss=loss_sum / max(seen, 1), sample_rate=sample_rate)
+        return loss_sum, seen
 
     def _backward(self, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward and backward on one batch, leaving what the optimizer clips or noises;
@@ -480,107 +343,13 @@ def _recorded_steps(accountant: IAccountant) -> int:
     return sum(int(steps) for _, _, steps in accountant.history)
 
 
-class LocalDPClient:
-    """One client's local DP-SGD: its example count, σ, C and its accountant, kept across rounds.
-
-    ε is cumulative: the accountant is never reset. To move the client to another process,
-    send `accountant_history` (JSON-able) and rebuild with `history=` or `restore_history`.
-    `model` may be a plain `nn.Module` (wrapped here) or a `DPSGDModel` shared by several
-    clients in one process (its max_grad_norm must match).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module | DPSGDModel,
-        *,
-        num_examples: int,
-        batch_size: int,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        accountant: str = "rdp",
-        grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
-        history: Iterable[Sequence[float]] = (),
-    ) -> None:
-        self.num_examples = _check_count("num_examples", num_examples, low=1)
-        self.batch_size = _check_count("batch_size", batch_size, low=1)
-        self.noise_multiplier = _check_noise_multiplier(noise_multiplier)
-        self.accountant_name = _check_accountant(accountant)
-        if isinstance(model, DPSGDModel):
-            if model.max_grad_norm != _check_positive("max_grad_norm", max_grad_norm):
-                raise ValueError(f"max_grad_norm {max_grad_norm} differs from the DPSGDModel's {model.max_grad_norm}")
-            self.model = model
-        else:
-            self.model = DPSGDModel(model, max_grad_norm=max_grad_norm, grad_sample_mode=grad_sample_mode)
-        self.accountant = accountant_from_history(history, accountant)
-
-    @property
-    def max_grad_norm(self) -> float:
-        return self.model.max_grad_norm
-
-    @property
-    def sample_rate(self) -> float:
-        """q = batch_size / num_examples, capped at 1."""
-        return local_sample_rate(self.num_examples, self.batch_size)
-
-    @property
-    def steps(self) -> int:
-        """DP-SGD steps taken so far, over all rounds."""
-        return _recorded_steps(self.accountant)
-
-    @property
-    def accountant_history(self) -> list[HistoryEntry]:
-        """A copy of the accountant's `[(noise_multiplier, sample_rate, steps)]`."""
-        return list(self.accountant.history)
-
-    def restore_history(self, history: Iterable[Sequence[float]]) -> None:
-        """Replace the accountant's state with `history` (from `accountant_history`)."""
-        self.accountant = accountant_from_history(history, self.accountant_name)
-
-    def epsilon(self, delta: float) -> float:
-        """ε spent so far at `delta`, over all rounds."""
-        return epsilon_from_history(self.accountant.history, delta, self.accountant_name)
-
-    def set_weights(self, weights: torch.Tensor | Mapping[str, torch.Tensor]) -> None:
-        """Load this round's global weights (flat (P,) vector or {clean name: tensor})."""
-        self.model.set_weights(weights)
-
-    def get_parameters(self) -> Parameters:
-        """The trained parameters by clean name, sharing the model's storage."""
-        return self.model.get_parameters()
-
-    def train(
-        self,
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        indices: np.ndarray | torch.Tensor,
-        *,
-        local_epochs: int,
-        learning_rate: float,
-        seed: int,
-    ) -> DPTrainResult:
-        """One round of DP-SGD over `indices` (exactly `num_examples` of them); see `DPSGDModel.train`."""
-        if len(indices) != self.num_examples:
-            raise ValueError(f"client has {self.num_examples} examples, got {len(indices)} indices")
-        return self.model.train(
-            train_x,
-            train_y,
-            indices,
-            local_epochs=local_epochs,
-            batch_size=self.batch_size,
-            learning_rate=learning_rate,
-            noise_multiplier=self.noise_multiplier,
-            accountant=self.accountant,
-            seed=seed,
-        )
-
-
 # -- central DP (DP-FedAvg): the mechanism --------------------------------------------------
 
 
 def clip_update(delta_vector: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, float]:
     """(update scaled to L2 norm <= max_norm, its original norm). Updates within the bound
     are returned unchanged. `delta_vector` is a client's flat (P,) update, local − global."""
-    max_norm = _check_positive("max_norm", max_norm)
+    max_norm = _positive("max_norm", max_norm)
     if delta_vector.dim() != 1:
         raise ValueError(f"delta_vector must be flat (P,), got shape {tuple(delta_vector.shape)}")
     norm = float(torch.linalg.vector_norm(delta_vector.to(torch.float64)))
@@ -607,10 +376,9 @@ def central_noise(
     each clipped with `clip_update` to `max_norm`; weighting by example counts would break
     the per-client bound C. Noise is added even when nobody took part (sum of zeros).
     """
-    noise_multiplier = _check_noise_multiplier(noise_multiplier)
-    max_norm = _check_positive("max_norm", max_norm)
-    if _finite("expected_participants", expected_participants) <= 0:
-        raise ValueError(f"expected_participants must be > 0, got {expected_participants!r}")
+    noise_multiplier = check_noise_multiplier(noise_multiplier)
+    max_norm = _positive("max_norm", max_norm)
+    _positive("expected_participants", expected_participants)
     noise = torch.normal(0.0, noise_multiplier * max_norm, size=sum_vector.shape, generator=generator)
     return ((sum_vector.to(torch.float64) + noise.to(torch.float64)) / expected_participants).to(sum_vector.dtype)
 
@@ -621,8 +389,7 @@ def central_noise(
 def count_noise_stddev(expected_participants: float) -> float:
     """σ_b, the noise on the count of unclipped updates: expected participants / 20, the
     setting Andrew et al. (2021) recommend (it adds about 1/400 to the update noise's variance)."""
-    if _finite("expected_participants", expected_participants) <= 0:
-        raise ValueError(f"expected_participants must be > 0, got {expected_participants!r}")
+    _positive("expected_participants", expected_participants)
     return expected_participants / 20.0
 
 
@@ -634,8 +401,8 @@ def adaptive_update_noise(*, noise_multiplier: float, count_stddev: float) -> fl
     Needs σ < 2σ_b: with too few expected participants (σ_b = participants / 20), the count
     would have to be released with more noise than the whole budget σ allows.
     """
-    noise_multiplier = _check_noise_multiplier(noise_multiplier)
-    count_stddev = _check_positive("count_stddev", count_stddev)
+    noise_multiplier = check_noise_multiplier(noise_multiplier)
+    count_stddev = _positive("count_stddev", count_stddev)
     remaining = noise_multiplier**-2 - (2.0 * count_stddev) ** -2 if noise_multiplier > 0 else -1.0
     if remaining <= 0:
         raise PrivacyError(
@@ -660,11 +427,10 @@ def adapt_clip_norm(
 
     C shrinks when more than the target quantile γ of updates fit under it, grows otherwise.
     """
-    clip_norm = _check_positive("clip_norm", clip_norm)
-    if not 0.0 < _finite("target_quantile", target_quantile) < 1.0:
-        raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile!r}")
-    learning_rate = _check_positive("learning_rate", learning_rate)
-    noise = float(torch.normal(0.0, _check_positive("count_stddev", count_stddev), size=(1,), generator=generator))
+    clip_norm = _positive("clip_norm", clip_norm)
+    target_quantile = _quantile(target_quantile)
+    learning_rate = _positive("learning_rate", learning_rate)
+    noise = float(torch.normal(0.0, _positive("count_stddev", count_stddev), size=(1,), generator=generator))
     fraction = (unclipped_count + noise) / expected_participants
     return next_clip_norm(
         clip_norm, noised_fraction=fraction, target_quantile=target_quantile, learning_rate=learning_rate
@@ -674,8 +440,7 @@ def adapt_clip_norm(
 def next_clip_norm(clip_norm: float, *, noised_fraction: float, target_quantile: float, learning_rate: float) -> float:
     """C · exp(−η (b̃ − γ)) for an already noised unclipped fraction b̃ (under secure
     aggregation the clients add the count's noise themselves)."""
-    clip_norm = _check_positive("clip_norm", clip_norm)
-    if not 0.0 < _finite("target_quantile", target_quantile) < 1.0:
-        raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile!r}")
-    learning_rate = _check_positive("learning_rate", learning_rate)
-    return clip_norm * math.exp(-learning_rate * (_finite("noised_fraction", noised_fraction) - target_quantile))
+    clip_norm = _positive("clip_norm", clip_norm)
+    target_quantile = _quantile(target_quantile)
+    learning_rate = _positive("learning_rate", learning_rate)
+    return clip_norm * math.exp(-learning_rate * (check_number("noised_fraction", noised_fraction) - target_quantile))

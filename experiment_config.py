@@ -5,8 +5,12 @@ the engine runs it and the database stores it as JSON. Validation happens once,
 when it is built: a bad value raises `ValueError` naming the field and what is
 allowed, before anything runs or is written.
 
-This module imports no torch, so the page can build configs without paying for it.
-`federated_learning` re-exports `ExperimentConfig`, where DESIGN.md places it.
+This module is the one home of the name lists (`STRATEGIES`, `ACCOUNTANTS`, ...), of each key's
+allowed values (`OPTIONS`) and range (`BOUNDS`), which the sidebar reads too, and of the checks
+everyone validates with (`check_number`, `check_integer`, `check_one_of`, `check_boolean`,
+`check_string`): the config, the privacy code and the strategies. It imports no torch, so the
+page can build configs without paying for it. `federated_learning` re-exports `ExperimentConfig`,
+where DESIGN.md places it.
 
     cfg = ExperimentConfig.from_dict({"federation": {"rounds": 5}})
     cfg = cfg.with_overrides(["model.name=mlp", "federation.num_clients=20"])
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import tomllib
@@ -45,6 +50,9 @@ def text_pooling(model: str, pooling: str) -> str:
             f"{allowed[0]}); got {pooling!r}"
         )
     return pooling
+
+
+# The nine task slugs; ngss/tasks.py holds each task's definition (a test checks the names and order match).
 NGSS_TASKS = (
     "anna_vs_carla", "breaking_down_hydrogen_peroxide", "carlos_javier_atomic_model", "dry_ice_model",
     "gas_filled_balloons", "layers_in_test_tube", "model_for_making_water", "namis_careful_experiment",
@@ -53,6 +61,7 @@ NGSS_TASKS = (
 NGSS_SCHOOLS = 9  # the synthetic generator's schools: partition = "natural" makes each a client
 BACKENDS = ("torch", "mlx")
 RUNTIMES = ("in-process", "flower")  # flower: a SuperLink and one SuperNode per client on loopback
+# engine/strategies.py registers one factory per name, in this order (a test checks they match).
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
     "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
@@ -67,14 +76,53 @@ PERSONALIZATIONS = ("none", "fedper", "finetune")
 ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
 COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
-ACCOUNTANTS = ("rdp", "prv")
+# rdp, prv: Opacus's accountants; pld: privacy loss distributions (Google's dp_accounting).
+# privacy/accounting.py maps each name to its accountant class.
+ACCOUNTANTS = ("rdp", "prv", "pld")
 # The clients' local optimizer. adamw: a fresh torch.optim.AdamW each round (its moments do not
 # carry over from round to round); SCAFFOLD, DP-SGD and fine-tuning assume plain SGD.
 CLIENT_OPTIMIZERS = ("sgd", "adamw")
 
-# Values in DESIGN.md's contract that a later release implements. Asking for them
-# is an error now (privacy fails closed), with a message that says why.
-NOT_YET: dict[tuple[str, str], set[str]] = {}
+# The allowed values of every key that names a choice: validation and the sidebar's select boxes read them here.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "data.dataset": DATASETS, "data.partition": PARTITIONS, "data.ngss_task": NGSS_TASKS,
+    "model.name": MODELS, "model.pooling": ("", *POOLINGS),  # "": the model's default (TEXT_POOLINGS)
+    "federation.client_optimizer": CLIENT_OPTIMIZERS, "federation.strategy": STRATEGIES,
+    "federation.selection": SELECTIONS, "federation.dropout_stage": DROPOUT_STAGES,
+    "federation.straggler_policy": STRAGGLER_POLICIES, "federation.personalization": PERSONALIZATIONS,
+    "privacy.mode": PRIVACY_MODES, "privacy.accountant": ACCOUNTANTS,
+    "system.backend": BACKENDS, "system.runtime": RUNTIMES,
+    "attack.behaviour": ATTACKS, "communication.compression": COMPRESSIONS,
+}  # fmt: skip
+
+# The allowed range [low, high] of every numeric key (ints for int keys, floats for float keys):
+# validation and the sidebar's number inputs read them here. privacy.delta is further kept inside (0, 1).
+BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
+    "data.dirichlet_alpha": (1e-3, 1e4), "data.max_train_examples": (0, 10_000_000),
+    "data.max_test_examples": (0, 10_000_000),
+    "model.lora_rank": (1, 256), "model.lora_alpha": (0.01, 1e4), "model.lora_dropout": (0.0, 0.9),
+    "model.max_length": (8, 2048),
+    "federation.num_clients": (1, 100_000), "federation.clients_per_round": (1, 100_000),
+    "federation.rounds": (1, 100_000), "federation.local_epochs": (1, 1_000), "federation.batch_size": (1, 100_000),
+    "federation.learning_rate": (1e-8, 100.0), "federation.proximal_mu": (0.0, 1e4),
+    "federation.server_learning_rate": (0.0, 100.0), "federation.server_momentum": (0.0, 0.999),
+    "federation.beta1": (0.0, 0.999), "federation.beta2": (0.0, 0.9999), "federation.tau": (1e-12, 10.0),
+    "federation.trim_fraction": (0.0, 0.49), "federation.byzantine_clients": (0, 100_000),
+    "federation.multi_krum_keep": (0, 100_000), "federation.weighting_exponent": (0.0, 1.0),
+    "federation.selection_candidates": (0, 100_000), "federation.dropout_probability": (0.0, 0.95),
+    "federation.min_clients": (1, 100_000), "federation.speed_spread": (0.0, 3.0),
+    "federation.round_deadline": (0.0, 1e3), "federation.client_holdout": (0.0, 0.5),
+    "federation.finetune_epochs": (1, 100), "federation.secagg_threshold": (0.01, 1.0),
+    "federation.secagg_neighbours": (0, 100_000),
+    "privacy.noise_multiplier": (0.0, 1e4), "privacy.max_grad_norm": (1e-8, 1e6), "privacy.target_epsilon": (0.0, 1e4),
+    "privacy.delta": (0.0, 1.0), "privacy.audit_examples": (0, 100_000), "privacy.max_epsilon": (0.0, 1e4),
+    "privacy.target_quantile": (0.01, 0.99), "privacy.clip_learning_rate": (1e-4, 10.0),
+    "system.seed": (0, 2**32 - 1), "system.num_workers": (0, 256),
+    "attack.fraction": (0.0, 1.0), "attack.scale": (0.0, 1e6), "attack.noise_std": (0.0, 1e6),
+    "communication.topk_fraction": (1e-6, 1.0), "communication.quantization_bits": (2, 16),
+    "communication.bandwidth_mbps": (1e-3, 1e6), "communication.bandwidth_spread": (0.0, 3.0),
+    "communication.latency_ms": (0.0, 1e6), "communication.latency_spread": (0.0, 3.0),
+}  # fmt: skip
 
 
 def default_data_dir() -> str:
@@ -94,20 +142,13 @@ class DataConfig:
     max_test_examples: int = 0  # > 0: a seeded random subset of the test set
 
     def validate(self) -> None:
-        _one_of("data.dataset", self.dataset, DATASETS, NOT_YET.get(("data", "dataset")))
-        _one_of("data.partition", self.partition, PARTITIONS, NOT_YET.get(("data", "partition")))
-        _number("data.dirichlet_alpha", self.dirichlet_alpha, low=1e-3, high=1e4)
-        _one_of("data.ngss_task", self.ngss_task, NGSS_TASKS)
-        _string("data.csv_path", self.csv_path)
+        check_fields("data", self)
         if self.dataset == "csv" and not self.csv_path.strip():
             raise ValueError("data.dataset = 'csv' needs data.csv_path: the {task}_train.csv file to import")
         if self.partition == "natural" and self.dataset == "mnist":
             raise ValueError("data.partition = 'natural' needs data with schools (data.dataset 'ngss' or 'csv')")
-        _string("data.data_dir", self.data_dir)
         if not self.data_dir.strip():
             raise ValueError("data.data_dir must not be empty")
-        _integer("data.max_train_examples", self.max_train_examples, low=0, high=10_000_000)
-        _integer("data.max_test_examples", self.max_test_examples, low=0, high=10_000_000)
 
 
 @dataclass(frozen=True)
@@ -123,14 +164,7 @@ class ModelConfig:
     pooling: str = ""  # what the head reads: mean | cls (minilm) | last (tinyllama); "" = the model's default
 
     def validate(self) -> None:
-        _one_of("model.name", self.name, MODELS)
-        _boolean("model.pretrained", self.pretrained)
-        _integer("model.lora_rank", self.lora_rank, low=1, high=256)
-        _number("model.lora_alpha", self.lora_alpha, low=0.01, high=1e4)
-        _number("model.lora_dropout", self.lora_dropout, low=0.0, high=0.9)
-        _string("model.lora_targets", self.lora_targets)
-        _integer("model.max_length", self.max_length, low=8, high=2048)
-        _one_of("model.pooling", self.pooling, ("", *POOLINGS))
+        check_fields("model", self)
 
     def text_options(self) -> dict[str, Any]:
         """The keyword arguments `model.create_model` takes for a text model."""
@@ -185,55 +219,33 @@ class FederationConfig:
     secagg_neighbours: int = 0  # SecAgg+: k (even) neighbours per client; 0 = all clients of the round
 
     def validate(self) -> None:
-        _integer("federation.num_clients", self.num_clients, low=1, high=100_000)
-        _integer("federation.clients_per_round", self.clients_per_round, low=1, high=100_000)
+        check_fields("federation", self)
+        self._validate_counts()
+        self._validate_robust()
+        self._validate_secure_aggregation()
+        self._validate_holdout()
+        self._validate_optimizer()
+
+    def _validate_counts(self) -> None:
+        """Clients per round, candidates and the minimum of updates fit the number of clients."""
         if self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"federation.clients_per_round ({self.clients_per_round}) must be "
                 f"<= federation.num_clients ({self.num_clients})"
             )
-        _integer("federation.rounds", self.rounds, low=1, high=100_000)
-        _integer("federation.local_epochs", self.local_epochs, low=1, high=1_000)
-        _integer("federation.batch_size", self.batch_size, low=1, high=100_000)
-        _number("federation.learning_rate", self.learning_rate, low=1e-8, high=100.0)
-        _one_of("federation.client_optimizer", self.client_optimizer, CLIENT_OPTIMIZERS)
-        _one_of("federation.strategy", self.strategy, STRATEGIES)
-        _number("federation.proximal_mu", self.proximal_mu, low=0.0, high=1e4)
-        _number("federation.server_learning_rate", self.server_learning_rate, low=0.0, high=100.0)
-        _number("federation.server_momentum", self.server_momentum, low=0.0, high=0.999)
-        _number("federation.beta1", self.beta1, low=0.0, high=0.999)
-        _number("federation.beta2", self.beta2, low=0.0, high=0.9999)
-        _number("federation.tau", self.tau, low=1e-12, high=10.0)
-        _number("federation.trim_fraction", self.trim_fraction, low=0.0, high=0.49)
-        _integer("federation.byzantine_clients", self.byzantine_clients, low=0, high=100_000)
-        _integer("federation.multi_krum_keep", self.multi_krum_keep, low=0, high=100_000)
-        _number("federation.weighting_exponent", self.weighting_exponent, low=0.0, high=1.0)
-        self._validate_robust()
-        _one_of("federation.selection", self.selection, SELECTIONS)
-        _integer("federation.selection_candidates", self.selection_candidates, low=0, high=100_000)
         if self.selection == "power_of_choice" and self.selection_candidates:
             if not self.clients_per_round <= self.selection_candidates <= self.num_clients:
                 raise ValueError(
                     f"federation.selection_candidates ({self.selection_candidates}) must be between "
                     f"clients_per_round ({self.clients_per_round}) and num_clients ({self.num_clients})"
                 )
-        _number("federation.dropout_probability", self.dropout_probability, low=0.0, high=0.95)
-        _one_of("federation.dropout_stage", self.dropout_stage, DROPOUT_STAGES)
-        _boolean("federation.dropout_heterogeneous", self.dropout_heterogeneous)
-        _integer("federation.min_clients", self.min_clients, low=1, high=100_000)
         if self.min_clients > self.clients_per_round:
             raise ValueError(
                 f"federation.min_clients ({self.min_clients}) must be <= clients_per_round ({self.clients_per_round})"
             )
-        _number("federation.speed_spread", self.speed_spread, low=0.0, high=3.0)
-        _number("federation.round_deadline", self.round_deadline, low=0.0, high=1e3)
-        _one_of("federation.straggler_policy", self.straggler_policy, STRAGGLER_POLICIES)
-        _number("federation.client_holdout", self.client_holdout, low=0.0, high=0.5)
-        _one_of("federation.personalization", self.personalization, PERSONALIZATIONS)
-        _integer("federation.finetune_epochs", self.finetune_epochs, low=1, high=100)
-        _boolean("federation.secure_aggregation", self.secure_aggregation)
-        _number("federation.secagg_threshold", self.secagg_threshold, low=0.01, high=1.0)
-        _integer("federation.secagg_neighbours", self.secagg_neighbours, low=0, high=100_000)
+
+    def _validate_secure_aggregation(self) -> None:
+        """SecAgg+ needs an even neighbourhood; the server learns only the sum, so the rule must need no more."""
         if self.secagg_neighbours % 2:
             raise ValueError(f"federation.secagg_neighbours must be even (a Harary graph), got {self.secagg_neighbours}")
         if self.secure_aggregation and self.strategy not in SUM_STRATEGIES:
@@ -241,6 +253,9 @@ class FederationConfig:
                 f"federation.secure_aggregation reveals only the sum of the updates; federation.strategy "
                 f"{self.strategy!r} needs each update. Use one of {', '.join(SUM_STRATEGIES)}"
             )
+
+    def _validate_holdout(self) -> None:
+        """Personalization and adaptive weighting score each client on its own held-out split."""
         needs_holdout = [
             text for text, on in (
                 (f"federation.personalization = {self.personalization!r}", self.personalization != "none"),
@@ -252,7 +267,6 @@ class FederationConfig:
                 f"{needs_holdout[0]} needs each client's own held-out split: "
                 "set federation.client_holdout > 0 (e.g. 0.1)"
             )
-        self._validate_optimizer()
 
     def _validate_optimizer(self) -> None:
         """AdamW only where the local training it replaces does not assume plain SGD."""
@@ -308,19 +322,8 @@ class PrivacyConfig:
     clip_learning_rate: float = 0.2
 
     def validate(self) -> None:
-        _one_of("privacy.mode", self.mode, PRIVACY_MODES, NOT_YET.get(("privacy", "mode")))
-        _number("privacy.noise_multiplier", self.noise_multiplier, low=0.0, high=1e4)
-        _number("privacy.max_grad_norm", self.max_grad_norm, low=1e-8, high=1e6)
-        _number("privacy.target_epsilon", self.target_epsilon, low=0.0, high=1e4)
-        _number("privacy.delta", self.delta, low=0.0, high=1.0)
-        if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
-        _one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
-        _integer("privacy.audit_examples", self.audit_examples, low=0, high=100_000)
-        _number("privacy.max_epsilon", self.max_epsilon, low=0.0, high=1e4)
-        _boolean("privacy.adaptive_clipping", self.adaptive_clipping)
-        _number("privacy.target_quantile", self.target_quantile, low=0.01, high=0.99)
-        _number("privacy.clip_learning_rate", self.clip_learning_rate, low=1e-4, high=10.0)
+        check_fields("privacy", self)
+        check_number("privacy.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.adaptive_clipping and self.mode != "central":
             raise ValueError(f"privacy.adaptive_clipping needs privacy.mode = 'central', got {self.mode!r}")
         if self.mode != "none" and self.target_epsilon == 0 and self.noise_multiplier == 0:
@@ -333,10 +336,6 @@ class PrivacyConfig:
                 f"privacy.max_epsilon ({self.max_epsilon}) is below privacy.target_epsilon ({self.target_epsilon})"
             )
 
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "none"
-
 
 @dataclass(frozen=True)
 class SystemConfig:
@@ -348,11 +347,7 @@ class SystemConfig:
     runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
 
     def validate(self) -> None:
-        _integer("system.seed", self.seed, low=0, high=2**32 - 1)
-        _integer("system.num_workers", self.num_workers, low=0, high=256)
-        _one_of("system.backend", self.backend, BACKENDS)
-        _one_of("system.runtime", self.runtime, RUNTIMES)
-
+        check_fields("system", self)
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -364,11 +359,7 @@ class AttackConfig:
     noise_std: float = 1.0  # gaussian: the update is replaced by N(0, noise_std²) per weight
 
     def validate(self) -> None:
-        _number("attack.fraction", self.fraction, low=0.0, high=1.0)
-        _one_of("attack.behaviour", self.behaviour, ATTACKS)
-        _number("attack.scale", self.scale, low=0.0, high=1e6)
-        _number("attack.noise_std", self.noise_std, low=0.0, high=1e6)
-
+        check_fields("attack", self)
 
 @dataclass(frozen=True)
 class CommunicationConfig:
@@ -384,15 +375,7 @@ class CommunicationConfig:
     latency_spread: float = 0.5  # σ of the lognormal spread of latencies across clients
 
     def validate(self) -> None:
-        _one_of("communication.compression", self.compression, COMPRESSIONS)
-        _number("communication.topk_fraction", self.topk_fraction, low=1e-6, high=1.0)
-        _boolean("communication.error_feedback", self.error_feedback)
-        _integer("communication.quantization_bits", self.quantization_bits, low=2, high=16)
-        _number("communication.bandwidth_mbps", self.bandwidth_mbps, low=1e-3, high=1e6)
-        _number("communication.bandwidth_spread", self.bandwidth_spread, low=0.0, high=3.0)
-        _number("communication.latency_ms", self.latency_ms, low=0.0, high=1e6)
-        _number("communication.latency_spread", self.latency_spread, low=0.0, high=3.0)
-
+        check_fields("communication", self)
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
@@ -424,6 +407,11 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(section).__name__}")
             section.validate()
         self._check_workload()
+        self._check_privacy()
+        self._check_secure_aggregation()
+
+    def _check_privacy(self) -> None:
+        """The privacy mode must fit the local optimizer, the rule, personalization and client selection."""
         if self.privacy.mode == "local" and self.federation.client_optimizer != "sgd":
             raise ValueError(
                 "privacy.mode = 'local' runs DP-SGD (clipped, noised SGD steps): federation.client_optimizer "
@@ -439,6 +427,14 @@ class ExperimentConfig:
                 "federation.personalization = 'fedper' keeps each client's last layer out of the "
                 "aggregate, which privacy.mode = 'central' (DP-FedAvg over whole updates) does not cover"
             )
+        if self.privacy.mode == "central" and self.federation.selection != "uniform":
+            raise ValueError(
+                "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "
+                f"federation.selection must be 'uniform', got {self.federation.selection!r}"
+            )
+
+    def _check_secure_aggregation(self) -> None:
+        """Secure aggregation masks dense, whole updates."""
         if self.federation.secure_aggregation and self.communication.compression != "none":
             raise ValueError(
                 "federation.secure_aggregation masks dense vectors: communication.compression must be 'none', "
@@ -446,11 +442,6 @@ class ExperimentConfig:
             )
         if self.federation.secure_aggregation and self.federation.personalization == "fedper":
             raise ValueError("federation.secure_aggregation does not support personalization = 'fedper' yet")
-        if self.privacy.mode == "central" and self.federation.selection != "uniform":
-            raise ValueError(
-                "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "
-                f"federation.selection must be 'uniform', got {self.federation.selection!r}"
-            )
 
     def _check_workload(self) -> None:
         """Data, model and backend must fit together."""
@@ -600,32 +591,86 @@ def _problem(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _one_of(name: str, value: Any, allowed: tuple[str, ...], later: set[str] | None = None) -> None:
-    if later and value in later:
-        raise ValueError(f"{name} = {value!r} is not available in this version; available: {', '.join(allowed)}")
+# -- checks: one vocabulary for the config, the privacy code and the strategies --------------------
+# Each raises ValueError naming the field and what is allowed, and returns the checked value.
+
+
+def check_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """`value` if it is one of the strings `allowed`."""
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}")
+    return value
 
 
-def _integer(name: str, value: Any, *, low: int, high: int) -> None:
+def check_integer(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """`value` if it is an int (not a bool) in [low, high]; no upper bound if `high` is None."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {_shown(value)}")
-    if not low <= value <= high:
+    if high is None and value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {_shown(value)}")
+    if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {_shown(value)}")
+    return value
 
 
-def _number(name: str, value: Any, *, low: float, high: float) -> None:
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """`value` as a float if it is a finite int or float (not a bool) between `low` and `high`
+    (None: no bound; `low_open` / `high_open`: the bound itself is excluded)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {_shown(value)}")
-    if not low <= value <= high:  # NaN fails this too; an int is compared exactly, however large
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {_shown(value)}")
+    # NaN fails every comparison; an int is compared exactly, however large.
+    below = low is not None and not (low < value if low_open else low <= value)
+    above = high is not None and not (value < high if high_open else value <= high)
+    if below or above:
+        raise ValueError(f"{name} must be {_range_text(low, high, low_open, high_open)}, got {_shown(value)}")
+    finite = math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
+    if not finite:  # inf within a one-sided range
+        raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
+    return float(value)
 
 
-def _boolean(name: str, value: Any) -> None:
+def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}" if high is not None else "a number"
+
+
+def check_boolean(name: str, value: Any) -> bool:
+    """`value` if it is true or false."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {_shown(value)}")
+    return value
 
 
-def _string(name: str, value: Any) -> None:
+def check_string(name: str, value: Any) -> str:
+    """`value` if it is a string."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
+def check_fields(section: str, values: Any) -> None:
+    """Every key of a config section by its declared type: a choice from OPTIONS, a number within
+    BOUNDS (an int for int keys), true or false, or a string."""
+    for item in fields(values):
+        name, value = f"{section}.{item.name}", getattr(values, item.name)
+        if name in OPTIONS:
+            check_one_of(name, value, OPTIONS[name])
+        elif item.type == "bool":
+            check_boolean(name, value)
+        elif item.type == "str":
+            check_string(name, value)
+        elif item.type == "int":
+            check_integer(name, value, low=BOUNDS[name][0], high=BOUNDS[name][1])
+        else:
+            check_number(name, value, low=BOUNDS[name][0], high=BOUNDS[name][1])

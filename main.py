@@ -3,7 +3,7 @@
     streamlit run main.py        # DATABASE_URL picks the database, FPL_DATA_DIR the data
 
 UI only. The sidebar form builds an `ExperimentConfig`; Start stores the experiment
-and launches a worker process (`cli.launch_worker`) that runs it and writes every
+and launches a worker process (`runs.workers.launch_worker`) that runs it and writes every
 round to the database. The page never trains: fragments poll the database, so a
 reload or a second tab shows the same run. Tabs: Live (the run in progress or just
 started), History (every experiment: charts, config, re-run, a baseline without

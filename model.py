@@ -93,7 +93,7 @@ def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, *
     lora_targets, pooling; see `text_models.TextModelOptions`.
     """
     if name in TEXT_MODELS:
-        from text_models import create_text_model  # lazy: transformers + peft take seconds to import
+        from ngss.text_models import create_text_model  # lazy: transformers + peft take seconds to import
 
         return create_text_model(name, num_classes=num_classes, seed=seed, **text_options)
     if name not in MODEL_FACTORIES:

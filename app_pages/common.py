@@ -1,6 +1,6 @@
 """What the page's parts share: the store, the worker launch, the run list and formatting.
 
-Workers are started through `cli.launch_worker`, looked up at call time, so replacing it (as the page tests do)
+Workers are started through `runs.workers.launch_worker`, looked up at call time, so replacing it (as the page tests do)
 takes effect even though this module is imported once per process.
 """
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import streamlit as st
 from sqlalchemy.engine import make_url
 
-import cli
 from database import ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
-from ngss_data import TASKS
+from ngss.data import TASKS
+from runs import service
+from runs import workers as processes
 
 ACTIVE_STATUSES = ("queued", "running")
 STATUS_ICONS = {
@@ -29,7 +30,7 @@ TABS = (
     ":material/monitoring: Live", ":material/history: History", ":material/compare_arrows: Compare",
     ":material/grading: Score",
 )  # fmt: skip
-REPO_ROOT = Path(cli.__file__).resolve().parent  # the worker's working directory
+REPO_ROOT = processes.REPO_ROOT  # the worker's working directory
 
 
 @st.cache_resource
@@ -57,7 +58,7 @@ def list_experiments(store: ExperimentStore) -> list[ExperimentSummary]:
         if experiment is not None and experiment.status == "queued":
             message = f"the worker exited with code {worker.returncode} before it started the run"
             store.finish(experiment_id, "failed", error=message)
-    store.mark_interrupted_if_dead(cli.pid_alive)
+    store.mark_interrupted_if_dead(processes.pid_alive)
     return store.list_experiments()
 
 
@@ -68,9 +69,9 @@ def launch(store: ExperimentStore, config: ExperimentConfig, name: str) -> int:
 
 def launch_many(store: ExperimentStore, runs: list[tuple[ExperimentConfig, str]]) -> list[int]:
     """Store the experiments, start one worker that runs them in order, and show the first in the Live tab."""
-    experiment_ids = [store.create_experiment(config.to_dict(), name=name) for config, name in runs]
+    experiment_ids = [service.create(store, config, name=name) for config, name in runs]
     try:
-        handle = cli.launch_worker(store, *experiment_ids)  # looked up per call: tests replace it
+        handle = processes.launch_worker(store, *experiment_ids)  # looked up per call: tests replace it
     except OSError as error:
         for experiment_id in experiment_ids:
             store.finish(experiment_id, "failed", error=f"could not start the worker: {error}")
@@ -92,7 +93,7 @@ def resume(store: ExperimentStore, experiment_id: int) -> None:
         st.session_state["resume_error"] = (experiment_id, str(error))
         return
     try:
-        handle = cli.launch_worker(store, experiment_id)
+        handle = processes.launch_worker(store, experiment_id)
     except OSError as error:
         store.finish(experiment_id, "failed", error=f"could not start the worker to resume: {error}")
         st.session_state["resume_error"] = (experiment_id, f"could not start the worker: {error}")

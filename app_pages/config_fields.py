@@ -2,7 +2,8 @@
 
 No Streamlit here: `Field.widget` draws into the container it is given (a column, an expander), so these
 definitions are plain data. Every default comes from `ExperimentConfig()`, so the form starts where the
-config does; validation stays with `ExperimentConfig` when the form is submitted.
+config does, and every option list and number range from `experiment_config.OPTIONS` / `BOUNDS`, the same ones
+validation uses when the form is submitted.
 """
 
 from __future__ import annotations
@@ -11,27 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from experiment_config import (
-    ACCOUNTANTS,
-    ATTACKS,
-    BACKENDS,
-    CLIENT_OPTIMIZERS,
-    COMPRESSIONS,
-    DATASETS,
-    DROPOUT_STAGES,
-    MODELS,
-    NGSS_TASKS,
-    PARTITIONS,
-    PERSONALIZATIONS,
-    POOLINGS,
-    PRIVACY_MODES,
-    RUNTIMES,
-    SELECTIONS,
-    STRAGGLER_POLICIES,
-    STRATEGIES,
-    ExperimentConfig,
-)
-from ngss_data import TASKS
+from experiment_config import BOUNDS, OPTIONS, ExperimentConfig
+from ngss.data import TASKS
 
 PRIVACY_GUIDE = """
 **ε** bounds how much one protected unit can change what training reveals: every outcome
@@ -61,13 +43,25 @@ class Field:
     name: str
     label: str
     help: str
-    options: tuple[str, ...] = ()  # a selectbox when given, else a number input
+    # A selectbox's options and a number input's range: by default experiment_config's OPTIONS and BOUNDS
+    # for `section.name`; given here only where the form offers less than validation allows.
+    options: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
     step: float | None = None
     format: str | None = None
     key: str | None = None  # the widget key; default: `name`
     format_func: Callable[[Any], str] | None = None  # a selectbox's option as shown; default: the option
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The selectbox's options; () for a number, text or checkbox input."""
+        return self.options or OPTIONS.get(f"{self.section}.{self.name}", ())
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The number input's (min, max)."""
+        low, high = BOUNDS.get(f"{self.section}.{self.name}", (None, None))
+        return (low if self.low is None else self.low), (high if self.high is None else self.high)
 
     def is_checkbox(self, defaults: ExperimentConfig) -> bool:
         return isinstance(getattr(getattr(defaults, self.section), self.name), bool)
@@ -77,56 +71,54 @@ class Field:
         key = self.key or self.name
         if isinstance(default, bool):
             return container.checkbox(self.label, default, key=key, help=self.help)
-        if self.options:
-            index = self.options.index(default)
+        if self.choices:
+            index = self.choices.index(default)
             return container.selectbox(
-                self.label, self.options, index=index, key=key, help=self.help, format_func=self.format_func or str
+                self.label, self.choices, index=index, key=key, help=self.help, format_func=self.format_func or str
             )
         if isinstance(default, str):
             return container.text_input(self.label, default, key=key, help=self.help)
+        low, high = self.bounds()
         return container.number_input(
-            self.label, self.low, self.high, default, step=self.step, format=self.format, key=key, help=self.help
+            self.label, low, high, default, step=self.step, format=self.format, key=key, help=self.help
         )
 
 
 DATA_FIELDS = (
     Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp, cnn-dp). ngss: rubric scoring of "
           "middle-school science explanations, synthetic responses — not real student data (models "
-          "tinyllama-lora, minilm-lora). csv: your lab's own NGSS files, uploaded under NGSS rubric scoring.",
-          options=DATASETS),
+          "tinyllama-lora, minilm-lora). csv: your lab's own NGSS files, uploaded under NGSS rubric scoring."),
     Field("model", "name", "Model", "For MNIST: cnn, the CNN of McMahan et al. 2017 (1.66M parameters); mlp, their "
           "2NN (two hidden layers of 200); cnn-dp, the small tanh CNN DP-SGD papers use (26k parameters: the "
           "best choice with privacy on). For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
           "with LoRA and a multi-label head; minilm-lora, all-MiniLM-L6-v2 (22.7M, pretrained, works offline). "
-          "Text models exchange only LoRA + head.", options=MODELS, key="model"),
+          "Text models exchange only LoRA + head.", key="model"),
     Field("data", "partition", "Partition", "How the training data is split over clients: iid (uniform at random), "
           "dirichlet (label skew set by α), shards (two shards of label-sorted data each) or natural (one client "
-          "per school: ngss and csv with a Group column; the synthetic data has 9 schools, so Clients = 9).",
-          options=PARTITIONS),
+          "per school: ngss and csv with a Group column; the synthetic data has 9 schools, so Clients = 9)."),
     Field("data", "dirichlet_alpha", "Dirichlet α", "Only for the dirichlet partition: 0.1 gives each client a few "
-          "labels, 100 is close to IID.", low=0.001, high=10_000.0, step=0.1, format="%.2f"),
+          "labels, 100 is close to IID.", step=0.1, format="%.2f"),
 )  # fmt: skip
 NGSS_FIELDS = (
     Field("data", "ngss_task", "Task", "ngss: which of the nine NGSS tasks to generate responses for (each has its "
-          "own rubric elements E1, E2, …). csv takes the task from the file name.", options=NGSS_TASKS,
+          "own rubric elements E1, E2, …). csv takes the task from the file name.",
           format_func=lambda slug: TASKS[slug].title),
     Field("model", "pretrained", "Pretrained backbone", "Load the published weights (TinyLLama-v0 from the Hugging "
           "Face Hub, needs the network once; MiniLM ships with the app). Off: the same architecture with seeded "
           "random weights and a tokenizer trained on the training responses (offline)."),
     Field("model", "lora_rank", "LoRA rank r", "Rank of the LoRA adapters: r · (in + out) values per adapted "
-          "layer travel each round.", low=1, high=256),
-    Field("model", "lora_alpha", "LoRA α", "Scale of the adapters' update (α / r).", low=0.01, high=1e4, step=1.0,
+          "layer travel each round."),
+    Field("model", "lora_alpha", "LoRA α", "Scale of the adapters' update (α / r).", step=1.0,
           format="%.1f"),
-    Field("model", "lora_dropout", "LoRA dropout", "Dropout on the adapters' input while training.", low=0.0,
-          high=0.9, step=0.05, format="%.2f"),
-    Field("model", "max_length", "Max tokens", "Tokens per response at most; longer responses are cut.", low=8,
-          high=2048),
+    Field("model", "lora_dropout", "LoRA dropout", "Dropout on the adapters' input while training.", step=0.05,
+          format="%.2f"),
+    Field("model", "max_length", "Max tokens", "Tokens per response at most; longer responses are cut."),
     Field("model", "lora_targets", "LoRA targets", "Modules that get adapters, comma-separated; empty = the "
           "backbone's default (q_proj, v_proj for TinyLLama; query, value for MiniLM)."),
     Field("model", "pooling", "Pooling", "What the head reads of a response: mean, the average over its tokens "
           "(MiniLM's default: it was pretrained as a sentence encoder this way, and learns far faster with it); "
           "cls, BERT's pooler over [CLS] (MiniLM only; runs stored before this option used it); last, the last "
-          "token (TinyLLama's default and MLX's only choice).", options=("", *POOLINGS),
+          "token (TinyLLama's default and MLX's only choice).",
           format_func=lambda p: p or "model's default"),
 )  # fmt: skip
 # The measured rubric-scoring recipe (README, "NGSS rubric scoring"): (widget key, value), applied by a button.
@@ -141,157 +133,151 @@ NGSS_NOTE = (
     "files, uploaded below."
 )
 FEDERATION_FIELDS = (
-    Field("federation", "num_clients", "Clients", "How many clients the training data is split across.", low=1,
-          high=100_000),
+    Field("federation", "num_clients", "Clients", "How many clients the training data is split across."),
     Field("federation", "clients_per_round", "Per round", "Clients sampled to train in each round; at most the "
-          "number of clients.", low=1, high=100_000),
-    Field("federation", "rounds", "Rounds", "Communication rounds: broadcast the model, train locally, aggregate.",
-          low=1, high=100_000),
+          "number of clients."),
+    Field("federation", "rounds", "Rounds", "Communication rounds: broadcast the model, train locally, aggregate."),
     Field("federation", "local_epochs", "Local epochs", "Passes each sampled client makes over its own data per "
-          "round.", low=1, high=1_000),
-    Field("federation", "batch_size", "Batch size", "Examples per local SGD step.", low=1, high=100_000),
-    Field("federation", "learning_rate", "Learning rate", "Step size of the clients' SGD.", low=1e-8, high=100.0,
+          "round."),
+    Field("federation", "batch_size", "Batch size", "Examples per local SGD step."),
+    Field("federation", "learning_rate", "Learning rate", "Step size of the clients' SGD.",
           step=0.01, format="%.4f"),
     Field("federation", "strategy", "Strategy", "How the server aggregates client updates (fedavg: average "
           "weighted by examples). median, trimmed_mean, krum, multi_krum and bulyan resist malicious clients. "
-          "Their settings: Aggregation strategy, below.", options=STRATEGIES),
+          "Their settings: Aggregation strategy, below."),
     Field("system", "seed", "Seed", "Seeds partitioning, client sampling, initialisation and noise: same seed, same "
-          "run.", low=0, high=2**32 - 1),
+          "run."),
 )  # fmt: skip
 PRIVACY_FIELDS = (
     Field("privacy", "mode", "Privacy", "none: no formal guarantee. local: DP-SGD on every client (sample-level ε "
           "per client, the run reports the largest). central: DP-FedAvg, clipped client updates plus server noise "
-          "(user-level ε; clients are then sampled by Poisson).", options=PRIVACY_MODES, key="privacy_mode"),
+          "(user-level ε; clients are then sampled by Poisson).", key="privacy_mode"),
     Field("privacy", "accountant", "Accountant", "Opacus accountant that turns the noise into ε: rdp (Rényi DP) "
-          "or prv (tighter numerical bound).", options=ACCOUNTANTS),
+          "or prv (tighter numerical bound)."),
     Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
-          "Ignored when a target ε is set.", low=0.0, high=10_000.0, step=0.1, format="%.3f"),
+          "Ignored when a target ε is set.", step=0.1, format="%.3f"),
     Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "
-          "each client's update.", low=1e-8, high=1e6, step=0.1, format="%.3f"),
+          "each client's update.", step=0.1, format="%.3f"),
     Field("privacy", "target_epsilon", "Target ε", "> 0: choose σ before the run so the whole run ends at or "
-          "below this ε (0 = use σ as given).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
+          "below this ε (0 = use σ as given).", step=0.5, format="%.2f"),
     Field("privacy", "max_epsilon", "Budget ε", "> 0: stop before a round that would exceed this ε (0 = no "
-          "budget).", low=0.0, high=10_000.0, step=0.5, format="%.2f"),
+          "budget).", step=0.5, format="%.2f"),
+    # δ is valid in (0, 1); a number input needs closed bounds, and δ ≥ 0.5 promises nothing.
     Field("privacy", "delta", "δ", "The δ of (ε, δ)-DP; keep it well below 1 / (examples per client).",
           low=1e-12, high=0.5, step=1e-6, format="%.1e"),
 )  # fmt: skip
 ADVANCED_FIELDS = (
     Field("data", "max_train_examples", "Max train examples", "Train on a seeded random subset of the training "
-          "set; 0 = all of it.", low=0, high=10_000_000),
+          "set; 0 = all of it."),
     Field("data", "max_test_examples", "Max test examples", "Evaluate on a seeded random subset of the test set; "
-          "0 = all of it.", low=0, high=10_000_000),
+          "0 = all of it."),
     Field("federation", "client_optimizer", "Client optimizer", "sgd: plain SGD. adamw: AdamW (weight decay 0.01), "
           "created afresh each round, so its moments do not carry over between rounds; use a smaller learning "
-          "rate (0.001–0.003: the NGSS recipe uses 0.003). Not with scaffold, local DP or finetune.",
-          options=CLIENT_OPTIMIZERS),
+          "rate (0.001–0.003: the NGSS recipe uses 0.003). Not with scaffold, local DP or finetune."),
     Field("system", "num_workers", "Trainer processes", "Clients trained in parallel processes; 0 = one per core, "
-          "1 = inside the worker itself.", low=0, high=256),
+          "1 = inside the worker itself."),
     Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "
           "deployment on this machine (a SuperLink and one SuperNode per client on loopback, stopped when the run "
           "ends): MNIST and NGSS, local or central DP, the aggregation rules incl. SCAFFOLD; not yet secure "
-          "aggregation, FedPer, compression, attacks or the simulated faults.", options=RUNTIMES),
+          "aggregation, FedPer, compression, attacks or the simulated faults."),
     Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for "
-          "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD.", options=BACKENDS),
+          "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD."),
     Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
-          "trained-on and as many held-out examples measures leakage empirically (0 = no audit).", low=0,
-          high=100_000),
+          "trained-on and as many held-out examples measures leakage empirically (0 = no audit)."),
     Field("privacy", "adaptive_clipping", "Adaptive clipping (central DP)", "Move the clip norm C each round towards "
           "the target quantile of client update norms (Andrew et al. 2021). The count it uses is noised too, and "
           "the reported ε covers both; needs enough clients per round."),
     Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
-          "should fit under C unclipped.", low=0.01, high=0.99, step=0.05, format="%.2f"),
+          "should fit under C unclipped.", step=0.05, format="%.2f"),
     Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "
-          "C ← C·exp(−rate·(unclipped share − target quantile)).", low=1e-4, high=10.0, step=0.05, format="%.2f"),
+          "C ← C·exp(−rate·(unclipped share − target quantile)).", step=0.05, format="%.2f"),
 )  # fmt: skip
 
 # Inside a form a widget's change reruns nothing until submit, so a strategy's parameters cannot appear only
 # once it is chosen: every parameter is shown, and its help names the strategies that read it.
 STRATEGY_FIELDS = (
     Field("federation", "proximal_mu", "FedProx μ", "fedprox: weight of the proximal term μ/2·‖w − w_global‖² "
-          "that keeps local training near the global model.", low=0.0, high=1e4, step=0.01, format="%.3f"),
+          "that keeps local training near the global model.", step=0.01, format="%.3f"),
     Field("federation", "server_learning_rate", "Server learning rate", "fedavgm, fedadagrad, fedadam, fedyogi, "
-          "scaffold: the server's step size η on the aggregated update; 0 = the strategy's default.", low=0.0,
-          high=100.0, step=0.1, format="%.3f"),
-    Field("federation", "server_momentum", "Server momentum", "fedavgm: momentum of the server's update.", low=0.0,
-          high=0.999, step=0.05, format="%.3f"),
+          "scaffold: the server's step size η on the aggregated update; 0 = the strategy's default.", step=0.1,
+          format="%.3f"),
+    Field("federation", "server_momentum", "Server momentum", "fedavgm: momentum of the server's update.",
+          step=0.05, format="%.3f"),
     Field("federation", "tau", "τ", "fedadagrad, fedadam, fedyogi: adaptivity, added to the root of the second "
-          "moment (smaller = more adaptive).", low=1e-12, high=10.0, step=1e-3, format="%.1e"),
+          "moment (smaller = more adaptive).", step=1e-3, format="%.1e"),
     Field("federation", "beta1", "β₁", "fedadam, fedyogi, fedadagrad: decay of the first moment (momentum) of the "
-          "server's update.", low=0.0, high=0.999, step=0.01, format="%.3f"),
-    Field("federation", "beta2", "β₂", "fedadam, fedyogi: decay of the second moment.", low=0.0, high=0.9999,
+          "server's update.", step=0.01, format="%.3f"),
+    Field("federation", "beta2", "β₂", "fedadam, fedyogi: decay of the second moment.",
           step=0.001, format="%.4f"),
     Field("federation", "trim_fraction", "Trim fraction", "trimmed_mean: share of the updates dropped at each end, "
-          "per coordinate, before averaging.", low=0.0, high=0.49, step=0.05, format="%.2f"),
+          "per coordinate, before averaging.", step=0.05, format="%.2f"),
     Field("federation", "byzantine_clients", "Byzantine clients f", "krum, multi_krum, bulyan: attackers tolerated "
-          "per round. krum and multi_krum need clients per round ≥ 2f + 3, bulyan ≥ 4f + 3.", low=0, high=100_000),
+          "per round. krum and multi_krum need clients per round ≥ 2f + 3, bulyan ≥ 4f + 3."),
     Field("federation", "multi_krum_keep", "Multi-Krum keep m", "multi_krum: how many updates with the best Krum "
-          "scores are averaged; 0 = n − f.", low=0, high=100_000),
+          "scores are averaged; 0 = n − f."),
     Field("federation", "weighting_exponent", "Weighting exponent a", "adaptive_weighting: a client's weight ∝ "
           "(its share of examples)^a · (its share of validation accuracy)^(1 − a). Needs a client holdout "
-          "(Personalization).", low=0.0, high=1.0, step=0.1, format="%.2f"),
+          "(Personalization).", step=0.1, format="%.2f"),
 )  # fmt: skip
 CLIENT_FIELDS = (
     Field("federation", "selection", "Selection", "uniform: clients drawn at random each round. power_of_choice: "
           "sample d candidates and pick those with the highest local loss (Cho et al. 2020). availability: favour "
-          "clients whose updates have been arriving.", options=SELECTIONS),
+          "clients whose updates have been arriving."),
     Field("federation", "selection_candidates", "Candidates d", "power_of_choice: candidates sampled before "
-          "picking, between clients per round and clients; 0 = 2 × clients per round.", low=0, high=100_000),
+          "picking, between clients per round and clients; 0 = 2 × clients per round."),
     Field("federation", "dropout_probability", "Dropout probability", "Chance that a selected client drops out of "
-          "a round.", low=0.0, high=0.95, step=0.05, format="%.2f"),
+          "a round.", step=0.05, format="%.2f"),
     Field("federation", "dropout_stage", "Dropout stage", "before: a dropped client never starts. during: it "
-          "trains, but its update never arrives (lost).", options=DROPOUT_STAGES),
+          "trains, but its update never arrives (lost)."),
     Field("federation", "dropout_heterogeneous", "Per-client dropout", "Each client's own dropout probability, "
           "drawn once, uniform in [0, 2p]."),
     Field("federation", "min_clients", "Min updates", "Fewer updates arrive than this: the round is skipped and "
-          "the model stays as it was. Central DP never skips: it always releases its noised sum.", low=1,
-          high=100_000),
+          "the model stays as it was. Central DP never skips: it always releases its noised sum."),
     Field("federation", "speed_spread", "Speed spread σ", "How much the clients' compute speeds differ: σ of a "
-          "lognormal speed factor (0 = all equally fast).", low=0.0, high=3.0, step=0.1, format="%.2f"),
+          "lognormal speed factor (0 = all equally fast).", step=0.1, format="%.2f"),
     Field("federation", "round_deadline", "Round deadline", "In units of the median client's full local work at "
-          "speed 1 (0 = no deadline). Slower clients are stragglers.", low=0.0, high=1e3, step=0.5,
+          "speed 1 (0 = no deadline). Slower clients are stragglers.", step=0.5,
           format="%.2f"),
     Field("federation", "straggler_policy", "Stragglers", "partial: a straggler sends what it trained by the "
-          "deadline (fewer local steps). drop: it is dropped (late).", options=STRAGGLER_POLICIES),
+          "deadline (fewer local steps). drop: it is dropped (late)."),
 )  # fmt: skip
 PERSONALIZATION_FIELDS = (
     Field("federation", "client_holdout", "Client holdout", "Share of each client's examples held out as its own "
-          "test split; personalization and adaptive_weighting need it.", low=0.0, high=0.5, step=0.05,
+          "test split; personalization and adaptive_weighting need it.", step=0.05,
           format="%.2f"),
     Field("federation", "personalization", "Personalization", "none. fedper: the final layer stays on each client. "
           "finetune: after training, each client fine-tunes the global model locally. Both are scored against "
-          "the global model on each client's held-out split.", options=PERSONALIZATIONS),
-    Field("federation", "finetune_epochs", "Fine-tune epochs", "finetune: local epochs after the last round.",
-          low=1, high=100),
+          "the global model on each client's held-out split."),
+    Field("federation", "finetune_epochs", "Fine-tune epochs", "finetune: local epochs after the last round."),
 )  # fmt: skip
 ATTACK_FIELDS = (
     Field("attack", "fraction", "Malicious fraction", "Share of all clients that are malicious (seeded: the same "
-          "clients every round); 0 = nobody.", low=0.0, high=1.0, step=0.05, format="%.2f", key="attack_fraction"),
+          "clients every round); 0 = nobody.", step=0.05, format="%.2f", key="attack_fraction"),
     Field("attack", "behaviour", "Behaviour", "sign_flip: send −scale × the honest update. gaussian: send N(0, σ²) "
           "noise. scale: send scale × the update (model replacement). label_flip: train on flipped labels.",
-          options=ATTACKS, key="attack_behaviour"),
-    Field("attack", "scale", "Scale", "sign_flip and scale: the factor applied to the update.", low=0.0, high=1e6,
+          key="attack_behaviour"),
+    Field("attack", "scale", "Scale", "sign_flip and scale: the factor applied to the update.",
           step=1.0, format="%.1f", key="attack_scale"),
     Field("attack", "noise_std", "Noise σ", "gaussian: standard deviation of the noise sent for each weight.",
-          low=0.0, high=1e6, step=0.1, format="%.2f", key="attack_noise_std"),
+          step=0.1, format="%.2f", key="attack_noise_std"),
 )  # fmt: skip
 COMMUNICATION_FIELDS = (
     Field("communication", "compression", "Compression", "none: dense float32 updates. topk: only the largest "
-          "coordinates (an index and a value each). qsgd: stochastic quantization to a few bits per coordinate.",
-          options=COMPRESSIONS),
+          "coordinates (an index and a value each). qsgd: stochastic quantization to a few bits per coordinate."),
+    # From 1e-4, the least "%.4f" shows (validation accepts down to 1e-6, e.g. from a TOML file).
     Field("communication", "topk_fraction", "Top-k fraction", "topk: share of the coordinates sent.", low=1e-4,
-          high=1.0, step=0.005, format="%.4f"),
-    Field("communication", "quantization_bits", "QSGD bits", "qsgd: bits per coordinate, sign included.", low=2,
-          high=16),
+          step=0.005, format="%.4f"),
+    Field("communication", "quantization_bits", "QSGD bits", "qsgd: bits per coordinate, sign included."),
     Field("communication", "error_feedback", "Error feedback (top-k)", "topk: keep what was not sent and add it to the "
           "next update, so nothing is lost, only delayed."),
     Field("communication", "bandwidth_mbps", "Bandwidth (Mbit/s)", "Median client bandwidth of the simulated "
-          "network, both directions.", low=1e-3, high=1e6, step=1.0, format="%.1f"),
+          "network, both directions.", step=1.0, format="%.1f"),
     Field("communication", "bandwidth_spread", "Bandwidth spread σ", "σ of the lognormal spread of bandwidths "
-          "across clients.", low=0.0, high=3.0, step=0.1, format="%.2f"),
+          "across clients.", step=0.1, format="%.2f"),
     Field("communication", "latency_ms", "Latency (ms)", "Median one-way latency of the simulated network.",
-          low=0.0, high=1e6, step=10.0, format="%.0f"),
+          step=10.0, format="%.0f"),
     Field("communication", "latency_spread", "Latency spread σ", "σ of the lognormal spread of latencies across "
-          "clients.", low=0.0, high=3.0, step=0.1, format="%.2f"),
+          "clients.", step=0.1, format="%.2f"),
 )  # fmt: skip
 SECURE_AGGREGATION_FIELDS = (
     Field("federation", "secure_aggregation", "Secure aggregation", "The server learns only the weighted sum of "
@@ -302,10 +288,10 @@ SECURE_AGGREGATION_FIELDS = (
     Field("federation", "secagg_threshold", "Threshold t", "Share of a client's neighbourhood whose key shares "
           "are needed to unmask it; fewer survivors than t and the round is skipped. With central DP also the "
           "share of all clients whose noise must be in a released sum: each adds 1/(t·n) of the noise variance, "
-          "so a low t costs accuracy (noise × √(survivors / t·n)).", low=0.01, high=1.0,
+          "so a low t costs accuracy (noise × √(survivors / t·n)).",
           step=0.05, format="%.2f"),
     Field("federation", "secagg_neighbours", "Neighbours k", "SecAgg+: each client masks with k (even) random "
-          "neighbours instead of all, so cost grows as n·k, not n²; 0 = everyone.", low=0, high=100_000),
+          "neighbours instead of all, so cost grows as n·k, not n²; 0 = everyone."),
 )  # fmt: skip
 # The folded groups under the privacy settings: (title, icon, a note above the fields or "", fields).
 SCENARIO_GROUPS = (

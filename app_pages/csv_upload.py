@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ngss_data import CsvImportError, load_csv
+from ngss.data import CsvImportError, load_csv
 
 MAX_UPLOAD_MB = 20  # per file, as ngss_data.load_csv's default limit
 MAX_FILE_BYTES = MAX_UPLOAD_MB * 2**20

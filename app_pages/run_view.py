@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-import privacy_report
+from privacy import report as privacy_report
 import visualization as viz
 from app_pages.common import (
     ACTIVE_STATUSES,
@@ -33,6 +33,8 @@ from app_pages.common import (
 from app_pages.federation import render_federation
 from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
+from privacy.audit import advantage_bound
+from runs.comparisons import centralized_config, suggested_centralized_lr, without_privacy
 
 # The backbones of the text models: (name, parameters). Only LoRA + head travel; this is what a full copy would be.
 FULL_MODELS = {"tinyllama-lora": ("TinyLLama-v0", 4_621_376), "minilm-lora": ("all-MiniLM-L6-v2", 22_713_216)}
@@ -43,17 +45,6 @@ RUBRIC_HELP = {
     "micro_f1": "F1 of all (response, element) entries pooled.",
     "score_mae": "Mean absolute error of the total score (the number of elements earned), in points.",
 }  # fmt: skip
-
-
-def advantage_bound(epsilon: float, delta: float) -> float:
-    """The largest membership advantage (TPR − FPR) any attack can have against an (ε, δ)-DP training run.
-
-    Both error rates of a test are bounded (TPR ≤ e^ε FPR + δ and the same for 1 − FPR), which caps TPR − FPR at
-    (e^ε − 1 + 2δ) / (e^ε + 1) (Kairouz et al. 2015).
-    """
-    if epsilon > 700:  # e^ε overflows; the bound is 1 long before
-        return 1.0
-    return min((math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1), 1.0)
 
 
 def progress_text(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
@@ -307,43 +298,12 @@ def launch_comparison(
     st.session_state["flash"] = ("success", f"Started #{new_id}: #{experiment.id} {gap}")
 
 
-def without_privacy(config: ExperimentConfig) -> ExperimentConfig:
-    """The same experiment with `privacy.mode = "none"` (and no DP-FedAvg-only options)."""
-    changes: dict[str, Any] = {"mode": "none"}
-    if getattr(config.privacy, "adaptive_clipping", False):
-        changes["adaptive_clipping"] = False  # a DP-FedAvg option, invalid without privacy
-    return config.replace("privacy", **changes)
-
-
 def run_baseline(store: ExperimentStore, experiment: ExperimentSummary) -> None:
     """Start this private experiment's config without privacy (same seed) and compare the two."""
     launch_comparison(
         store, experiment, without_privacy, what="a baseline", suffix="without privacy",
         gap="without privacy, same seed. The gap is the cost of privacy.",
     )  # fmt: skip
-
-
-def centralized_config(config: ExperimentConfig, learning_rate: float | None = None) -> ExperimentConfig:
-    """The same experiment on pooled data: one client holding every response, trained every round (same model,
-    seed, rounds, privacy; `learning_rate` if given). Settings that mean nothing with a single client are reset so
-    the config validates."""
-    rate = config.federation.learning_rate if learning_rate is None else learning_rate
-    return config.replace("data", partition="iid").replace(
-        "federation", num_clients=1, clients_per_round=1, strategy="fedavg", min_clients=1, selection="uniform",
-        selection_candidates=0, secure_aggregation=False, learning_rate=rate,
-    )  # fmt: skip
-
-
-# AdamW on pooled data: one client takes every step of a round in sequence, and at the schools' 0.003 the
-# centralized NGSS runs collapsed to the majority labels (README, "NGSS rubric scoring"); 0.001 trained well.
-CENTRALIZED_ADAMW_MAX_LR = 1e-3
-
-
-def suggested_centralized_lr(config: dict[str, Any]) -> float:
-    """The learning rate the baseline's input starts at: the run's, capped for AdamW at `CENTRALIZED_ADAMW_MAX_LR`."""
-    federation = config.get("federation", {})
-    rate = float(federation.get("learning_rate", ExperimentConfig().federation.learning_rate))
-    return min(rate, CENTRALIZED_ADAMW_MAX_LR) if federation.get("client_optimizer") == "adamw" else rate
 
 
 def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> None:

@@ -3,7 +3,7 @@
 Pick a run whose final weights are stored (text models store their LoRA + head when they end), paste responses
 one per line or upload a CSV with a text column, press Score: per response each rubric element's probability,
 0/1 (≥ 0.5) and the total score, downloadable as CSV. Torch loads only when Score is pressed
-(`cli.score_experiment`), so the page stays light.
+(`runs.scoring.score_experiment`), so the page stays light.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import cli
+from runs.scoring import rubric_elements, score_experiment
 from app_pages.common import data_text, describe, render_data_badge
 from database import ExperimentStore, ExperimentSummary
 
@@ -72,7 +72,7 @@ def render_score(store: ExperimentStore, experiments: list[ExperimentSummary]) -
     )  # fmt: skip
     experiment = by_id[chosen]
     render_data_badge(experiment)
-    elements = cli.rubric_elements(experiment)
+    elements = rubric_elements(experiment)
     with st.expander("Rubric elements", icon=":material/checklist:"):
         st.dataframe(pd.DataFrame(elements, columns=["Element", "Meaning"]), hide_index=True, key="score_elements")
     with st.form("score_form", border=False):
@@ -107,11 +107,11 @@ def score(store: ExperimentStore, experiment: ExperimentSummary, text: str, uplo
         return
     with st.spinner(f"Scoring {len(texts)} response(s) with #{experiment.id}'s final model…"):
         try:
-            probabilities = cli.score_experiment(store, experiment.id, texts)
+            probabilities = score_experiment(store, experiment.id, texts)
         except (LookupError, ValueError, RuntimeError, OSError) as error:  # RuntimeError: a Hub model unavailable
             st.error(f"Cannot score with #{experiment.id}: {error}", icon=":material/error:")
             return
-    labels = [label for label, _ in cli.rubric_elements(experiment)]
+    labels = [label for label, _ in rubric_elements(experiment)]
     st.session_state["score_result"] = (experiment.id, scores_frame(texts, probabilities, labels))
 
 

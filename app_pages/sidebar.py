@@ -24,7 +24,7 @@ from app_pages.config_fields import (
 from app_pages.csv_upload import MAX_UPLOAD_MB, CsvUpload, check_upload
 from database import ExperimentStore
 from experiment_config import SECTIONS, ExperimentConfig
-from ngss_data import CsvImportError
+from ngss.data import CsvImportError
 
 MAX_SWEEP_RUNS = 20
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client_trainers import train_client
+from engine.client_trainers import train_client
 from data_handler import load_mnist
 from differential_privacy import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, DPSGDModel, make_accountant
 from experiment_config import ExperimentConfig

@@ -80,7 +80,7 @@ def in_process(config: ExperimentConfig) -> dict[str, Any]:
 
 def on_flower(config: ExperimentConfig, db_url: str, *, simulation: bool) -> dict[str, Any]:
     """The same for a local Flower run (read back from the rounds its ServerApp recorded)."""
-    from flower_deployment import run_local_deployment
+    from flower_runtime.deployment import run_local_deployment
 
     started = time.perf_counter()
     experiment_id = run_local_deployment(config, db_url=db_url, timeout_s=7200, round_timeout_s=3600,

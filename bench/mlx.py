@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from client_trainers import InProcessTrainer, TrainSettings, TrainTask, accuracy_on
+from engine.client_trainers import InProcessTrainer, TrainSettings, TrainTask, accuracy_on
 from data_handler import FederatedData, load_mnist, partition_iid
 from experiment_config import ExperimentConfig
 from federated_learning import train_settings
-from mlx_backend import MlxTrainer, require_mlx
+from mlx_runtime.trainer import MlxTrainer, require_mlx
 from model import create_model, flatten, get_parameters, set_parameters, unflatten
-from workloads import load_data
+from engine.workloads import load_data
 
 MNIST_CLIENTS = 10
 NGSS_TASK = "gas_filled_balloons"

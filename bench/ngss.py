@@ -38,7 +38,7 @@ import torch
 from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig, text_pooling
 from federated_learning import FederatedRun, run_experiment
 from model import flatten, get_parameters
-from objectives import batch_loss
+from engine.objectives import batch_loss
 
 
 def ngss_config(

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client_trainers import train_client
+from engine.client_trainers import train_client
 from data_handler import load_mnist
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from secure_aggregation import SecAggConfig, secure_aggregate
+from engine.secure_aggregation import SecAggConfig, secure_aggregate
 
 DISTINCT_UPDATES = 32  # clients reuse this many random vectors, to keep 1,000 clients in memory
 

@@ -20,6 +20,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import cli
+from runs import workers
 from conftest import REPO
 from database import ExperimentStore
 from experiment_config import ExperimentConfig
@@ -100,7 +101,7 @@ def no_workers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
         launched.append(experiment_ids)
         return IdleWorker()
 
-    monkeypatch.setattr(cli, "launch_worker", launch)
+    monkeypatch.setattr(workers, "launch_worker", launch)
     return launched
 
 
@@ -376,7 +377,7 @@ def test_failed_run_shows_its_status_and_error(store):
 
 def test_worker_that_exits_before_starting_fails_its_run(store, monkeypatch):
     failing_worker = [sys.executable, "-c", "raise SystemExit(3)"]
-    monkeypatch.setattr(cli, "launch_worker", lambda store, *experiment_ids: subprocess.Popen(failing_worker))
+    monkeypatch.setattr(workers, "launch_worker", lambda store, *experiment_ids: subprocess.Popen(failing_worker))
     app = page()
     fill(app, TINY)
     app.button(key="start").click().run()
@@ -804,7 +805,7 @@ NGSS_SETTINGS = {
 
 
 def test_ngss_group_has_the_task_titles_text_model_options_and_a_csv_upload(store):
-    from ngss_data import TASKS
+    from ngss.data import TASKS
 
     app = page()
 
@@ -841,7 +842,7 @@ def test_ngss_settings_with_pretrained_off_start_that_experiment(store, no_worke
 
 def lab_files(tmp_path: Path, task: str = "anna_vs_carla") -> tuple[bytes, bytes]:
     """A two-school dataset in the lab's CSV layout: (train bytes, test bytes)."""
-    import ngss_data
+    from ngss import data as ngss_data
 
     generated = ngss_data.generate(task, seed=1)
     pick = lambda split, n: ngss_data.NgssSplit(split.texts[:n], split.labels[:n], split.schools[:n] % 2)  # noqa: E731
@@ -904,7 +905,7 @@ def test_a_bad_csv_upload_shows_its_error_and_creates_nothing(store, no_workers,
 
 
 def test_the_same_upload_is_saved_once_and_a_test_file_needs_its_train_file(tmp_path):
-    import ngss_data
+    from ngss import data as ngss_data
     from app_pages.csv_upload import check_upload
 
     train, test = lab_files(tmp_path)
@@ -933,7 +934,7 @@ def test_an_invalid_config_with_a_valid_upload_writes_no_file(store, no_workers,
 
 
 def rubric_round(predictions: list[list[int]], labels: list[list[int]], schools: list[int]) -> dict:
-    import ngss_data
+    from ngss import data as ngss_data
 
     return ngss_data.rubric_metrics(np.array(predictions), np.array(labels), np.array(schools), ["North", "South"])
 
@@ -1064,8 +1065,8 @@ def test_score_tab_scores_pasted_and_uploaded_responses_with_the_stored_weights(
     import torch
 
     from model import flatten, get_parameters
-    from ngss_data import TASKS
-    from workloads import build_model, score_responses
+    from ngss.data import TASKS
+    from engine.workloads import build_model, score_responses
 
     experiment_id = fabricate_ngss(store)
     config = ExperimentConfig.from_dict(store.get_experiment(experiment_id).config)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import ATTACKS, choose_malicious, flip_labels, num_malicious, poison_update
+from engine.attacks import ATTACKS, choose_malicious, flip_labels, num_malicious, poison_update
 
 
 def generator(seed: int) -> torch.Generator:

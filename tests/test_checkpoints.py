@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import pid_alive
+from runs.workers import beating, pid_alive
 from database import STALE_HEARTBEAT_SECONDS, ExperimentStore, utcnow
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun
@@ -306,7 +306,7 @@ def test_the_heartbeat_beats_while_the_block_runs_and_stops_after(db_url):
     store.mark_running(experiment_id)
     old = utcnow() - timedelta(hours=1)
     store._update(experiment_id, heartbeat_at=old)
-    with store.beating(experiment_id, interval=0.05):
+    with beating(store, experiment_id, interval=0.05):
         time.sleep(0.5)
     beats = _heartbeat(store, experiment_id)
     assert beats > old + timedelta(minutes=59)

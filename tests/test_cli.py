@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import types
 
 import numpy as np
 import pytest
@@ -109,7 +107,7 @@ def test_worker_runs_a_queued_experiment_and_honours_stop(db_url):
 
 
 def test_launch_worker_detaches_and_completes(db_url):
-    from cli import launch_worker, pid_alive
+    from runs.workers import launch_worker, pid_alive
     from experiment_config import ExperimentConfig
 
     store = ExperimentStore(db_url)
@@ -210,11 +208,10 @@ def test_non_private_show_hides_the_empty_ledger_and_audit_can_be_off(db_url):
 
 
 def test_an_audit_failure_keeps_the_run(db_url, monkeypatch):
-    import io
-
-    import cli as cli_module
     from experiment_config import ExperimentConfig
     from federated_learning import FederatedRun
+    from runs import service
+    from runs.workers import StopSignals
 
     def broken(self, num_examples):
         raise RuntimeError("audit exploded")
@@ -223,13 +220,11 @@ def test_an_audit_failure_keeps_the_run(db_url, monkeypatch):
     store = ExperimentStore(db_url)
     config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"])
     experiment_id = store.create_experiment(config.to_dict())
-    out = io.StringIO()
+    outcome = service.execute(store, experiment_id, config, reporter=service.SilentReporter(),
+                              signals=StopSignals(handle=False))  # leave pytest's signal handlers alone
 
-    no_signal_handlers = types.SimpleNamespace(new_run=threading.Event)  # leave pytest's handlers alone
-    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True, signals=no_signal_handlers)
-
-    final = json.loads(out.getvalue().splitlines()[-1])
-    assert code == 0 and final["status"] == "completed" and final["rounds"] == 2
+    final = outcome.final
+    assert final["status"] == "completed" and final["rounds"] == 2
     assert final["audit"] == {"error": "RuntimeError: audit exploded"}
     experiment = store.get_experiment(experiment_id)
     assert experiment.status == "completed" and experiment.rounds_done == 2 and experiment.error is None
@@ -266,7 +261,7 @@ TEXT = [
 
 
 def test_a_text_run_stores_its_final_weights_and_score_applies_them(db_url):
-    from ngss_data import TASKS
+    from ngss.data import TASKS
 
     result = cli("run", "--json", "--db", db_url, *TEXT, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -293,10 +288,9 @@ def test_a_text_run_stores_its_final_weights_and_score_applies_them(db_url):
 
 
 def test_a_failure_to_store_the_weights_keeps_the_run(db_url, monkeypatch):
-    import io
-
-    import cli as cli_module
     from experiment_config import ExperimentConfig
+    from runs import service
+    from runs.workers import StopSignals
 
     def broken(self, experiment_id, tensor_bytes, num_values):
         raise OSError("disk full")
@@ -305,13 +299,11 @@ def test_a_failure_to_store_the_weights_keeps_the_run(db_url, monkeypatch):
     store = ExperimentStore(db_url)
     config = ExperimentConfig().with_overrides([a for a in TEXT if a != "--set"])
     experiment_id = store.create_experiment(config.to_dict())
-    out = io.StringIO()
+    outcome = service.execute(store, experiment_id, config, reporter=service.SilentReporter(),
+                              signals=StopSignals(handle=False))  # leave pytest's signal handlers alone
 
-    no_signal_handlers = types.SimpleNamespace(new_run=threading.Event)  # leave pytest's handlers alone
-    code = cli_module.execute(store, experiment_id, config, out=out, as_json=True, signals=no_signal_handlers)
-
-    final = json.loads(out.getvalue().splitlines()[-1])
-    assert code == 0 and final["status"] == "completed"
+    final = outcome.final
+    assert final["status"] == "completed"
     assert final["weights"] == {"error": "could not store the final weights: OSError: disk full"}
     experiment = store.get_experiment(experiment_id)
     assert (experiment.status, experiment.rounds_done, experiment.error) == ("completed", 1, None)

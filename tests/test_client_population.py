@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client_population import (
+from engine.client_population import (
     ClientProfile, ParticipationTally, allowed_steps, dropouts, loss_sample, make_profiles, select_clients,
 )  # fmt: skip
 from experiment_config import ExperimentConfig

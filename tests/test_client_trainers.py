@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from client_trainers import ClientTrainer, LocalObjective, TrainSettings, TrainTask, accuracy_on, full_steps, train_client
+from engine.client_trainers import ClientTrainer, LocalObjective, TrainSettings, TrainTask, accuracy_on, full_steps, train_client
 from model import create_model, flatten, get_parameters
 
 

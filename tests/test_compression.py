@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from compression import COMPRESSIONS, Compressor, compressed_bytes, num_kept, quantize, top_k
+from engine.compression import COMPRESSIONS, Compressor, compressed_bytes, num_kept, quantize, top_k
 
 
 def distinct_magnitudes(size: int, seed: int) -> np.ndarray:

@@ -30,6 +30,7 @@ import pytest
 from sqlalchemy import make_url
 
 import cli
+from runs.workers import launch_worker, pid_alive
 from conftest import REPO
 from database import FINAL_STATUSES, ExperimentStore
 from experiment_config import ExperimentConfig
@@ -124,7 +125,7 @@ class Reader:
             time.sleep(0.02)
 
     def poll(self) -> None:
-        if marked := self.store.mark_interrupted_if_dead(cli.pid_alive):  # as the page does before it lists
+        if marked := self.store.mark_interrupted_if_dead(pid_alive):  # as the page does before it lists
             self.regressions.append(f"experiments {marked} marked interrupted while their workers ran")
         experiments = self.store.list_experiments()
         rounds = self.store.rounds_frame([e.id for e in experiments])
@@ -163,7 +164,7 @@ def test_three_runs_and_a_reader_share_one_database(shared_db_url, started):
     store = ExperimentStore(shared_db_url)
     config = ExperimentConfig().with_overrides(SMALL)
     page_id = store.create_experiment(config.to_dict(), name="page")
-    started.append(cli.launch_worker(store, page_id))
+    started.append(launch_worker(store, page_id))
     reader = Reader(store)
     polling = threading.Thread(target=reader.run, name="page-reader")
     polling.start()
@@ -229,7 +230,7 @@ POOLED = [*SMALL, f"system.num_workers={TRAINERS}", "federation.clients_per_roun
 
 def _launch(store: ExperimentStore, started: list[subprocess.Popen], *overrides: str) -> tuple[int, subprocess.Popen]:
     experiment_id = store.create_experiment(ExperimentConfig().with_overrides([*POOLED, *overrides]).to_dict())
-    worker = cli.launch_worker(store, experiment_id)
+    worker = launch_worker(store, experiment_id)
     started.append(worker)
     return experiment_id, worker
 
@@ -337,7 +338,7 @@ def test_a_killed_worker_is_marked_interrupted_and_its_trainers_exit(db_url, sta
 
     worker.send_signal(signal.SIGKILL)  # no handler runs: nothing is recorded, nothing closed
     worker.wait(timeout=30)
-    marked = store.mark_interrupted_if_dead(cli.pid_alive)  # what the page does on its next poll
+    marked = store.mark_interrupted_if_dead(pid_alive)  # what the page does on its next poll
 
     assert marked == [experiment_id]
     experiment = store.get_experiment(experiment_id)

@@ -21,7 +21,6 @@ import differential_privacy
 import experiment_config
 from differential_privacy import (
     DPSGDModel,
-    LocalDPClient,
     PrivacyError,
     accountant_from_history,
     calibrate_noise,
@@ -86,17 +85,25 @@ def one_full_batch_step(mode: str, x, y, *, noise_multiplier: float, max_norm: f
     """One DP-SGD step with q = 1 (every example in the batch): (weights before, weights after)."""
     model = create_model("mlp", seed=0)
     before = flatten(get_parameters(model)).clone()
-    client = LocalDPClient(
-        model,
-        num_examples=len(y),
-        batch_size=len(y),
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_norm,
-        grad_sample_mode=mode,
-    )
-    result = client.train(x, y, np.arange(len(y)), local_epochs=1, learning_rate=learning_rate, seed=seed)
+    dp_model = DPSGDModel(model, max_grad_norm=max_norm, grad_sample_mode=mode)
+    result = dp_model.train(
+        x, y, np.arange(len(y)), local_epochs=1, batch_size=len(y), learning_rate=learning_rate,
+        noise_multiplier=noise_multiplier, accountant=make_accountant("rdp"), seed=seed,
+    )  # fmt: skip
     assert result.steps == 1 and result.sample_rate == 1.0
-    return before, flatten(client.get_parameters())
+    return before, flatten(dp_model.get_parameters())
+
+
+def train_round(dp_model: DPSGDModel, history, x, y, indices, *, seed: int, local_epochs: int = 1, batch_size: int = 12,
+                noise_multiplier: float = 1.0, learning_rate: float = 0.1, accountant: str = "rdp"):
+    """One client's round as `engine.client_trainers` runs it: the server's stored history in, an
+    accountant rebuilt from it, DP-SGD, the grown history out. Returns (DPTrainResult, history)."""
+    restored = accountant_from_history(history, accountant)
+    result = dp_model.train(
+        x, y, indices, local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate,
+        noise_multiplier=noise_multiplier, accountant=restored, seed=seed,
+    )  # fmt: skip
+    return result, tuple((float(s), float(q), int(n)) for s, q, n in restored.history)
 
 
 # -- accounting --------------------------------------------------------------------------
@@ -165,29 +172,36 @@ def test_would_exceed_compares_the_next_round_with_the_budget():
 def test_local_epsilon_is_cumulative_and_history_restores_it():
     x, y = synthetic(120)
     indices = np.arange(120)
-    client = LocalDPClient(
-        create_model("mlp", seed=0), num_examples=120, batch_size=12, noise_multiplier=1.0, max_grad_norm=1.0
-    )
-    assert client.sample_rate == 0.1 and steps_per_epoch(client.sample_rate) == 10
-    epsilons = []
+    dp_model = DPSGDModel(create_model("mlp", seed=0), max_grad_norm=1.0)
+    assert local_sample_rate(120, 12) == 0.1 and steps_per_epoch(0.1) == 10
+    history, epsilons = (), []
     for round_number in range(3):
-        result = client.train(x, y, indices, local_epochs=1, learning_rate=0.1, seed=round_number)
+        result, history = train_round(dp_model, history, x, y, indices, seed=round_number)
         assert result.steps == 10
-        epsilons.append(client.epsilon(DELTA))
+        epsilons.append(epsilon_from_history(history, DELTA))
     assert epsilons[0] < epsilons[1] < epsilons[2]
-    assert client.steps == 30 and client.accountant_history == [(1.0, 0.1, 30)]
+    assert history == ((1.0, 0.1, 30),)
     assert epsilons[2] == pytest.approx(by_hand(1.0, 0.1, 30))
 
     # The server keeps the history as JSON; another process picks the client up from it.
-    stored = json.loads(json.dumps(client.accountant_history))
+    stored = json.loads(json.dumps(history))
     assert epsilon_from_history(stored, DELTA) == epsilons[2]
-    elsewhere = LocalDPClient(
-        create_model("mlp"), num_examples=120, batch_size=12, noise_multiplier=1.0, max_grad_norm=1.0, history=stored
-    )
-    assert elsewhere.epsilon(DELTA) == epsilons[2]
-    elsewhere.set_weights(flatten(client.get_parameters()))
-    elsewhere.train(x, y, indices, local_epochs=2, learning_rate=0.1, seed=3)
-    assert elsewhere.steps == 50 and elsewhere.epsilon(DELTA) == pytest.approx(by_hand(1.0, 0.1, 50))
+    elsewhere = DPSGDModel(create_model("mlp"), max_grad_norm=1.0)
+    elsewhere.set_weights(flatten(dp_model.get_parameters()))
+    result, history = train_round(elsewhere, stored, x, y, indices, seed=3, local_epochs=2)
+    assert result.steps == 20 and history == ((1.0, 0.1, 50),)
+    assert epsilon_from_history(history, DELTA) == pytest.approx(by_hand(1.0, 0.1, 50))
+
+
+def test_same_seed_same_round_in_any_process():
+    x, y = synthetic(60)
+    runs = []
+    for _ in range(2):
+        dp_model = DPSGDModel(create_model("mlp", seed=0), max_grad_norm=1.0)
+        result, history = train_round(dp_model, [(1.0, 0.2, 5)], x, y, np.arange(60), seed=7)
+        runs.append((flatten(dp_model.get_parameters()), result.loss, history))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1:] == runs[1][1:]
+    assert runs[0][2] == ((1.0, 0.2, 10),)
 
 
 def test_one_dp_model_serves_clients_with_their_own_accountants():
@@ -333,18 +347,22 @@ def test_bookkeeping_refuses_layers_it_cannot_clip(model, message):
 
 def test_training_survives_empty_poisson_batches_and_learns():
     x, y = synthetic(10)
-    client = LocalDPClient(
-        create_model("mlp", seed=0), num_examples=10, batch_size=1, noise_multiplier=0.3, max_grad_norm=1.0
-    )
-    result = client.train(x, y, np.arange(10), local_epochs=3, learning_rate=0.5, seed=0)  # P(empty) = 0.35 a step
-    assert result.steps == 30 and client.steps == 30
-    assert all(torch.isfinite(p).all() for p in client.get_parameters().values())
+    dp_model = DPSGDModel(create_model("mlp", seed=0), max_grad_norm=1.0)
+    result, history = train_round(
+        dp_model, (), x, y, np.arange(10), seed=0, local_epochs=3, batch_size=1, noise_multiplier=0.3,
+        learning_rate=0.5,
+    )  # P(empty) = 0.35 a step
+    assert result.steps == 30 and history == ((0.3, 0.1, 30),)
+    assert all(torch.isfinite(p).all() for p in dp_model.get_parameters().values())
 
     x, y = synthetic(400, seed=1)
-    learner = LocalDPClient(
-        create_model("mlp", seed=0), num_examples=400, batch_size=40, noise_multiplier=0.5, max_grad_norm=1.0
-    )
-    losses = [learner.train(x, y, np.arange(400), local_epochs=1, learning_rate=0.5, seed=r).loss for r in range(3)]
+    learner, history, losses = DPSGDModel(create_model("mlp", seed=0), max_grad_norm=1.0), (), []
+    for round_number in range(3):
+        result, history = train_round(
+            learner, history, x, y, np.arange(400), seed=round_number, batch_size=40, noise_multiplier=0.5,
+            learning_rate=0.5,
+        )  # fmt: skip
+        losses.append(result.loss)
     assert losses[2] < 0.8 * losses[0]
 
 
@@ -398,26 +416,41 @@ def test_batchnorm_model_is_refused(affine):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=affine), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
     for mode in MODES:
         with pytest.raises(PrivacyError, match="BatchNorm"):
-            LocalDPClient(
-                model, num_examples=10, batch_size=2, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode
-            )
+            DPSGDModel(model, max_grad_norm=1.0, grad_sample_mode=mode)
 
 
-def client_with(**changes):
-    settings = dict(num_examples=10, batch_size=2, noise_multiplier=1.0, max_grad_norm=1.0)
-    return lambda: LocalDPClient(create_model("mlp"), **{**settings, **changes})
+def model_with(**changes):
+    settings = dict(max_grad_norm=1.0)
+    return lambda: DPSGDModel(create_model("mlp"), **{**settings, **changes})
+
+
+def training_with(**changes):
+    """A DP-SGD round of 10 examples with one setting changed."""
+    x, y = synthetic(10)
+    settings = dict(local_epochs=1, batch_size=2, learning_rate=0.1, noise_multiplier=1.0, seed=0)
+    indices = changes.pop("indices", np.arange(10))
+    accountant = make_accountant("rdp")
+    return lambda: DPSGDModel(create_model("mlp"), max_grad_norm=1.0).train(
+        x, y, indices, accountant=accountant, **{**settings, **changes}
+    )
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (client_with(noise_multiplier=-0.1), "noise_multiplier"),
-        (client_with(max_grad_norm=0.0), "max_grad_norm"),
-        (client_with(max_grad_norm=-1.0), "max_grad_norm"),
-        (client_with(num_examples=0), "num_examples"),
-        (client_with(batch_size=0), "batch_size"),
-        (client_with(accountant="moments"), "accountant"),
-        (client_with(grad_sample_mode="ew"), "grad_sample_mode"),
+        (training_with(noise_multiplier=-0.1), r"noise_multiplier must be >= 0, got -0.1"),
+        (model_with(max_grad_norm=0.0), r"max_grad_norm must be > 0"),
+        (model_with(max_grad_norm=-1.0), "max_grad_norm"),
+        (training_with(indices=np.arange(0)), r"num_examples must be an integer >= 1, got 0"),
+        (training_with(batch_size=0), "batch_size"),
+        (training_with(local_epochs=0), "local_epochs"),
+        (training_with(learning_rate=0.0), "learning_rate"),
+        (training_with(max_steps=-1), "max_steps"),
+        (lambda: accountant_from_history([], "moments"), "accountant must be one of rdp, prv, pld; got 'moments'"),
+        (lambda: epsilon_from_history([], DELTA, "moments"), "accountant must be one of"),
+        (lambda: accountant_from_history([(1.0, 0.1)], "rdp"), "history entries are"),
+        (lambda: accountant_from_history([(1.0, 0.1, -1)], "rdp"), "steps"),
+        (model_with(grad_sample_mode="ew"), "grad_sample_mode must be one of bookkeeping, ghost, hooks"),
         (lambda: clip_update(torch.ones(3), 0.0), "max_norm"),
         (
             lambda: central_noise(
@@ -434,8 +467,8 @@ def client_with(**changes):
         (lambda: central_epsilon(noise_multiplier=-1.0, sample_rate=0.1, rounds=10, delta=DELTA), "noise_multiplier"),
         (lambda: central_epsilon(noise_multiplier=1.0, sample_rate=1.5, rounds=10, delta=DELTA), "sample_rate"),
         (lambda: central_epsilon(noise_multiplier=1.0, sample_rate=0.1, rounds=10, delta=1.0), "delta"),
-        (lambda: epsilon_from_history([(1.0, 0.1, 10)], 0.0), "delta"),
-        (lambda: epsilon_from_history([(1.0, 0.0, 10)], DELTA), "sample_rate"),
+        (lambda: epsilon_from_history([(1.0, 0.1, 10)], 0.0), r"delta must be in \(0, 1\), got 0.0"),
+        (lambda: epsilon_from_history([(1.0, 0.0, 10)], DELTA), r"sample_rate must be in \(0, 1\], got 0.0"),
         (lambda: calibrate_noise(target_epsilon=1.0, delta=DELTA, sample_rate=1.2, steps=10), "sample_rate"),
         (lambda: calibrate_noise(target_epsilon=0.0, delta=DELTA, sample_rate=0.1, steps=10), "target_epsilon"),
         (
@@ -450,12 +483,6 @@ def client_with(**changes):
 def test_bad_parameters_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-
-
-def test_training_needs_the_clients_own_examples():
-    x, y = synthetic(10)
-    with pytest.raises(ValueError, match="10 examples"):
-        client_with()().train(x, y, np.arange(5), local_epochs=1, learning_rate=0.1, seed=0)
 
 
 # -- adaptive clipping (Andrew et al. 2021) ---------------------------------------------------

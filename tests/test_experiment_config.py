@@ -2,10 +2,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
-from experiment_config import SECTIONS, ExperimentConfig, default_data_dir
+import experiment_config
+from experiment_config import (
+    BOUNDS,
+    OPTIONS,
+    SECTIONS,
+    ExperimentConfig,
+    check_boolean,
+    check_integer,
+    check_number,
+    check_one_of,
+    check_string,
+    default_data_dir,
+)
 
 # For every field: values that must be rejected (wrong type, out of range, unknown name).
 BAD_VALUES = {
@@ -142,10 +155,9 @@ def test_private_modes_need_noise_or_a_target():
     with pytest.raises(ValueError, match="privacy.noise_multiplier must be > 0"):
         ExperimentConfig.from_dict({"privacy": {"mode": "local", "noise_multiplier": 0.0}})
     calibrated = ExperimentConfig.from_dict({"privacy": {"mode": "central", "noise_multiplier": 0.0, "target_epsilon": 2}})
-    assert calibrated.privacy.enabled
+    assert (calibrated.privacy.mode, calibrated.privacy.noise_multiplier) == ("central", 0.0)
     with pytest.raises(ValueError, match="privacy.max_epsilon"):
         ExperimentConfig.from_dict({"privacy": {"mode": "local", "target_epsilon": 3, "max_epsilon": 2}})
-    assert not ExperimentConfig().privacy.enabled
 
 
 def test_overrides_parse_scalars_as_toml():
@@ -296,8 +308,92 @@ def test_text_pooling_defaults_per_model_and_each_model_takes_only_its_own():
         ExperimentConfig.from_dict({**mlx, "model": {"name": "tinyllama-lora", "pooling": "mean"}})
 
 
-def test_the_config_knows_the_nine_ngss_tasks():
+def test_the_config_knows_the_nine_ngss_tasks_in_the_generators_order():
     from experiment_config import NGSS_TASKS
-    from ngss_data import TASKS
+    from ngss.data import TASKS
 
-    assert set(NGSS_TASKS) == set(TASKS)
+    assert NGSS_TASKS == tuple(TASKS)  # the order seeds each task's generator (ngss/data.py)
+
+
+# -- the one home of bounds and options, and the checks everyone uses ----------------------------
+
+
+def test_every_numeric_key_has_bounds_and_every_choice_its_options():
+    keys = {f"{s}.{f.name}": f.type for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+    numeric = {key for key, kind in keys.items() if kind in ("int", "float")}
+    choices = {key for key, kind in keys.items() if kind == "str" and key in OPTIONS}
+
+    assert set(BOUNDS) == numeric
+    assert set(OPTIONS) == choices
+    for key, (low, high) in BOUNDS.items():  # the sidebar's number inputs need the key's own type
+        assert type(low) is type(high) and type(low).__name__ == keys[key], key
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDS))
+def test_bounds_are_what_validation_enforces(key):
+    section, name = key.split(".")
+    low, high = BOUNDS[key]
+    step = 1 if isinstance(low, int) else max(abs(high), 1.0) * 1e-9
+    shown = f"[{low}, {high}]" if isinstance(low, int) else f"[{low:g}, {high:g}]"
+
+    for outside in (low - step, high + step):
+        with pytest.raises(ValueError) as raised:
+            ExperimentConfig().replace(section, **{name: outside})
+        assert str(raised.value).startswith(f"{key} must be in {shown}, got "), str(raised.value)
+
+
+def test_sidebar_options_are_the_configs():
+    assert OPTIONS["federation.strategy"] is experiment_config.STRATEGIES
+    assert OPTIONS["privacy.accountant"] == ("rdp", "prv", "pld")
+    assert OPTIONS["model.pooling"] == ("", "mean", "cls", "last")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: check_number("delta", 1.0, low=0.0, high=1.0, low_open=True, high_open=True),
+         r"^delta must be in \(0, 1\), got 1.0$"),
+        (lambda: check_number("sample_rate", 0.0, low=0.0, high=1.0, low_open=True), r"in \(0, 1\], got 0.0$"),
+        (lambda: check_number("max_norm", 0, low=0.0, low_open=True), r"^max_norm must be > 0, got 0$"),
+        (lambda: check_number("noise_multiplier", -1.0, low=0.0), r"^noise_multiplier must be >= 0, got -1.0$"),
+        (lambda: check_number("learning_rate", math.inf, low=0.0, low_open=True), "must be a finite number, got inf"),
+        (lambda: check_number("learning_rate", math.nan, low=0.0), "must be >= 0, got nan"),
+        (lambda: check_number("x", True), "x must be a number, got True"),
+        (lambda: check_number("x", 10**400, low=0), "x must be a finite number"),
+        (lambda: check_integer("steps", -1, low=0), r"^steps must be an integer >= 0, got -1$"),
+        (lambda: check_integer("rounds", 0, low=1, high=5), r"^rounds must be in \[1, 5\], got 0$"),
+        (lambda: check_integer("rounds", 2.0, low=1), "rounds must be an integer, got 2.0"),
+        (lambda: check_one_of("accountant", "gdp", ("rdp", "prv")), "^accountant must be one of rdp, prv; got 'gdp'$"),
+        (lambda: check_boolean("flag", 1), "flag must be true or false, got 1"),
+        (lambda: check_string("path", None), "path must be a string, got None"),
+    ],
+)
+def test_checks_name_the_field_and_the_allowed_range(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_checks_return_the_checked_value():
+    assert check_number("x", 2, low=0.0) == 2.0 and isinstance(check_number("x", 2, low=0.0), float)
+    assert check_integer("n", 3, low=1, high=3) == 3
+    assert check_one_of("mode", "local", ("none", "local")) == "local"
+    assert check_boolean("b", False) is False and check_string("s", "") == ""
+
+
+def test_the_sidebar_reads_its_ranges_and_options_from_here():
+    from app_pages import config_fields
+
+    groups = [value for name, value in vars(config_fields).items() if name.endswith("_FIELDS")]
+    fields = [field for group in groups for field in group]
+    narrower = {"privacy.delta": (1e-12, 0.5), "communication.topk_fraction": (1e-4, 1.0)}  # see config_fields
+
+    assert len(fields) > 60
+    for field in fields:
+        key = f"{field.section}.{field.name}"
+        if key in BOUNDS:
+            assert field.bounds() == narrower.get(key, BOUNDS[key]), key
+        if key in OPTIONS:
+            assert field.choices == OPTIONS[key], key
+        else:
+            assert field.choices == (), key

@@ -8,8 +8,8 @@ import torch
 
 from data_handler import subset
 from experiment_config import ExperimentConfig
-from client_population import ParticipationTally, select_clients
-from client_trainers import train_client
+from engine.client_population import ParticipationTally, select_clients
+from engine.client_trainers import train_client
 from federated_learning import FederatedRun, client_seed, evaluate, run_experiment
 from model import MnistMLP, create_model, flatten, get_parameters, parameter_bytes, set_parameters
 
@@ -230,7 +230,7 @@ def test_budget_stops_before_the_round_that_would_exceed_it(mnist, mode, clip):
 
 
 def test_private_training_fails_closed_when_dp_cannot_be_applied(mnist, monkeypatch):
-    import client_trainers
+    from engine import client_trainers
     from differential_privacy import PrivacyError
 
     class MLPWithBatchNorm(MnistMLP):
@@ -413,7 +413,7 @@ def test_fedper_keeps_each_clients_head_local(mnist):
     *_, weight, bias = params.values()  # the final Linear layer: 200 → 10
     head = weight.numel() + bias.numel()
     assert head == 200 * 10 + 10
-    assert run.head_size == head and set(run.heads) == {0, 1, 2, 3}
+    assert run.head_size == head and set(run.state.heads) == {0, 1, 2, 3}
     assert all(c.bytes_down == 4 * (flatten(params).numel() - head) for c in results[-1].clients)
     report = run.personalize()
     assert report["method"] == "fedper" and len(report["clients"]) == 4
@@ -428,7 +428,7 @@ def test_finetuning_beats_the_global_model_on_skewed_clients(mnist):
     report = run.personalize()
     assert report["mean_personalized_accuracy"] > report["mean_global_accuracy"] + 0.05
     global_model_on_client0 = report["clients"][0]["global_accuracy"]
-    from client_trainers import accuracy_on
+    from engine.client_trainers import accuracy_on
 
     assert global_model_on_client0 == accuracy_on(run.model, run.data.train_x, run.data.train_y, run.holdouts[0])
 
@@ -473,8 +473,8 @@ def test_local_dp_stragglers_account_only_the_steps_they_took(mnist):
     (result,) = list(run.rounds())
     for client in result.clients:
         if client.status in ("ok", "partial"):
-            assert sum(n for _, _, n in run.histories[client.id]) == client.steps
-            assert client.epsilon == pytest.approx(rdp_epsilon(run.histories[client.id]), rel=1e-9)
+            assert sum(n for _, _, n in run.state.histories[client.id]) == client.steps
+            assert client.epsilon == pytest.approx(rdp_epsilon(run.state.histories[client.id]), rel=1e-9)
 
 
 def test_fedprox_with_mu_zero_and_fedavgm_without_momentum_equal_fedavg(mnist):
@@ -538,7 +538,7 @@ def test_secure_aggregation_with_too_few_survivors_skips_the_round(mnist):
 
 
 def test_a_client_that_raises_or_returns_nan_is_excluded_and_the_run_goes_on(mnist, monkeypatch):
-    import client_trainers
+    from engine import client_trainers
 
     config = federation_config(rounds=2, num_clients=4, clients_per_round=4)
     run = FederatedRun(config, data=mnist)
@@ -566,7 +566,7 @@ def test_a_client_that_raises_or_returns_nan_is_excluded_and_the_run_goes_on(mni
 
 
 def test_too_few_healthy_clients_skip_the_round_under_min_clients(mnist, monkeypatch):
-    import client_trainers
+    from engine import client_trainers
 
     def always_raises(*args, **kwargs):
         raise RuntimeError("corrupt local data")

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import ngss_csv
+from ngss import csv_format as ngss_csv
 from conftest import REPO
 from experiment_config import (
     ACCOUNTANTS,
@@ -51,7 +51,7 @@ from experiment_config import (
     STRATEGIES,
     ExperimentConfig,
 )
-from ngss_data import CsvImportError, NgssDataset, NgssSplit, load_csv, write_csv
+from ngss.data import CsvImportError, NgssDataset, NgssSplit, load_csv, write_csv
 
 # Examples per property (hypothesis `max_examples`); reported in the closing note.
 CONFIG_EXAMPLES = 300  # each config-builder property

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("mlx.core")
 
-import mlx_backend  # noqa: E402
-from client_trainers import InProcessTrainer, TrainSettings, TrainTask, accuracy_on  # noqa: E402
+from mlx_runtime import trainer as mlx_backend  # noqa: E402
+from engine.client_trainers import InProcessTrainer, TrainSettings, TrainTask, accuracy_on  # noqa: E402
 from data_handler import partition_iid, subset  # noqa: E402
-from mlx_backend import (  # noqa: E402
+from mlx_runtime.trainer import (  # noqa: E402
     ExchangeLayout, MlxTrainer, create_mlx_model, flatten_mlx, image_layout, images_to_nhwc, load_flat,
 )  # fmt: skip
 from model import create_model, flatten, get_parameters, set_parameters, unflatten  # noqa: E402
@@ -223,7 +223,9 @@ def test_wrong_model_size_or_data_is_refused(small):
 
 
 def test_missing_mlx_says_how_to_install_it(small, monkeypatch):
-    monkeypatch.setattr(mlx_backend, "_IMPORT_ERROR", ImportError("No module named 'mlx'"))
+    from mlx_runtime import exchange
+
+    monkeypatch.setattr(exchange, "_IMPORT_ERROR", ImportError("No module named 'mlx'"))
 
     assert not mlx_backend.available()
     with pytest.raises(ImportError, match=r"pip install (mlx|'mlx\[cpu\]')"):

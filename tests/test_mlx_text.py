@@ -17,10 +17,10 @@ pytest.importorskip("mlx_lm")
 
 import mlx.core as mx  # noqa: E402
 
-import mlx_text  # noqa: E402
-from client_trainers import InProcessTrainer, TrainSettings, TrainTask  # noqa: E402
+from mlx_runtime import text as mlx_text  # noqa: E402
+from engine.client_trainers import InProcessTrainer, TrainSettings, TrainTask  # noqa: E402
 from data_handler import FederatedData  # noqa: E402
-from mlx_backend import MlxTrainer, flatten_mlx, load_flat  # noqa: E402
+from mlx_runtime.trainer import MlxTrainer, flatten_mlx, load_flat  # noqa: E402
 from model import create_model, get_parameters, set_parameters, unflatten  # noqa: E402
 
 LABELS, LENGTH = 4, 24
@@ -192,7 +192,7 @@ def test_the_engine_scores_ngss_on_mlx_like_torch():
     # (sampling, FedAvg, per-label evaluation in torch) is common.
     from experiment_config import ExperimentConfig
     from federated_learning import FederatedRun
-    from workloads import load_data
+    from engine.workloads import load_data
 
     def config(backend: str) -> ExperimentConfig:
         return ExperimentConfig.from_dict({

@@ -112,7 +112,7 @@ def tinyllama(seed: int = 0, **options) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def text_models():
-    import text_models
+    from ngss import text_models
 
     return text_models
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import TaskLoss, accuracy, batch_loss, example_losses, flip_labels, is_multilabel
+from engine.objectives import TaskLoss, accuracy, batch_loss, example_losses, flip_labels, is_multilabel
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [-0.3, 0.2, -2.0], [1.5, 1.0, -0.1]])
 TARGETS = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])

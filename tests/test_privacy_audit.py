@@ -7,11 +7,12 @@ import pytest
 import torch
 from scipy import stats
 
-import privacy_audit
+from privacy import audit as privacy_audit
 from experiment_config import ExperimentConfig
+from engine import analysis
 from federated_learning import FederatedRun
 from model import create_model
-from privacy_audit import (
+from privacy.audit import (
     advantage_chance_level,
     audit_model,
     auc_chance_sd,
@@ -159,14 +160,14 @@ def test_a_fresh_model_shows_no_leakage(mnist):
 def test_members_come_only_from_clients_that_trained(mnist, monkeypatch):
     run = FederatedRun(overfit_config(num_clients=4, local_epochs=1), data=mnist)
     list(run.rounds())
-    (trained,) = run.trained_clients
+    (trained,) = run.state.trained_clients
     seen = {}
 
     def record(model, members_x, members_y, nonmembers_x, nonmembers_y):
         seen.update(members=members_x, held_out=nonmembers_x)
         return {}
 
-    monkeypatch.setattr(privacy_audit, "audit_model", record)
+    monkeypatch.setattr(analysis, "audit_model", record)
     run.audit(1000)
 
     own = run.data.train_x[torch.from_numpy(run.partitions[trained])].flatten(1)

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from database import ExperimentStore
 from experiment_config import ExperimentConfig
-from privacy_report import render_markdown, report_filename
+from privacy.report import render_markdown, report_filename
 
 AUDIT = {
     "auc": 0.61234, "advantage": 0.18765, "threshold": 0.0421, "members": 800, "non_members": 800,
@@ -172,5 +172,5 @@ def test_the_quoted_dp_bound_on_the_advantage_is_the_hypothesis_test_limit(db_ur
 
 
 def test_the_report_module_needs_no_torch():
-    code = "import sys, privacy_report; assert 'torch' not in sys.modules and 'streamlit' not in sys.modules"
+    code = "import sys; from privacy import report; assert 'torch' not in sys.modules and 'streamlit' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import ngss_data
+from ngss import data as ngss_data
 from database import ExperimentStore
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun, predict_logits
 from model import flatten, get_parameters
-from workloads import build_model, encode, load_tokenizer, score_responses
+from engine.workloads import build_model, encode, load_tokenizer, score_responses
 
 TASK, SEED = "gas_filled_balloons", 3
 TEXTS = [
@@ -47,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     (result,) = list(run.rounds())
     store = ExperimentStore(f"sqlite:///{tmp_path_factory.mktemp('scoring') / 'experiments.db'}")
     experiment_id = store.create_experiment(config.to_dict())
-    flat = flatten(get_parameters(run.model)).numpy().astype("<f4")  # as cli.execute stores them
+    flat = flatten(get_parameters(run.model)).numpy().astype("<f4")  # as runs.service stores them
     store.save_weights(experiment_id, flat.tobytes(), flat.size)
     weights = torch.from_numpy(store.load_weights(experiment_id).values().copy())
     return config, run, result, weights

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from secure_aggregation import (
+from engine.secure_aggregation import (
     SecAggClient,
     SecAggConfig,
     SecAggError,

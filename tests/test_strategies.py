@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import experiment_config
-from strategies import (
+from engine.strategies import (
     STRATEGIES,
     bulyan_selection,
     ClientUpdate,
@@ -28,7 +28,7 @@ NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "sc
 
 def federation(**overrides: object) -> types.SimpleNamespace:
     """Every attribute make_strategy reads, at the documented defaults (experiment_config is moving)."""
-    values = dict(strategy="fedavg", num_clients=10, learning_rate=0.05, server_learning_rate=0.0,
+    values = dict(strategy="fedavg", num_clients=10, learning_rate=0.05, proximal_mu=0.01, server_learning_rate=0.0,
                   server_momentum=0.9, beta1=0.9, beta2=0.99, tau=1e-3, trim_fraction=0.2, byzantine_clients=1,
                   multi_krum_keep=0, weighting_exponent=0.5)
     return types.SimpleNamespace(**(values | overrides))
@@ -84,7 +84,7 @@ def test_weighted_average_rejects_bad_weights():
 def test_fedprox_is_fedavg_on_the_server():
     updates = updates_from(client_weights(np.random.default_rng(1), 4, 300), sizes=[5, 50, 7, 900])
     x = np.zeros(300)
-    np.testing.assert_array_equal(aggregate_numpy(FedProx(), x, updates), aggregate_numpy(FedAvg(), x, updates))
+    np.testing.assert_array_equal(aggregate_numpy(FedProx(proximal_mu=0.1), x, updates), aggregate_numpy(FedAvg(), x, updates))
 
 
 def test_fedavgm_without_momentum_and_unit_rate_is_fedavg():
@@ -361,13 +361,19 @@ def test_registry_names_and_round_trip():
 
 
 def test_registry_matches_config_names():
+    from engine import strategies
+
     assert tuple(STRATEGIES) == tuple(experiment_config.STRATEGIES)
+    assert set(strategies._FACTORIES) == set(experiment_config.STRATEGIES)  # no rule the config cannot name
 
 
-@pytest.mark.parametrize(("name", "field", "value"), [("fedavgm", "server_momentum", 1.0), ("fedadam", "tau", 0.0),
-                                                      ("trimmed_mean", "trim_fraction", 0.5),
-                                                      ("krum", "byzantine_clients", -1),
-                                                      ("adaptive_weighting", "weighting_exponent", 1.5)])
-def test_invalid_parameters_are_rejected_up_front(name: str, field: str, value: float):
-    with pytest.raises(ValueError, match=f"federation.{field}"):
+@pytest.mark.parametrize(("name", "field", "value", "allowed"), [
+    ("fedavgm", "server_momentum", 1.0, r"in \[0, 1\), got 1.0"), ("fedadam", "tau", 0.0, "> 0, got 0.0"),
+    ("fedprox", "proximal_mu", -0.1, ">= 0, got -0.1"), ("trimmed_mean", "trim_fraction", 0.5, r"in \[0, 0.5\)"),
+    ("krum", "byzantine_clients", -1, "an integer >= 0, got -1"), ("multi_krum", "multi_krum_keep", -1, "an integer >= 0"),
+    ("adaptive_weighting", "weighting_exponent", 1.5, r"in \[0, 1\], got 1.5"),
+    ("scaffold", "num_clients", 0, "an integer >= 1, got 0"), ("scaffold", "learning_rate", 0.0, "> 0"),
+])  # fmt: skip
+def test_invalid_parameters_are_rejected_up_front(name: str, field: str, value: float, allowed: str):
+    with pytest.raises(ValueError, match=f"^federation[.]{field} must be {allowed}"):
         make_strategy(federation(strategy=name, **{field: value}))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import ngss_data
+from ngss import data as ngss_data
 from conftest import REPO
 from database import ExperimentStore
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun
 from model import flatten, get_parameters
-from workloads import load_data
+from engine.workloads import load_data
 
 
 def ngss_config(**federation) -> ExperimentConfig:

@@ -41,7 +41,7 @@ def build_model(config: ExperimentConfig, num_classes: int, *, seed: int | None 
 
 def load_ngss(config: ExperimentConfig) -> Any:
     """The NGSS dataset (`ngss_data.NgssDataset`) the config names: generated or imported."""
-    import ngss_data
+    from ngss import data as ngss_data
 
     data = config.data
     if data.dataset == "ngss":
@@ -50,14 +50,14 @@ def load_ngss(config: ExperimentConfig) -> Any:
 
 
 def load_tokenizer(config: ExperimentConfig, corpus: list[str]) -> Any:
-    import text_models
+    from ngss import text_models
 
     return text_models.load_tokenizer(config.model.name, pretrained=config.model.pretrained, corpus=corpus)
 
 
 def encode(config: ExperimentConfig, tokenizer: Any, texts: list[str]) -> torch.Tensor:
     """(N, L) token ids of `texts`, L ≤ model.max_length."""
-    import text_models
+    from ngss import text_models
 
     return text_models.encode(tokenizer, texts, max_length=config.model.max_length)
 
@@ -109,7 +109,7 @@ def score_responses(config: ExperimentConfig, weights: torch.Tensor, texts: list
     a text model, weights of the wrong size or no texts, and `ngss_data.CsvImportError`
     naming the file when an imported run's CSV is gone.
     """
-    import ngss_data
+    from ngss import data as ngss_data
     from model import get_parameters, set_parameters, unflatten
 
     if not is_text(config):

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from client_trainers import TrainSettings
+from engine.client_trainers import TrainSettings
 from data_handler import FederatedData
-from mlx_backend import ExchangeLayout, Placement, place_parameters, require_mlx
+from mlx_runtime.exchange import ExchangeLayout, Placement, place_parameters, require_mlx
 from model import create_model, get_parameters
 
 try:

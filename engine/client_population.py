@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from attacks import choose_malicious
+from engine.attacks import choose_malicious
 from experiment_config import ExperimentConfig
 
 # Each seeded choice draws from its own stream: default_rng([seed, round, TAG]).

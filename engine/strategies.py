@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+import experiment_config
+from experiment_config import check_integer, check_number, check_one_of
+
 F64 = torch.float64
 
 
@@ -233,6 +236,11 @@ class Strategy(ABC):
     # The attributes a strategy carries from round to round (momentum, moments, control variates):
     # what a checkpoint must hold to resume it exactly. Tensors, dicts of tensors, or None.
     state_fields: tuple[str, ...] = ()
+    # What its clients need, said by the strategy (never asked by name in the loop): the
+    # proximal weight μ of μ/2·‖w − w_global‖² in their local objective (FedProx), and whether
+    # each client adds the gradient correction `client_correction` returns (SCAFFOLD).
+    proximal_mu: float = 0.0
+    uses_corrections: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         """The state carried between rounds (`state_fields`), for a checkpoint."""
@@ -254,24 +262,21 @@ class Strategy(ABC):
         """The next global weights (P,), dtype of `global_weights`, from the current ones and this round's updates."""
 
 
-def _checked(name: str, value: Any, valid: bool, expected: str) -> Any:
-    """`value` if `valid`, else a ValueError naming the config field: settings are checked up front."""
-    if not valid:
-        raise ValueError(f"federation.{name} must be {expected}, got {value!r}")
-    return value
+# Settings are checked up front, with errors naming the config field (experiment_config's checks).
+# The ranges are the algorithms' own; the config's BOUNDS may be narrower.
 
 
 def _positive(name: str, value: float) -> float:
-    return float(_checked(name, value, value > 0, "positive"))
+    return check_number(f"federation.{name}", value, low=0.0, low_open=True)
 
 
 def _fraction(name: str, value: float) -> float:
-    return float(_checked(name, value, 0 <= value < 1, "in [0, 1)"))
+    """In [0, 1): a decay or momentum factor."""
+    return check_number(f"federation.{name}", value, low=0.0, high=1.0, high_open=True)
 
 
 def _byzantine(value: int) -> int:
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return _checked("byzantine_clients", value, valid, "a non-negative integer")
+    return check_integer("federation.byzantine_clients", value, low=0)
 
 
 class FedAvg(Strategy):
@@ -287,6 +292,9 @@ class FedProx(FedAvg):
     """Li et al. 2020: FedAvg on the server; the proximal term μ/2·‖w − x‖² lives in the client trainer."""
 
     name = "fedprox"
+
+    def __init__(self, *, proximal_mu: float) -> None:
+        self.proximal_mu = check_number("federation.proximal_mu", proximal_mu, low=0.0)
 
 
 class FedAvgM(Strategy):
@@ -370,9 +378,10 @@ class Scaffold(Strategy):
 
     name = "scaffold"
     state_fields = ("server_control", "client_controls")
+    uses_corrections = True
 
     def __init__(self, *, num_clients: int, client_learning_rate: float, server_learning_rate: float = 1.0) -> None:
-        self.num_clients = _checked("num_clients", num_clients, num_clients >= 1, "at least 1")
+        self.num_clients = check_integer("federation.num_clients", num_clients, low=1)
         self.client_learning_rate = _positive("learning_rate", client_learning_rate)
         self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
         self.server_control: torch.Tensor | None = None  # c (P,) float64
@@ -439,7 +448,7 @@ class TrimmedMean(Strategy):
     name = "trimmed_mean"
 
     def __init__(self, *, trim_fraction: float = 0.2) -> None:
-        self.trim_fraction = float(_checked("trim_fraction", trim_fraction, 0 <= trim_fraction < 0.5, "in [0, 0.5)"))
+        self.trim_fraction = check_number("federation.trim_fraction", trim_fraction, low=0.0, high=0.5, high_open=True)
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         stack = _stack(global_weights, updates)
@@ -480,7 +489,7 @@ class MultiKrum(Strategy):
 
     def __init__(self, *, byzantine_clients: int, keep: int = 0) -> None:
         self.byzantine_clients = _byzantine(byzantine_clients)
-        self.keep = _checked("multi_krum_keep", keep, keep >= 0, ">= 0 (0 means n − f)")
+        self.keep = check_integer("federation.multi_krum_keep", keep, low=0)  # 0 means n − f
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         stack = _stack(global_weights, updates)
@@ -493,7 +502,7 @@ class AdaptiveWeighting(Strategy):
     name = "adaptive_weighting"
 
     def __init__(self, *, exponent: float = 0.5) -> None:
-        self.exponent = float(_checked("weighting_exponent", exponent, 0 <= exponent <= 1, "in [0, 1]"))
+        self.exponent = check_number("federation.weighting_exponent", exponent, low=0.0, high=1.0)
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         return adaptive_weighting(global_weights, updates, exponent=self.exponent).to(global_weights.dtype)
@@ -510,9 +519,9 @@ def _adaptive_options(federation: Any, default_lr: float) -> dict[str, float]:
 
 
 # name -> factory from the federation config section (any object with the attributes read below).
-STRATEGIES: dict[str, Callable[[Any], Strategy]] = {
+_FACTORIES: dict[str, Callable[[Any], Strategy]] = {
     "fedavg": lambda fed: FedAvg(),
-    "fedprox": lambda fed: FedProx(),
+    "fedprox": lambda fed: FedProx(proximal_mu=fed.proximal_mu),
     "fedavgm": lambda fed: FedAvgM(server_learning_rate=_server_lr(fed, 1.0), server_momentum=fed.server_momentum),
     "fedadagrad": lambda fed: FedAdagrad(**_adaptive_options(fed, 0.1)),
     "fedadam": lambda fed: FedAdam(**_adaptive_options(fed, 0.01)),
@@ -527,10 +536,11 @@ STRATEGIES: dict[str, Callable[[Any], Strategy]] = {
     "bulyan": lambda fed: Bulyan(byzantine_clients=fed.byzantine_clients),
     "adaptive_weighting": lambda fed: AdaptiveWeighting(exponent=fed.weighting_exponent),
 }
+# The registry, in the order of experiment_config.STRATEGIES (the names' one home): a name there
+# without a factory here fails at import; a test checks that no factory is left out.
+STRATEGIES: dict[str, Callable[[Any], Strategy]] = {name: _FACTORIES[name] for name in experiment_config.STRATEGIES}
 
 
 def make_strategy(federation: Any) -> Strategy:
     """A fresh strategy (with fresh state) for `federation.strategy`, configured from the federation section."""
-    if federation.strategy not in STRATEGIES:
-        raise ValueError(f"federation.strategy must be one of {', '.join(STRATEGIES)}; got {federation.strategy!r}")
-    return STRATEGIES[federation.strategy](federation)
+    return STRATEGIES[check_one_of("federation.strategy", federation.strategy, tuple(STRATEGIES))](federation)

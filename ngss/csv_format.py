@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ngss_tasks import NgssDataset, NgssSplit
+from ngss.tasks import NgssDataset, NgssSplit
 
 # ----------------------------------------------------------------------------- CSV import / export
 

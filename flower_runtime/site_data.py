@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from data_handler import FederatedData
-    from ngss_tasks import NgssDataset
+    from ngss.tasks import NgssDataset
 
 TRAIN_SUFFIX, TEST_SUFFIX = "_train.csv", "_test.csv"
 
@@ -78,7 +78,7 @@ def server_test_file(csv_path: str) -> Path:
 
 def _read(path: str | Path, seed: int) -> NgssDataset:
     """One CSV file as a dataset whose train and test splits are both the whole file."""
-    import ngss_data
+    from ngss import data as ngss_data
 
     return ngss_data.load_csv(path, path, seed=seed)
 
@@ -97,7 +97,7 @@ def server_data(config: ExperimentConfig, sizes: Sequence[int]) -> tuple[Federat
     import torch
 
     from data_handler import FederatedData
-    from workloads import encode, load_tokenizer
+    from engine.workloads import encode, load_tokenizer
 
     if config.data.max_train_examples > 0:  # a local deployment applies it when it writes the sites' files
         raise ValueError("data.max_train_examples: with the data at the sites each site trains on all its rows")
@@ -195,7 +195,7 @@ def site_examples(
     """(x (N, L) token ids, y (N, K) labels in the server's element order) of the site file at `path`."""
     import torch
 
-    from workloads import encode, load_tokenizer
+    from engine.workloads import encode, load_tokenizer
 
     site = _read(path, config.system.seed)
     check_site(_summary(site, path), client_id=client_id, label_names=label_names, school_names=school_names)
@@ -227,9 +227,9 @@ def write_sites(config: ExperimentConfig, work_dir: Path) -> tuple[str, list[str
     import torch
 
     from data_handler import FederatedData, subset
-    from ngss_data import write_csv
-    from ngss_tasks import NgssSplit
-    from workloads import load_ngss
+    from ngss.data import write_csv
+    from ngss.tasks import NgssSplit
+    from engine.workloads import load_ngss
 
     dataset = load_ngss(config)
     if not dataset.has_groups:

@@ -2,10 +2,10 @@
 clipped, noised sum of one round, either added by the server or spread over the clients
 under secure aggregation.
 
-    plan = plan_privacy(config, run)              # σ (calibrated to a target ε if one was set)
-    total = CentralSum(run, global_weights, r)    # the server sees each clipped update
-    total = DistributedNoiseSum(run, global_weights, r)   # it sees only the noised sum
-    total.add(client, update); ...; new_weights, skipped = total.result()
+    plan = plan_privacy(config, partition_sizes=sizes, participation=counts)  # σ (calibrated to a target ε)
+    total = CentralSum(config, plan, global_weights, r, clip_norm=c)  # the server sees each clipped update
+    total = DistributedNoiseSum(config, plan, global_weights, r, clip_norm=c, profiles=p)  # only the noised sum
+    total.add(client, update); ...; summed = total.result(statuses)   # RoundSum: weights, skipped, next C
 
 Under secure aggregation the server never holds an individual update, so it cannot add
 the noise after the fact without having seen something un-noised: every client of the
@@ -23,19 +23,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from client_population import client_seed, dropouts, stream_seed
+import differential_privacy as dp
+from engine.client_population import ClientProfile, client_seed, dropouts, stream_seed
+from engine.secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from experiment_config import ExperimentConfig
-from secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
-
-if TYPE_CHECKING:
-    from federated_learning import FederatedRun
 
 # |x| bound per coordinate of a masked input (a clipped update or the count, plus a noise
 # share); with 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
@@ -57,6 +55,18 @@ class PrivacyPlan:
     update_noise_multiplier: float = 0.0  # central: σ_Δ on the updates (σ, or more with adaptive clipping)
 
 
+@dataclass(frozen=True)
+class RoundSum:
+    """What a DP-FedAvg round released: the new global weights (the old ones if it was
+    skipped, and why), C for the next round (moved by adaptive clipping, else the same) and,
+    under secure aggregation, the protocol's statistics."""
+
+    weights: torch.Tensor
+    skipped: str
+    next_clip_norm: float
+    secure_aggregation: dict[str, Any] | None = None
+
+
 def noise_floor(config: ExperimentConfig) -> int:
     """m: the fewest inputs a distributed-noise sum may be released with (each client adds
     1/m of the noise variance): ⌈secagg_threshold · num_clients⌉, at least 2."""
@@ -69,44 +79,44 @@ class CentralSum:
     unweighted; `result` adds N(0, σ_Δ²C²), divides by the expected participant count q·n
     and, with adaptive clipping, moves the run's C towards the target quantile of norms."""
 
-    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
-        self.run, self.global_weights, self.round_number = run, global_weights, round_number
-        self.clip_norm = run.clip_norm
+    def __init__(
+        self, config: ExperimentConfig, plan: PrivacyPlan, global_weights: torch.Tensor, round_number: int, *,
+        clip_norm: float,
+    ) -> None:  # fmt: skip
+        self.config, self.plan, self.global_weights, self.round_number = config, plan, global_weights, round_number
+        self.clip_norm = clip_norm
         self.clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
         self.unclipped = 0
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
-        import differential_privacy as dp
-
         if lost:  # its update never reached the server
             return
         clipped, norm = dp.clip_update(update, self.clip_norm)
         self.clipped_sum += clipped.to(torch.float64)
         self.unclipped += norm <= self.clip_norm
 
-    def result(self, statuses: dict[int, tuple[str, int]]) -> tuple[torch.Tensor, str]:
-        """(new global weights, ""): always released, even with no updates, because skipping
-        on the count of arrivals would reveal whether a client took part."""
-        import differential_privacy as dp
-
-        run = self.run
-        plan, federation, privacy = run.privacy, run.config.federation, run.config.privacy
+    def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
+        """Always released, even with no updates, because skipping on the count of arrivals
+        would reveal whether a client took part."""
+        plan, federation, privacy = self.plan, self.config.federation, self.config.privacy
         # The server's noise seed: the client-id slot one past the last client.
         generator = torch.Generator().manual_seed(
-            client_seed(run.config.system.seed, self.round_number, federation.num_clients)
+            client_seed(self.config.system.seed, self.round_number, federation.num_clients)
         )
         expected = plan.client_sample_rate * federation.num_clients
         noised_mean = dp.central_noise(
             self.clipped_sum, noise_multiplier=plan.update_noise_multiplier, max_norm=self.clip_norm,
             expected_participants=expected, generator=generator,
         )  # fmt: skip
+        next_clip_norm = self.clip_norm
         if privacy.adaptive_clipping:
-            run.clip_norm, _fraction = dp.adapt_clip_norm(
+            next_clip_norm, _fraction = dp.adapt_clip_norm(
                 self.clip_norm, unclipped_count=self.unclipped, expected_participants=expected,
                 target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
                 count_stddev=dp.count_noise_stddev(expected), generator=generator,
             )  # fmt: skip
-        return (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype), ""
+        weights = (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype)
+        return RoundSum(weights, "", next_clip_norm)
 
 
 class DistributedNoiseSum:
@@ -117,30 +127,29 @@ class DistributedNoiseSum:
     noise share; weights are all 1 and the unmasked sum is divided by q·n as in `CentralSum`.
     """
 
-    def __init__(self, run: FederatedRun, global_weights: torch.Tensor, round_number: int) -> None:
-        self.run, self.global_weights, self.round_number = run, global_weights, round_number
-        self.clip_norm = run.clip_norm
+    def __init__(
+        self, config: ExperimentConfig, plan: PrivacyPlan, global_weights: torch.Tensor, round_number: int, *,
+        clip_norm: float, profiles: Sequence[ClientProfile],
+    ) -> None:  # fmt: skip
+        self.config, self.plan, self.global_weights, self.round_number = config, plan, global_weights, round_number
+        self.clip_norm, self.profiles = clip_norm, profiles
         self.inputs: dict[int, np.ndarray] = {}  # client → clipped update and its unclipped indicator
         self.lost: set[int] = set()
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
         """The clipped input of a sampled client that trained; `lost`: it vanished after the
         key exchange, so the server unmasks it away through its shares."""
-        import differential_privacy as dp
-
         clipped, norm = dp.clip_update(update, self.clip_norm)
         self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm))
         if lost:
             self.lost.add(client)
 
-    def result(self, statuses: dict[int, tuple[str, int]]) -> tuple[torch.Tensor, str]:
-        """(new global weights, why the round was skipped or "")."""
-        import differential_privacy as dp
-
-        run, config = self.run, self.run.config
-        plan, federation, privacy = run.privacy, config.federation, config.privacy
+    def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
+        """The released sum, or the old weights and why nothing was released."""
+        config, plan = self.config, self.plan
+        federation, privacy = config.federation, config.privacy
         population = range(federation.num_clients)
-        gone = dropouts(config, self.round_number, population, run.profiles)  # the same draws _plan_round used
+        gone = dropouts(config, self.round_number, population, self.profiles)  # the same draws _plan_round used
         if federation.dropout_stage == "before":
             participants = [c for c in population if c not in gone]
         else:  # they join the key exchange, then vanish
@@ -151,12 +160,11 @@ class DistributedNoiseSum:
         stats: dict[str, Any] = {
             "distributed_noise": True, "noise_floor": floor, "cover_clients": len(set(participants) - statuses.keys()),
         }  # fmt: skip
-        run.secagg_stats = stats
         if survivors < floor:
-            return self.global_weights, (
+            return RoundSum(self.global_weights, (
                 f"only {survivors} of {federation.num_clients} clients stayed for secure aggregation; the "
                 f"distributed noise needs {floor} (federation.secagg_threshold): nothing was released"
-            )  # fmt: skip
+            ), self.clip_norm, stats)  # fmt: skip
         length = self.global_weights.numel() + 1
         update_std = plan.update_noise_multiplier * self.clip_norm / math.sqrt(floor)
         count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if privacy.adaptive_clipping else 0.0
@@ -175,16 +183,17 @@ class DistributedNoiseSum:
                 drop_after_sharing=frozenset(self.lost & set(participants)),
             )  # fmt: skip
         except SecAggError as error:  # too few neighbours left somewhere: nothing is revealed
-            return self.global_weights, f"secure aggregation failed: {error}"
+            return RoundSum(self.global_weights, f"secure aggregation failed: {error}", self.clip_norm, stats)
         stats.update(secagg_statistics(secure))
         total = secure.weighted_sum
+        next_clip_norm = self.clip_norm
         if privacy.adaptive_clipping:
-            run.clip_norm = dp.next_clip_norm(
+            next_clip_norm = dp.next_clip_norm(
                 self.clip_norm, noised_fraction=total[-1] / expected, target_quantile=privacy.target_quantile,
                 learning_rate=privacy.clip_learning_rate,
             )  # fmt: skip
         mean = torch.from_numpy(total[:-1] / expected)
-        return (self.global_weights.double() + mean).to(self.global_weights.dtype), ""
+        return RoundSum((self.global_weights.double() + mean).to(self.global_weights.dtype), "", next_clip_norm, stats)
 
 
 def secagg_statistics(result: Any) -> dict[str, Any]:
@@ -199,10 +208,16 @@ def secagg_statistics(result: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
+def plan_privacy(
+    config: ExperimentConfig, *, partition_sizes: Sequence[int], participation: Mapping[int, int] | None = None
+) -> PrivacyPlan:
     """Resolve σ (the configured one, or calibrated so the whole run ends at <= target ε)
     and, for central DP, the update noise σ_Δ: σ itself, or with adaptive clipping the
-    larger σ_Δ that leaves room for the noised count at the same ε (Andrew et al. 2021)."""
+    larger σ_Δ that leaves room for the noised count at the same ε (Andrew et al. 2021).
+
+    `partition_sizes`: each client's training examples. `participation`: how many rounds the
+    seeded schedule picks each client for ({client: rounds}; local DP with a target ε and
+    uniform selection needs it; None: every client in every round)."""
     privacy, federation = config.privacy, config.federation
     rate = federation.clients_per_round / federation.num_clients
     plan = PrivacyPlan(
@@ -211,10 +226,8 @@ def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
     )  # fmt: skip
     if privacy.mode == "none":
         return plan
-    import differential_privacy as dp
-
     if privacy.target_epsilon > 0:
-        plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, run, dp))
+        plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, partition_sizes, participation))
     update_noise = plan.noise_multiplier
     if privacy.adaptive_clipping:
         count_stddev = dp.count_noise_stddev(rate * federation.num_clients)
@@ -222,7 +235,9 @@ def plan_privacy(config: ExperimentConfig, run: FederatedRun) -> PrivacyPlan:
     return dataclasses.replace(plan, update_noise_multiplier=update_noise)
 
 
-def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> float:
+def _calibrated_noise(
+    config: ExperimentConfig, partition_sizes: Sequence[int], participation: Mapping[int, int] | None
+) -> float:
     """σ such that the whole run ends at <= privacy.target_epsilon.
 
     Central: q = clients_per_round / num_clients, one step per round. Local: every client k
@@ -238,13 +253,11 @@ def _calibrated_noise(config: ExperimentConfig, run: FederatedRun, dp: Any) -> f
     )
     if privacy.mode == "central":
         return calibrate(sample_rate=rate, steps=federation.rounds)
-    if federation.selection == "uniform":
-        participation = Counter(c for r in range(1, federation.rounds + 1) for c in run.sample_clients(r))
-    else:  # who is picked depends on training: calibrate for a client picked in every round
-        participation = Counter({c: federation.rounds for c in range(federation.num_clients)})
+    if participation is None:  # who is picked depends on training: calibrate for a client picked in every round
+        participation = dict.fromkeys(range(federation.num_clients), federation.rounds)
     needs = set()
     for client, times in participation.items():
-        q = dp.local_sample_rate(len(run.partitions[client]), federation.batch_size)
+        q = dp.local_sample_rate(partition_sizes[client], federation.batch_size)
         needs.add((q, times * federation.local_epochs * dp.steps_per_epoch(q)))
     # ε grows with both q and steps: only clients no other client dominates can need the most noise.
     frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import objectives
+from engine import objectives
 
 # Opacus's clip factor is min(1, C / (norm + 1e-6)) (DPOptimizer.clip_and_accumulate); same here.
 CLIP_EPSILON = 1e-6

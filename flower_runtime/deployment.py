@@ -1,8 +1,8 @@
 """Flower on this machine: a SuperLink and one SuperNode per client on loopback, started as
-child processes, the app (`flower_app.py`) run on them, and exactly those processes stopped
+child processes, the app (`flower_runtime/app.py`) run on them, and exactly those processes stopped
 by PID afterwards, whatever happens (`insecure` mode: loopback only).
 
-    from flower_deployment import run_local_deployment
+    from flower_runtime.deployment import run_local_deployment
     experiment_id = run_local_deployment(config, db_url="sqlite:///experiments.db")
 
 The multi-machine recipe (TLS, SuperNode authentication) is in `flower_app`'s docstring.
@@ -21,13 +21,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from experiment_config import ExperimentConfig
-from flower_app import POLL_SECONDS, REPO, RUNTIME, RunOptions, check_supported
-from flower_data import at_sites, write_sites
+from flower_runtime.messages import POLL_SECONDS, REPO, RUNTIME, RunOptions, check_supported
+from flower_runtime.site_data import at_sites, write_sites
 
 if TYPE_CHECKING:
     from database import ExperimentStore
@@ -190,8 +192,6 @@ class LocalDeployment:
 
     def _stragglers(self) -> set[int]:
         """Live processes with this deployment's token: descendants that outlived their parents."""
-        import psutil
-
         found = set()
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
@@ -238,6 +238,7 @@ def run_local_deployment(
     simulation: bool = False,
     on_started: Any = None,
     experiment_id: int | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> int:
     """Run `config` on a local Flower deployment; returns the experiment id.
 
@@ -254,6 +255,8 @@ def run_local_deployment(
     ServerApp never opens the training rows (`flower_data`).
     SIGTERM, when nothing else handles it, is treated like Ctrl-C. `experiment_id`: record into
     this stored (queued) experiment instead of creating one (the page and `cli.py worker`).
+    `on_poll()` is called each time the database is polled while the run goes (it reports the
+    rounds the ServerApp stored meanwhile).
     """
     from sqlalchemy import make_url
 
@@ -293,7 +296,7 @@ def run_local_deployment(
             run_id = deployment.start_run(options)
             if on_started is not None:
                 on_started(deployment, experiment_id)
-            _wait_for_experiment(store, experiment_id, deployment, run_id, deadline, FINAL_STATUSES)
+            _wait_for_experiment(store, experiment_id, deployment, run_id, deadline, FINAL_STATUSES, on_poll)
         except BaseException as error:
             summary = store.get_experiment(experiment_id)
             if summary is not None and summary.status not in FINAL_STATUSES:
@@ -332,14 +335,38 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a zombie, killed and not yet reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _record_unfinished(
+    store: ExperimentStore, summary: Any, deployment: LocalDeployment, run_id: int, status: str
+) -> None:
+    """A Flower run that ended without finishing its experiment: `interrupted` when its ServerApp
+    process died (killed: it resumes from its last checkpoint), else `failed` with its log's end."""
+    pid = summary.worker_pid
+    if pid is not None and summary.worker_host == socket.gethostname() and not _running(pid):
+        store.finish(summary.id, "interrupted", error=f"the ServerApp process ({pid}) died; the Flower run ended "
+                     f"({status})")  # fmt: skip
+        return
+    logs = deployment.flwr("log", str(run_id), "local", "--show", timeout_s=30.0).stdout[-3000:]
+    store.finish(summary.id, "failed", error=f"the Flower run ended ({status}): {logs}")
+
+
 def _wait_for_experiment(
     store: ExperimentStore, experiment_id: int, deployment: LocalDeployment, run_id: int, deadline: float,
-    final: tuple[str, ...],
+    final: tuple[str, ...], on_poll: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
     """Until the experiment is final in the database; a Flower run that ended without
     finishing it (the ServerApp crashed) is recorded failed with the end of its log."""
     next_check = time.monotonic() + 5.0
     while (summary := store.get_experiment(experiment_id)) is not None and summary.status not in final:
+        if on_poll is not None:
+            on_poll()
         now = time.monotonic()
         if (code := deployment.processes["superlink"].poll()) is not None:
             raise RuntimeError(f"flower-superlink exited (code {code}): {deployment.log_tail('superlink')}")
@@ -352,7 +379,6 @@ def _wait_for_experiment(
                 time.sleep(1.0)  # the ServerApp's last commit may be on its way
                 summary = store.get_experiment(experiment_id)
                 if summary is not None and summary.status not in final:
-                    logs = deployment.flwr("log", str(run_id), "local", "--show", timeout_s=30.0).stdout[-3000:]
-                    store.finish(experiment_id, "failed", error=f"the Flower run ended ({status}): {logs}")
+                    _record_unfinished(store, summary, deployment, run_id, status)
                 return
         time.sleep(POLL_SECONDS)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from database import ExperimentSummary
-from privacy_audit import advantage_chance_level, auc_chance_sd
+from privacy.audit import advantage_bound, advantage_chance_level, auc_chance_sd
 
 __all__ = ["render_markdown", "report_filename"]
 
@@ -307,11 +307,11 @@ def _audit_bound(facts: _Facts) -> str:
         return "Without differential privacy nothing limits what a stronger attack could achieve."
     if facts.epsilon > 700:
         return f"At ε = {_num(facts.epsilon)} differential privacy places no useful limit on any attack."
-    bound = min(1.0, (math.exp(facts.epsilon) - 1 + 2 * facts.delta) / (math.exp(facts.epsilon) + 1))
+    bound = advantage_bound(facts.epsilon, facts.delta)
     return (
         f"For comparison, (ε, δ)-differential privacy at these values limits the membership advantage of *any* "
         f"attack to (e^ε − 1 + 2δ)/(e^ε + 1) = {_num(bound)} for independently drawn examples "
-        "(Humphries et al. 2020); the measured value is a "
+        "(Kairouz et al. 2015; Humphries et al. 2020); the measured value is a "
         "noisy, hindsight estimate on a finite sample, so it may exceed that slightly by chance."
     )
 

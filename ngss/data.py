@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ngss_csv import CsvImportError, load_csv, write_csv
-from ngss_metrics import predictions_from_probabilities, rubric_metrics
-from ngss_phrases import BANKS, COMMON_FILLERS, COMMON_SLOTS, CONNECTORS, FRAGMENT_DROPS, GENERIC_NON_ANSWERS, MISSPELLINGS
-from ngss_tasks import NgssDataset, NgssElement, NgssSplit, NgssTask, TASKS
+from ngss.csv_format import CsvImportError, load_csv, write_csv
+from ngss.metrics import predictions_from_probabilities, rubric_metrics
+from ngss.phrases import BANKS, COMMON_FILLERS, COMMON_SLOTS, CONNECTORS, FRAGMENT_DROPS, GENERIC_NON_ANSWERS, MISSPELLINGS
+from ngss.tasks import NgssDataset, NgssElement, NgssSplit, NgssTask, TASKS
 
 __all__ = [
     "TASKS", "NgssElement", "NgssTask", "NgssSplit", "NgssDataset", "generate", "CsvImportError", "load_csv",

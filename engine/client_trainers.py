@@ -23,15 +23,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import objectives
+from engine import objectives
 from data_handler import FederatedData
+from experiment_config import CLIENT_OPTIMIZERS, check_one_of
 from model import create_model, get_parameters, unflatten
 
 WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
@@ -68,6 +69,23 @@ class TaskOutcome:
     seconds: float = 0.0  # wall-clock training time of this client
     validation_accuracy: float | None = None  # on task.holdout, with the client's new weights
     error: str = ""  # the client failed (an exception in its training): its row holds no update
+    # A real fault a remote trainer saw: "dropped" (no node to start it on) or "lost" (it never
+    # replied in time), `error` saying which; "" when the task ran. Either way its row holds no update.
+    fault: str = ""
+
+
+class Trainer(Protocol):
+    """How the round loop reaches clients (this process, a process pool, MLX, Flower SuperNodes):
+    `train` runs this round's tasks from `global_weights` and writes each client's new (P,)
+    weights into `results[task.slot]`; with SCAFFOLD the loop first writes each task's gradient
+    correction into `corrections[task.slot]`."""
+
+    results: torch.Tensor  # (slots, P)
+    corrections: torch.Tensor | None  # (slots, P), or None when the strategy needs none
+
+    def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]: ...
+
+    def close(self) -> None: ...
 
 
 class LocalObjective:
@@ -123,16 +141,14 @@ class LocalObjective:
         self.pending = []
 
 
-OPTIMIZERS = ("sgd", "adamw")  # experiment_config.CLIENT_OPTIMIZERS
-
-
 def make_optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
     """A fresh local optimizer over `model`'s parameters (frozen ones have no grad and are skipped)."""
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=learning_rate)
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    raise ValueError(f"client optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    check_one_of("client optimizer", name, CLIENT_OPTIMIZERS)
+    raise ValueError(f"client optimizer {name!r} has no implementation here")
 
 
 def train_client(
@@ -215,7 +231,7 @@ class TrainSettings:
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # text models: LoRA, pretrained
     model_seed: int | None = None  # the run's seed: a randomly initialised frozen backbone must match the server's
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
-    optimizer: str = "sgd"  # the clients' local optimizer (`OPTIMIZERS`); DP-SGD always steps with SGD
+    optimizer: str = "sgd"  # the clients' local optimizer (`experiment_config.CLIENT_OPTIMIZERS`); DP-SGD steps with SGD
 
 
 class ClientTrainer:
@@ -227,8 +243,7 @@ class ClientTrainer:
     """
 
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings) -> None:
-        if settings.optimizer not in OPTIMIZERS:  # else every client would fail, each excluded as faulty
-            raise ValueError(f"client optimizer must be one of {', '.join(OPTIMIZERS)}; got {settings.optimizer!r}")
+        check_one_of("client optimizer", settings.optimizer, CLIENT_OPTIMIZERS)  # else every client would fail
         if settings.local_dp and settings.optimizer != "sgd":  # privacy fails closed: never DP-SGD in its place
             raise ValueError(f"local DP runs DP-SGD: client optimizer {settings.optimizer!r} cannot be used with it")
         self.train_x, self.train_y, self.settings = train_x, train_y, settings

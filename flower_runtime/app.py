@@ -33,7 +33,7 @@ unchanged, recorded) below `federation.min_clients`.
 Run it on this machine (a SuperLink and one SuperNode per client on loopback, started and
 stopped by PID; `insecure` is only for loopback):
 
-    from flower_deployment import run_local_deployment
+    from flower_runtime.deployment import run_local_deployment
     experiment_id = run_local_deployment(config, db_url="sqlite:///experiments.db")
 
 Across machines (the real recipe; Flower's docs: "Enable TLS connections", "Authenticate
@@ -67,138 +67,35 @@ and personalization; imported NGSS responses need `data.partition = "natural"`.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from logging import INFO, WARNING
+from typing import Any
 
-# flwr reads these once, when it is imported: no telemetry, no update check (offline use).
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.common.constant import ErrorCode  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-
-from experiment_config import ExperimentConfig  # noqa: E402
-from flower_data import at_sites, site_examples, site_reasons, site_split, summarize_site  # noqa: E402
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
-    from data_handler import FederatedData
-
-RUNTIME = "flower"  # experiments.runtime of runs recorded by the ServerApp
-REPO = Path(__file__).resolve().parent
-POLL_SECONDS = 0.5  # how often the ServerApp asks the SuperLink for replies
-QUERY_TIMEOUT_S = 60.0  # a new SuperNode that does not say which client it is by then is asked again later
-# Record names inside messages.
-WEIGHTS, TASK, RESULT, HISTORY, NODE = "weights", "task", "result", "history", "node"
-CORRECTION = "correction"  # SCAFFOLD: c − c_i for this client, shaped like the weights
-SITE, TOKENIZER = "site", "tokenizer"  # data at the sites: the run's labels and schools; a local tokenizer's files
-# Replies the SuperLink makes up when a SuperNode is gone: the client's update never arrived.
-UNREACHABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+from data_handler import FederatedData, split_holdout, subset
+from database import ExperimentStore
+from engine.client_trainers import ClientTrainer, TrainTask
+from engine.workloads import load_data
+from experiment_config import ExperimentConfig
+from federated_learning import client_partitions, train_settings
+from flower_runtime.messages import (  # noqa: F401 (re-exported: the app's public face)
+    CORRECTION, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, REPO, RESULT, RUNTIME, SITE, TASK, TOKENIZER,
+    UNREACHABLE, WEIGHTS, History, RunOptions, check_supported, flat_weights, history_from, history_record,
+    history_steps, weights_record,
+)  # fmt: skip
+from flower_runtime.server import FlowerRuntime
+from flower_runtime.site_data import at_sites, site_examples, site_split, summarize_site
+from runs import service
+from runs.workers import StopSignals
 
 server_app = ServerApp()
 client_app = ClientApp()
-
-
-# -- what travels: the config, the weights, the accountant history -----------------------
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The run config (`[tool.flwr.app.config]` in pyproject.toml, or `flwr run --run-config`)."""
-
-    experiment: str = ""  # ExperimentConfig as JSON; "" = the defaults
-    db_url: str = ""  # "" = DATABASE_URL, else sqlite:///experiments.db (relative to the SuperLink's directory)
-    experiment_id: int = 0  # 0: the ServerApp creates the experiment
-    round_timeout_s: float = 600.0  # replies later than this are lost
-    connect_timeout_s: float = 300.0  # how long to wait for the SuperNodes to join
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunOptions:
-        options = cls(
-            experiment=str(run_config.get("experiment", "")), db_url=str(run_config.get("db-url", "")),
-            experiment_id=int(run_config.get("experiment-id", 0)),
-            round_timeout_s=float(run_config.get("round-timeout", cls.round_timeout_s)),
-            connect_timeout_s=float(run_config.get("connect-timeout", cls.connect_timeout_s)),
-        )  # fmt: skip
-        if options.round_timeout_s <= 0 or options.connect_timeout_s <= 0:
-            raise ValueError("round-timeout and connect-timeout must be > 0 seconds")
-        return options
-
-    def to_run_config(self) -> dict[str, Any]:
-        return {
-            "experiment": self.experiment, "db-url": self.db_url, "experiment-id": self.experiment_id,
-            "round-timeout": self.round_timeout_s, "connect-timeout": self.connect_timeout_s,
-        }  # fmt: skip
-
-    def config(self) -> ExperimentConfig:
-        return ExperimentConfig.from_json(self.experiment) if self.experiment.strip() else ExperimentConfig()
-
-
-def check_supported(config: ExperimentConfig) -> None:
-    """Raise ValueError naming every setting the Flower runtime does not run yet."""
-    federation = config.federation
-    unsupported = [
-        (config.system.backend != "torch", "system.backend must be 'torch'"),
-        (federation.secure_aggregation, "federation.secure_aggregation is in-process only"),
-        (federation.selection == "power_of_choice", "federation.selection 'power_of_choice' needs client losses"),
-        (federation.dropout_probability > 0, "federation.dropout_probability: on Flower clients drop out for real"),
-        (federation.round_deadline > 0, "federation.round_deadline: use the round timeout instead"),
-        (federation.personalization != "none", "federation.personalization is in-process only"),
-        (config.attack.fraction > 0, "attack.fraction: simulated attackers are in-process only"),
-        (config.communication.compression != "none", "communication.compression is in-process only"),
-    ]
-    reasons = [reason for bad, reason in unsupported if bad] + site_reasons(config)
-    if reasons:
-        raise ValueError("the Flower runtime cannot run this config: " + "; ".join(reasons))
-
-
-def weights_record(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """The flat (P,) weights as an ArrayRecord of named tensors shaped like `like`."""
-    from model import unflatten
-
-    return ArrayRecord({name: tensor.clone() for name, tensor in unflatten(flat, like).items()})
-
-
-def flat_weights(record: ArrayRecord, like: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The (P,) float32 vector of `record`, in the order of `like`; names and shapes must match."""
-    import torch
-
-    if set(record.keys()) != set(like):
-        raise ValueError(f"weights have parameters {sorted(record.keys())}, the model {sorted(like)}")
-    tensors = record.to_torch_state_dict()
-    for name, tensor in like.items():
-        if tensors[name].shape != tensor.shape:
-            raise ValueError(f"{name}: shape {tuple(tensors[name].shape)}, the model's {tuple(tensor.shape)}")
-    return torch.cat([tensors[name].reshape(-1).to(torch.float32) for name in like])
-
-
-History = tuple[tuple[float, float, int], ...]  # local DP: (σ, sample rate, steps) per training
-
-
-def history_record(history: History) -> ConfigRecord:
-    return ConfigRecord({
-        "noise-multipliers": [float(s) for s, _, _ in history], "sample-rates": [float(q) for _, q, _ in history],
-        "steps": [int(n) for _, _, n in history],
-    })  # fmt: skip
-
-
-def history_steps(history: History) -> int:
-    """DP-SGD steps in `history` (the accountant merges repeated (σ, q) into one entry)."""
-    return sum(steps for _, _, steps in history)
-
-
-def history_from(record: ConfigRecord | None) -> History:
-    if record is None:
-        return ()
-    columns = [list(record.get(key, [])) for key in ("noise-multipliers", "sample-rates", "steps")]
-    return tuple((float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True))
 
 
 # -- the ClientApp ----------------------------------------------------------------------
@@ -224,9 +121,6 @@ def client_examples(config: ExperimentConfig, data: FederatedData, client_id: in
 
 def _all_client_examples(config: ExperimentConfig, data: FederatedData) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every client's (training, held-out) indices of `data`, as `FederatedRun` splits them."""
-    from data_handler import split_holdout
-    from federated_learning import client_partitions
-
     return split_holdout(client_partitions(config, data), config.federation.client_holdout, seed=config.system.seed)
 
 
@@ -241,9 +135,6 @@ def shared_client_data(config: ExperimentConfig) -> tuple[FederatedData, list[np
     the whole (frozen) config, this site's `data-dir` included: everything the data depends on.
     One entry, so a process holds one run's data. Callers must not modify what it returns.
     """
-    from data_handler import subset
-    from workloads import load_data
-
     data = subset(load_data(config), max_train=config.data.max_train_examples,
                   max_test=config.data.max_test_examples, seed=config.system.seed)  # fmt: skip
     return data, *_all_client_examples(config, data)
@@ -317,20 +208,15 @@ def _client_data(
 
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
-    """One round of local training of this node's partition, from the weights sent."""
-    import torch
-
-    from client_population import client_seed
-    from client_trainers import ClientTrainer, TrainTask
-    from federated_learning import train_settings
-
+    """One round of local training of this node's partition, from the weights sent: the task's
+    batch-order seed, step limit (a simulated straggler) and label flip (a simulated attacker)
+    as the server's round plan says."""
     config, client_id = _client_config(context)
     if threads := int(context.node_config.get("num-threads", 0)):
         torch.set_num_threads(threads)
     task = message.content.config_records[TASK]
     if int(task["client-id"]) != client_id:
         raise ValueError(f"the server sent client {task['client-id']}'s task to client {client_id}")
-    round_number, seed = int(task["round"]), config.system.seed
     train_x, train_y, indices, holdout, num_classes = _client_data(config, context, message, client_id)
     noise_multiplier = _checked_noise(config, float(task["noise-multiplier"]))
     settings = train_settings(config, num_classes, noise_multiplier=noise_multiplier)
@@ -346,8 +232,8 @@ def train(message: Message, context: Context) -> Message:
                   history_from(message.content.config_records.get(HISTORY)), key=history_steps)  # fmt: skip
     new_weights = torch.empty_like(global_weights)
     outcome = trainer.run(
-        TrainTask(0, client_id, indices, client_seed(seed, round_number, client_id), history,
-                  holdout=holdout if len(holdout) else None),
+        TrainTask(0, client_id, indices, int(task["seed"]), history, max_steps=int(task["max-steps"]),
+                  flip_labels=bool(task["flip-labels"]), holdout=holdout if len(holdout) else None),
         global_weights, new_weights, correction,
     )  # fmt: skip
     if settings.local_dp:
@@ -370,11 +256,8 @@ def train(message: Message, context: Context) -> Message:
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    """Run one experiment over the connected SuperNodes, recording it like `cli.execute`
-    (`flower_server.record_experiment`)."""
-    from database import ExperimentStore
-    from flower_server import record_experiment
-
+    """Run one experiment over the connected SuperNodes with the engine's round loop, recorded
+    (and resumed from its checkpoint) by the runs service exactly as an in-process run."""
     options = RunOptions.from_run_config(context.run_config)
     store = ExperimentStore(options.db_url or None)
     try:
@@ -385,4 +268,30 @@ def server_main(grid: Grid, context: Context) -> None:
             store.finish(options.experiment_id, "failed", error=f"ValueError: {error}")
         raise
     experiment_id = options.experiment_id or store.create_experiment(config.to_dict(), runtime=RUNTIME)
-    record_experiment(grid, config, options, store, experiment_id)
+    outcome = record_experiment(grid, config, options, store, experiment_id)
+    if outcome.status == "failed":  # Flower records the run failed too
+        raise RuntimeError(outcome.final.get("error", "the run failed"))
+
+
+def record_experiment(
+    grid: Grid, config: ExperimentConfig, options: RunOptions, store: ExperimentStore, experiment_id: int
+) -> service.RunOutcome:
+    """Run (or resume, from its checkpoint) a stored experiment on the SuperNodes `grid` reaches:
+    the engine's round loop with `FlowerTrainer`, each round committed with its checkpoint."""
+    return service.execute(store, experiment_id, config, reporter=FlowerLog(), signals=StopSignals(handle=False),
+                           remote=FlowerRuntime(grid, options))  # fmt: skip
+
+
+class FlowerLog:
+    """The ServerApp's `runs.service.Reporter`: Flower's log."""
+
+    def round(self, row: dict[str, Any]) -> None:
+        arrived = sum(c["status"] in ("ok", "partial") for c in row["clients"])
+        log(INFO, "round %d: accuracy %.4f, %d of %d updates arrived, %.1f s", row["round"], row["accuracy"],
+            arrived, len(row["clients"]), row["seconds"])  # fmt: skip
+
+    def note(self, text: str) -> None:
+        log(INFO, "%s", text)
+
+    def error(self, text: str) -> None:
+        log(WARNING, "%s", text)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTACK",
+    "advantage_bound",
     "advantage_chance_level",
     "audit_model",
     "auc_chance_sd",
@@ -105,6 +106,20 @@ def advantage_chance_level(members: int, non_members: int, *, level: float = 0.9
     return math.sqrt(math.log(1.0 / (1.0 - level)) * (members + non_members) / (2.0 * members * non_members))
 
 
+def advantage_bound(epsilon: float, delta: float) -> float:
+    """The largest membership advantage (TPR − FPR) any attack can have against an (ε, δ)-DP
+    training run, for independently drawn examples: (e^ε − 1 + 2δ)/(e^ε + 1), capped at 1.
+
+    (ε, δ)-DP bounds both error rates of any test (TPR ≤ e^ε·FPR + δ, and the same for the
+    complements: Kairouz, Oh & Viswanath 2015), which caps TPR − FPR there (Humphries et al.
+    2020). 1 for ε past what e^ε can hold: the bound is 1 long before."""
+    if epsilon < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"need ε >= 0 and δ in [0, 1], got ε = {epsilon}, δ = {delta}")
+    if epsilon > 700:
+        return 1.0
+    return min((math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1), 1.0)
+
+
 def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = AUDIT_BATCH) -> np.ndarray:
     """Per-example loss (nats; `objectives.example_losses`: cross-entropy, or mean BCE over the
     scored labels) of `model` on x: (N, ...) and y: (N,) int64 or (N, K) → (N,) float64.
@@ -113,7 +128,7 @@ def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
     """
     import torch
 
-    import objectives
+    from engine import objectives
 
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
