@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from experiment_config import ExperimentConfig
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MNIST_CLASSES = 10
@@ -241,3 +245,15 @@ def split_holdout(
         held_out.append(np.sort(indices[order[:count]]))
         train.append(np.sort(indices[order[count:]]))
     return train, held_out
+
+
+def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
+    """Each client's example indices (before its held-out split): one per school with the natural
+    partition, else the seeded iid / dirichlet / shards split of `data` (after `subset`)."""
+    federation = config.federation
+    if config.data.partition == "natural":
+        return partition_natural(data.train_groups, num_clients=federation.num_clients, group_names=data.group_names)
+    return partition(
+        data.train_y.numpy(), config.data.partition, num_clients=federation.num_clients, seed=config.system.seed,
+        alpha=config.data.dirichlet_alpha,
+    )  # fmt: skip

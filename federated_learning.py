@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import differential_privacy as dp
-from data_handler import FederatedData, label_counts, partition, partition_natural, split_holdout, subset
+from data_handler import FederatedData, client_partitions, label_counts, split_holdout, subset
 from engine import analysis, objectives
 from engine.attacks import poison_update
 from engine.client_population import (
@@ -41,14 +40,14 @@ from engine.client_population import (
     select_clients, stream_seed,
 )  # fmt: skip
 from engine.client_trainers import (
-    InProcessTrainer, ProcessPoolTrainer, TaskOutcome, Trainer, TrainSettings, TrainTask, full_steps,
+    InProcessTrainer, ProcessPoolTrainer, TaskOutcome, Trainer, TrainTask, full_steps, train_settings,
 )  # fmt: skip
 from engine.compression import Compressor
 from engine.objectives import predict_logits
 from engine.results import ClientResult, RoundResult
 from engine.secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from engine.strategies import ClientUpdate, Strategy, make_strategy
-from engine.workloads import build_model, is_text, load_data, model_options
+from engine.workloads import build_model, load_data
 from experiment_config import ExperimentConfig
 from model import flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
 from ngss.metrics import rubric_metrics
@@ -56,7 +55,8 @@ from privacy.dp_fedavg import (
     SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, PrivacyPlan, RoundSum, plan_privacy, secagg_statistics,
 )  # fmt: skip
 
-__all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "RunState", "run_experiment"]
+__all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "RunState", "run_experiment",
+           "client_partitions", "train_settings"]
 
 EVAL_BATCH = 1000
 NON_FINITE = "returned non-finite weights (NaN or inf): its training diverged; lower the learning rate"
@@ -78,46 +78,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     """(accuracy, mean loss) of `model` on (x, y) (`objectives`: cross-entropy and accuracy,
     or for multi-label targets BCE and per-label accuracy)."""
     return objectives.scores(predict_logits(model, x, EVAL_BATCH), y)
-
-
-def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
-    """Each client's example indices (before its held-out split): one per school with the natural
-    partition, else the seeded iid / dirichlet / shards split of `data` (after `subset`)."""
-    federation = config.federation
-    if config.data.partition == "natural":
-        return partition_natural(data.train_groups, num_clients=federation.num_clients, group_names=data.group_names)
-    return partition(
-        data.train_y.numpy(), config.data.partition, num_clients=federation.num_clients, seed=config.system.seed,
-        alpha=config.data.dirichlet_alpha,
-    )  # fmt: skip
-
-
-def train_settings(
-    config: ExperimentConfig, num_classes: int, *, noise_multiplier: float, strategy: Strategy | None = None
-) -> TrainSettings:
-    """What every client trainer of a run is told (σ: the configured or calibrated one; what the
-    strategy asks of its clients: `strategy`, or a fresh one of the configured kind)."""
-    federation, privacy = config.federation, config.privacy
-    strategy = strategy if strategy is not None else make_strategy(federation)
-    return TrainSettings(
-        model_name=config.model.name,
-        num_classes=num_classes,
-        model_options=model_options(config),
-        model_seed=config.system.seed,
-        # Text models run Linear layers over (B, T, features): Opacus's hooks compute their per-example
-        # gradients; our bookkeeping clipper handles (B, features) only (and refuses the rest).
-        grad_sample_mode="hooks" if is_text(config) else "",
-        local_epochs=federation.local_epochs,
-        batch_size=federation.batch_size,
-        learning_rate=federation.learning_rate,
-        local_dp=privacy.mode == "local",
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm,
-        accountant=privacy.accountant,
-        proximal_mu=strategy.proximal_mu,
-        corrections=strategy.uses_corrections,
-        optimizer=federation.client_optimizer,
-    )
 
 
 def resolve_workers(config: ExperimentConfig) -> int:
@@ -332,6 +292,8 @@ class FederatedRun:
             state.tally.record(client, client in work.arrivals)
         state.trained_clients.update(o.task.client_id for o in work.outcomes)
         if self.privacy.mode == "local":
+            import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
             for outcome in work.outcomes:  # each client's accountant, as it reported it
                 state.histories[outcome.task.client_id] = outcome.history
                 state.client_epsilons[outcome.task.client_id] = dp.epsilon_from_history(
@@ -535,6 +497,8 @@ class FederatedRun:
         plan = self.privacy
         if plan.mode == "none" or plan.max_epsilon <= 0:
             return None
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
         if plan.mode == "central":
             epsilon = dp.central_epsilon(
                 noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate,
@@ -598,6 +562,8 @@ class FederatedRun:
                     max((c.sample_rate for c in clients), default=0.0),
                     max((c.steps for c in clients), default=0))  # fmt: skip
         if plan.mode == "central":
+            import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
             epsilon = dp.central_epsilon(
                 noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate, rounds=round_number,
                 delta=plan.delta, accountant=plan.accountant,

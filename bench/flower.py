@@ -18,7 +18,7 @@ that they agree).
   processes on one machine measure the machine, not Flower;
 - `--simulation`: also Flower's simulation engine (Ray virtual SuperNodes with Flower's default
   resources, 2 CPUs per ClientApp; needs `pip install "flwr[simulation]==1.42.*"`), running
-  this project's ClientApp (`flower_app`) for every client.
+  this project's ClientApp (`flower_runtime.client_app`) for every client.
 
 `--omp-threads 1` sets `OMP_NUM_THREADS=1` in every runtime's processes: one torch thread
 everywhere, also in the in-process server (its trainer processes always have one) and in

@@ -32,7 +32,9 @@ from torch import nn
 
 from engine import objectives
 from data_handler import FederatedData
-from experiment_config import CLIENT_OPTIMIZERS, check_one_of
+from engine.strategies import Strategy, make_strategy
+from engine.workloads import is_text, model_options
+from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig, check_one_of
 from model import create_model, get_parameters, unflatten
 
 WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
@@ -232,6 +234,34 @@ class TrainSettings:
     model_seed: int | None = None  # the run's seed: a randomly initialised frozen backbone must match the server's
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
     optimizer: str = "sgd"  # the clients' local optimizer (`experiment_config.CLIENT_OPTIMIZERS`); DP-SGD steps with SGD
+
+
+def train_settings(
+    config: ExperimentConfig, num_classes: int, *, noise_multiplier: float, strategy: Strategy | None = None
+) -> TrainSettings:
+    """What every client trainer of a run is told (σ: the configured or calibrated one; what the
+    strategy asks of its clients: `strategy`, or a fresh one of the configured kind)."""
+    federation, privacy = config.federation, config.privacy
+    strategy = strategy if strategy is not None else make_strategy(federation)
+    return TrainSettings(
+        model_name=config.model.name,
+        num_classes=num_classes,
+        model_options=model_options(config),
+        model_seed=config.system.seed,
+        # Text models run Linear layers over (B, T, features): Opacus's hooks compute their per-example
+        # gradients; our bookkeeping clipper handles (B, features) only (and refuses the rest).
+        grad_sample_mode="hooks" if is_text(config) else "",
+        local_epochs=federation.local_epochs,
+        batch_size=federation.batch_size,
+        learning_rate=federation.learning_rate,
+        local_dp=privacy.mode == "local",
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        accountant=privacy.accountant,
+        proximal_mu=strategy.proximal_mu,
+        corrections=strategy.uses_corrections,
+        optimizer=federation.client_optimizer,
+    )
 
 
 class ClientTrainer:

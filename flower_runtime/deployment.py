@@ -1,11 +1,11 @@
 """Flower on this machine: a SuperLink and one SuperNode per client on loopback, started as
-child processes, the app (`flower_runtime/app.py`) run on them, and exactly those processes stopped
+child processes, the apps (`flower_runtime/server_app.py`, `client_app.py`) run on them, and exactly those processes stopped
 by PID afterwards, whatever happens (`insecure` mode: loopback only).
 
     from flower_runtime.deployment import run_local_deployment
     experiment_id = run_local_deployment(config, db_url="sqlite:///experiments.db")
 
-The multi-machine recipe (TLS, SuperNode authentication) is in `flower_app`'s docstring.
+The multi-machine recipe (TLS, SuperNode authentication) is in `flower_runtime`'s docstring.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class LocalDeployment:
 
     def __init__(
         self, num_supernodes: int, *, work_dir: Path, simulation: bool = False, start_timeout_s: float = 60.0,
-        data_paths: Sequence[str] = (),
+        data_paths: Sequence[str] = (), site_privacy: str = "",
     ) -> None:  # fmt: skip
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
@@ -76,6 +76,7 @@ class LocalDeployment:
                              f"nodes have no node config), got {len(data_paths)}")  # fmt: skip
         self.num_supernodes, self.work_dir, self.start_timeout_s = num_supernodes, work_dir, start_timeout_s
         self.simulation, self.data_paths = simulation, list(data_paths)
+        self.site_privacy = site_privacy  # node-config keys every site sets for itself (`site_privacy_config`)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.port = 0
         self.token = f"{os.getpid()}-{time.time_ns()}"
@@ -110,6 +111,8 @@ class LocalDeployment:
             node_config = f"partition-id={i} num-partitions={self.num_supernodes} num-threads={threads}"
             if self.data_paths:
                 node_config += f" data-path={json.dumps(self.data_paths[i])}"  # a quoted TOML string
+            if self.site_privacy:
+                node_config += f" {self.site_privacy}"
             self._spawn(f"supernode-{i}", [
                 flower_command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", node_config,
@@ -290,7 +293,7 @@ def run_local_deployment(
         options = RunOptions(experiment=run_config.to_json(), db_url=db_url, experiment_id=experiment_id,
                              round_timeout_s=round_timeout_s)  # fmt: skip
         deployment = LocalDeployment(num_supernodes, work_dir=Path(work_dir), simulation=simulation,
-                                     data_paths=data_paths)  # fmt: skip
+                                     data_paths=data_paths, site_privacy=site_privacy_config(config))  # fmt: skip
         stack.enter_context(deployment)
         try:
             run_id = deployment.start_run(options)
@@ -304,6 +307,23 @@ def run_local_deployment(
                 store.finish(experiment_id, status, error=f"{type(error).__name__}: {error}")
             raise
     return experiment_id
+
+
+def site_privacy_config(config: ExperimentConfig) -> str:
+    """The node-config with which each site of a local deployment guards its own local DP, from the
+    config the user started (not from what the ServerApp later sends): σ's floor when σ is fixed,
+    the ε limit when σ is calibrated to a target (or a budget is set); "" without local DP."""
+    privacy = config.privacy
+    if privacy.mode != "local":
+        return ""
+    keys = [f"delta={privacy.delta!r}"]
+    if privacy.target_epsilon > 0:
+        keys.append(f"max-epsilon={privacy.target_epsilon * 1.01!r}")  # calibration lands within 1% of its target
+    else:
+        keys.append(f"min-noise-multiplier={privacy.noise_multiplier!r}")
+    if privacy.max_epsilon > 0:
+        keys = [k for k in keys if not k.startswith("max-epsilon")] + [f"max-epsilon={privacy.max_epsilon!r}"]
+    return " ".join(keys)
 
 
 def _deployed_config(config: ExperimentConfig, work_dir: Path) -> tuple[ExperimentConfig, list[str]]:

@@ -21,7 +21,8 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 
-import dp_accounting
+import importlib
+
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
@@ -60,6 +61,12 @@ class PrivacyError(RuntimeError):
 
 # -- the accounted quantities, checked with experiment_config's checks ---------------------------
 
+
+
+def _dp_accounting():  # noqa: ANN202 (the module)
+    """Google's `dp_accounting`, imported when first needed: it takes ~1 s (scipy), and every
+    trainer process and ClientApp imports this module whether or not it uses PLD."""
+    return importlib.import_module("dp_accounting")
 
 def check_noise_multiplier(value: float) -> float:
     """σ >= 0 (0: no noise, ε = inf)."""
@@ -142,6 +149,7 @@ def _pld_epsilon(*, history: Iterable[Sequence[float]], delta: float) -> float:
     delta = check_delta(delta)
     if not entries:
         return 0.0
+    dp_accounting = _dp_accounting()
     accountant = dp_accounting.pld.PLDAccountant(
         dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=PLD_VALUE_DISCRETIZATION
     )
@@ -274,6 +282,7 @@ def fixed_size_epsilon(
         return 0.0
     if noise_multiplier == 0.0:
         return math.inf
+    dp_accounting = _dp_accounting()
     replace_one_gaussian = dp_accounting.GaussianDpEvent(noise_multiplier / 2.0)  # sensitivity 2C
     sampled = dp_accounting.SampledWithoutReplacementDpEvent(num_clients, clients_per_round, replace_one_gaussian)
     rdp = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import differential_privacy as dp
 from engine.client_population import ClientProfile, client_seed, dropouts, stream_seed
 from engine.secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from experiment_config import ExperimentConfig
@@ -89,6 +88,7 @@ class CentralSum:
         self.unclipped = 0
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         if lost:  # its update never reached the server
             return
         clipped, norm = dp.clip_update(update, self.clip_norm)
@@ -98,6 +98,7 @@ class CentralSum:
     def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
         """Always released, even with no updates, because skipping on the count of arrivals
         would reveal whether a client took part."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         plan, federation, privacy = self.plan, self.config.federation, self.config.privacy
         # The server's noise seed: the client-id slot one past the last client.
         generator = torch.Generator().manual_seed(
@@ -139,6 +140,7 @@ class DistributedNoiseSum:
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
         """The clipped input of a sampled client that trained; `lost`: it vanished after the
         key exchange, so the server unmasks it away through its shares."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         clipped, norm = dp.clip_update(update, self.clip_norm)
         self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm))
         if lost:
@@ -146,6 +148,7 @@ class DistributedNoiseSum:
 
     def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
         """The released sum, or the old weights and why nothing was released."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         config, plan = self.config, self.plan
         federation, privacy = config.federation, config.privacy
         population = range(federation.num_clients)
@@ -226,6 +229,8 @@ def plan_privacy(
     )  # fmt: skip
     if privacy.mode == "none":
         return plan
+    import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
     if privacy.target_epsilon > 0:
         plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, partition_sizes, participation))
     update_noise = plan.noise_multiplier
@@ -246,6 +251,7 @@ def _calibrated_noise(
     DP-SGD steps at q_k = batch_size / N_k; one σ must keep every client under the
     target, so it is the largest σ any client needs.
     """
+    import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
     privacy, federation = config.privacy, config.federation
     rate = federation.clients_per_round / federation.num_clients
     calibrate = functools.partial(

@@ -118,7 +118,7 @@ def cycles(graph: dict[str, set[str]]) -> Iterator[list[str]]:
 
 
 def test_the_graph_sees_the_project(graph):
-    assert {"federated_learning", "cli", "main", "runs.service", "engine.strategies", "flower_runtime.app"} <= set(graph)
+    assert {"federated_learning", "cli", "main", "runs.service", "engine.strategies", "flower_runtime.server_app"} <= set(graph)
     assert "engine.strategies" in graph["federated_learning"]  # `from engine.strategies import ...`
     assert "runs.workers" in graph["app_pages.common"]  # `from runs import workers as processes`
 

@@ -32,10 +32,10 @@ from flwr.serverapp import Grid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import differential_privacy as dp  # noqa: E402
-from flower_runtime import app as flower_app  # noqa: E402
+from flower_runtime import client_app as flower_app  # noqa: E402
+from flower_runtime import server_app  # noqa: E402
 from flower_runtime import site_data as flower_data  # noqa: E402
 from flower_runtime import deployment as flower_deployment  # noqa: E402
-from flower_runtime import server as flower_server  # noqa: E402
 from engine.client_population import client_seed  # noqa: E402
 from engine.client_trainers import InProcessTrainer, TrainTask  # noqa: E402
 from database import ExperimentStore  # noqa: E402
@@ -176,6 +176,47 @@ def test_a_client_refuses_noise_other_than_the_configured() -> None:
         flower_app.client_app(train_message(run, 0, 1), node_context(config, 0))
 
 
+def test_a_site_guards_its_own_local_dp_whatever_the_server_sends() -> None:
+    # The server's config asks for a target ε, so any σ would pass the config check: the site's
+    # own floor (its --node-config) refuses σ below it, and refuses training without local DP.
+    server_config = small_config().replace("privacy", mode="local", noise_multiplier=1e-9, target_epsilon=50.0)
+    run = FederatedRun(server_config.replace("privacy", target_epsilon=0.0))
+
+    with pytest.raises(ValueError, match="floor .* is 1.0"):
+        flower_app.client_app(train_message(run, 0, 1), node_context(server_config, 0, **{"min-noise-multiplier": 1.0}))
+    plain = small_config()
+    with pytest.raises(ValueError, match="trains only with local DP"):
+        flower_app.client_app(train_message(FederatedRun(plain), 0, 1),
+                              node_context(plain, 0, **{"min-noise-multiplier": 1.0}))  # fmt: skip
+    reply = flower_app.client_app(train_message(FederatedRun(plain), 0, 1), node_context(plain, 0))
+    assert reply.content.config_records[flower_app.RESULT]["error"] == ""  # no site setting: trains as asked
+
+
+def test_a_site_refuses_a_round_past_its_own_epsilon_limit() -> None:
+    config = small_config().replace("privacy", mode="local", noise_multiplier=0.7, max_grad_norm=1.0)
+    run = FederatedRun(config)
+    # One round: 20 DP-SGD steps at q = 50/1000, σ = 0.7. Its ε, from Opacus's accountant directly:
+    one_round = dp.accountant_from_history([(0.7, 0.05, 20)]).get_epsilon(1e-5)
+    roomy = node_context(config, 0, **{"max-epsilon": one_round * 1.1})  # two rounds: 1.2 × one round
+    first = flower_app.client_app(train_message(run, 0, 1), roomy)
+    assert first.content.config_records[flower_app.RESULT]["error"] == ""
+    with pytest.raises(ValueError, match="past its max-epsilon"):  # a second round would pass the limit
+        flower_app.client_app(train_message(run, 0, 2), roomy)
+    with pytest.raises(ValueError, match="past its max-epsilon"):
+        flower_app.client_app(train_message(run, 0, 1), node_context(config, 0, **{"max-epsilon": one_round / 2}))
+
+
+def test_a_local_deployment_gives_each_site_the_users_privacy_settings() -> None:
+    fixed = small_config().replace("privacy", mode="local", noise_multiplier=1.1)
+    target = small_config().replace("privacy", mode="local", target_epsilon=3.0)
+    assert flower_deployment.site_privacy_config(fixed) == "delta=1e-05 min-noise-multiplier=1.1"
+    assert flower_deployment.site_privacy_config(target) == "delta=1e-05 max-epsilon=3.0300000000000002"
+    assert flower_deployment.site_privacy_config(small_config()) == ""
+    assert flower_app.site_privacy({"min-noise-multiplier": 1.1, "delta": 1e-05}) == (1.1, 0.0, 1e-05)
+    with pytest.raises(ValueError, match="delta in"):
+        flower_app.site_privacy({"delta": 2.0})
+
+
 def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: str) -> None:
     secure = small_config().replace("federation", secure_aggregation=True)
     compressed = small_config().replace("communication", compression="topk")
@@ -250,7 +291,7 @@ def on_loopback(config: ExperimentConfig, store: ExperimentStore, **grid: object
     """Run `config` through the ServerApp over a `LoopbackGrid`; returns the experiment id."""
     experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
     options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=60.0, connect_timeout_s=10.0)
-    flower_app.record_experiment(LoopbackGrid(config, **grid), config, options, store, experiment_id)
+    server_app.record_experiment(LoopbackGrid(config, **grid), config, options, store, experiment_id)
     return experiment_id
 
 
@@ -288,7 +329,7 @@ def test_the_server_records_lost_and_failed_clients_and_skips_below_min_clients(
     experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
     options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=2.0, connect_timeout_s=10.0)
 
-    flower_app.record_experiment(LoopbackGrid(config, gone={1}, broken={2}), config, options, store, experiment_id)
+    server_app.record_experiment(LoopbackGrid(config, gone={1}, broken={2}), config, options, store, experiment_id)
 
     clients = store.client_rounds_frame(experiment_id).set_index("client_id")
     assert dict(clients.status) == {0: "ok", 1: "lost", 2: "failed"}
@@ -622,10 +663,10 @@ def test_a_flower_run_killed_mid_round_resumes_to_the_uninterrupted_weights(
     whole = on_loopback(config, store)
     broken = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
 
-    outcome = flower_app.record_experiment(DyingGrid(config, dies_in=2), config, options, store, broken)
+    outcome = server_app.record_experiment(DyingGrid(config, dies_in=2), config, options, store, broken)
     assert outcome.status == "interrupted" and store.get_experiment(broken).rounds_done == 1
     assert store.reopen(broken) == 1
-    resumed = flower_app.record_experiment(LoopbackGrid(config), config, options, store, broken)
+    resumed = server_app.record_experiment(LoopbackGrid(config), config, options, store, broken)
 
     assert resumed.status == "completed"
     assert store.load_checkpoint(broken) == store.load_checkpoint(whole)  # round 3's state, bit for bit

@@ -1,100 +1,33 @@
-"""The same experiments on Flower: a ServerApp and a ClientApp over this project's engine.
+"""The ClientApp: on each SuperNode, one client's local training for the engine's round loop
+(its data found or rebuilt at the site, its own accountant kept in the node's state, its own
+privacy floor checked); and the `query` that tells the server which client the node is.
 
-Flower (`flwr`) carries the rounds between real processes: a SuperLink routes messages, one
-SuperNode per site runs the ClientApp next to its data, and the ServerApp drives the rounds.
-What runs inside them is this project's code, not a second implementation:
-
-- the ServerApp (`flower_server`) plans the run with the engine's `FederatedRun` (partition
-  plan, initial model, client sampling, `strategies.make_strategy`, privacy plan),
-  aggregates the updates that arrive (with central DP: clipped and noised by DP-FedAvg's
-  `CentralSum`), evaluates on the test split (NGSS: rubric metrics per school) and records
-  every round with `ExperimentStore.record_round` (experiment runtime "flower"), so the
-  app's live view and history show a Flower run like an in-process one;
-- each ClientApp finds its own data: its partition exactly as the engine computes it (same
-  seeded subset, partition and holdout of MNIST or the synthetic NGSS responses; its
-  `partition-id` is the client id), or, for imported NGSS responses, its school's own CSV
-  file (`data-path`; `flower_data`: the rows never leave the site), and trains it with
-  `client_trainers.ClientTrainer` (local SGD or DP-SGD), seeded by (seed, round, client).
-
-What travels: the `ExperimentConfig` as JSON under the run-config key `experiment` (with
-`db-url`, `experiment-id` and the timeouts); each round, a `train` message with the global
-weights (an ArrayRecord of the model's cleanly named parameters), the round number, σ and,
-with local DP, the server's copy of the client's accountant history, with SCAFFOLD the
-client's correction c − c_i (the control variates stay on the server, in the strategy), and
-with the data at the sites the run's rubric elements and schools (and a TinyLLama-from-config
-tokenizer); each reply with the new weights (text models: LoRA + head only), steps, loss and
-the client's full history. The client keeps its history in its
-node state (`context.state`), so ε is cumulative over every round it trained, even rounds
-whose reply was lost; a SuperNode that restarted (empty state) continues from the server's
-copy. Every wait has a timeout: a client whose reply does not come within `round-timeout`
-is recorded "lost" and the round completes with the others, or is skipped (model
-unchanged, recorded) below `federation.min_clients`.
-
-Run it on this machine (a SuperLink and one SuperNode per client on loopback, started and
-stopped by PID; `insecure` is only for loopback):
-
-    from flower_runtime.deployment import run_local_deployment
-    experiment_id = run_local_deployment(config, db_url="sqlite:///experiments.db")
-
-Across machines (the real recipe; Flower's docs: "Enable TLS connections", "Authenticate
-SuperNodes"):
-
-1. Server: `flower-superlink --host 0.0.0.0 --port 9093 --ssl-ca-certfile ca.crt
-   --ssl-certfile server.pem --ssl-keyfile server.key --enable-supernode-auth
-   --disable-runtime-dependency-installation` (one HTTPS port for the Fleet, Control and
-   ServerApp APIs; it listens on 127.0.0.1:8000 unless told otherwise). Register each
-   site's public key: `flwr supernode register site.pub <connection>`. The ServerApp runs
-   here, so the database (`db-url`) and MNIST (or, for imported NGSS responses, the
-   `{task}_test.csv` beside `data.csv_path`) must be reachable from here.
-2. Each site: `flower-supernode --superlink server.example.org:9093 --root-certificates
-   ca.crt --auth-supernode-private-key site.key --node-config "partition-id=3
-   num-partitions=10 data-dir='/srv/mnist'"` (`data-dir` overrides `data.data_dir`;
-   optional `num-threads`). A school with imported NGSS responses names its own file instead:
-   `--node-config "partition-id=0 num-partitions=9 data-path='/srv/ngss/our_school.csv'"`
-   (partition-id: the school's place in the sorted school names of the test file). Sites
-   need this repository's Python requirements installed: the FAB carries the code, not its
-   dependencies.
-3. Anywhere with this checkout: a connection in `$FLWR_HOME/config.toml`
-   (`[superlink.lab] address = "server.example.org:9093"`, `root-certificates = "ca.crt"`),
-   then `flwr run . lab --run-config run.toml`, with `run.toml` holding
-   `experiment = '<ExperimentConfig JSON>'` and `db-url = "postgresql+psycopg://..."`.
-
-Not on Flower yet (refused by `check_supported`): MLX, secure aggregation (with or without
-central DP), power-of-choice selection, simulated dropouts, deadlines, attacks, compression
-and personalization; imported NGSS responses need `data.partition = "natural"`.
+Components: `flwr run` loads `client_app` from here and `server_app` from `server_app`, so a
+ClientApp process never imports the server side (database, runs service, the round loop).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import log
-from flwr.serverapp import Grid, ServerApp
 
-from data_handler import FederatedData, split_holdout, subset
-from database import ExperimentStore
-from engine.client_trainers import ClientTrainer, TrainTask
+from data_handler import FederatedData, client_partitions, split_holdout, subset
+from engine.client_trainers import ClientTrainer, TrainTask, train_settings
 from engine.workloads import load_data
 from experiment_config import ExperimentConfig
-from federated_learning import client_partitions, train_settings
 from flower_runtime.messages import (  # noqa: F401 (re-exported: the app's public face)
     CORRECTION, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, REPO, RESULT, RUNTIME, SITE, TASK, TOKENIZER,
     UNREACHABLE, WEIGHTS, History, RunOptions, check_supported, flat_weights, history_from, history_record,
     history_steps, weights_record,
 )  # fmt: skip
-from flower_runtime.server import FlowerRuntime
 from flower_runtime.site_data import at_sites, site_examples, site_split, summarize_site
-from runs import service
-from runs.workers import StopSignals
 
-server_app = ServerApp()
 client_app = ClientApp()
 
 
@@ -154,16 +87,56 @@ def _client_config(context: Context) -> tuple[ExperimentConfig, int]:
     return config, client_id
 
 
-def _checked_noise(config: ExperimentConfig, noise_multiplier: float) -> float:
-    """The σ the server asks for, refused unless it is the configured one (or, with a target
-    ε, the server's calibration of it) and > 0: privacy fails closed."""
-    privacy = config.privacy
+def site_privacy(node_config: Mapping[str, Any]) -> tuple[float, float, float]:
+    """This site's own privacy settings from its `--node-config`: (min-noise-multiplier σ_min,
+    max-epsilon, delta). (0, 0, _): the site sets none, and trains as the run's config says."""
+    try:
+        floor, limit = float(node_config.get("min-noise-multiplier", 0.0)), float(node_config.get("max-epsilon", 0.0))
+        delta = float(node_config.get("delta", 1e-5))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"this SuperNode's --node-config has a bad privacy setting: {error}") from None
+    if floor < 0 or limit < 0 or not 0 < delta < 1:
+        raise ValueError("this SuperNode's --node-config needs min-noise-multiplier >= 0, max-epsilon >= 0 and "
+                         f"delta in (0, 1); got {floor}, {limit}, {delta}")  # fmt: skip
+    return floor, limit, delta
+
+
+def _checked_noise(config: ExperimentConfig, noise_multiplier: float, node_config: Mapping[str, Any]) -> float:
+    """The σ the server asks for, refused unless it is the configured one (or, with a target ε,
+    the server's calibration of it), > 0, and at least this site's own floor. A site that sets
+    a floor or an ε limit in its `--node-config` (`site_privacy`) trains only with local DP:
+    its guarantee is its own, whatever config the server sends (privacy fails closed)."""
+    privacy, (floor, limit, _delta) = config.privacy, site_privacy(node_config)
     if privacy.mode != "local":
+        if floor > 0 or limit > 0:
+            raise ValueError(f"this site trains only with local DP (its --node-config sets min-noise-multiplier or "
+                             f"max-epsilon); the server asked for privacy.mode = {privacy.mode!r}")  # fmt: skip
         return 0.0
-    if noise_multiplier <= 0 or (privacy.target_epsilon == 0 and noise_multiplier != privacy.noise_multiplier):
+    if noise_multiplier <= 0 or noise_multiplier < floor:
+        raise ValueError(f"the server asked for σ = {noise_multiplier}; this site's floor (min-noise-multiplier) is "
+                         f"{floor}")  # fmt: skip
+    if privacy.target_epsilon == 0 and noise_multiplier != privacy.noise_multiplier:
         raise ValueError(f"the server asked for σ = {noise_multiplier}; this run's privacy.noise_multiplier is "
                          f"{privacy.noise_multiplier}")  # fmt: skip
     return noise_multiplier
+
+
+def _check_site_budget(
+    node_config: Mapping[str, Any], history: History, noise_multiplier: float, num_examples: int,
+    config: ExperimentConfig,
+) -> None:  # fmt: skip
+    """Refuse a round that would take this site past its own `max-epsilon` (its accountant,
+    at its own δ), before it trains."""
+    _floor, limit, delta = site_privacy(node_config)
+    if limit <= 0 or config.privacy.mode != "local":
+        return
+    import differential_privacy as dp  # opacus (~1.4 s to import) loads only with local DP
+
+    federation = config.federation
+    rate = dp.local_sample_rate(num_examples, federation.batch_size)
+    planned = [(noise_multiplier, rate, federation.local_epochs * dp.steps_per_epoch(rate))]
+    if dp.would_exceed(history, planned, delta=delta, max_epsilon=limit, accountant=config.privacy.accountant):
+        raise ValueError(f"this round would take this site past its max-epsilon = {limit} (δ = {delta})")
 
 
 def _data_path(context: Context) -> str:
@@ -218,7 +191,7 @@ def train(message: Message, context: Context) -> Message:
     if int(task["client-id"]) != client_id:
         raise ValueError(f"the server sent client {task['client-id']}'s task to client {client_id}")
     train_x, train_y, indices, holdout, num_classes = _client_data(config, context, message, client_id)
-    noise_multiplier = _checked_noise(config, float(task["noise-multiplier"]))
+    noise_multiplier = _checked_noise(config, float(task["noise-multiplier"]), context.node_config)
     settings = train_settings(config, num_classes, noise_multiplier=noise_multiplier)
     trainer = ClientTrainer(train_x, train_y, settings)
     global_weights = flat_weights(message.content.array_records[WEIGHTS], trainer.params)
@@ -230,6 +203,7 @@ def train(message: Message, context: Context) -> Message:
     # The node's own accountant, unless the node restarted and the server's copy has more steps.
     history = max(history_from(context.state.config_records.get(HISTORY)),
                   history_from(message.content.config_records.get(HISTORY)), key=history_steps)  # fmt: skip
+    _check_site_budget(context.node_config, history, noise_multiplier, len(indices), config)
     new_weights = torch.empty_like(global_weights)
     outcome = trainer.run(
         TrainTask(0, client_id, indices, int(task["seed"]), history, max_steps=int(task["max-steps"]),
@@ -252,46 +226,3 @@ def train(message: Message, context: Context) -> Message:
 
 
 # -- the ServerApp ----------------------------------------------------------------------
-
-
-@server_app.main()
-def server_main(grid: Grid, context: Context) -> None:
-    """Run one experiment over the connected SuperNodes with the engine's round loop, recorded
-    (and resumed from its checkpoint) by the runs service exactly as an in-process run."""
-    options = RunOptions.from_run_config(context.run_config)
-    store = ExperimentStore(options.db_url or None)
-    try:
-        config = options.config()
-        check_supported(config)
-    except ValueError as error:
-        if options.experiment_id:
-            store.finish(options.experiment_id, "failed", error=f"ValueError: {error}")
-        raise
-    experiment_id = options.experiment_id or store.create_experiment(config.to_dict(), runtime=RUNTIME)
-    outcome = record_experiment(grid, config, options, store, experiment_id)
-    if outcome.status == "failed":  # Flower records the run failed too
-        raise RuntimeError(outcome.final.get("error", "the run failed"))
-
-
-def record_experiment(
-    grid: Grid, config: ExperimentConfig, options: RunOptions, store: ExperimentStore, experiment_id: int
-) -> service.RunOutcome:
-    """Run (or resume, from its checkpoint) a stored experiment on the SuperNodes `grid` reaches:
-    the engine's round loop with `FlowerTrainer`, each round committed with its checkpoint."""
-    return service.execute(store, experiment_id, config, reporter=FlowerLog(), signals=StopSignals(handle=False),
-                           remote=FlowerRuntime(grid, options))  # fmt: skip
-
-
-class FlowerLog:
-    """The ServerApp's `runs.service.Reporter`: Flower's log."""
-
-    def round(self, row: dict[str, Any]) -> None:
-        arrived = sum(c["status"] in ("ok", "partial") for c in row["clients"])
-        log(INFO, "round %d: accuracy %.4f, %d of %d updates arrived, %.1f s", row["round"], row["accuracy"],
-            arrived, len(row["clients"]), row["seconds"])  # fmt: skip
-
-    def note(self, text: str) -> None:
-        log(INFO, "%s", text)
-
-    def error(self, text: str) -> None:
-        log(WARNING, "%s", text)
