@@ -25,24 +25,82 @@ worker beats a heartbeat into the database every few seconds, mid-round too: `li
 within 30 s from another one sharing the database).
 
 The page starts runs through the same code: `python cli.py worker ID [ID ...]` runs
-experiments already stored (queued) in the database, one after the other.
+experiments already stored (queued) in the database, one after the other (the page hands it the
+database URL in `DATABASE_URL`, never on the command line, where `ps` would show a password).
+
+Bad input is refused before anything is stored, with one line on stderr and exit 2: a bad
+config, data the run could not use (`runs.preflight.check_data`: a CSV the importer refuses, the
+wrong number of schools for `natural`, more clients than examples), a `--name` too long, an id
+out of range, or a database that cannot be used (not a URL, a folder, not a database, read-only,
+unreachable). A database URL is shown with its password masked (`runs.workers.shown_url`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import sys
-from typing import Any, TextIO
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TextIO
 
-from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
+from alembic.util import CommandError
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from database import RESUMABLE_STATUSES, Experiment, ExperimentStore, ExperimentSummary, resolve_url
 from experiment_config import ExperimentConfig
 from runs import service
+from runs.preflight import check_data
 from runs.scoring import rubric_elements, score_experiment
-from runs.workers import StopSignals, pid_alive
+from runs.workers import StopSignals, pid_alive, printable, shown_url
 
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_ID = 2**31 - 1  # experiment ids are INTEGER columns: 32-bit on PostgreSQL
+MAX_NAME_CHARS = Experiment.__table__.c.name.type.length  # the column's own limit (200)
+# What a database (driver, migrations) raises when it cannot be used; opening one, the file system's too.
+STORAGE_ERRORS = (SQLAlchemyError, sqlite3.Error, CommandError, OverflowError)
+
+
+class StorageError(Exception):
+    """A database that cannot be used; the message names the problem and the masked URL."""
+
+
+def problem_line(error: BaseException, url: str) -> str:
+    """One line for an error met with the database at `url`: a driver's own message (not SQLAlchemy's,
+    which spans lines and quotes its SQL), with the URL and its password masked (a password shorter
+    than 4 characters is left: masking it would garble the text) and control characters escaped."""
+    cause = getattr(error, "orig", None) or error
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    text = text.replace(url, shown_url(url)) if url else text
+    if (password := _password(url)) and len(password) >= 4:
+        text = text.replace(password, "***")
+    text = printable(text)
+    return text if len(text) <= 300 else f"{text[:297]}..."
+
+
+def _password(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except (SQLAlchemyError, ValueError, TypeError):
+        return None
+
+
+def open_store(url: str | None) -> ExperimentStore:
+    """The store at `url` (else `DATABASE_URL`, else the default), or StorageError naming why not."""
+    if url is not None and not url.strip():
+        raise StorageError("--db is empty: give a database URL (sqlite:///experiments.db, postgresql+psycopg://...)")
+    resolved = resolve_url(url)
+    try:
+        return ExperimentStore(resolved)
+    # OSError, ValueError: a file system refusal, a NUL in a path; RuntimeError: a schema from newer code;
+    # ImportError: the URL's driver is not installed.
+    except (*STORAGE_ERRORS, OSError, ValueError, RuntimeError, ImportError) as error:
+        problem = problem_line(error, resolved)
+        raise StorageError(f"cannot use the database {shown_url(resolved)}: {problem}") from None
 
 
 def build_config(config_path: str | None, assignments: list[str]) -> ExperimentConfig:
@@ -116,14 +174,16 @@ class Printer:
         self.out, self.as_json, self.total_rounds = out, as_json, total_rounds
 
     def round(self, row: dict[str, Any]) -> None:
-        _print_round(self.out, row, self.total_rounds, self.as_json)
+        with _unless_the_pipe_closed():
+            _print_round(self.out, row, self.total_rounds, self.as_json)
 
     def note(self, text: str) -> None:
         if not self.as_json:
-            print(text, file=self.out, flush=True)
+            with _unless_the_pipe_closed():
+                print(text, file=self.out, flush=True)
 
     def error(self, text: str) -> None:
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {printable(text)}", file=sys.stderr)
 
     def final(self, outcome: service.RunOutcome) -> None:
         """The run's last line: its summary object (JSON), or what it ended as and what came after."""
@@ -153,26 +213,40 @@ EXIT_CODES = {"completed": EXIT_OK, "stopped": EXIT_OK, "failed": EXIT_FAILED, "
 def _execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfig, *, as_json: bool) -> int:
     printer = Printer(sys.stdout, as_json=as_json, total_rounds=config.federation.rounds)
     outcome = service.execute(store, experiment_id, config, reporter=printer)
-    printer.final(outcome)
+    with _unless_the_pipe_closed():
+        printer.final(outcome)
     return EXIT_CODES[outcome.status]
 
 
+def checked_name(name: str) -> str:
+    """`--name` if the database can store it: at most MAX_NAME_CHARS characters, no control
+    character or lone surrogate (PostgreSQL refuses a NUL; a terminal obeys an escape)."""
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"--name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    if printable(name) != name:
+        raise ValueError(f"--name must be printable text, got {printable(name)[:80]}")
+    return name
+
+
 def command_run(args: argparse.Namespace) -> int:
-    try:
+    try:  # everything about the input, before the database is even opened
+        name = checked_name(args.name)
         config = build_config(args.config, args.set or [])
+        check_data(config)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(' '.join(str(error).split()))}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    store = ExperimentStore(args.db)
-    experiment_id = service.create(store, config, name=args.name)
+    store = open_store(args.db)
+    experiment_id = service.create(store, config, name=name)
     if not args.json:
-        print(f"experiment {experiment_id}: {_describe(config.to_dict())}  (database {store.url})")
+        print(f"experiment {experiment_id}: {_describe(config.to_dict())}  (database {shown_url(store.url)})")
     return _execute(store, experiment_id, config, as_json=args.json)
 
 
 def command_worker(args: argparse.Namespace) -> int:
-    """Run stored experiments one after the other, each with its own status; exit code of the last that failed."""
-    store = ExperimentStore(args.db)
+    """Run stored experiments one after the other, each with its own status; exit code of the last that
+    failed. The database: `--db`, else `DATABASE_URL` (how the page's `launch_worker` hands it over)."""
+    store = open_store(args.db)
     printer = Printer(sys.stdout, as_json=True, total_rounds=0)
     outcomes = service.run_queue(store, args.ids, reporter=printer, signals=StopSignals(), finished=printer.final)
     exit_code = EXIT_OK
@@ -184,10 +258,10 @@ def command_worker(args: argparse.Namespace) -> int:
 def _open_experiment(args: argparse.Namespace) -> tuple[ExperimentStore, ExperimentSummary | None]:
     """The store and experiment `args.id` (None, said on stderr, if there is none), after marking
     runs whose worker died."""
-    store = ExperimentStore(args.db)
+    store = open_store(args.db)
     experiment = service.find(store, args.id)
     if experiment is None:
-        print(f"error: no experiment {args.id} in {store.url}", file=sys.stderr)
+        print(f"error: no experiment {args.id} in {shown_url(store.url)}", file=sys.stderr)
     return store, experiment
 
 
@@ -201,21 +275,21 @@ def command_resume(args: argparse.Namespace) -> int:
     try:
         outcome = service.resume(store, experiment, reporter=printer)
     except (KeyError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     printer.final(outcome)
     return EXIT_CODES[outcome.status]
 
 
 def command_list(args: argparse.Namespace) -> int:
-    store = ExperimentStore(args.db)
+    store = open_store(args.db)
     store.mark_interrupted_if_dead(pid_alive)
     experiments = store.list_experiments()
     if args.json:
         print(json.dumps([e.to_json_dict() for e in experiments]))
         return EXIT_OK
     if not experiments:
-        print(f"no experiments in {store.url}")
+        print(f"no experiments in {shown_url(store.url)}")
         return EXIT_OK
     print(f"{'id':>5}  {'status':<11}  {'rounds':>9}  {'accuracy':>8}  {'created':<19}  settings")
     for e in experiments:
@@ -260,13 +334,15 @@ def command_score(args: argparse.Namespace) -> int:
     if not texts:
         print("error: give at least one non-empty --text", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    store = ExperimentStore(args.db)
+    store, experiment = _open_experiment(args)  # not score_experiment's LookupError: it shows the raw URL
+    if experiment is None:
+        return EXIT_FAILED
     try:
         probabilities = score_experiment(store, args.id, texts)
     except (LookupError, ValueError, RuntimeError, OSError) as error:  # RuntimeError: a Hub model unavailable
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {problem_line(error, store.url)}", file=sys.stderr)
         return EXIT_FAILED
-    elements = rubric_elements(store.get_experiment(args.id))
+    elements = rubric_elements(experiment)
     for text, row in zip(texts, probabilities.tolist()):
         scored = [
             {"label": label, "meaning": meaning, "probability": p, "predicted": int(p >= 0.5)}
@@ -276,7 +352,7 @@ def command_score(args: argparse.Namespace) -> int:
         if args.json:
             _emit(sys.stdout, {"experiment_id": args.id, "text": text, "elements": scored, "total_score": total})
             continue
-        print(f"{text}\n  total score {total}/{len(scored)}")
+        print(f"{printable(text)}\n  total score {total}/{len(scored)}")  # a response's ESC codes, shown not obeyed
         for element in scored:
             print(f"  {element['label']:<4} {element['probability']:.3f}  {element['predicted']}  {element['meaning']}")
     return EXIT_OK
@@ -314,9 +390,9 @@ def _print_summary(e: ExperimentSummary) -> None:
     if e.final_accuracy is not None:
         print(f"  final accuracy {100 * e.final_accuracy:.2f}%  loss {e.final_loss:.4f}")
     if e.error:
-        print(f"  error: {e.error}")
+        print(f"  error: {printable(e.error)}")
     if e.stop_reason:
-        print(f"  stopped early: {e.stop_reason}")
+        print(f"  stopped early: {printable(e.stop_reason)}")
     print("  config: " + json.dumps(e.config, sort_keys=True))
 
 
@@ -329,8 +405,27 @@ def _describe(config: dict[str, Any]) -> str:
     )
 
 
+def experiment_id(text: str) -> int:
+    """An experiment id argument: a whole number from 1 to MAX_ID (a bigger one fits no id column)."""
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an experiment id is a whole number, got {printable(text)[:40]!r}") from None
+    if not 1 <= value <= MAX_ID:
+        shown = str(value) if len(text) <= 30 else f"a {len(text.strip())}-digit number"
+        raise argparse.ArgumentTypeError(f"an experiment id is from 1 to {MAX_ID}, got {shown}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit 2), like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_CONFIG, f"error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="cli.py", description="Federated Privacy Lab, headless.")
+    root = OneLineParser(prog="cli.py", description="Federated Privacy Lab, headless.")
     commands = root.add_subparsers(dest="command", required=True, metavar="{run,list,show,score,resume}")
 
     run = commands.add_parser("run", help="run an experiment and store every round")
@@ -343,23 +438,23 @@ def parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=command_list)
 
     show = commands.add_parser("show", help="show one experiment and its rounds")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=experiment_id)
     show.add_argument(
         "--privacy-report", action="store_true", help="print the privacy statement (Markdown) for an ethics board"
     )
     show.set_defaults(handler=command_show)
 
     score = commands.add_parser("score", help="score responses with a finished text-model run's final weights")
-    score.add_argument("id", type=int)
+    score.add_argument("id", type=experiment_id)
     score.add_argument("--text", action="append", required=True, help="one student response (repeatable)")
     score.set_defaults(handler=command_score)
 
     resume = commands.add_parser("resume", help="continue an interrupted, stopped or failed run from its checkpoint")
-    resume.add_argument("id", type=int)
+    resume.add_argument("id", type=experiment_id)
     resume.set_defaults(handler=command_resume)
 
     worker = commands.add_parser("worker")  # no help: the page's, unlisted
-    worker.add_argument("ids", type=int, nargs="+", metavar="ID", help="stored experiments, run in this order")
+    worker.add_argument("ids", type=experiment_id, nargs="+", metavar="ID", help="stored experiments, in this order")
     worker.set_defaults(handler=command_worker)
 
     for sub in (run, listing, show, score, resume, worker):
@@ -369,8 +464,44 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return args.handler(args)
+    """Parse `argv` and run its command at the CLI's edge: a usage error, a database that cannot be
+    used or fails midway is one line on stderr and exit 2, never a traceback; a closed stdout
+    (`show 1 | head`) ends quietly."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (2) and --help (0), as a return code
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_CONFIG
+    try:
+        return args.handler(args)
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except STORAGE_ERRORS as error:
+        url = resolve_url(args.db)
+        print(f"error: the database {shown_url(url)} failed: {problem_line(error, url)}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away: nothing left to say to it
+        _silence_stdout()
+        return EXIT_FAILED
+    return EXIT_BAD_CONFIG
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stdout): nothing to silence
+        pass
+
+
+@contextmanager
+def _unless_the_pipe_closed() -> Iterator[None]:
+    """Printing a run's progress: when the reader of stdout is gone (`run | head`), print no more, but
+    keep running (the rounds are stored either way)."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 if __name__ == "__main__":

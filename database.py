@@ -13,7 +13,13 @@ view, a second tab) sees every round as soon as it exists.
     store.load_weights(experiment_id).values()     # a text model's final LoRA + head, float32
 
 Any SQLAlchemy URL works: SQLite (the default; WAL and a busy timeout, so the page reads
-while the worker writes) or PostgreSQL (`postgresql+psycopg://user:password@host/db`).
+while the worker writes) or PostgreSQL (`postgresql+psycopg://user:password@host/db`; a
+connect and a statement timeout, so a server that never answers fails instead of hanging).
+
+A run belongs to one worker at a time. `reopen` (resume) and `mark_running` claim it with a
+conditional UPDATE whose row count decides, on every backend, so two resumes at once never
+both run; a worker's rounds and result are written only while the run is still its own (its
+PID and host). Liveness is by PID on this host and by heartbeat for runs on other hosts.
 
 The schema is versioned with Alembic (`migrations/versions/`). Opening a store brings the
 database to the newest revision by itself: a new database is created, an older one is
@@ -71,6 +77,8 @@ from sqlalchemy import (
     event,
     func,
     make_url,
+    null,
+    or_,
     select,
     update,
 )
@@ -92,6 +100,20 @@ HEARTBEAT_SECONDS = 5.0  # a running worker touches `heartbeat_at` this often, e
 STALE_HEARTBEAT_SECONDS = 30.0
 STALE_HEARTBEAT_ERROR = "the worker stopped sending its heartbeat (its machine or process died)"
 RESUMABLE_STATUSES = ("interrupted", "stopped", "failed")
+ACTIVE_STATUSES = ("queued", "running")  # claimed by a worker (waiting for it, or running in it)
+# A PostgreSQL server that accepts connections but never answers fails a connect after this many
+# seconds (libpq's connect_timeout, per address tried), and the server ends a statement after
+# STATEMENT_TIMEOUT_SECONDS (a lock wait included) instead of letting a caller hang for ever.
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_SECONDS = 30
+# The id column is INTEGER: 64-bit on SQLite, 32-bit on PostgreSQL. A larger id names no
+# experiment; the drivers would raise OverflowError / DataError for it, so the store never sends one.
+MAX_ID = {"sqlite": 2**63 - 1}
+MAX_ID_OTHERS = 2**31 - 1
+
+
+class ClaimLost(ValueError):
+    """A write refused because another worker has the run (or it was settled meanwhile)."""
 
 
 def utcnow() -> datetime:
@@ -104,6 +126,9 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    # SQLite reuses max(id) + 1 after a delete without AUTOINCREMENT (migration 0006); PostgreSQL's
+    # sequence never goes back. An id, once shown, names one experiment for good.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), default="")
@@ -291,12 +316,29 @@ def make_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, json_serializer=json_dumps)
+    engine = create_engine(url, connect_args=_connect_args(url), json_serializer=json_dumps)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate:
         upgrade_to_head(engine)
     return engine
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    """The driver's timeouts. SQLite: 30 s for a lock (and `_sqlite_pragmas`' busy timeout).
+    PostgreSQL (psycopg, psycopg2): CONNECT_TIMEOUT_SECONDS to connect and STATEMENT_TIMEOUT_SECONDS
+    per statement, in front of any `options` the URL carries (so a URL's own setting wins)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"timeout": 30}
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in ("psycopg", "psycopg2"):
+        return {}
+    given = parsed.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    args: dict[str, Any] = {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS * 1000} {given}".strip()}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    return args
 
 
 def json_dumps(value: Any) -> str:
@@ -341,13 +383,24 @@ class ExperimentStore:
         self.url = resolve_url(url)
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.max_id = MAX_ID.get(self.engine.dialect.name, MAX_ID_OTHERS)
+
+    def _fits(self, experiment_id: int) -> bool:
+        """Whether `experiment_id` fits the id column; one that does not names no experiment."""
+        return -self.max_id - 1 <= experiment_id <= self.max_id
 
     # -- writing (the worker) -------------------------------------------------
 
     def create_experiment(
         self, config: dict[str, Any], *, name: str = "", runtime: str = "in-process", code_version: str = "unknown"
     ) -> int:
-        """A new `queued` experiment; `code_version`: the commit of the code that will run it."""
+        """A new `queued` experiment; `code_version`: the commit of the code that will run it.
+        Raises ValueError for a name longer than the column holds or with a NUL character."""
+        limit = Experiment.__table__.c.name.type.length
+        if len(name) > limit:
+            raise ValueError(f"name: {len(name)} characters, at most {limit}")
+        if "\x00" in name:
+            raise ValueError("name: contains a NUL character")
         with self.sessions.begin() as session:
             experiment = Experiment(
                 name=name, status="queued", config=config, runtime=runtime, code_version=code_version
@@ -357,15 +410,26 @@ class ExperimentStore:
             return experiment.id
 
     def mark_running(self, experiment_id: int, *, pid: int | None = None) -> None:
+        """Start a `queued` run in process `pid` (default: this one) on this host. Raises ClaimLost
+        when the run is not queued (another worker runs it, or it was settled meanwhile): nothing
+        is written then. KeyError when there is no such run."""
         now = utcnow()
-        self._update(
-            experiment_id,
-            status="running",
-            started_at=func.coalesce(Experiment.started_at, now),  # a resumed run keeps its start
-            heartbeat_at=now,
-            worker_pid=pid if pid is not None else os.getpid(),
-            worker_host=socket.gethostname(),
-        )
+        if not self._fits(experiment_id):
+            raise KeyError(f"no experiment with id {experiment_id}")
+        with self.sessions.begin() as session:
+            started = session.execute(
+                update(Experiment)
+                .where(Experiment.id == experiment_id, Experiment.status == "queued")
+                .values(
+                    status="running",
+                    started_at=func.coalesce(Experiment.started_at, now),  # a resumed run keeps its start
+                    heartbeat_at=now,
+                    worker_pid=pid if pid is not None else os.getpid(),
+                    worker_host=socket.gethostname(),
+                )
+            ).rowcount
+            if not started:
+                raise self._why_not(session, experiment_id, "start")
 
     def set_worker(self, experiment_id: int, pid: int) -> None:
         """Record the process that will run a queued experiment (to detect if it dies)."""
@@ -378,11 +442,24 @@ class ExperimentStore:
         self._update(experiment_id, heartbeat_at=utcnow())
 
     def record_round(
-        self, experiment_id: int, result: dict[str, Any], *, checkpoint: bytes | None = None
-    ) -> None:
+        self, experiment_id: int, result: dict[str, Any], *, checkpoint: bytes | None = None,
+        worker_pid: int | None = None,
+    ) -> None:  # fmt: skip
         """Store one round (`round, accuracy, loss, ...`, `clients: [...]`) atomically, with the
-        run's `checkpoint` after it when given: a round is never stored without its checkpoint."""
+        run's `checkpoint` after it when given: a round is never stored without its checkpoint.
+        `worker_pid`: only while the run is still this worker's (PID and host), else ClaimLost and
+        nothing is stored (a worker whose run another one resumed writes nothing more). KeyError
+        when there is no such run."""
+        if not self._fits(experiment_id):
+            raise KeyError(f"no experiment with id {experiment_id}")
         with self.sessions.begin() as session:
+            touched = session.execute(  # first: it takes the row (SQLite: the database) for this write
+                update(Experiment)
+                .where(Experiment.id == experiment_id, *self._claimed_by(worker_pid))
+                .values(heartbeat_at=utcnow())
+            ).rowcount
+            if not touched:
+                raise self._why_not(session, experiment_id, "record a round of")
             clients = result.get("clients", [])
             row = Round(
                 experiment_id=experiment_id,
@@ -399,54 +476,93 @@ class ExperimentStore:
                 session.merge(Checkpoint(
                     experiment_id=experiment_id, round=row.round, state=bytes(checkpoint), created_at=utcnow()
                 ))  # fmt: skip
-            session.execute(
-                update(Experiment).where(Experiment.id == experiment_id).values(heartbeat_at=utcnow())
-            )
 
     def load_checkpoint(self, experiment_id: int) -> tuple[int, bytes] | None:
         """(round, state) of a run's newest checkpoint, or None if it has none."""
+        if not self._fits(experiment_id):
+            return None
         with self.sessions() as session:
             row = session.get(Checkpoint, experiment_id)
             return None if row is None else (row.round, bytes(row.state))
 
     def checkpoint_round(self, experiment_id: int) -> int | None:
         """The round a run's checkpoint follows (without reading the state), or None."""
+        if not self._fits(experiment_id):
+            return None
         with self.sessions() as session:
             return session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
 
     def reopen(self, experiment_id: int, *, worker_pid: int | None = None) -> int:
-        """Make an interrupted, stopped or failed run with a checkpoint `queued` again, to resume
-        after the checkpoint's round; rounds stored after it (none, as both are written in one
-        transaction) are removed. `worker_pid` (default: this process) will run it, so the liveness
-        check does not take it for dead meanwhile. Returns that round. Raises ValueError when it
-        cannot resume, KeyError when there is no such run."""
+        """Claim an interrupted, stopped or failed run with a checkpoint for process `worker_pid`
+        (default: this one) on this host: it becomes `queued` again, to resume after the
+        checkpoint's round; rounds stored after it (none, as both are written in one transaction)
+        are removed. Returns that round. Raises ValueError when it cannot resume (naming the worker
+        that has it when another one claimed it first), KeyError when there is no such run.
+
+        The claim is one conditional UPDATE whose row count decides, so of two resumes at once
+        exactly one wins on every backend: SQLite serialises the writes (the second waits for the
+        first to commit, then finds the run queued), PostgreSQL re-checks the condition on the row
+        the first one committed. A look-up first (even `SELECT ... FOR UPDATE`, which SQLite
+        ignores) would let both read "interrupted" and both run. A refusal changes nothing."""
+        pid = worker_pid if worker_pid is not None else os.getpid()
+        if not self._fits(experiment_id):
+            raise KeyError(f"no experiment with id {experiment_id}")
         with self.sessions.begin() as session:
-            experiment = session.get(Experiment, experiment_id, with_for_update=True)
-            if experiment is None:
-                raise KeyError(f"no experiment with id {experiment_id}")
-            if experiment.status not in RESUMABLE_STATUSES:
-                raise ValueError(
-                    f"experiment {experiment_id} is {experiment.status}: only {', '.join(RESUMABLE_STATUSES)} runs resume"
+            claimed = session.execute(
+                update(Experiment)
+                .where(Experiment.id == experiment_id, Experiment.status.in_(RESUMABLE_STATUSES))
+                .values(
+                    status="queued", finished_at=None, error=None, stop_requested=False, stop_reason=None,
+                    worker_pid=pid, worker_host=socket.gethostname(),
+                    final_accuracy=None, final_loss=None, final_epsilon=None, audit=null(), personalization=null(),
                 )
+            ).rowcount  # fmt: skip
+            if not claimed:
+                raise self._why_not(session, experiment_id, "resume")
+            # Below, a refusal raises: the transaction, the claim with it, rolls back.
             checkpoint = session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
             if checkpoint is None:
                 raise ValueError(
                     f"experiment {experiment_id} has no checkpoint (it finished no round, or ran before checkpoints "
                     "existed, or on Flower): start it again instead"
                 )
-            total = int((experiment.config or {}).get("federation", {}).get("rounds", 0))
+            config = session.scalar(select(Experiment.config).where(Experiment.id == experiment_id))
+            total = int((config or {}).get("federation", {}).get("rounds", 0))
             if checkpoint >= total:
                 raise ValueError(f"experiment {experiment_id} already ran all {total} rounds")
             later = select(Round.id).where(Round.experiment_id == experiment_id, Round.round > checkpoint)
             session.execute(delete(ClientRound).where(ClientRound.round_id.in_(later)))
             session.execute(delete(Round).where(Round.experiment_id == experiment_id, Round.round > checkpoint))
-            experiment.status, experiment.finished_at, experiment.error = "queued", None, None
-            experiment.stop_requested, experiment.stop_reason = False, None
-            experiment.worker_pid = worker_pid if worker_pid is not None else os.getpid()
-            experiment.worker_host = socket.gethostname()
-            experiment.final_accuracy = experiment.final_loss = experiment.final_epsilon = None
-            experiment.audit = experiment.personalization = None
             return checkpoint
+
+    @staticmethod
+    def _claimed_by(worker_pid: int | None) -> tuple[Any, ...]:
+        """The conditions that a run is still worker `worker_pid`'s on this host (none for None)."""
+        if worker_pid is None:
+            return ()
+        return (Experiment.worker_pid == worker_pid, Experiment.worker_host == socket.gethostname())
+
+    @staticmethod
+    def _why_not(session: Any, experiment_id: int, what: str) -> Exception:
+        """Why a conditional write of `what` (resume, start, ...) changed no row: KeyError when the
+        run is gone, ClaimLost (a ValueError) naming its status and the worker that has it."""
+        columns = (Experiment.status, Experiment.worker_pid, Experiment.worker_host)
+        row = session.execute(select(*columns).where(Experiment.id == experiment_id)).first()
+        if row is None:
+            return KeyError(f"no experiment with id {experiment_id}")
+        status, pid, host = row
+        worker = f"by PID {pid} on {host}" if pid is not None else "by a worker not started yet"
+        if status == "running":
+            return ClaimLost(f"experiment {experiment_id} is already running ({worker}): cannot {what} it")
+        if status == "queued":
+            resumed = session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
+            doing = "being resumed" if resumed is not None else "queued to run"
+            return ClaimLost(f"experiment {experiment_id} is already {doing} ({worker}): cannot {what} it")
+        if what == "resume":
+            return ClaimLost(
+                f"experiment {experiment_id} is {status}: only {', '.join(RESUMABLE_STATUSES)} runs resume"
+            )
+        return ClaimLost(f"experiment {experiment_id} is {status} (last {worker}): cannot {what} it")
 
     def set_noise_multiplier(self, experiment_id: int, noise_multiplier: float) -> None:
         """Record the σ the run uses (the calibrated one when a target ε was set)."""
@@ -476,6 +592,8 @@ class ExperimentStore:
                 f"weights: {len(tensor_bytes)} bytes are not {num_values} float32 values "
                 f"({num_values * WEIGHTS_DTYPE.itemsize} bytes)"
             )
+        if not self._fits(experiment_id):
+            raise KeyError(f"no experiment with id {experiment_id}")
         with self.sessions.begin() as session:
             if session.get(Experiment, experiment_id) is None:
                 raise KeyError(f"no experiment with id {experiment_id}")
@@ -485,6 +603,8 @@ class ExperimentStore:
 
     def load_weights(self, experiment_id: int) -> StoredWeights | None:
         """A run's stored final weights, or None if it has none."""
+        if not self._fits(experiment_id):
+            return None
         with self.sessions() as session:
             row = session.get(ModelWeights, experiment_id)
             if row is None:
@@ -508,31 +628,67 @@ class ExperimentStore:
         error: str | None = None,
         final: dict[str, float] | None = None,
         stop_reason: str | None = None,
-    ) -> None:
+        worker_pid: int | None = None,
+    ) -> bool:
+        """Record how a run ended. `worker_pid`: only while the run is still that worker's (PID and
+        host): a worker whose run another one has resumed, or that was deleted, changes nothing.
+        Returns whether it was written; KeyError for no such run (without `worker_pid`)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
         final = final or {}
-        self._update(
-            experiment_id,
-            status=status,
-            error=error,
-            stop_reason=stop_reason,
-            finished_at=utcnow(),
-            final_accuracy=final.get("accuracy"),
-            final_loss=final.get("loss"),
-            final_epsilon=final.get("epsilon"),
-        )
+        values = {
+            "status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
+            "final_accuracy": final.get("accuracy"), "final_loss": final.get("loss"),
+            "final_epsilon": final.get("epsilon"),
+        }  # fmt: skip
+        if worker_pid is None:
+            self._update(experiment_id, **values)
+            return True
+        if not self._fits(experiment_id):
+            return False
+        with self.sessions.begin() as session:
+            result = session.execute(
+                update(Experiment).where(Experiment.id == experiment_id, *self._claimed_by(worker_pid)).values(**values)
+            )
+            return bool(result.rowcount)
 
     def request_stop(self, experiment_id: int) -> None:
         """Ask the worker to stop after its current round (it polls this flag)."""
         self._update(experiment_id, stop_requested=True)
 
     def stop_requested(self, experiment_id: int) -> bool:
+        if not self._fits(experiment_id):
+            return False
         with self.sessions() as session:
             return bool(session.scalar(select(Experiment.stop_requested).where(Experiment.id == experiment_id)))
 
     def delete_experiment(self, experiment_id: int) -> None:
+        """Delete a run with its rounds, checkpoint and weights (nothing for no such run). Refuses
+        (ValueError) a queued or running one that a worker has (its PID is recorded): the worker
+        would go on writing into rows that are gone and crash. Stop it first; it is deletable once
+        it ends. (Deleting after a stop request would have to wait for the worker's round to end,
+        minutes, or leave a delete pending that nobody finishes if the worker dies: refusing is
+        atomic and says what to do.)"""
+        if not self._fits(experiment_id):
+            return
         with self.sessions.begin() as session:
+            # First a write, only if no worker has the run: it takes the row (SQLite: the database),
+            # so none can claim or start it between this check and the delete.
+            settled = session.execute(
+                update(Experiment)
+                .where(Experiment.id == experiment_id)
+                .where(or_(Experiment.status.not_in(ACTIVE_STATUSES), Experiment.worker_pid.is_(None)))
+                .values(status=Experiment.status)
+            ).rowcount
+            if not settled:
+                columns = (Experiment.status, Experiment.worker_pid, Experiment.worker_host)
+                row = session.execute(select(*columns).where(Experiment.id == experiment_id)).first()
+                if row is None:
+                    return
+                raise ValueError(
+                    f"experiment {experiment_id} is {row.status} (PID {row.worker_pid} on {row.worker_host}): "
+                    "stop it first, then delete it once it has ended"
+                )
             round_ids = select(Round.id).where(Round.experiment_id == experiment_id)
             session.execute(delete(ClientRound).where(ClientRound.round_id.in_(round_ids)))
             session.execute(delete(Round).where(Round.experiment_id == experiment_id))
@@ -541,6 +697,8 @@ class ExperimentStore:
             session.execute(delete(Experiment).where(Experiment.id == experiment_id))
 
     def _update(self, experiment_id: int, **values: Any) -> None:
+        if not self._fits(experiment_id):
+            raise KeyError(f"no experiment with id {experiment_id}")
         with self.sessions.begin() as session:
             result = session.execute(update(Experiment).where(Experiment.id == experiment_id).values(**values))
             if result.rowcount == 0:
@@ -556,6 +714,10 @@ class ExperimentStore:
             return [_summary(e, counts.get(e.id, 0)) for e in experiments]
 
     def get_experiment(self, experiment_id: int) -> ExperimentSummary | None:
+        """Experiment `experiment_id`, or None if there is none (whatever the id: one too large
+        for the column names none)."""
+        if not self._fits(experiment_id):
+            return None
         with self.sessions() as session:
             experiment = session.get(Experiment, experiment_id)
             if experiment is None:
@@ -565,6 +727,7 @@ class ExperimentStore:
     def rounds_frame(self, experiment_ids: list[int]) -> pd.DataFrame:
         """One row per round: experiment_id, round, accuracy, loss, epsilon, ..."""
         columns = ["experiment_id", *ROUND_FIELDS, "num_clients", "num_selected", "created_at"]
+        experiment_ids = [i for i in experiment_ids if self._fits(i)]
         with self.sessions() as session:
             rows = session.execute(
                 select(*(getattr(Round, c) for c in columns))
@@ -576,6 +739,8 @@ class ExperimentStore:
     def round_rows(self, experiment_id: int, *, after_round: int = 0) -> list[dict[str, Any]]:
         """The stored rounds after `after_round`, each as `RoundResult.to_dict()` gave it (with its
         `clients`), in order: what `cli.py run --json` prints, whichever process ran the round."""
+        if not self._fits(experiment_id):
+            return []
         with self.sessions() as session:
             rounds = session.scalars(
                 select(Round).where(Round.experiment_id == experiment_id, Round.round > after_round).order_by(Round.round)
@@ -591,6 +756,8 @@ class ExperimentStore:
         """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
         sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error."""
         columns = ["round", "client_id", *CLIENT_FIELDS[1:]]
+        if not self._fits(experiment_id):
+            return pd.DataFrame([], columns=columns)
         with self.sessions() as session:
             rows = session.execute(
                 select(Round.round, *(getattr(ClientRound, c) for c in columns[1:]))
@@ -602,14 +769,16 @@ class ExperimentStore:
 
     def mark_interrupted_if_dead(self, is_alive: Any) -> list[int]:
         """Mark `interrupted` the active runs whose worker is gone: on this host, a `queued` or
-        `running` run whose worker PID `is_alive(pid)` denies; on any host, a `running` run whose
-        heartbeat is older than STALE_HEARTBEAT_SECONDS (the worker beats every HEARTBEAT_SECONDS,
-        mid-round too, so this catches a dead machine or a PID reused on another one).
+        `running` run whose worker PID `is_alive(pid)` denies, and only that (a live PID is never
+        marked, however old its heartbeat: a stopped or very busy process is alive, and a second
+        copy resumed beside it would run the rounds twice); on another host (or with no PID
+        recorded), a `running` run whose heartbeat is older than STALE_HEARTBEAT_SECONDS (the
+        worker beats every HEARTBEAT_SECONDS, mid-round too, so this catches a dead machine).
 
         The updates are conditional: a worker that finishes its run (or beats) between the
         look-up and the check has already written, and what it wrote stands."""
         host = socket.gethostname()
-        active = ("queued", "running")
+        active = ACTIVE_STATUSES
         stale = utcnow() - timedelta(seconds=STALE_HEARTBEAT_SECONDS)
         marked = []
         with self.sessions.begin() as session:
@@ -628,13 +797,17 @@ class ExperimentStore:
                 )
                 if result.rowcount:
                     marked.append(experiment_id)
+            elsewhere = or_(
+                Experiment.worker_host.is_(None), Experiment.worker_host != host, Experiment.worker_pid.is_(None)
+            )
             silent = session.scalars(
-                select(Experiment.id).where(Experiment.status == "running", Experiment.heartbeat_at < stale)
+                select(Experiment.id).where(Experiment.status == "running", Experiment.heartbeat_at < stale, elsewhere)
             ).all()
             for experiment_id in silent:
                 result = session.execute(
                     update(Experiment)
-                    .where(Experiment.id == experiment_id, Experiment.status == "running", Experiment.heartbeat_at < stale)
+                    .where(Experiment.id == experiment_id, Experiment.status == "running")
+                    .where(Experiment.heartbeat_at < stale, elsewhere)
                     .values(status="interrupted", finished_at=utcnow(), error=STALE_HEARTBEAT_ERROR)
                 )
                 if result.rowcount:

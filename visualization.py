@@ -30,6 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 FIGURE_HEIGHT = 320  # px; two charts side by side fit a laptop screen
+LEGEND_Y = -0.3  # the legend's top, as a fraction of the plot's height: below the x axis and its title
 PALETTE = (
     "#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea",
     "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
@@ -101,7 +102,7 @@ def epsilon_figure(
                 )
         if labels is None and rounds["experiment_id"].nunique() == 1:
             figure.data[0].name = "ε spent"  # beside the limits, "#7" would say nothing
-        figure.update_layout(showlegend=len(figure.data) > 1)
+        figure.update_layout(showlegend=len(figure.data) > 1 or labels is not None)
     _style(figure, title=title, x_title="round", y_title="ε", empty=rounds.empty)
     figure.update_yaxes(rangemode="tozero")
     return figure
@@ -148,25 +149,42 @@ def audit_figure(points: pd.DataFrame, *, title: str = "Membership inference vs 
     return figure
 
 
+DELTA_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star")
+
+
 def _points_by_mode(points: pd.DataFrame, column: str, value_hover: str) -> go.Figure:
+    """One trace per privacy mode; where the runs' δ differ (an optional `delta` column), one per (mode, δ),
+    each δ its own marker symbol and named in the legend, since ε alone does not compare across δ. The hover
+    gives δ whenever it is known."""
     figure = go.Figure()
     if points.empty:
         return figure
-    for index, (mode, rows) in enumerate(points.sort_values("epsilon").groupby("mode", sort=True)):
+    points = points.assign(delta=points.get("delta", np.nan))
+    deltas = sorted(points["delta"].dropna().unique())
+    by_delta = len(deltas) > 1
+    keys = ["mode", "delta"] if by_delta else ["mode"]
+    for index, (key, rows) in enumerate(points.sort_values("epsilon").groupby(keys, sort=True, dropna=False)):
+        mode, delta = (key if by_delta else (key[0] if isinstance(key, tuple) else key, None))
+        name = f"{mode} DP" + (f", δ = {delta:.0e}" if by_delta else "")
+        known = rows["delta"].notna().all()
+        hover_delta = " · δ %{customdata[1]:.0e}" if known else ""
+        symbol = DELTA_SYMBOLS[deltas.index(delta) % len(DELTA_SYMBOLS)] if by_delta and delta in deltas else "circle"
         figure.add_trace(
             go.Scatter(
                 x=rows["epsilon"].to_numpy(dtype=float),
                 y=rows[column].to_numpy(dtype=float),
                 mode="markers+text",
-                name=f"{mode} DP",
+                name=name,
                 text=rows["label"].tolist(),
                 textposition="top center",
                 cliponaxis=False,  # a label above the highest point stays readable
-                customdata=rows["name"].tolist(),
-                marker={"color": MODE_COLORS.get(str(mode), PALETTE[(index + 2) % len(PALETTE)]), "size": 10},
-                hovertemplate="%{customdata}<br>ε %{x:.3g} · " + value_hover + "<extra>%{fullData.name}</extra>",
+                customdata=list(zip(rows["name"].tolist(), rows["delta"].astype(float).tolist())),
+                marker={"color": MODE_COLORS.get(str(mode), PALETTE[(index + 2) % len(PALETTE)]), "size": 10,
+                        "symbol": symbol},
+                hovertemplate="%{customdata[0]}<br>ε %{x:.3g}" + hover_delta + " · " + value_hover
+                + "<extra>%{fullData.name}</extra>",
             )
-        )
+        )  # fmt: skip
     return figure
 
 
@@ -187,8 +205,11 @@ def _epsilon_axis(figure: go.Figure, points: pd.DataFrame) -> None:
         figure.update_xaxes(rangemode="tozero")
 
 
-def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training loss per client") -> go.Figure:
-    """Mean local training loss per round; one line per `client_id` (columns round, client_id, loss).
+def client_loss_figure(
+    clients: pd.DataFrame, *, client_names: Sequence[str] | None = None, title: str = "Local training loss per client"
+) -> go.Figure:
+    """Mean local training loss per round; one line per `client_id` (columns round, client_id, loss), named by
+    `client_name`.
 
     Clients that never trained in a round (`status` dropped or late: loss 0) are left out.
     """
@@ -202,7 +223,7 @@ def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training lo
                     x=rows["round"].to_numpy(),
                     y=rows["loss"].to_numpy(),
                     mode="lines+markers",
-                    name=f"client {client_id}",
+                    name=client_name(int(client_id), client_names),
                     line={"color": PALETTE[index % len(PALETTE)], "width": 1.5},
                     marker={"size": 5},
                 )
@@ -213,8 +234,16 @@ def client_loss_figure(clients: pd.DataFrame, *, title: str = "Local training lo
     return figure
 
 
-def label_heatmap(label_counts: Sequence[Sequence[int]] | None, *, title: str = "Labels per client") -> go.Figure:
-    """Examples per class (columns) held by each client (rows), from the partition."""
+def label_heatmap(
+    label_counts: Sequence[Sequence[int]] | None,
+    *,
+    label_names: Sequence[str] | None = None,
+    client_names: Sequence[str] | None = None,
+    title: str = "Labels per client",
+) -> go.Figure:
+    """Examples per class (columns) held by each client (rows), from the partition; columns named by
+    `label_names` (NGSS: the rubric elements E1, E2, …, each column the examples that earned it) when it has one
+    name per column, rows by `client_name`."""
     figure = go.Figure()
     counts = np.asarray(label_counts if label_counts else [], dtype=np.int64)
     if counts.ndim == 2 and counts.size:
@@ -222,8 +251,9 @@ def label_heatmap(label_counts: Sequence[Sequence[int]] | None, *, title: str = 
         figure.add_trace(
             go.Heatmap(
                 z=counts,
-                x=[str(label) for label in range(num_classes)],
-                y=[f"client {client}" for client in range(num_clients)],
+                x=list(label_names) if label_names and len(label_names) == num_classes
+                else [str(label) for label in range(num_classes)],
+                y=[client_name(client, client_names) for client in range(num_clients)],
                 colorscale="Blues",
                 colorbar={"title": {"text": "examples"}, "thickness": 12},
                 texttemplate="%{z}" if counts.size <= 200 else None,
@@ -232,7 +262,8 @@ def label_heatmap(label_counts: Sequence[Sequence[int]] | None, *, title: str = 
         )
         figure.update_yaxes(autorange="reversed", type="category")
         figure.update_xaxes(type="category")
-    _style(figure, title=title, x_title="label", y_title="", empty=not counts.size, x_is_round=False)
+    x_title = "rubric element" if label_names and counts.ndim == 2 and len(label_names) == counts.shape[1] else "label"
+    _style(figure, title=title, x_title=x_title, y_title="", empty=not counts.size, x_is_round=False)
     return figure
 
 
@@ -248,15 +279,16 @@ def bytes_figure(rounds: pd.DataFrame, *, title: str = "Bytes exchanged per roun
     return figure
 
 
-def time_figure(rounds: pd.DataFrame, *, title: str = "Seconds per round") -> go.Figure:
+def time_figure(rounds: pd.DataFrame, *, show_simulated: bool = True, title: str = "Seconds per round") -> go.Figure:
     """Wall-clock seconds of each round, stacked: client training (`seconds`) then evaluation.
 
-    Where `simulated_seconds` is recorded (> 0), a line adds the round's duration as the
-    simulation has it: the slowest arriving client's download, compute at its speed and upload.
+    Where `simulated_seconds` is recorded (> 0) and `show_simulated` (the run set up a network or client
+    speeds worth showing), a line adds the round's duration as the simulation has it: the slowest arriving
+    client's download, compute at its speed and upload.
     """
     series = (("seconds", "training", PALETTE[0]), ("eval_seconds", "evaluation", PALETTE[2]))
     figure = _per_round_bars(rounds, series, barmode="stack", hover="%{y:.2f} s")
-    if "simulated_seconds" in rounds and (rounds["simulated_seconds"] > 0).any():
+    if show_simulated and "simulated_seconds" in rounds and (rounds["simulated_seconds"] > 0).any():
         per_round = rounds.groupby("round", sort=True)["simulated_seconds"].sum()
         name = "simulated (network, speeds)"
         figure.add_trace(
@@ -278,7 +310,10 @@ def time_figure(rounds: pd.DataFrame, *, title: str = "Seconds per round") -> go
 
 
 def client_profile_figure(
-    profiles: Sequence[Mapping] | None, *, title: str = "Client speed (malicious marked)"
+    profiles: Sequence[Mapping] | None,
+    *,
+    client_names: Sequence[str] | None = None,
+    title: str = "Client speed (malicious marked)",
 ) -> go.Figure:
     """Relative compute speed per client (1 = nominal) as bars, honest and malicious in two colours.
 
@@ -301,7 +336,7 @@ def client_profile_figure(
                 continue
             figure.add_trace(
                 go.Bar(
-                    x=[f"client {client}" for client in rows["id"]],
+                    x=[client_name(int(client), client_names) for client in rows["id"]],
                     y=rows["speed"].to_numpy(dtype=float),
                     name=name,
                     marker_color=color,
@@ -311,7 +346,7 @@ def client_profile_figure(
                     f"<extra>{name}</extra>",
                 )
             )
-        order = [f"client {client}" for client in frame["id"]]
+        order = [client_name(int(client), client_names) for client in frame["id"]]
         figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
         figure.add_hline(y=1.0, line={"color": "#6b7280", "dash": "dot", "width": 1})
         figure.update_layout(showlegend=len(figure.data) > 1)
@@ -319,7 +354,9 @@ def client_profile_figure(
     return figure
 
 
-def client_status_figure(clients: pd.DataFrame, *, title: str = "Clients per round") -> go.Figure:
+def client_status_figure(
+    clients: pd.DataFrame, *, client_names: Sequence[str] | None = None, title: str = "Clients per round"
+) -> go.Figure:
     """What happened to each selected client (rows) in each round (columns): ok, partial, lost,
     late or dropped, one colour each; blank where a client was not selected. Malicious clients'
     cells carry an ✕. `clients`: columns round, client_id, status and (optionally) malicious."""
@@ -338,7 +375,7 @@ def client_status_figure(clients: pd.DataFrame, *, title: str = "Clients per rou
         colorscale = [  # one flat band per status: code k maps to k / (last − 1), inside band k
             [edge / last, STATUS_COLORS[status]] for k, status in enumerate(CLIENT_STATUSES) for edge in (k, k + 1)
         ]
-        labels = [f"client {client}" for client in ids]
+        labels = [client_name(client, client_names) for client in ids]
         figure.add_trace(
             go.Heatmap(
                 z=codes,
@@ -361,7 +398,7 @@ def client_status_figure(clients: pd.DataFrame, *, title: str = "Clients per rou
                 figure.add_trace(
                     go.Scatter(
                         x=bad["round"].to_numpy(),
-                        y=[f"client {client}" for client in bad["client_id"]],
+                        y=[client_name(int(client), client_names) for client in bad["client_id"]],
                         mode="markers",
                         name="malicious",
                         marker={"symbol": "x-thin", "size": 9, "line": {"width": 2, "color": "#111827"}},
@@ -416,7 +453,10 @@ def upload_figure(clients: pd.DataFrame, *, title: str = "Upload per round") -> 
 
 
 def personalization_figure(
-    personalization: Mapping | None, *, title: str = "Accuracy on each client's own held-out data"
+    personalization: Mapping | None,
+    *,
+    client_names: Sequence[str] | None = None,
+    title: str = "Accuracy on each client's own held-out data",
 ) -> go.Figure:
     """Per client, the global model's and the personalized model's held-out accuracy (grouped bars).
 
@@ -428,7 +468,7 @@ def personalization_figure(
     if not clients.empty:
         clients = clients.sort_values("client")
         method = (personalization or {}).get("method", "personalized")
-        labels = [f"client {client}" for client in clients["client"]]
+        labels = [client_name(int(client), client_names) for client in clients["client"]]
         for column, name, color in (
             ("global_accuracy", "global model", PALETTE[0]),
             ("personalized_accuracy", f"personalized ({method})", PALETTE[2]),
@@ -492,7 +532,6 @@ def rubric_figure(rows: pd.DataFrame, *, title: str = "Rubric scoring per round"
     figure.update_layout(
         yaxis2={"title": {"text": "score MAE (points)"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
                 "showgrid": False},
-        legend={"yanchor": "top", "y": -0.3, "xanchor": "left", "x": 0.0},  # four entries: below, not over the title
         margin={"b": 70},
     )  # fmt: skip
     return figure
@@ -503,7 +542,8 @@ def rubric_overlay_figure(
 ) -> go.Figure:
     """One rubric metric (`RUBRIC_COLUMNS`) per round, one line per `experiment_id`, for Compare."""
     figure = _per_experiment_lines(rows, column, labels)
-    _style(figure, title=title or RUBRIC_NAMES[column].capitalize(), x_title="round", y_title=RUBRIC_NAMES[column],
+    name = RUBRIC_NAMES[column]
+    _style(figure, title=title or name[0].upper() + name[1:], x_title="round", y_title=name,
            empty=rows.empty)  # fmt: skip
     if column != "score_mae":
         figure.update_yaxes(tickformat=".0%", rangemode="tozero")
@@ -587,7 +627,7 @@ def _per_experiment_lines(rounds: pd.DataFrame, column: str, labels: Mapping[int
     if rounds.empty:
         return figure
     groups = rounds.sort_values("round").groupby("experiment_id", sort=True)
-    for index, (experiment_id, rows) in enumerate(groups):
+    for experiment_id, rows in groups:
         name = (labels or {}).get(int(experiment_id), f"#{experiment_id}")
         figure.add_trace(
             go.Scatter(
@@ -595,12 +635,22 @@ def _per_experiment_lines(rounds: pd.DataFrame, column: str, labels: Mapping[int
                 y=rows[column].to_numpy(),
                 mode="lines+markers",
                 name=name,
-                line={"color": PALETTE[index % len(PALETTE)], "width": 2},
+                line={"color": experiment_color(int(experiment_id)), "width": 2},
                 marker={"size": 6},
             )
         )
-    figure.update_layout(showlegend=groups.ngroups > 1)
+    figure.update_layout(showlegend=groups.ngroups > 1 or labels is not None)  # labels: an overlay, say whose
     return figure
+
+
+def experiment_color(experiment_id: int) -> str:
+    """One colour per experiment id, the same in every chart and whatever else is shown beside it."""
+    return PALETTE[(experiment_id - 1) % len(PALETTE)]
+
+
+def client_name(client_id: int, names: Sequence[str] | None = None) -> str:
+    """`School B` where the clients are named (NGSS natural partition: client k is school k), else `client 1`."""
+    return names[client_id] if names and 0 <= client_id < len(names) else f"client {client_id}"
 
 
 def _style(
@@ -611,7 +661,8 @@ def _style(
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
         height=FIGURE_HEIGHT,
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        # Below the plot: above it, a legend that wraps to a second row runs into the title.
+        legend={"orientation": "h", "yanchor": "top", "y": LEGEND_Y, "xanchor": "left", "x": 0.0},
         hovermode="x unified" if x_is_round else "closest",
     )
     figure.update_xaxes(title_text=x_title, showgrid=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import make_url
 
@@ -219,3 +220,58 @@ def total_rounds(experiment: ExperimentSummary) -> int:
 
 def privacy_on(experiment: ExperimentSummary) -> bool:
     return experiment.config.get("privacy", {}).get("mode", "none") != "none"
+
+
+# -- what the run views and exports need to say -----------------------------------------
+
+PRIVACY_COLUMNS = ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant")
+# Settings that make the simulated round time mean something: a network or client speeds someone set up.
+NETWORK_KEYS = (
+    ("communication", "bandwidth_mbps"), ("communication", "bandwidth_spread"), ("communication", "latency_ms"),
+    ("communication", "latency_spread"), ("communication", "compression"), ("federation", "speed_spread"),
+    ("federation", "round_deadline"),
+)  # fmt: skip
+
+
+def rounds_csv(rounds: pd.DataFrame, experiments: list[ExperimentSummary]) -> str:
+    """The rounds as CSV, with the privacy columns left empty for runs without privacy: ε = 0, δ = 0 there would
+    read as "perfectly private" when no guarantee was made at all."""
+    public = [e.id for e in experiments if not privacy_on(e)]
+    frame = rounds.astype({c: object for c in PRIVACY_COLUMNS if c in rounds})
+    frame.loc[frame["experiment_id"].isin(public), [c for c in PRIVACY_COLUMNS if c in frame]] = None
+    return frame.to_csv(index=False)
+
+
+def network_configured(experiment: ExperimentSummary) -> bool:
+    """Whether the run set up a network or client speeds (any of `NETWORK_KEYS` off its default): only then is
+    the simulated round time worth a line of its own."""
+    defaults = ExperimentConfig().to_dict()
+    return any(
+        experiment.config.get(section, {}).get(key, defaults[section][key]) != defaults[section][key]
+        for section, key in NETWORK_KEYS
+    )
+
+
+def client_names(experiment: ExperimentSummary) -> list[str] | None:
+    """The clients' names where they are schools (NGSS, natural partition: client k holds school k), else None
+    (the charts then say "client k")."""
+    schools = (experiment.dataset_info or {}).get("schools")
+    natural = experiment.config.get("data", {}).get("partition") == "natural"
+    return list(schools) if natural and schools else None
+
+
+def rubric_labels(experiment: ExperimentSummary) -> list[str] | None:
+    """The rubric elements (E1, E2, …) of an NGSS run, from its stored dataset_info; None for MNIST."""
+    return list((experiment.dataset_info or {}).get("labels") or []) or None if is_rubric(experiment) else None
+
+
+def delta_population(experiment: ExperimentSummary, clients: pd.DataFrame) -> tuple[int, str] | None:
+    """(N, what N counts) that δ must stay well below 1/N of: the examples on the largest client (local DP) or
+    the clients (central DP), as the privacy report states it; None when not known (yet)."""
+    mode = experiment.config.get("privacy", {}).get("mode", "none")
+    if mode == "central":
+        return int(experiment.config.get("federation", {}).get("num_clients", 0)), "clients"
+    sizes = [int(p.get("num_examples", 0)) for p in experiment.client_profiles or []]
+    if not sizes and not clients.empty and "num_examples" in clients:
+        sizes = [int(n) for n in clients.groupby("client_id")["num_examples"].max()]
+    return (max(sizes), "examples on the largest client") if mode == "local" and sizes and max(sizes) > 0 else None

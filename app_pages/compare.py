@@ -16,23 +16,27 @@ from app_pages.common import (
     format_share,
     partition_text,
     privacy_on,
+    rounds_csv,
     strategy_text,
 )
+from app_pages.config_fields import FIELD_LABELS
 from database import ExperimentStore, ExperimentSummary
 
 
 def config_differences(experiments: list[ExperimentSummary]) -> pd.DataFrame:
-    """The config keys whose values differ between the experiments, then their status and final accuracy."""
+    """The settings whose values differ between the experiments, named as the sidebar names them (a key it does
+    not show keeps its config name), then their status and final accuracy: a "Setting" column, one per run."""
     flat = pd.DataFrame({
         f"#{e.id}": {f"{section}.{key}": value for section, table in e.config.items() for key, value in table.items()}
         for e in experiments
     })  # fmt: skip
     differing = flat[flat.astype(str).nunique(axis=1) > 1].astype(str)
+    differing.index = [FIELD_LABELS.get(key, key) for key in differing.index]
     outcome = pd.DataFrame({
-        f"#{e.id}": {"status": e.status, "final accuracy": format_share(e.final_accuracy)}
+        f"#{e.id}": {"Status": e.status, "Final accuracy": format_share(e.final_accuracy)}
         for e in experiments
     })  # fmt: skip
-    return pd.concat([differing, outcome])
+    return pd.concat([differing, outcome]).rename_axis("Setting").reset_index()
 
 
 def setting_texts(experiment: ExperimentSummary) -> dict[str, str]:
@@ -47,7 +51,8 @@ def setting_texts(experiment: ExperimentSummary) -> dict[str, str]:
         "strategy": strategy_text(config),
         "attack": "no attack" if attack == "none" else f"attack {attack}",
         "compression": "uncompressed" if compression == "none" else compression,
-        "privacy": "no DP" if mode == "none" else f"{mode} DP",
+        # δ too: ε of runs with different δ do not compare (a legend tells them apart only where they differ)
+        "privacy": "no DP" if mode == "none" else f"{mode} DP, δ = {config['privacy'].get('delta', 0):.0e}",
     }
 
 
@@ -99,8 +104,12 @@ def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
         epsilon = viz.epsilon_figure(rounds[rounds["experiment_id"].isin(private)], labels)
         st.columns(2)[0].plotly_chart(epsilon, key="compare-epsilon", config={"displaylogo": False})
     st.markdown("**What differs**")
-    st.dataframe(config_differences(chosen), width="stretch")
+    differences = config_differences(chosen)
+    st.dataframe(
+        differences, width="stretch", hide_index=True, key="compare-differences",
+        column_config={"Setting": st.column_config.TextColumn(width="medium", pinned=True)},
+    )  # fmt: skip
     st.download_button(
-        "Rounds CSV", rounds.to_csv(index=False), icon=":material/download:", file_name="compared-rounds.csv",
+        "Rounds CSV", rounds_csv(rounds, chosen), icon=":material/download:", file_name="compared-rounds.csv",
         mime="text/csv", key="download_compare_csv", on_click="ignore",
     )  # fmt: skip

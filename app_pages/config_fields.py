@@ -8,6 +8,7 @@ validation uses when the form is submitted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,22 +67,49 @@ class Field:
     def is_checkbox(self, defaults: ExperimentConfig) -> bool:
         return isinstance(getattr(getattr(defaults, self.section), self.name), bool)
 
+    @property
+    def widget_key(self) -> str:
+        return self.key or self.name
+
+    def range_problem(self, value: Any) -> str | None:
+        """Why a number input's `value` is outside its range (`bounds`), or None. The number inputs take any
+        number (a bounded one makes the browser hold back an out-of-range value, so Start would silently do
+        nothing): this check names the problem instead."""
+        low, high = self.bounds()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"must be {range_text(low, high)}, got {value:g}"
+        return None
+
     def widget(self, container: Any, defaults: ExperimentConfig) -> Any:
+        """The widget, bound to the URL's query parameter of its key: the last-used settings survive a reload
+        of the tab (only values that differ from the default appear in the URL)."""
         default = getattr(getattr(defaults, self.section), self.name)
-        key = self.key or self.name
+        key, bind = self.widget_key, "query-params"
         if isinstance(default, bool):
-            return container.checkbox(self.label, default, key=key, help=self.help)
+            return container.checkbox(self.label, default, key=key, help=self.help, bind=bind)
         if self.choices:
             index = self.choices.index(default)
             return container.selectbox(
-                self.label, self.choices, index=index, key=key, help=self.help, format_func=self.format_func or str
-            )
+                self.label, self.choices, index=index, key=key, help=self.help, format_func=self.format_func or str,
+                bind=bind,
+            )  # fmt: skip
         if isinstance(default, str):
-            return container.text_input(self.label, default, key=key, help=self.help)
+            return container.text_input(self.label, default, key=key, help=self.help, bind=bind)
         low, high = self.bounds()
         return container.number_input(
-            self.label, low, high, default, step=self.step, format=self.format, key=key, help=self.help
-        )
+            self.label, None, None, default, step=self.step, format=self.format, key=key, bind=bind,
+            help=f"{self.help} Allowed: {range_text(low, high)}.",
+        )  # fmt: skip
+
+
+def range_text(low: float | None, high: float | None) -> str:
+    """`between 1 and 100,000`, `at least 0`."""
+    shown = [None if bound is None else f"{bound:,}" if isinstance(bound, int) else f"{bound:g}" for bound in (low, high)]
+    if shown[0] is not None and shown[1] is not None:
+        return f"between {shown[0]} and {shown[1]}"
+    return f"at least {shown[0]}" if shown[0] is not None else f"at most {shown[1]}"
 
 
 DATA_FIELDS = (
@@ -130,7 +158,7 @@ NGSS_RECIPE = (
 NGSS_NOTE = (
     "Rubric scoring (Dataset ngss or csv, Model tinyllama-lora or minilm-lora). **ngss: synthetic responses — "
     "not real student data**, generated from the published task statistics, seeded by Seed. **csv**: your lab's "
-    "files, uploaded below."
+    "files, uploaded below. The **NGSS recipe** button above the form sets the measured settings."
 )
 FEDERATION_FIELDS = (
     Field("federation", "num_clients", "Clients", "How many clients the training data is split across."),
@@ -305,3 +333,51 @@ SCENARIO_GROUPS = (
      "compression sets what an upload costs.", COMMUNICATION_FIELDS),
     ("Secure aggregation", ":material/lock:", "", SECURE_AGGREGATION_FIELDS),
 )  # fmt: skip
+
+
+# Every field of the form, with the group it sits in: for the labels below and the range check at Start.
+FIELD_GROUPS = (
+    ("Data & model", DATA_FIELDS), ("NGSS rubric scoring", NGSS_FIELDS), ("Federation", FEDERATION_FIELDS),
+    ("Privacy", PRIVACY_FIELDS), *((title, fields) for title, _, _, fields in SCENARIO_GROUPS),
+    ("Advanced", ADVANCED_FIELDS),
+)  # fmt: skip
+ALL_FIELDS = tuple(field for _, fields in FIELD_GROUPS for field in fields)
+
+
+def _field_labels() -> dict[str, str]:
+    """`section.name` → the sidebar's label; a label used twice ("Noise σ") gets its group: "Noise σ (Attack)"."""
+    counts: dict[str, int] = {}
+    for field in ALL_FIELDS:
+        counts[field.label] = counts.get(field.label, 0) + 1
+    labels = {
+        f"{field.section}.{field.name}": field.label if counts[field.label] == 1 else f"{field.label} ({group})"
+        for group, fields in FIELD_GROUPS
+        for field in fields
+    }
+    return labels | {"data.data_dir": "Data directory", "data.csv_path": "Lab CSV files"}
+
+
+FIELD_LABELS = _field_labels()
+# A key named without its section ("needs clients_per_round >= 11"): those with an underscore whose name is unique.
+_NAMES = [key.split(".")[1] for key in FIELD_LABELS]
+BARE_LABELS = {key.split(".")[1]: label for key, label in FIELD_LABELS.items()
+               if "_" in key.split(".")[1] and _NAMES.count(key.split(".")[1]) == 1}  # fmt: skip
+_CONFIG_KEY = re.compile(r"\b([a-z]+\.[a-z_0-9]+)\b|(?<![.\w])([a-z]+_[a-z_0-9]+)\b")
+
+
+def labelled(message: str) -> str:
+    """A validation message with its config keys (`federation.num_clients`, or `clients_per_round` alone)
+    replaced by the sidebar's labels in bold (**Clients**); keys the sidebar does not show stay as they are."""
+
+    def label(match: re.Match) -> str:
+        dotted, bare = match[1], match[2]
+        shown = FIELD_LABELS.get(dotted) if dotted else BARE_LABELS.get(bare)
+        return f"**{shown}**" if shown else match[0]
+
+    return _CONFIG_KEY.sub(label, message)
+
+
+def widget_values(config: ExperimentConfig) -> dict[str, Any]:
+    """The value of every form widget (by key) that shows `config`: what "Load into sidebar" sets."""
+    values = {field.widget_key: getattr(getattr(config, field.section), field.name) for field in ALL_FIELDS}
+    return values | {"data_dir": config.data.data_dir}

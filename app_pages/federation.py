@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import visualization as viz
-from app_pages.common import format_bytes
+from app_pages.common import client_names, format_bytes
 from database import ExperimentSummary
 
 Metric = tuple[str, str, str | None, str]  # label, value, delta (or None), help
@@ -21,16 +21,16 @@ Metric = tuple[str, str, str | None, str]  # label, value, delta (or None), help
 def federation_figures(experiment: ExperimentSummary, clients: pd.DataFrame) -> dict[str, go.Figure]:
     """The panel's charts that apply to this run, by key, in display order."""
     figures: dict[str, go.Figure] = {}
-    profiles = experiment.client_profiles or []
+    profiles, names = experiment.client_profiles or [], client_names(experiment)
     speeds = {round(float(p.get("speed", 1.0)), 6) for p in profiles}
     if len(speeds) > 1 or any(p.get("malicious") for p in profiles):
-        figures["profiles"] = viz.client_profile_figure(profiles)
+        figures["profiles"] = viz.client_profile_figure(profiles, client_names=names)
     if not clients.empty and ((clients["status"] != "ok").any() or clients["malicious"].any()):
-        figures["status"] = viz.client_status_figure(clients)
+        figures["status"] = viz.client_status_figure(clients, client_names=names)
     if compression(experiment) != "none" and not clients.empty:
         figures["upload"] = viz.upload_figure(clients)
     if (experiment.personalization or {}).get("clients"):
-        figures["personalization"] = viz.personalization_figure(experiment.personalization)
+        figures["personalization"] = viz.personalization_figure(experiment.personalization, client_names=names)
     return figures
 
 

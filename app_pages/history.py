@@ -23,6 +23,8 @@ from app_pages.common import (
 from app_pages.run_view import experiment_panel, render_actions
 from database import ExperimentStore, ExperimentSummary
 
+HISTORY_ROWS = 12  # rows the table shows before it scrolls
+
 
 def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
     rows = []
@@ -32,6 +34,10 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
             "ID": experiment.id,
             "Name": experiment.name,
             "Status": experiment.status,
+            # The outcome first: at 800 px the columns after the first few are scrolled off.
+            "Final accuracy": experiment.final_accuracy,
+            "Final ε": experiment.final_epsilon if privacy_on(experiment) else None,
+            "Privacy": experiment.config.get("privacy", {}).get("mode", "none"),
             "Data": data_text(experiment),
             "Model": experiment.config.get("model", {}).get("name"),
             "Partition": data.get("partition"),
@@ -40,9 +46,6 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
             "Attack": attack_text(experiment.config),
             "Compression": compression_text(experiment.config),
             "Rounds": f"{experiment.rounds_done}/{federation.get('rounds', '?')}",
-            "Final accuracy": experiment.final_accuracy,
-            "Privacy": experiment.config.get("privacy", {}).get("mode", "none"),
-            "Final ε": experiment.final_epsilon if privacy_on(experiment) else None,
             "Duration": format_seconds(experiment.duration_seconds),
             "Created (UTC)": experiment.created_at,
         })  # fmt: skip
@@ -52,7 +55,7 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
 def privacy_points(experiments: list[ExperimentSummary]) -> pd.DataFrame:
     """Final ε, accuracy and audit of every private run that ended with results (completed, or stopped by its
     budget or on request), one row each, for `viz.privacy_utility_figure` and `viz.audit_figure`."""
-    columns = ["experiment_id", "label", "name", "mode", "epsilon", "accuracy", "auc", "advantage"]
+    columns = ["experiment_id", "label", "name", "mode", "epsilon", "delta", "accuracy", "auc", "advantage"]
     rows = []
     for experiment in experiments:
         ended = experiment.status in ("completed", "stopped")
@@ -61,7 +64,8 @@ def privacy_points(experiments: list[ExperimentSummary]) -> pd.DataFrame:
         audit = experiment.audit or {}
         rows.append([
             experiment.id, f"#{experiment.id}", describe(experiment), experiment.config["privacy"]["mode"],
-            experiment.final_epsilon, experiment.final_accuracy, audit.get("auc"), audit.get("advantage"),
+            experiment.final_epsilon, float(experiment.config["privacy"].get("delta", float("nan"))),
+            experiment.final_accuracy, audit.get("auc"), audit.get("advantage"),
         ])  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
@@ -79,7 +83,8 @@ def render_privacy_utility(experiments: list[ExperimentSummary]) -> None:
         else:
             right.info("No membership-inference audits yet: runs audit their final model when Advanced → Audit "
                        "examples is above 0.", icon=":material/policy:")  # fmt: skip
-        st.caption("ε is per training example for local DP and per client for central DP: compare runs of one mode. "
+        st.caption("ε is per training example for local DP and per client for central DP: compare runs of one mode "
+                   "and one δ (runs that differ in δ get their own marker). "
                    "A target-ε sweep (sidebar) traces the curve for one configuration.")  # fmt: skip
 
 
@@ -97,7 +102,7 @@ def render_history(store: ExperimentStore, experiments: list[ExperimentSummary])
     by_id = dict(zip(ids, experiments))
     st.dataframe(
         history_frame(experiments), hide_index=True, key="history_table", selection_mode="single-row",
-        on_select=functools.partial(select_from_table, ids), height=min(38 + 35 * len(experiments), 300),
+        on_select=functools.partial(select_from_table, ids), height=38 + 35 * min(len(experiments), HISTORY_ROWS),
         column_config={
             "ID": st.column_config.NumberColumn(width="small", format="%d"),
             "Final accuracy": st.column_config.NumberColumn(format="percent"),

@@ -14,28 +14,35 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from privacy import report as privacy_report
 import visualization as viz
 from app_pages.common import (
     ACTIVE_STATUSES,
     STATUS_ICONS,
     TABS,
+    client_names,
+    delta_population,
     describe,
     format_bytes,
     format_seconds,
     is_rubric,
     launch,
+    network_configured,
     privacy_on,
     render_data_badge,
     resume,
+    rounds_csv,
+    rubric_labels,
     total_rounds,
 )
+from app_pages.config_fields import labelled, widget_values
 from app_pages.federation import render_federation
 from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
-from privacy.audit import advantage_bound
+from privacy import report as privacy_report
+from privacy.audit import advantage_bound, advantage_chance_level
 from runs.comparisons import centralized_config, suggested_centralized_lr, without_privacy
 
+METRIC_WIDTH = 170  # px: "Per-label accuracy" and "91.67%" fit; five cards fill a 1000 px wide main area
 # The backbones of the text models: (name, parameters). Only LoRA + head travel; this is what a full copy would be.
 FULL_MODELS = {"tinyllama-lora": ("TinyLLama-v0", 4_621_376), "minilm-lora": ("all-MiniLM-L6-v2", 22_713_216)}
 RUBRIC_HELP = {
@@ -107,34 +114,53 @@ def render_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame, clients:
     loss_change = None if previous is None else f"{last.loss - previous.loss:+.4f}"
     seconds_per_round = float((rounds.seconds + rounds.eval_seconds).mean())
     bytes_total = float(rounds.bytes_up.sum() + rounds.bytes_down.sum())
-    columns = st.columns(5)
+    cards = metric_row()
     rubric = viz.rubric_rows(rounds) if is_rubric(experiment) else pd.DataFrame()
     if rubric.empty:
-        columns[0].metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True)
-        loss_column, columns = columns[1], columns[2:]
+        cards.metric("Accuracy", f"{last.accuracy:.2%}", accuracy_change, border=True, width=METRIC_WIDTH)
     else:  # per-label accuracy is the accuracy of a rubric-scoring run
-        render_rubric_metrics(rubric, columns[:4])
-        loss_column, columns = columns[4], st.columns(5)
-    loss_column.metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True)
+        render_rubric_metrics(rubric, cards)
+    cards.metric("Loss", f"{last.loss:.4f}", loss_change, delta_color="inverse", border=True, width=METRIC_WIDTH)
     if privacy_on(experiment):
-        columns[0].metric(
-            f"ε (δ = {last.delta:.0e})", f"{last.epsilon:.3g}", border=True,
-            help=f"{experiment.config['privacy']['mode']} DP, σ = {last.noise_multiplier:.3g}, "
-            f"C = {last.max_grad_norm:.3g}, {last.accountant} accountant",
-        )  # fmt: skip
+        render_epsilon_card(cards.container(width=METRIC_WIDTH, gap=None), experiment, last)
     else:
-        columns[0].metric("Privacy", "off", border=True)
-    columns[1].metric("Time per round", format_seconds(seconds_per_round), border=True)
-    columns[2].metric("Data exchanged", format_bytes(bytes_total), border=True, help=exchange_help(experiment, clients))
+        cards.metric("Privacy", "off", border=True, width=METRIC_WIDTH)
+    cards.metric("Time / round", format_seconds(seconds_per_round), border=True, width=METRIC_WIDTH,
+                 help="Wall-clock seconds per round, training and evaluation, averaged over the rounds so far.")
+    cards.metric("Data exchanged", format_bytes(bytes_total), border=True, width=METRIC_WIDTH,
+                 help=exchange_help(experiment, clients))  # fmt: skip
 
 
-def render_rubric_metrics(rows: pd.DataFrame, columns: list[Any]) -> None:
+def metric_row() -> Any:
+    """A row of fixed-width metric cards that wraps onto more rows where the page is narrow (~800 px), instead of
+    squeezing five columns until their labels read "Accur… 1…"."""
+    return st.container(horizontal=True, gap="small")
+
+
+def format_epsilon(epsilon: float) -> str:
+    """ε with three decimals (2.995, not 3: a value just under a target must not read as the target itself);
+    below 0.001 in scientific notation."""
+    return f"{epsilon:.3f}" if epsilon >= 1e-3 or epsilon == 0 else f"{epsilon:.2e}"
+
+
+def render_epsilon_card(container: Any, experiment: ExperimentSummary, last: pd.Series) -> None:
+    """The ε card with the mechanism's parameters in plain sight under it: σ, C and the accountant."""
+    mode = experiment.config["privacy"]["mode"]
+    container.metric(
+        f"ε (δ = {last.delta:.0e})", format_epsilon(float(last.epsilon)), border=True,
+        help=f"{mode} DP: ε spent so far, from the {last.accountant} accountant, at noise multiplier σ and clip "
+        "norm C.",
+    )  # fmt: skip
+    container.caption(f"{mode} DP · σ {last.noise_multiplier:.3g} · C {last.max_grad_norm:.3g} · {last.accountant}")
+
+
+def render_rubric_metrics(rows: pd.DataFrame, cards: Any) -> None:
     """Per-label accuracy, exact match, micro-F1 and score MAE of the last round (`viz.rubric_rows`), each with
-    its change since the round before, into four columns."""
+    its change since the round before, as four cards of the row `cards`."""
     last, previous = rows.iloc[-1], rows.iloc[-2] if len(rows) > 1 else None
-    for column, (name, percent) in zip(columns, [
+    for name, percent in [
         ("per_label_accuracy", True), ("exact_match", True), ("micro_f1", False), ("score_mae", False),
-    ]):  # fmt: skip
+    ]:  # fmt: skip
         value = last[name]
         change = None if previous is None or math.isnan(previous[name]) else value - previous[name]
         if math.isnan(value):
@@ -144,8 +170,8 @@ def render_rubric_metrics(rows: pd.DataFrame, columns: list[Any]) -> None:
         else:
             shown, delta = f"{value:.3f}", None if change is None else f"{change:+.3f}"
         label = viz.RUBRIC_NAMES[name]
-        column.metric(label[0].upper() + label[1:], shown, delta, border=True, help=RUBRIC_HELP[name],
-                      delta_color="inverse" if name == "score_mae" else "normal")  # fmt: skip
+        cards.metric(label[0].upper() + label[1:], shown, delta, border=True, help=RUBRIC_HELP[name],
+                     delta_color="inverse" if name == "score_mae" else "normal", width=METRIC_WIDTH)  # fmt: skip
 
 
 def exchange_help(experiment: ExperimentSummary, clients: pd.DataFrame) -> str | None:
@@ -162,16 +188,43 @@ def exchange_help(experiment: ExperimentSummary, clients: pd.DataFrame) -> str |
     )
 
 
-def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: str) -> None:
-    """The membership-inference audit of the final model as metrics, and the privacy report to download."""
+def chance_level(audit: dict[str, Any]) -> float | None:
+    """The advantage that chance alone stays below 95% of the time at the audit's sample sizes (as the privacy
+    report states it); None for an audit stored without them."""
+    try:
+        return advantage_chance_level(int(audit["members"]), int(audit["non_members"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def delta_warning(experiment: ExperimentSummary, clients: pd.DataFrame) -> str | None:
+    """Why this private run's δ makes its guarantee hollow (δ ≥ 0.5, or δ ≥ 1/N), or None."""
+    if not privacy_on(experiment):
+        return None
+    delta = float(experiment.config.get("privacy", {}).get("delta", 0.0))
+    if delta >= 0.5:
+        return f"δ = {delta:g} promises nothing: the (ε, δ) guarantee may fail half the time or more."
+    population = delta_population(experiment, clients)
+    if population and population[0] > 0 and delta >= 1.0 / population[0]:
+        count, unit = population
+        return (f"δ = {delta:g} is not below 1/N = {1.0 / count:.2g} (N = {count:,} {unit}): a mechanism may "
+                "reveal a whole unit outright and still meet this guarantee, so ε here promises little.")  # fmt: skip
+    return None
+
+
+def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:
+    """A warning where δ is too large to mean anything, the membership-inference audit of the final model as
+    metrics, and the privacy report to download."""
     audit = experiment.audit or {}
     if not privacy_on(experiment) and not audit:
         return
-    columns = st.columns(5, vertical_alignment="center")
+    if warning := delta_warning(experiment, clients):
+        st.warning(warning, icon=":material/warning:")
+    row = metric_row()
     if "auc" in audit:
         sample = f"{audit.get('members', '?')} trained-on and {audit.get('non_members', '?')} held-out examples"
-        columns[0].metric(
-            "Attack AUC", f"{audit['auc']:.3f}", border=True,
+        row.metric(
+            "Attack AUC", f"{audit['auc']:.3f}", border=True, width=METRIC_WIDTH,
             help=f"Membership inference (loss threshold) on {sample}: 0.5 = the attacker cannot tell them apart, "
             "1 = it always can. One simple attack gives a lower bound on leakage, never a proof of privacy.",
         )  # fmt: skip
@@ -180,30 +233,34 @@ def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, where: s
             epsilon, delta = experiment.final_epsilon, float(rounds.iloc[-1].delta)
             limit = advantage_bound(epsilon, delta)
             bound = f" (ε, δ) = ({epsilon:.3g}, {delta:.0e}) allows any attack at most {limit:.3f}."
-        columns[1].metric(
-            "Attack advantage", f"{audit['advantage']:.3f}", border=True,
-            help=f"Best TPR − FPR over loss thresholds (Yeom et al. 2018): 0 = no better than guessing.{bound}",
+        chance = chance_level(audit)
+        row.metric(
+            "Attack advantage", f"{audit['advantage']:.3f}", None if chance is None else f"chance < {chance:.3f}",
+            delta_color="off", delta_arrow="off", border=True, width=METRIC_WIDTH,
+            help="Best TPR − FPR over loss thresholds (Yeom et al. 2018): 0 = no better than guessing. "
+            + ("" if chance is None else f"With these sample sizes chance alone stays below {chance:.3f} 95% of "
+               "the time: only an advantage above that is evidence of leakage.") + bound,
         )  # fmt: skip
     elif "error" in audit:
-        columns[0].caption(f"Privacy audit failed: {audit['error']}")
+        row.caption(f"Privacy audit failed: {audit['error']}")
     elif privacy_on(experiment) and experiment.status not in ACTIVE_STATUSES:
-        columns[0].caption("No privacy audit stored for this run.")
+        row.caption("No privacy audit stored for this run.")
     try:
         report = privacy_report.render_markdown(experiment, rounds)
     except Exception as error:  # a report bug must not take the run's page down
-        columns[4].caption(f"Privacy report unavailable: {type(error).__name__}: {error}")
+        row.caption(f"Privacy report unavailable: {type(error).__name__}: {error}")
         return
-    columns[4].download_button(
+    row.download_button(
         "Privacy report (.md)", report, file_name=privacy_report.report_filename(experiment),
         mime="text/markdown", icon=":material/download:", key=f"{where}-privacy-report", on_click="ignore",
-        width="stretch", help="The guarantee in words, the ε ledger and the audit, for a paper or a review.",
+        help="The guarantee in words, the ε ledger and the audit, for a paper or a review.",
     )  # fmt: skip
 
 
 def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:
     """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
     seconds (real and simulated)."""
-    rubric = is_rubric(experiment)
+    rubric, names = is_rubric(experiment), client_names(experiment)
     figures = {"accuracy": viz.rubric_figure(viz.rubric_rows(rounds)) if rubric else viz.accuracy_figure(rounds)}
     if privacy_on(experiment):
         privacy = experiment.config["privacy"]
@@ -213,11 +270,11 @@ def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: 
         )  # fmt: skip
     figures |= {
         "loss": viz.loss_figure(rounds),
-        "client-loss": viz.client_loss_figure(clients),
-        "labels": viz.label_heatmap(experiment.label_counts),
+        "client-loss": viz.client_loss_figure(clients, client_names=names),
+        "labels": viz.label_heatmap(experiment.label_counts, label_names=rubric_labels(experiment), client_names=names),
         "bytes": viz.bytes_figure(rounds, title="Bytes per round (LoRA + head only)") if rubric
         else viz.bytes_figure(rounds),
-        "time": viz.time_figure(rounds),
+        "time": viz.time_figure(rounds, show_simulated=network_configured(experiment)),
     }
     names = list(figures)
     for start in range(0, len(names), 2):
@@ -235,8 +292,10 @@ def experiment_panel(store: ExperimentStore, experiment_id: int, shown_status: s
         st.rerun()  # it started or ended since the page was drawn: redraw all (history, refresh rate)
     rounds, clients = store.rounds_frame([experiment.id]), store.client_rounds_frame(experiment.id)
     render_status(store, experiment, rounds, where)
+    if experiment.status == "failed" and rounds.empty:
+        return  # its error, above, is all there is: no empty charts
     render_metrics(experiment, rounds, clients)
-    render_privacy(experiment, rounds, where)
+    render_privacy(experiment, rounds, clients, where)
     render_charts(experiment, rounds, clients, where)
     if is_rubric(experiment):
         render_rubric(experiment, rounds, where)
@@ -273,12 +332,26 @@ def render_rubric(experiment: ExperimentSummary, rounds: pd.DataFrame, where: st
     right.plotly_chart(viz.label_figure(metrics, labels), key=f"{where}-label-metrics", config={"displaylogo": False})
 
 
+def load_into_sidebar(experiment: ExperimentSummary) -> None:
+    """Set the sidebar's widgets to this run's config (a button's callback: before the widgets are drawn)."""
+    try:
+        config = ExperimentConfig.from_stored(experiment.config)
+    except ValueError as error:
+        st.session_state["flash"] = ("error", f"Cannot load #{experiment.id} into the sidebar: {labelled(str(error))}")
+        return
+    for key, value in widget_values(config).items():
+        st.session_state[key] = value
+    st.session_state["experiment_name"] = experiment.name
+    note = " Upload its CSV files again under NGSS rubric scoring." if config.data.dataset == "csv" else ""
+    st.session_state["flash"] = ("success", f"Loaded the settings of #{experiment.id} into the sidebar.{note}")
+
+
 def rerun_experiment(store: ExperimentStore, experiment: ExperimentSummary) -> None:
     try:
         config = ExperimentConfig.from_dict(experiment.config)
         new_id = launch(store, config, experiment.name or f"re-run of #{experiment.id}")
     except (ValueError, OSError) as error:
-        st.session_state["flash"] = ("error", f"Cannot re-run #{experiment.id}: {error}")
+        st.session_state["flash"] = ("error", f"Cannot re-run #{experiment.id}: {labelled(str(error))}")
         return
     st.session_state["flash"] = ("success", f"Started #{new_id}, a re-run of #{experiment.id}.")
 
@@ -291,7 +364,7 @@ def launch_comparison(
         config = change(ExperimentConfig.from_dict(experiment.config))
         new_id = launch(store, config, f"{experiment.name or f'#{experiment.id}'} {suffix}")
     except (ValueError, OSError) as error:
-        st.session_state["flash"] = ("error", f"Cannot start {what} for #{experiment.id}: {error}")
+        st.session_state["flash"] = ("error", f"Cannot start {what} for #{experiment.id}: {labelled(str(error))}")
         return
     st.session_state["compare_ids"] = [experiment.id, new_id]
     st.session_state["view"] = TABS[2]
@@ -318,7 +391,13 @@ def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> No
 
 
 def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
-    store.delete_experiment(experiment_id)
+    """Delete a finished run; one that a worker has started since the page was drawn is refused
+    by the store (its worker would crash), and the refusal is shown instead."""
+    try:
+        store.delete_experiment(experiment_id)
+    except ValueError as error:
+        st.session_state["flash"] = ("error", f"Cannot delete #{experiment_id}: {error}")
+        return
     st.session_state.pop("history_selected", None)
     st.session_state["flash"] = ("success", f"Deleted experiment #{experiment_id}.")
 
@@ -350,8 +429,12 @@ def render_actions(store: ExperimentStore, experiment: ExperimentSummary) -> Non
                 "Start baseline", icon=":material/play_arrow:", key="centralized", on_click=run_centralized,
                 args=(store, experiment), type="primary",
             )  # fmt: skip
+    actions.button(
+        "Load into sidebar", icon=":material/input:", key="load_config", on_click=load_into_sidebar,
+        args=(experiment,), help="Set the sidebar's fields to this run's settings, to change some and start it anew.",
+    )  # fmt: skip
     actions.download_button(
-        "Rounds CSV", store.rounds_frame([experiment.id]).to_csv(index=False), icon=":material/download:",
+        "Rounds CSV", rounds_csv(store.rounds_frame([experiment.id]), [experiment]), icon=":material/download:",
         file_name=f"experiment-{experiment.id}-rounds.csv", mime="text/csv", key="download_csv", on_click="ignore",
     )  # fmt: skip
     active = experiment.status in ACTIVE_STATUSES

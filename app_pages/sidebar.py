@@ -1,4 +1,11 @@
-"""The sidebar: the form whose widgets build an `ExperimentConfig`, and Start / Sweep, which launch workers."""
+"""The sidebar: the form whose widgets build an `ExperimentConfig`, and Start / Sweep, which launch workers.
+
+Above the form, outside it, two presets set the form's widgets through their callbacks (a submit button inside the
+form would be what Enter in a field presses). Every widget is bound to the URL's query parameter of its key, so the
+last-used settings stay with the browser tab across reloads (and a link reproduces them); "Load into sidebar" in a
+run's view sets them from a stored run. At Start, out-of-range fields and config errors are listed by their sidebar
+labels right above the Start button, and a δ too large for the data asks for a second press.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,10 @@ import streamlit as st
 from app_pages.common import REPO_ROOT, launch, launch_many
 from app_pages.config_fields import (
     ADVANCED_FIELDS,
+    ALL_FIELDS,
     DATA_FIELDS,
     FEDERATION_FIELDS,
+    FIELD_LABELS,
     NGSS_FIELDS,
     NGSS_NOTE,
     NGSS_RECIPE,
@@ -20,13 +29,17 @@ from app_pages.config_fields import (
     PRIVACY_GUIDE,
     SCENARIO_GROUPS,
     Field,
+    labelled,
+    widget_values,
 )
 from app_pages.csv_upload import MAX_UPLOAD_MB, CsvUpload, check_upload
 from database import ExperimentStore
 from experiment_config import SECTIONS, ExperimentConfig
-from ngss.data import CsvImportError
+from ngss.data import TASKS, CsvImportError
+from runs.preflight import check_data
 
 MAX_SWEEP_RUNS = 20
+MNIST_TRAIN_EXAMPLES = 60_000  # the LeCun training split
 
 
 def paired_rows(fields: tuple[Field, ...], raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> None:
@@ -74,7 +87,7 @@ def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str,
         for field in ADVANCED_FIELDS:
             raw[field.section][field.name] = field.widget(st, defaults)
         raw["data"]["data_dir"] = st.text_input(
-            "Data directory", defaults.data.data_dir, key="data_dir",
+            "Data directory", defaults.data.data_dir, key="data_dir", bind="query-params",
             help="Where the datasets live (and uploaded CSV files, under uploads/); the default comes from "
             "FPL_DATA_DIR, else ./data.",
         )  # fmt: skip
@@ -85,12 +98,6 @@ def ngss_widgets(raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> 
     """The folded "NGSS rubric scoring" group: task, text model options, and the CSV upload (returned)."""
     with st.expander("NGSS rubric scoring", icon=":material/school:"):
         st.caption(NGSS_NOTE)
-        st.form_submit_button(  # in the form: keeps what was typed, then the callback sets the recipe
-            "Use the scoring recipe", icon=":material/auto_fix_high:", key="ngss_recipe", on_click=use_ngss_recipe,
-            help="Synthetic NGSS, pretrained MiniLM + LoRA, one client per school (9), AdamW lr 0.003, batch 4, "
-            "3 local epochs, 10 rounds: the settings that bring the schools within 2 points of a centralized run "
-            "(README). Sets those widgets; the task and everything else stay as they are.",
-        )  # fmt: skip
         task, *options = NGSS_FIELDS  # the task's title needs the full width
         raw[task.section][task.name] = task.widget(st, defaults)
         paired_rows(tuple(options), raw, defaults)
@@ -111,27 +118,89 @@ def use_ngss_recipe() -> None:
         st.session_state[key] = value
 
 
+def use_defaults() -> None:
+    """Set every widget of the form to the default config (the settings otherwise persist across reloads)."""
+    for key, value in widget_values(ExperimentConfig()).items():
+        st.session_state[key] = value
+    st.session_state["experiment_name"] = ""
+
+
+def render_presets() -> None:
+    """The presets, outside the form: a button in the form would be the one that Enter in a field presses."""
+    presets = st.container(horizontal=True, gap="small")
+    presets.button(
+        "NGSS recipe", icon=":material/auto_fix_high:", key="ngss_recipe", on_click=use_ngss_recipe,
+        help="Synthetic NGSS, pretrained MiniLM + LoRA, one client per school (9), AdamW lr 0.003, batch 4, "
+        "3 local epochs, 10 rounds: the settings that bring the schools within 2 points of a centralized run "
+        "(README). Sets those fields below; the task and everything else stay as they are.",
+    )  # fmt: skip
+    presets.button(
+        "Defaults", icon=":material/restart_alt:", key="use_defaults", on_click=use_defaults,
+        help="Set every field below back to its default (the last-used settings are otherwise kept in the URL).",
+    )  # fmt: skip
+
+
+def range_problems(raw: dict[str, dict[str, Any]]) -> list[str]:
+    """`**Label** must be between …, got …` for every field of the form outside its allowed range."""
+    problems = []
+    for field in ALL_FIELDS:
+        problem = field.range_problem(raw.get(field.section, {}).get(field.name))
+        if problem is not None:
+            problems.append(f"**{FIELD_LABELS[f'{field.section}.{field.name}']}** {problem}")
+    return problems
+
+
+def delta_concern(config: ExperimentConfig) -> str | None:
+    """Why this run's δ would make its (ε, δ) guarantee hollow, or None: δ ≥ 0.5, or δ ≥ 1/N with N the
+    examples per client (local DP; the mean, when the training set's size is known before loading) or the
+    clients (central DP). Such a δ allows the mechanism to reveal a whole unit outright with probability δ."""
+    privacy, federation = config.privacy, config.federation
+    if privacy.mode == "none":
+        return None
+    if privacy.delta >= 0.5:
+        return f"δ = {privacy.delta:g} promises nothing: the guarantee may fail half the time or more."
+    if privacy.mode == "central":
+        population, unit = federation.num_clients, "clients"
+    else:
+        sizes = {"mnist": MNIST_TRAIN_EXAMPLES}
+        if config.data.ngss_task in TASKS:
+            sizes["ngss"] = TASKS[config.data.ngss_task].train_size
+        total = config.data.max_train_examples or sizes.get(config.data.dataset, 0)
+        population, unit = total // max(federation.num_clients, 1), "examples per client"
+    if population > 0 and privacy.delta >= 1.0 / population:
+        return (
+            f"δ = {privacy.delta:g} is not below 1/N = {1.0 / population:.2g} (N = {population:,} {unit}): "
+            "a mechanism may then reveal a whole unit outright and still meet the guarantee. Keep δ well below 1/N."
+        )
+    return None
+
+
 def checked_config(
-    raw: dict[str, dict[str, Any]], files: list[Any]
+    raw: dict[str, dict[str, Any]], files: list[Any], slot: Any
 ) -> tuple[ExperimentConfig, CsvUpload | None] | None:
     """The form's config and, for Dataset csv, the checked upload that `data.csv_path` points at (saved only by
-    `save_upload`). None, with the error shown, when the files are missing or invalid or the config is."""
+    `save_upload`). None, with the problems shown in `slot` (above Start), when a field is out of range, the files
+    are missing or invalid or the config is."""
     upload = None
+    if problems := range_problems(raw):
+        slot.error("Cannot start: " + ("" if len(problems) == 1 else "fix these fields:\n- ")
+                   + "\n- ".join(problems), icon=":material/block:")  # fmt: skip
+        return None
     if raw["data"].get("dataset") == "csv":
         if not files:
-            st.error("Dataset csv needs the lab's files: upload {task}_train.csv (and optionally its _test.csv) "
+            slot.error("Dataset csv needs the lab's files: upload {task}_train.csv (and optionally its _test.csv) "
                      "under NGSS rubric scoring.", icon=":material/block:")  # fmt: skip
             return None
         try:
             upload = check_upload([(file.name, file.getvalue()) for file in files])
         except CsvImportError as error:
-            st.error(f"Invalid CSV: {error}", icon=":material/block:")
+            slot.error(f"Invalid CSV: {error}", icon=":material/block:")
             return None
         raw["data"]["csv_path"] = str(upload.train_path(upload_root(raw)))
     try:
         return ExperimentConfig.from_dict(raw), upload
     except ValueError as error:
-        st.error(f"Invalid configuration: {error}", icon=":material/block:")
+        slot.error(f"Invalid configuration: {labelled(str(error))}", icon=":material/block:")
         return None
 
 
@@ -141,14 +210,14 @@ def upload_root(raw: dict[str, dict[str, Any]]) -> Path:
     return data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
 
 
-def save_upload(upload: CsvUpload | None, raw: dict[str, dict[str, Any]]) -> bool:
+def save_upload(upload: CsvUpload | None, raw: dict[str, dict[str, Any]], slot: Any) -> bool:
     """Write the checked upload (if any) where `data.csv_path` points; False, with the error shown, if it fails."""
     if upload is None:
         return True
     try:
         upload.save(upload_root(raw))
     except OSError as error:
-        st.error(f"Could not save the uploaded files: {error}", icon=":material/error:")
+        slot.error(f"Could not save the uploaded files: {error}", icon=":material/error:")
         return False
     return True
 
@@ -179,39 +248,64 @@ def sweep_configs(base: ExperimentConfig, target_epsilons: list[float]) -> list[
     return [base.replace("privacy", target_epsilon=value) for value in target_epsilons]
 
 
-def start_one(store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, files: list[Any]) -> None:
-    checked = checked_config(raw, files)
-    if checked is None or not save_upload(checked[1], raw):
+def confirmed_delta(config: ExperimentConfig, slot: Any) -> bool:
+    """False, with the warning shown, the first time Start meets a hollow δ (`delta_concern`); a second press with
+    the same settings goes ahead."""
+    concern = delta_concern(config)
+    if concern is None or st.session_state.get("delta_confirmed") == config.to_json():
+        return True
+    st.session_state["delta_confirmed"] = config.to_json()
+    slot.warning(f"{concern} Press **Start** again to run with this δ anyway.", icon=":material/warning:")
+    return False
+
+
+def data_refused(config: ExperimentConfig, slot: Any) -> bool:
+    """The data checks `cli.py run` makes before it stores anything (`runs.preflight.check_data`: more
+    clients than examples, schools against clients, the CSV in full): True, with the problem shown in
+    `slot` above Start, when the data cannot serve this config."""
+    try:
+        check_data(config)
+    except ValueError as error:
+        slot.error(f"Cannot start: {labelled(str(error))}", icon=":material/block:")
+        return True
+    return False
+
+
+def start_one(store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, files: list[Any], slot: Any) -> None:
+    checked = checked_config(raw, files, slot)
+    if checked is None or not confirmed_delta(checked[0], slot) or not save_upload(checked[1], raw, slot):
         return
     config = checked[0]
+    if data_refused(config, slot):
+        return
     try:
         experiment_id = launch(store, config, name)
     except OSError as error:
-        st.error(f"Could not start the worker: {error}", icon=":material/error:")
+        slot.error(f"Could not start the worker: {error}", icon=":material/error:")
         return
     st.toast(f"Experiment #{experiment_id} started")
 
 
 def start_sweep(
-    store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, text: str, files: list[Any]
+    store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, text: str, files: list[Any], slot: Any
 ) -> None:
     """One experiment per target ε in `text`, run one after the other by a single worker."""
-    checked = checked_config(raw, files)
+    checked = checked_config(raw, files, slot)
     if checked is None:
         return
     base, upload = checked
     try:
         configs = sweep_configs(base, parse_epsilons(text))
     except ValueError as error:
-        st.error(f"Invalid sweep: {error}", icon=":material/block:")
+        slot.error(f"Invalid sweep: {labelled(str(error))}", icon=":material/block:")
         return
-    if not save_upload(upload, raw):
+    if not confirmed_delta(base, slot) or not save_upload(upload, raw, slot) or data_refused(base, slot):
         return
     runs = [(config, f"{name or 'sweep'} · target ε {config.privacy.target_epsilon:g}") for config in configs]
     try:
         experiment_ids = launch_many(store, runs)
     except OSError as error:
-        st.error(f"Could not start the worker: {error}", icon=":material/error:")
+        slot.error(f"Could not start the worker: {error}", icon=":material/error:")
         return
     st.toast(f"Sweep started: {len(experiment_ids)} runs (#{experiment_ids[0]}–#{experiment_ids[-1]}), in sequence")
 
@@ -219,13 +313,17 @@ def start_sweep(
 def render_sidebar(store: ExperimentStore) -> None:
     with st.sidebar:
         st.header("New experiment")
-        with st.form("experiment_form", border=False):
+        render_presets()
+        # Enter in a field commits its value and nothing else: Start is pressed, never implied.
+        with st.form("experiment_form", border=False, enter_to_submit=False):
             name, raw, files = config_widgets(ExperimentConfig())
             sweep_text = st.text_input(
                 "Target ε values, comma separated", key="sweep_epsilons", placeholder="e.g. 0.5, 1, 2, 4, 8",
+                bind="query-params",
                 help="For a privacy–utility curve: **Sweep** starts one run per value (the settings above with that "
                 "target ε), one after the other. History then plots accuracy against ε.",
             )  # fmt: skip
+            slot = st.container()  # what Start found wrong, right above it
             start_column, sweep_column = st.columns(2)
             submitted = start_column.form_submit_button(
                 "Start", icon=":material/play_arrow:", type="primary", key="start", width="stretch"
@@ -235,6 +333,6 @@ def render_sidebar(store: ExperimentStore) -> None:
                 help="One run per target ε listed above, in sequence (privacy mode local or central).",
             )  # fmt: skip
         if submitted:
-            start_one(store, raw, name, files)
+            start_one(store, raw, name, files, slot)
         elif swept:
-            start_sweep(store, raw, name, sweep_text, files)
+            start_sweep(store, raw, name, sweep_text, files, slot)

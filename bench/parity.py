@@ -61,7 +61,7 @@ def cases(rounds: int) -> dict[str, ExperimentConfig]:
         "median": mnist(rounds, strategy="median"),
         "multi_krum": mnist(rounds, strategy="multi_krum", byzantine_clients=0, multi_krum_keep=2),
         "local DP": base.replace("privacy", mode="local", noise_multiplier=1.0),
-        "central DP, adaptive C": mnist(rounds, clients_per_round=2).replace(
+        "central DP adaptive C": mnist(rounds, clients_per_round=2).replace(
             "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True),
         "secure aggregation": mnist(rounds, secure_aggregation=True),
         "top-k": base.replace("communication", compression="topk", topk_fraction=0.05),

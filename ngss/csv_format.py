@@ -1,6 +1,14 @@
 """The lab's CSV format for NGSS responses (NGSS.md, "Real data"): `load_csv` imports and
 validates a train file (and its test file), `write_csv` writes a dataset back. Every failure is a
-`CsvImportError` naming the file, and nothing is half-imported."""
+`CsvImportError` naming the file, and nothing is half-imported.
+
+An error message never quotes the file: a path can name any file (`/proc/self/environ`, a
+symlink to a secret), and the message is stored with the run and shown. It says what is wrong
+and where (line, column number; a column's name only when it is one of the format's: text,
+response, Group, school, E1, E2, ...), and quotes a cell only when it sits in a rubric-element
+column of a file whose header parsed as the lab's and is short and printable ('2', 'yes'). The
+file's name is shown with control characters escaped, so a message is one line and holds no NUL.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import csv
 import io
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,19 +48,36 @@ class _Table:
     groups: list[str] | None
 
 
+def _shown_path(path: str | Path) -> str:
+    """A file name for a message: control characters, line separators and lone surrogates escaped
+    (one line, no NUL; the rule of `runs.workers.printable`, which this package cannot import)."""
+    escaped = ("Cc", "Cs", "Zl", "Zp")  # controls, lone surrogates, line and paragraph separators
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) in escaped else char
+        for char in str(path)
+    )
+
+
 def _read_text(source: str | Path | bytes, role: str, max_bytes: int) -> tuple[str, str]:
-    """(display name, decoded text) of a path or uploaded bytes, size- and encoding-checked."""
+    """(display name, decoded text) of a path or uploaded bytes, size- and encoding-checked.
+    Reads at most `max_bytes` + 1 bytes: a file that reports no size (`/proc`) is bounded too."""
     limit = f"{max_bytes / 2**20:.1f} MiB"
     if isinstance(source, (bytes, bytearray)):
         name, data = f"uploaded {role} file", bytes(source)
     else:
         path = Path(source).expanduser()
-        name = str(path)
-        if not path.is_file():
+        name = _shown_path(path)
+        if not path.exists():
             raise CsvImportError(f"{name}: no such file")
-        if path.stat().st_size > max_bytes:
-            raise CsvImportError(f"{name}: {path.stat().st_size / 2**20:.1f} MiB is over the {limit} limit")
-        data = path.read_bytes()
+        if not path.is_file():
+            raise CsvImportError(f"{name}: not a regular file (a folder or a device): give a CSV file")
+        try:
+            if path.stat().st_size > max_bytes:
+                raise CsvImportError(f"{name}: {path.stat().st_size / 2**20:.1f} MiB is over the {limit} limit")
+            with path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+        except OSError as error:  # no permission, a file gone since
+            raise CsvImportError(f"{name}: cannot be read ({error.strerror or type(error).__name__})") from None
     if len(data) > max_bytes:
         raise CsvImportError(f"{name}: {len(data) / 2**20:.1f} MiB is over the {limit} limit")
     try:
@@ -65,6 +91,9 @@ def _read_text(source: str | Path | bytes, role: str, max_bytes: int) -> tuple[s
     return name, text
 
 
+_SHOWN_CELL_CHARS = 12  # a rubric cell longer than this (or not printable) is described, not quoted
+
+
 def _label_value(name: str, line: int, column: str, cell: str) -> int:
     value = cell.strip()
     if value in ("0", "1", "-1"):
@@ -75,7 +104,12 @@ def _label_value(name: str, line: int, column: str, cell: str) -> int:
         number = math.nan
     if number in (0.0, 1.0, -1.0):  # "1.0" from a spreadsheet
         return int(number)
-    shown = repr(cell) if cell.strip() else "an empty cell"
+    if not cell.strip():
+        shown = "an empty cell"
+    elif len(cell) <= _SHOWN_CELL_CHARS and cell.isprintable():  # a cell of a parsed rubric column: "2", "yes"
+        shown = repr(cell)
+    else:
+        shown = f"a {len(cell)}-character value"
     raise CsvImportError(f"{name}: line {line}, column {column}: {shown} is not 0, 1 or -1 (-1 = unscored)")
 
 
@@ -91,24 +125,29 @@ def _parse_table(name: str, text: str) -> _Table:
     label_columns = [i for i, column in enumerate(header) if _LABEL_COLUMN.fullmatch(column)]
     group_column = next((lowered.index(c) for c in _GROUP_COLUMNS if c in lowered), None)
     text_column = next((lowered.index(c) for c in _TEXT_COLUMNS if c in lowered), 0)
+    if not label_columns:
+        raise CsvImportError(
+            f"{name}: not a CSV file in the lab's format: its first line ({len(header)} field(s)) names no "
+            "rubric-element columns (E1, E2, ...)"
+        )
     if text_column in label_columns or text_column == group_column:
         raise CsvImportError(
             f"{name}: no text column: name it 'text' or 'response', or put the responses in the first column "
-            f"(the header is {', '.join(header)})"
+            f"(the first column is {'a rubric element' if text_column in label_columns else 'the group column'})"
         )
-    if not label_columns:
-        raise CsvImportError(f"{name}: no rubric-element columns (E1, E2, ...) in the header {', '.join(header)}")
     label_names = [header[i].upper() for i in label_columns]
     if len(set(label_names)) < len(label_names):
         raise CsvImportError(f"{name}: a rubric-element column appears twice: {', '.join(label_names)}")
     if not records:
         raise CsvImportError(f"{name}: the file has a header but no rows")
+    # A column's name is shown only when it matched the format's vocabulary (text, response, Group, school, E*).
+    text_label = repr(header[text_column]) if lowered[text_column] in _TEXT_COLUMNS else str(text_column + 1)
     texts, labels, groups = [], np.zeros((len(records), len(label_columns)), dtype=np.int8), []
     for row_index, (line, row) in enumerate(records):
         if len(row) != len(header):
             raise CsvImportError(f"{name}: line {line}: {len(row)} field(s), but the header has {len(header)}")
         if not row[text_column].strip():
-            raise CsvImportError(f"{name}: line {line}: empty response text in column {header[text_column]!r}")
+            raise CsvImportError(f"{name}: line {line}: empty response text in column {text_label}")
         texts.append(row[text_column])
         for k, i in enumerate(label_columns):
             labels[row_index, k] = _label_value(name, line, header[i], row[i])

@@ -10,6 +10,7 @@ from typing import Any
 
 from database import ExperimentStore, ExperimentSummary
 from experiment_config import TEXT_MODELS, ExperimentConfig
+from runs.workers import shown_url
 
 
 def rubric_elements(experiment: ExperimentSummary) -> list[tuple[str, str]]:
@@ -33,7 +34,7 @@ def score_experiment(store: ExperimentStore, experiment_id: int, texts: list[str
     """
     experiment = store.get_experiment(experiment_id)
     if experiment is None:
-        raise LookupError(f"no experiment {experiment_id} in {store.url}")
+        raise LookupError(f"no experiment {experiment_id} in {shown_url(store.url)}")
     stored = store.load_weights(experiment_id)
     if stored is None:
         raise LookupError(

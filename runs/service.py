@@ -12,15 +12,16 @@ stores what comes after the rounds. It prints nothing: what happens is told to a
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from database import FINAL_STATUSES, ExperimentStore, ExperimentSummary
+from database import FINAL_STATUSES, ClaimLost, ExperimentStore, ExperimentSummary
 from experiment_config import TEXT_MODELS, ExperimentConfig
-from runs.workers import StopSignals, beating, code_version, pid_alive
+from runs.workers import StopSignals, beating, code_version, pid_alive, shown_url
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a run starts, not with the page
     from engine.client_trainers import Trainer
@@ -93,19 +94,24 @@ def execute(
     if config.system.runtime == "flower" and remote is None:
         return _execute_on_flower(store, experiment_id, config, reporter=reporter)
     stop_event = (signals or StopSignals()).new_run()
-    store.mark_running(experiment_id)
+    me = os.getpid()  # every write below is conditional on the run still being this process's
+    try:
+        store.mark_running(experiment_id, pid=me)
+    except ClaimLost as error:  # another worker has it (a second resume), or it was settled: leave it be
+        reporter.error(str(error))
+        return RunOutcome("failed", {"experiment_id": experiment_id, "status": "failed", "error": str(error)})
     refused = remote.cannot_store(config) if remote is not None else {}
     with beating(store, experiment_id):  # until the status is final: a live run never looks dead
         try:
             run, last = _run_rounds(store, experiment_id, config, stop_event, reporter, remote, refused)
         except KeyboardInterrupt:
             store.finish(experiment_id, "interrupted", error="aborted by a second interrupt",
-                         final=last_round(store, experiment_id))  # fmt: skip
+                         final=last_round(store, experiment_id), worker_pid=me)  # fmt: skip
             reporter.error(f"experiment {experiment_id} aborted")
             return RunOutcome("interrupted", {"experiment_id": experiment_id, "status": "interrupted"})
-        except Exception as error:  # recorded with the run, so the page shows it
+        except Exception as error:  # recorded with the run, so the page shows it (unless it is no longer ours)
             message = f"{type(error).__name__}: {error}"
-            store.finish(experiment_id, "failed", error=message, final=last_round(store, experiment_id))
+            store.finish(experiment_id, "failed", error=message, final=last_round(store, experiment_id), worker_pid=me)
             reporter.error(message)
             return RunOutcome("failed", {"experiment_id": experiment_id, "status": "failed", "error": message})
         stopped = last.get("round", 0) < config.federation.rounds
@@ -116,7 +122,10 @@ def execute(
         weights = None
         if last and config.model.name in TEXT_MODELS and "weights" not in refused:
             weights = _save_weights(store, experiment_id, run, reporter)
-        store.finish(experiment_id, status, final=last, stop_reason=reason)
+        if not store.finish(experiment_id, status, final=last, stop_reason=reason, worker_pid=me):
+            message = f"experiment {experiment_id} was taken over by another worker: this one's result is not stored"
+            reporter.error(message)
+            return RunOutcome("failed", {"experiment_id": experiment_id, "status": "failed", "error": message})
     return RunOutcome(status, {
         "experiment_id": experiment_id, "status": status, "stop_reason": reason, "rounds": last.get("round", 0),
         "accuracy": last.get("accuracy"), "loss": last.get("loss"), "epsilon": last.get("epsilon", 0.0),
@@ -170,7 +179,7 @@ def _work_on(
     """Run one stored experiment; one whose stop was asked for while it `waited` behind others never starts."""
     experiment = store.get_experiment(experiment_id)
     if experiment is None:
-        reporter.error(f"no experiment {experiment_id} in {store.url}")
+        reporter.error(f"no experiment {experiment_id} in {shown_url(store.url)}")
         return RunOutcome("failed", {"experiment_id": experiment_id, "status": "failed", "error": "no such experiment"})
     if waited and experiment.stop_requested:
         store.finish(experiment_id, "stopped", stop_reason="stopped before it started")
@@ -208,7 +217,7 @@ def _run_rounds(
     try:
         for result in run.rounds(stop_event, trainer=trainer):
             row = result.to_dict()
-            store.record_round(experiment_id, row, checkpoint=run.checkpoint())
+            store.record_round(experiment_id, row, checkpoint=run.checkpoint(), worker_pid=os.getpid())
             last = row
             reporter.round(row)
             if store.stop_requested(experiment_id):

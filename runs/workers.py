@@ -4,21 +4,33 @@ local PID is alive, stop on SIGINT/SIGTERM, and beat a run's heartbeat while it 
     process = launch_worker(store, experiment_id)      # runs it in its own session
     with beating(store, experiment_id):                 # heartbeat_at touched every few seconds
         ...
+    shown_url(store.url)                                # the URL with its password masked, for messages
+
+A database URL may hold a password: it is shown only through `shown_url`, and a worker gets it
+in its environment (`DATABASE_URL`, readable only by its user), never on its command line
+(`ps` shows that to everyone). Its log goes to a per-user directory, readable only by the user.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from database import HEARTBEAT_SECONDS, ExperimentStore
 
@@ -30,16 +42,20 @@ def launch_worker(store: ExperimentStore, *experiment_ids: int) -> subprocess.Po
     """Start one `cli.py worker ID [ID ...]` in its own session (it outlives page reruns).
 
     The worker runs the experiments in the order given; its PID is recorded on every one
-    of them, so a worker that dies leaves none of them `queued` forever.
+    of them, so a worker that dies leaves none of them `queued` forever. The database URL
+    travels in its environment (`worker_environment`), its stderr goes to `worker_log_path`.
     """
     if not experiment_ids:
         raise ValueError("launch_worker needs at least one experiment id")
-    suffix = f"{experiment_ids[0]}" if len(experiment_ids) == 1 else f"{experiment_ids[0]}-{experiment_ids[-1]}"
-    log_path = Path(tempfile.gettempdir()) / f"fpl-worker-{suffix}.log"
-    with open(log_path, "ab") as log:
+    log_path = worker_log_path(store.url, experiment_ids)
+    # O_NOFOLLOW: the log is never written through a symlink someone planted; 0600 even if it existed.
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
+        os.fchmod(log.fileno(), 0o600)
         process = subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), "worker", *map(str, experiment_ids), "--db", store.url],
+            worker_command(experiment_ids),
             cwd=REPO_ROOT,
+            env=worker_environment(store.url),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -48,6 +64,91 @@ def launch_worker(store: ExperimentStore, *experiment_ids: int) -> subprocess.Po
     for experiment_id in experiment_ids:
         store.set_worker(experiment_id, process.pid)
     return process
+
+
+def worker_command(experiment_ids: tuple[int, ...] | list[int]) -> list[str]:
+    """The worker's argv: no database URL (it is in the environment, see `worker_environment`)."""
+    return [sys.executable, str(WORKER_SCRIPT), "worker", *map(str, experiment_ids)]
+
+
+def worker_environment(url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: `base` (default: this process's) with `DATABASE_URL` = `url`, which
+    `cli.py worker` reads when `--db` is absent. A process's environment is readable only by its
+    own user (and root); its command line is readable by every local user."""
+    return {**(os.environ if base is None else base), "DATABASE_URL": url}
+
+
+def state_directory() -> Path:
+    """This user's directory for worker logs, 0700: `$XDG_STATE_HOME/fpl/logs`, else
+    `~/.local/state/fpl/logs`; where neither can be made (no home, a read-only one), `fpl-<uid>` in
+    the temporary directory. Raises OSError when none is a directory of this user's alone."""
+    root = Path(os.environ.get("XDG_STATE_HOME") or Path("~/.local/state")).expanduser()
+    try:
+        return _private_directory(root / "fpl" / "logs")
+    except OSError:
+        return _private_directory(Path(tempfile.gettempdir()) / f"fpl-{os.getuid()}")
+
+
+def _private_directory(directory: Path) -> Path:
+    """`directory`, created if need be, owned by this user, not a symlink, and made 0700."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    status = os.lstat(directory)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        raise OSError(f"{directory} is not a directory of this user's: worker logs cannot go there")
+    if status.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
+
+def worker_log_path(url: str, experiment_ids: tuple[int, ...] | list[int]) -> Path:
+    """Where a worker's stderr goes: `state_directory()/worker-<database>-<ids>.log`, <database>
+    being the database's name and a digest of its masked URL, so two databases never share a log
+    (the password is not part of the name, not even hashed)."""
+    suffix = f"{experiment_ids[0]}" if len(experiment_ids) == 1 else f"{experiment_ids[0]}-{experiment_ids[-1]}"
+    shown = shown_url(url)
+    try:
+        name = Path(make_url(url).database or "").stem
+    except (ArgumentError, ValueError):
+        name = ""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40] or "db"
+    digest = hashlib.sha256(shown.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return state_directory() / f"worker-{name}-{digest}-{suffix}.log"
+
+
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_USERINFO_PASSWORD = re.compile(r"(?<=://)([^/@:]*):[^/@]*@")  # scheme://user:password@host
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown (printed, logged, stored): its password, and any query
+    parameter that looks like one (`?password=`, `sslpassword`, `token`), replaced by `***`;
+    control characters escaped. Never raises: a URL SQLAlchemy cannot parse is masked by pattern."""
+    try:
+        parsed = make_url(url)
+        secret = {key: "***" for key in parsed.query if _SECRET_QUERY_KEY.search(key)}
+        if parsed.password is None and not secret:
+            return printable(url)  # nothing to hide: as given (rendering would re-escape it)
+        shown = parsed.update_query_dict(secret).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+    except (ArgumentError, ValueError, TypeError, AttributeError):
+        shown = _USERINFO_PASSWORD.sub(r"\1:***@", str(url))
+        shown = re.sub(r"(?i)((?:pass|pwd|secret|token)[^=&;]*=)[^&;]*", r"\1***", shown)
+    return printable(shown)
+
+
+_UNPRINTABLE = frozenset(("Cc", "Cs", "Zl", "Zp"))  # controls, lone surrogates, line/paragraph separators
+_BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])  # text shown reordered
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (NUL, ESC, newlines, ...), line separators, lone surrogates and
+    bidirectional overrides escaped (`\\x1b`, `\\n`, `\\u202e`): one line that a terminal shows as
+    it is and a database stores (PostgreSQL refuses NUL). Other text (accents, emoji, NBSP) is kept."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in _UNPRINTABLE or ord(char) in _BIDI_CONTROLS
+        else char
+        for char in text
+    )
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,8 +2,11 @@
 
 Sets a tiny private configuration in the sidebar (local DP, target ε 3, budget 4),
 presses Start, waits for the charts (the ε curve beside accuracy) and the end of the
-run, and saves docs/screenshot.png. Needs /usr/bin/chromium: the test
-fails without it on CI (CI=true) and is skipped elsewhere.
+run, and saves docs/screenshot.png; at 800 px wide the metric cards still read whole
+(docs/narrow-800px.png). A second test checks what only a browser shows in the sidebar:
+Enter in a field commits it and applies no preset, Start with an out-of-range field says
+why beside the button (docs/start-problems.png), and the settings survive a reload.
+Needs /usr/bin/chromium: the tests fail without it on CI (CI=true) and are skipped elsewhere.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO / "docs" / "screenshot.png"
+NARROW_SCREENSHOT = REPO / "docs" / "narrow-800px.png"
+PROBLEMS_SCREENSHOT = REPO / "docs" / "start-problems.png"
+# The elements (or any of their descendants) whose text overflows their box, e.g. "Accur…".
+CLIPPED = """elements => elements.filter(element => [element, ...element.querySelectorAll('*')].some(
+    node => node.scrollWidth > node.clientWidth + 1)).map(element => element.innerText)"""
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -76,10 +84,14 @@ def server_url(tmp_path: Path):
         log.close()
 
 
-def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None:
+def need_chromium() -> None:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing (apt-get install chromium)"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+
+
+def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None:
+    need_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -117,9 +129,59 @@ def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None
             page.wait_for_timeout(1_000)  # let plotly finish its layout transitions
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
+
+            page.set_viewport_size({"width": 800, "height": 900})
+            page.wait_for_timeout(1_000)
+            labels = page.locator("[data-testid='stMetricLabel']")
+            expect(labels.first).to_be_visible()
+            for part in ("stMetricLabel", "stMetricValue"):
+                clipped = page.locator(f"[data-testid='{part}']").evaluate_all(CLIPPED)
+                assert clipped == [], f"cut off at 800 px ({part}): {clipped}"
+            page.screenshot(path=str(NARROW_SCREENSHOT))
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+    assert NARROW_SCREENSHOT.stat().st_size > 10_000
+
+
+def test_enter_applies_no_preset_start_says_what_is_wrong_and_settings_survive_a_reload(server_url: str) -> None:
+    need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server_url)
+            expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
+
+            rounds = page.locator(".st-key-rounds input")
+            rounds.fill("5")
+            rounds.press("Enter")  # commits the value; it used to press the form's first button, the NGSS recipe
+            expect(page).to_have_url(re.compile(r"[?&]rounds=5\b"), timeout=10_000)
+            page.wait_for_timeout(1_500)  # room for a rerun that a submit would have caused
+            expect(page.get_by_role("combobox", name="Dataset")).to_have_value("mnist")
+            expect(page.get_by_role("combobox", name="Model")).to_have_value("cnn")
+            expect(page.locator(".st-key-num_clients input")).to_have_value("10")
+            expect(page.get_by_text("No experiments yet")).to_be_visible()  # and nothing started
+
+            fill(page, "num_clients", 0)
+            page.locator(".st-key-start button").click()
+            problem = page.locator("[data-testid='stSidebar'] [data-testid='stAlert']")
+            expect(problem).to_contain_text("Cannot start")
+            expect(problem).to_contain_text("Clients must be between 1 and 100,000, got 0")
+            expect(problem).to_be_in_viewport()  # beside Start, not scrolled away
+            expect(page.get_by_text("No experiments yet")).to_be_visible()
+            sidebar = page.locator("[data-testid='stSidebar']").bounding_box()
+            page.screenshot(path=str(PROBLEMS_SCREENSHOT), clip=sidebar)
+
+            page.reload()
+            expect(page.get_by_text("No experiments yet")).to_be_visible(timeout=30_000)
+            expect(page.locator(".st-key-rounds input")).to_have_value("5", timeout=15_000)
+            expect(page.locator(".st-key-num_clients input")).to_have_value("0")
+        finally:
+            browser.close()
+    assert PROBLEMS_SCREENSHOT.stat().st_size > 5_000
 
 
 def choose(page, key: str, option: str) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,3 +326,198 @@ def test_a_worker_runs_a_flower_runtime_experiment_on_a_local_deployment(db_url)
     stored = store.get_experiment(experiment_id)
     assert stored.status == "completed" and stored.runtime == "flower" and stored.rounds_done == 2
     assert (store.rounds_frame([experiment_id])["num_clients"] == 3).all()
+
+
+# -- hardening (issue 18): no file content, no password, bad input refused up front, one-line errors --
+
+SECRET_VALUE = "fpl-7c1e9a-do-not-leak"  # what must never reach the database, a log or the terminal
+TEXT_MODEL = ["--set", "model.name=tinyllama-lora", "--set", "model.pretrained=false"]
+
+
+def database_bytes(db_url: str) -> bytes:
+    """The SQLite database's files as they are on disk (the WAL too): what a grep of it would see."""
+    path = Path(db_url.removeprefix("sqlite:///"))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_a_secret_file_given_as_the_csv_is_refused_by_name_never_quoted(tmp_path, db_url):
+    secret = tmp_path / "service.env"
+    secret.write_text(f"SECRET_TOKEN={SECRET_VALUE}\nOTHER=1,E1,2\n")
+    link = tmp_path / "innocent_train.csv"
+    link.symlink_to(secret)
+    for path in (secret, link):
+        result = cli("run", "--db", db_url, "--set", "data.dataset=csv", "--set", f"data.csv_path={path}", *TEXT_MODEL)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: {path}: ") and len(result.stderr.splitlines()) == 1
+        assert SECRET_VALUE not in result.stdout + result.stderr and "SECRET_TOKEN" not in result.stderr
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()  # refused before the database was opened
+
+    # The same configs stored as the page stores them (and /proc/self/environ), run by a worker.
+    from experiment_config import ExperimentConfig
+
+    store = ExperimentStore(db_url)
+    paths = [secret, link, Path("/proc/self/environ")]
+    ids = [
+        store.create_experiment(ExperimentConfig().with_overrides(
+            ["data.dataset=csv", f"data.csv_path={path}", "model.name=tinyllama-lora", "model.pretrained=false"]
+        ).to_dict())
+        for path in paths
+    ]  # fmt: skip
+    environment = {**os.environ, "FPL_TEST_SECRET": SECRET_VALUE}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "worker", *map(str, ids), "--db", db_url],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 1
+    for experiment_id, path in zip(ids, paths):
+        experiment = store.get_experiment(experiment_id)
+        assert experiment.status == "failed" and str(path) in experiment.error, experiment.error
+        assert SECRET_VALUE not in experiment.error and "SECRET_TOKEN" not in experiment.error
+        assert "\x00" not in experiment.error
+        shown = cli("show", str(experiment_id), "--db", db_url)
+        assert shown.returncode == 0 and SECRET_VALUE not in shown.stdout
+    assert SECRET_VALUE not in result.stdout + result.stderr
+    assert SECRET_VALUE.encode() not in database_bytes(db_url)
+
+
+def test_shown_url_masks_passwords_and_never_raises():
+    from runs.workers import shown_url
+
+    assert shown_url("postgresql+psycopg://fpl:hunter2@db.example:5432/lab") == "postgresql+psycopg://fpl:***@db.example:5432/lab"
+    assert "hunter2" not in shown_url("postgresql+psycopg://fpl@db/lab?password=hunter2&sslmode=require")
+    assert "sslmode=require" in shown_url("postgresql+psycopg://fpl@db/lab?password=hunter2&sslmode=require")
+    assert "hunter2" not in shown_url("postgresql://fpl:hunter2@db:notaport/lab")  # SQLAlchemy cannot parse it
+    assert shown_url("sqlite:///experiments.db") == "sqlite:///experiments.db"
+    assert shown_url("not a url") == "not a url" and shown_url("a\x00b\nc") == "a\\x00b\\nc"
+
+
+def test_a_worker_gets_the_url_in_its_environment_never_on_its_command_line(db_url, tmp_path, monkeypatch):
+    from experiment_config import ExperimentConfig
+    from runs.workers import launch_worker, worker_command, worker_environment, worker_log_path
+
+    url = "postgresql+psycopg://fpl:hunter2@127.0.0.1:9/lab"
+    assert not any("hunter2" in part or "--db" == part for part in worker_command([3, 4]))
+    assert worker_environment(url, {"PATH": "/bin"}) == {"PATH": "/bin", "DATABASE_URL": url}
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    store = ExperimentStore(db_url)
+    config = ExperimentConfig().with_overrides([a for a in TINY if a != "--set"] + ["federation.rounds=200"])
+    experiment_id = store.create_experiment(config.to_dict())
+    process = launch_worker(store, experiment_id)
+    try:
+        deadline = time.monotonic() + 60
+        while store.get_experiment(experiment_id).status != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)  # running: the worker has exec'd cli.py (before, /proc shows our own command line)
+        command_line = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\x00")
+        environment = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\x00")
+    finally:
+        store.request_stop(experiment_id)
+        process.wait(timeout=120)
+    assert b"worker" in command_line and b"--db" not in command_line
+    assert not any(db_url.removeprefix("sqlite:///").encode() in part for part in command_line)
+    assert f"DATABASE_URL={db_url}".encode() in environment
+    assert store.get_experiment(experiment_id).status == "stopped"
+    log = worker_log_path(db_url, [experiment_id])
+    assert log.exists() and log.parent == tmp_path / "state" / "fpl" / "logs" and "experiments" in log.name
+    assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
+    other = worker_log_path(f"sqlite:///{tmp_path / 'other' / 'experiments.db'}", [experiment_id])
+    assert other != log  # two databases never share a log
+
+
+def test_a_password_is_never_printed(tmp_path):
+    url = "postgresql+psycopg://fpl:hunter2@127.0.0.1:9/lab"  # nothing listens on port 9: refused at once
+    for args in (["list"], ["show", "1"], ["run", *TINY]):
+        result = cli(*args, "--db", url, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "hunter2" not in result.stdout + result.stderr and "fpl:***@127.0.0.1:9/lab" in result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_storage_errors_and_bad_ids_or_names_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import cli as cli_module
+
+    monkeypatch.chdir(tmp_path)  # a relative SQLite path lands here
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database, just text\n" * 100)
+    good = tmp_path / "good.db"
+    ExperimentStore(f"sqlite:///{good}")
+    cases = {
+        "not a url": ["list", "--db", "not a url"],
+        "empty": ["list", "--db", ""],
+        "a folder": ["list", "--db", f"sqlite:///{tmp_path}"],
+        "not sqlite": ["list", "--db", f"sqlite:///{not_sqlite}"],
+        "no driver": ["list", "--db", "mysql://fpl:hunter2@127.0.0.1:9/lab"],
+        "read-only": ["run", *TINY, "--db", f"sqlite:///file:{good}?mode=ro&uri=true"],
+        "id past int64": ["show", str(2**63), "--db", f"sqlite:///{good}"],
+        "id past int32": ["resume", str(2**31), "--db", f"sqlite:///{good}"],
+        "id zero": ["score", "0", "--text", "a", "--db", f"sqlite:///{good}"],
+        "long name": ["run", "--name", "x" * 201, *TINY, "--db", f"sqlite:///{good}"],
+        "NUL in name": ["run", "--name", "a\x00b", *TINY, "--db", f"sqlite:///{good}"],
+    }
+    for case, argv in cases.items():
+        code = cli_module.main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2, (case, out, err)
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, (case, err)
+        assert "Traceback" not in out + err and "hunter2" not in out + err, (case, err)
+    assert ExperimentStore(f"sqlite:///{good}").list_experiments() == []
+
+
+def test_data_the_run_cannot_use_exits_2_and_stores_nothing(tmp_path):
+    db_file = tmp_path / "untouched.db"
+    bad_csv = tmp_path / "lab_train.csv"
+    bad_csv.write_text("text,E1,Group\nhello,1,A\nbye,0,B\nok,1,C\nfine,0,C\n")
+    nul_in_data_dir = tmp_path / "nul.toml"
+    nul_in_data_dir.write_text('[data]\ndata_dir = "a\\u0000b"\n')  # argv cannot carry a NUL; TOML can
+    for args in (
+        ["--set", "federation.num_clients=100000"],  # 60,000 MNIST examples
+        ["--set", "data.dataset=csv", "--set", f"data.csv_path={bad_csv}", *TEXT_MODEL,
+         "--set", "data.partition=natural", "--set", "federation.num_clients=9",
+         "--set", "federation.clients_per_round=3"],
+        ["--config", str(nul_in_data_dir)],
+        ["--set", "data.data_dir=a\x1b[2Jb"],
+    ):  # fmt: skip
+        result = cli("run", "--db", f"sqlite:///{db_file}", *args)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ") and result.stdout == ""
+    assert not db_file.exists()
+
+
+def test_show_into_a_closed_pipe_ends_quietly(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({"data": {}})
+    store.finish(experiment_id, "failed", error="x" * 1_000_000)  # far more than a pipe's buffer
+    show = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "show", str(experiment_id), "--db", db_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)  # fmt: skip
+    head = subprocess.run(["head", "-c", "10"], stdin=show.stdout, capture_output=True, timeout=60)
+    show.stdout.close()
+    stderr = show.stderr.read().decode()
+    assert show.wait(timeout=60) == 1 and head.stdout == b"experiment"
+    assert stderr == "", stderr
+
+
+def test_score_escapes_control_characters_of_a_response(db_url, monkeypatch, capsys):
+    import cli as cli_module
+
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({"data": {}})
+    monkeypatch.setattr(cli_module, "score_experiment", lambda store, run_id, texts: np.full((len(texts), 1), 0.9))
+    monkeypatch.setattr(cli_module, "rubric_elements", lambda experiment: [("E1", "claims the gas spreads")])
+    hostile = "\x1b]0;pwned\x07\x1b[2Jgood answer\r\nnext"
+    assert cli_module.main(["score", str(experiment_id), "--text", hostile, "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "\\x1b]0;pwned\\x07\\x1b[2Jgood answer\\r\\nnext" in out and "total score 1/1" in out
+
+
+def test_resume_of_a_running_experiment_names_the_worker_that_has_it(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({"federation": {"rounds": 3}})
+    store.mark_running(experiment_id)  # this test's process: alive, so never marked interrupted
+
+    done = cli("resume", str(experiment_id), "--db", db_url)
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"experiment {experiment_id} is already running (by PID {os.getpid()} on " in done.stderr
+    assert store.get_experiment(experiment_id).status == "running"  # the refusal changed nothing

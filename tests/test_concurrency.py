@@ -9,13 +9,18 @@
 - A run with trainer processes that is stopped, one that fails to load its data, one whose
   trainers die and one whose worker is killed leave no process of their tree behind, and
   end with their status and reason.
+- Two resumes of one run at once: exactly one runs it, the other is refused by name (the claim
+  itself 20 times, and real `cli.py resume` pairs after a SIGKILL); a worker paused with SIGSTOP
+  on this host is never taken for dead, a silent one on another host is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,15 +29,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psutil
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import delete, make_url, select
 
 import cli
+import database
 from runs.workers import launch_worker, pid_alive
 from conftest import REPO
-from database import FINAL_STATUSES, ExperimentStore
+from database import FINAL_STATUSES, Checkpoint, ClientRound, Experiment, ExperimentStore, Round, utcnow
 from experiment_config import ExperimentConfig
 
 POSTGRES_URL = os.environ.get("FPL_TEST_POSTGRES_URL")
@@ -347,3 +354,179 @@ def test_a_killed_worker_is_marked_interrupted_and_its_trainers_exit(db_url, sta
     seconds = _gone_within(children, 30)
     assert _session_members(worker.pid) == []
     print(f"\norphaned trainers exited {seconds:.1f} s after the worker was killed")
+
+
+# -- issue 18: one resume at a time, and liveness by PID on this host -------------------------
+
+CLAIMER = """
+import json, sys, time
+from database import ExperimentStore
+store, experiment_id = ExperimentStore(sys.argv[1]), int(sys.argv[2])
+print("ready", flush=True)
+for line in sys.stdin:  # "go AT": claim the run at time.time() == AT, as the other claimer does
+    at = float(line.split()[1])
+    while time.time() < at:
+        pass
+    started = time.time()
+    try:
+        outcome = {"won": store.reopen(experiment_id)}
+    except ValueError as error:
+        outcome = {"lost": str(error)}
+    print(json.dumps({**outcome, "started": started, "ended": time.time()}), flush=True)
+"""
+LOSER_LINE = r"experiment {id} is already (being resumed|running) \(by PID {pid} on [^)]+\): cannot resume it"
+
+
+def _fabricated_interrupted_run(store: ExperimentStore, rounds: int = 3) -> int:
+    """A run that was killed after round 2 of `rounds` (its rows as a worker leaves them), interrupted."""
+    config = ExperimentConfig().with_overrides([*SMALL, f"federation.rounds={rounds}"])
+    experiment_id = store.create_experiment(config.to_dict())
+    store.mark_running(experiment_id, pid=os.getpid())
+    clients = [{"id": c, "num_examples": 200, "steps": 4, "loss": 0.5} for c in range(CLIENTS)]
+    for number in (1, 2):
+        row = {"round": number, "accuracy": 0.5, "loss": 1.0, "seconds": 1.0, "bytes_up": 1, "bytes_down": 1,
+               "clients": clients}  # fmt: skip
+        store.record_round(experiment_id, row, checkpoint=f"after round {number}".encode(), worker_pid=os.getpid())
+    store.finish(experiment_id, "interrupted", error="killed")
+    return experiment_id
+
+
+def test_two_claims_of_one_run_at_the_same_moment_have_exactly_one_winner_twenty_times(shared_db_url, started):
+    """The claim itself (`ExperimentStore.reopen`, which `cli.py resume` and the page's Resume call),
+    20 times, by two processes with their own connections released at the same instant: exactly
+    one wins each time, the other is told who has the run, and nothing else changes. (The full
+    `cli.py resume` race, with training, is the next test.)"""
+    store = ExperimentStore(shared_db_url)
+    experiment_id = _fabricated_interrupted_run(store)
+    claimers = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, shared_db_url, str(experiment_id)], cwd=REPO, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]  # fmt: skip
+    started.extend(claimers)
+    for claimer in claimers:
+        assert claimer.stdout.readline() == "ready\n", claimer.stderr.read()
+    overlapped = 0
+    for _ in range(20):
+        at = time.time() + 0.2
+        for claimer in claimers:
+            claimer.stdin.write(f"go {at}\n")
+            claimer.stdin.flush()
+        answers = [json.loads(claimer.stdout.readline()) for claimer in claimers]
+
+        winners = [(claimer.pid, a) for claimer, a in zip(claimers, answers) if "won" in a]
+        losers = [(claimer.pid, a) for claimer, a in zip(claimers, answers) if "lost" in a]
+        assert len(winners) == 1 and len(losers) == 1, answers
+        (winner, won), (_, lost) = winners[0], losers[0]
+        assert won["won"] == 2
+        assert re.fullmatch(LOSER_LINE.format(id=experiment_id, pid=winner), lost["lost"]), lost["lost"]
+        claimed = store.get_experiment(experiment_id)
+        assert (claimed.status, claimed.worker_pid, claimed.rounds_done) == ("queued", winner, 2)
+        overlapped += max(a["started"] for a in answers) < min(a["ended"] for a in answers)
+        store.finish(experiment_id, "interrupted", error="killed")  # as it was, for the next pair
+    for claimer in claimers:
+        claimer.stdin.close()
+        claimer.wait(timeout=30)
+    assert store.rounds_frame([experiment_id])["round"].tolist() == [1, 2]
+    assert overlapped >= 1, "no two claims overlapped in time: nothing concurrent was tested"
+    print(f"\n20 pairs of claims: 20 with one winner; {overlapped} pairs overlapped in time")
+
+
+RESUME_RACE = [*SMALL, "federation.rounds=3"]
+
+
+def _killed_after_round_two(url: str, started: list[subprocess.Popen]) -> int:
+    """`cli.py run` of 3 rounds, killed with SIGKILL as soon as it has printed round 2."""
+    settings = [arg for assignment in RESUME_RACE for arg in ("--set", assignment)]
+    worker = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), "run", "--json", "--db", url, *settings],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    started.append(worker)
+    for line in worker.stdout:
+        if json.loads(line).get("round") == 2:
+            os.kill(worker.pid, signal.SIGKILL)
+            break
+    worker.wait(timeout=30)
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.read()
+    (experiment,) = ExperimentStore(url).list_experiments()
+    assert (experiment.status, experiment.rounds_done) == ("running", 2), "round 3 ended before the kill"
+    return experiment.id
+
+
+def _back_to_killed(store: ExperimentStore, experiment_id: int, checkpoint: bytes) -> None:
+    """The rows as the kill left them: rounds 1-2, the checkpoint after round 2, interrupted."""
+    with store.sessions.begin() as session:
+        later = select(Round.id).where(Round.experiment_id == experiment_id, Round.round > 2)
+        session.execute(delete(ClientRound).where(ClientRound.round_id.in_(later)))
+        session.execute(delete(Round).where(Round.experiment_id == experiment_id, Round.round > 2))
+        session.merge(Checkpoint(experiment_id=experiment_id, round=2, state=checkpoint, created_at=utcnow()))
+    store.finish(experiment_id, "interrupted", error="killed")
+
+
+def test_two_cli_resumes_at_once_one_runs_the_other_refuses(shared_db_url, started):
+    """Two real `cli.py resume` processes started together after a run was killed with SIGKILL
+    after round 2 of 3, FPL_RESUME_RACE_REPETITIONS times (3 by default; each pair trains a
+    round): exactly one runs round 3 and completes, the other exits 1 with one clear line on
+    stderr; every round is stored once. The run goes back to its killed state between pairs."""
+    repetitions = int(os.environ.get("FPL_RESUME_RACE_REPETITIONS", "3"))
+    experiment_id = _killed_after_round_two(shared_db_url, started)
+    store = ExperimentStore(shared_db_url)
+    assert store.mark_interrupted_if_dead(pid_alive) == [experiment_id]
+    killed_checkpoint = store.load_checkpoint(experiment_id)[1]
+    finals = []
+    for repetition in range(repetitions):
+        if repetition:
+            _back_to_killed(store, experiment_id, killed_checkpoint)
+        command = [sys.executable, str(REPO / "cli.py"), "resume", str(experiment_id), "--db", shared_db_url, "--json"]
+        pair = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                for _ in range(2)]  # fmt: skip
+        started.extend(pair)
+        outputs = [process.communicate(timeout=300) for process in pair]
+
+        codes = sorted(process.returncode for process in pair)
+        assert codes == [0, 1], [(p.returncode, err[-500:]) for p, (_, err) in zip(pair, outputs)]
+        (winner, (out, _)), (_, (_, refusal)) = sorted(zip(pair, outputs), key=lambda item: item[0].returncode)
+        assert re.fullmatch(f"error: {LOSER_LINE.format(id=experiment_id, pid=winner.pid)}\n", refusal), refusal
+        final = json.loads(out.splitlines()[-1])
+        assert (final["status"], final["rounds"]) == ("completed", 3)
+        experiment = store.get_experiment(experiment_id)
+        assert (experiment.status, experiment.error) == ("completed", None)
+        assert store.rounds_frame([experiment_id])["round"].tolist() == [1, 2, 3]  # each once
+        assert len(store.client_rounds_frame(experiment_id)) == 3 * CLIENTS
+        finals.append(final["accuracy"])
+    assert len(set(finals)) == 1  # every winner resumed from the same checkpoint to the same end
+    print(f"\n{repetitions} pairs of `cli.py resume`: each time one completed and one refused")
+
+
+def test_a_stopped_local_worker_is_never_marked_but_a_silent_one_elsewhere_is(db_url, started, monkeypatch):
+    """A worker paused with SIGSTOP (or too busy to beat) is alive: its PID decides on this host,
+    however old its heartbeat. A row of another host is judged by its heartbeat alone. The stale
+    limit is cut to 0.5 s so that 4 s of checks are 8 stale limits."""
+    monkeypatch.setattr(database, "STALE_HEARTBEAT_SECONDS", 0.5)
+    store = ExperimentStore(db_url)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    started.append(worker)
+    local, elsewhere = (store.create_experiment({}) for _ in range(2))
+    for experiment_id in (local, elsewhere):
+        store.mark_running(experiment_id, pid=worker.pid)
+    store._update(elsewhere, worker_host=f"not-{socket.gethostname()}")  # the same PID on another machine
+    os.kill(worker.pid, signal.SIGSTOP)  # it beats no more: both heartbeats age from here
+    marked = []
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            marked += store.mark_interrupted_if_dead(pid_alive)
+            time.sleep(0.2)
+        assert psutil.Process(worker.pid).status() == psutil.STATUS_STOPPED
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+
+    assert marked == [elsewhere]
+    assert store.get_experiment(local).status == "running"
+    with store.sessions() as session:  # its heartbeat was stale for most of those 4 s
+        assert session.get(Experiment, local).heartbeat_at < utcnow() - timedelta(seconds=3)
+    assert "heartbeat" in store.get_experiment(elsewhere).error
+    worker.kill()
+    worker.wait(timeout=30)
+    assert store.mark_interrupted_if_dead(pid_alive) == [local]  # gone: marked at the first look

@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -15,11 +20,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, delete, func, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import create_engine, delete, func, inspect, make_url, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from conftest import REPO
 from database import (
+    CONNECT_TIMEOUT_SECONDS,
+    STATEMENT_TIMEOUT_SECONDS,
     Base,
     ClientRound,
     Experiment,
@@ -417,3 +424,209 @@ def test_minilm_runs_stored_before_pooling_existed_keep_reading_cls(db_url):
     assert ExperimentConfig.from_dict(configs[ids[0]]).model.pooling == "cls"
     assert configs[ids[1]] == tinyllama and configs[ids[2]] == {"model": {"name": "cnn"}} and configs[ids[3]] == {}
     assert configs[mean]["model"] == {"name": "minilm-lora", "pooling": "cls"}  # downgrading dropped "mean"
+
+
+# -- issue 18: claims, deletes, ids, names and timeouts -------------------------------------
+
+
+def test_experiment_ids_are_never_reused_after_a_delete(db_url):
+    store = ExperimentStore(db_url)
+    first, second, third = (store.create_experiment({"n": n}) for n in range(3))
+    store.delete_experiment(third)
+    assert store.create_experiment({"n": 3}) == third + 1  # SQLite without AUTOINCREMENT gave `third` again
+    assert [e.id for e in store.list_experiments()] == [third + 1, second, first]
+
+
+def test_migration_0006_makes_sqlite_ids_autoincrement_keeps_the_rows_and_downgrades(tmp_path):
+    url = f"sqlite:///{tmp_path / 'experiments.db'}"
+    store = ExperimentStore(url)
+    with migration_lock(store.engine) as connection:  # a database as revision 0005 left it
+        command.downgrade(alembic_config(connection), "0005")
+    with store.engine.begin() as connection:
+        for number in (1, 2, 3):
+            connection.execute(text(
+                "INSERT INTO experiments (id, name, status, config, runtime, created_at, code_version, stop_requested) "
+                f"VALUES ({number}, 'run {number}', 'completed', '{{}}', 'in-process', '2026-01-01 00:00:00', 'abc', 0)"
+            ))  # fmt: skip
+    store.record_round(1, round_row(1, 0.5))
+    store.delete_experiment(3)
+    assert store.create_experiment({}) == 3  # the old schema hands the deleted id out again
+    store.delete_experiment(3)
+    store.engine.dispose()
+
+    store = ExperimentStore(url)  # opening migrates to head: 0006 rebuilds the table
+
+    with store.engine.connect() as connection:
+        schema = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'experiments'")).scalar()
+    assert "AUTOINCREMENT" in schema
+    assert [(e.id, e.name) for e in store.list_experiments()] == [(2, "run 2"), (1, "run 1")]
+    assert store.rounds_frame([1])["accuracy"].tolist() == [0.5] and len(store.client_rounds_frame(1)) == 2
+    newest = store.create_experiment({})
+    store.delete_experiment(newest)
+    assert store.create_experiment({}) == newest + 1
+    assert rows_left_after_deleting_experiment(store, 1) == (0, 0)  # the foreign keys still cascade
+    assert schema_differences(url) == []
+
+    with migration_lock(store.engine) as connection:
+        command.downgrade(alembic_config(connection), "0005")
+    with store.engine.connect() as connection:
+        schema = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'experiments'")).scalar()
+    assert "AUTOINCREMENT" not in schema
+    assert [e.id for e in store.list_experiments()] == [newest + 1, 2]
+
+
+@pytest.mark.parametrize("experiment_id", [2**31, 2**63, -(2**63) - 1, 10**30])
+def test_an_id_too_large_for_the_column_names_no_experiment(db_url, experiment_id):
+    """SQLite's INTEGER holds 64 bits, PostgreSQL's 32: a larger id raised OverflowError / DataError."""
+    store = ExperimentStore(db_url)
+    store.create_experiment({})
+
+    assert store.get_experiment(experiment_id) is None
+    assert store.load_checkpoint(experiment_id) is None and store.checkpoint_round(experiment_id) is None
+    assert store.load_weights(experiment_id) is None and not store.stop_requested(experiment_id)
+    assert store.rounds_frame([experiment_id]).empty and store.client_rounds_frame(experiment_id).empty
+    assert store.round_rows(experiment_id) == []
+    for write in (store.reopen, store.mark_running, store.request_stop, lambda i: store.finish(i, "failed")):
+        with pytest.raises(KeyError, match="no experiment"):
+            write(experiment_id)
+    with pytest.raises(KeyError, match="no experiment"):
+        store.record_round(experiment_id, round_row(1, 0.5))
+    store.delete_experiment(experiment_id)  # nothing to delete
+    assert len(store.list_experiments()) == 1
+
+
+def test_a_name_longer_than_its_column_is_refused_before_anything_is_stored(db_url):
+    store = ExperimentStore(db_url)
+    with pytest.raises(ValueError, match="name: 201 characters, at most 200"):
+        store.create_experiment({}, name="x" * 201)
+    with pytest.raises(ValueError, match="NUL"):
+        store.create_experiment({}, name="a\x00b")
+    assert store.list_experiments() == []
+    longest = store.create_experiment({}, name="é" * 200)  # characters, not bytes
+    assert store.get_experiment(longest).name == "é" * 200
+
+
+def claimed_run(store: ExperimentStore, *, rounds: int = 3) -> int:
+    """A run killed after round 2 of `rounds` (its checkpoint with it), marked interrupted."""
+    experiment_id = store.create_experiment({"federation": {"rounds": rounds}})
+    store.mark_running(experiment_id, pid=111)
+    for number in (1, 2):
+        store.record_round(experiment_id, round_row(number, 0.5), checkpoint=b"state", worker_pid=111)
+    store.finish(experiment_id, "interrupted", error="killed")
+    return experiment_id
+
+
+def test_reopen_is_a_claim_the_second_one_is_refused_and_changes_nothing(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = claimed_run(store)
+
+    assert store.reopen(experiment_id, worker_pid=222) == 2
+    with pytest.raises(ValueError, match=rf"experiment {experiment_id} is already being resumed \(by PID 222 on "):
+        store.reopen(experiment_id, worker_pid=333)
+
+    claimed = store.get_experiment(experiment_id)
+    assert (claimed.status, claimed.worker_pid, claimed.error) == ("queued", 222, None)
+    store.mark_running(experiment_id, pid=222)
+    with pytest.raises(ValueError, match=r"is already running \(by PID 222 on "):
+        store.reopen(experiment_id, worker_pid=333)
+    with pytest.raises(ValueError, match="already running"):
+        store.mark_running(experiment_id, pid=333)  # a second worker cannot start it either
+    assert store.get_experiment(experiment_id).worker_pid == 222
+
+
+def test_a_worker_that_lost_its_run_writes_nothing_more(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = claimed_run(store)  # worker 111 was taken for dead...
+    store.reopen(experiment_id, worker_pid=222)  # ...and worker 222 resumed the run
+    store.mark_running(experiment_id, pid=222)
+
+    with pytest.raises(ValueError, match="already running"):  # 111 is still alive after all
+        store.record_round(experiment_id, round_row(3, 0.9), checkpoint=b"stale", worker_pid=111)
+    assert not store.finish(experiment_id, "failed", error="UNIQUE constraint failed", worker_pid=111)
+
+    store.record_round(experiment_id, round_row(3, 0.7), checkpoint=b"state 3", worker_pid=222)
+    assert store.finish(experiment_id, "completed", final={"accuracy": 0.7}, worker_pid=222)
+    assert not store.finish(experiment_id, "failed", error="late", worker_pid=111)
+    done = store.get_experiment(experiment_id)
+    assert (done.status, done.error, done.final_accuracy) == ("completed", None, 0.7)
+    assert store.rounds_frame([experiment_id])["accuracy"].tolist() == [0.5, 0.5, 0.7]
+    assert store.load_checkpoint(experiment_id) == (3, b"state 3")
+    with pytest.raises(ValueError, match="completed"):
+        store.mark_running(experiment_id, pid=111)  # a settled run is never started again
+
+
+def test_delete_refuses_a_run_that_a_worker_has(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment({})
+    store.record_round(experiment_id, round_row(1, 0.5))
+    store.mark_running(experiment_id, pid=4242)
+
+    with pytest.raises(ValueError, match=rf"experiment {experiment_id} is running \(PID 4242 on .*stop it first"):
+        store.delete_experiment(experiment_id)
+    assert store.rounds_frame([experiment_id])["round"].tolist() == [1]  # nothing was deleted
+
+    store.finish(experiment_id, "stopped")
+    store.delete_experiment(experiment_id)
+    assert store.get_experiment(experiment_id) is None and store.rounds_frame([experiment_id]).empty
+    unclaimed = store.create_experiment({})  # queued, no worker yet: nobody writes into it
+    store.delete_experiment(unclaimed)
+    assert store.list_experiments() == []
+
+
+def test_postgresql_sessions_get_a_statement_timeout_and_keep_the_urls_own_options(db_url):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only (SQLite's busy timeout: test_sqlite_uses_wal_and_a_busy_timeout)")
+    store = ExperimentStore(db_url)
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SHOW statement_timeout")).scalar() == f"{STATEMENT_TIMEOUT_SECONDS}s"
+        assert "fpl_test_" in connection.execute(text("SHOW search_path")).scalar()  # the fixture's options
+    store.engine.dispose()
+    url = make_url(db_url)
+    faster = url.update_query_dict({"options": f"{url.query['options']} -c statement_timeout=200"})
+    store = ExperimentStore(faster.render_as_string(hide_password=False))  # the URL's own setting wins
+    started = time.monotonic()
+    with store.engine.connect() as connection, pytest.raises(OperationalError, match="statement timeout"):
+        connection.execute(text("SELECT pg_sleep(5)"))
+    assert time.monotonic() - started < 3
+    store.engine.dispose()
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: (its port, the
+    connections it accepted). Everything is closed on leaving."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, name="silent-server", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+        for connection in accepted:
+            connection.close()
+
+
+def test_a_postgresql_server_that_never_answers_fails_within_ten_seconds():
+    with silent_server() as (port, accepted):
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="(?i)timeout"):
+            ExperimentStore(f"postgresql+psycopg://fpl@127.0.0.1:{port}/fpl")
+        elapsed = time.monotonic() - started
+    assert accepted, "the driver never reached the silent server"
+    assert elapsed < 10
+    print(f"\na silent server failed the store after {elapsed:.1f} s (connect_timeout {CONNECT_TIMEOUT_SECONDS} s)")

@@ -17,17 +17,20 @@ under a minute on one core.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import re
 import tempfile
 import tomllib
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from ngss import csv_format as ngss_csv
@@ -747,3 +750,95 @@ def test_no_sql_is_built_from_strings():
 def test_the_app_listens_on_localhost_by_default():
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] in ("localhost", "127.0.0.1", "::1")
+
+
+# ----------------------------------------------------------------------------- the CLI's --db, --name and ids
+
+CLI_EXAMPLES = 150  # generated command lines, each run in-process against its own scratch folder
+PASSWORD = "hunter2-fpl"  # in every URL that has a password: it must never be printed
+TINY_RUN = [
+    "--set", "model.name=mlp", "--set", "data.max_train_examples=600", "--set", "federation.num_clients=3",
+    "--set", "federation.clients_per_round=2", "--set", "federation.rounds=1",
+]  # fmt: skip
+ODD_DATABASES = (
+    "fresh", "fresh", "fresh", "not a url", "", "folder", "text file", "read-only", "sqlite://",
+    f"postgresql+psycopg://fpl:{PASSWORD}@127.0.0.1:9/lab", f"mysql://fpl:{PASSWORD}@127.0.0.1:9/lab",
+    f"postgresql://fpl:{PASSWORD}@127.0.0.1:9/lab", "sqlite:///a\x00b.db", "nosuchdialect://x",
+)  # fmt: skip
+ID_TEXTS = st.integers(1, 3).map(str) | st.integers(-(2**70), 2**70).map(str) | st.sampled_from(
+    ("0", "-1", str(2**31 - 1), str(2**31), str(2**63), "1e3", "0x10", " 7 ", "\uff17", "", "1" * 5000)
+)  # fmt: skip
+NAMES = mostly(
+    st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=200),
+    st.text(max_size=250) | st.sampled_from(("x" * 200, "x" * 201, "\x00", "\x1b[31mred", "\ud800", "a\nb")),
+)  # fmt: skip
+
+
+def database_url(kind: str, folder: Path) -> str:
+    """A --db value of the given kind, inside `folder` where it is a file."""
+    if kind == "fresh":
+        return f"sqlite:///{folder / 'fresh.db'}"
+    if kind == "folder":
+        return f"sqlite:///{folder}"
+    if kind == "text file":
+        (folder / "notes.txt").write_text("just text, not a database\n" * 50)
+        return f"sqlite:///{folder / 'notes.txt'}"
+    if kind == "read-only":
+        from database import ExperimentStore
+
+        ExperimentStore(f"sqlite:///{folder / 'ro.db'}").engine.dispose()
+        return f"sqlite:///file:{folder / 'ro.db'}?mode=ro&uri=true"
+    return kind
+
+
+@st.composite
+def cli_calls(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """(database kind, argv without --db): list, show, resume, score with any id, run with any name."""
+    command = draw(st.sampled_from(("list", "show", "resume", "score", "run", "run")))
+    kind = draw(mostly(st.sampled_from(ODD_DATABASES), st.text(st.characters(exclude_characters="/"), max_size=20)))
+    if command == "list":
+        return kind, ["list"]
+    if command == "run":
+        return kind, ["run", "--name", draw(NAMES), *TINY_RUN]
+    argv = [command, draw(ID_TEXTS)]
+    return kind, argv + (["--text", "a response"] if command == "score" else [])
+
+
+@hostile(CLI_EXAMPLES)
+@given(cli_calls())
+@example(("fresh", ["run", "--name", "x" * 201, *TINY_RUN]))
+@example(("fresh", ["run", "--name", "a\x00b", *TINY_RUN]))
+@example(("fresh", ["show", str(2**63)]))
+@example(("read-only", ["run", "--name", "ok", *TINY_RUN]))
+@example((f"postgresql+psycopg://fpl:{PASSWORD}@127.0.0.1:9/lab", ["show", "1"]))
+def test_cli_database_names_and_ids_give_a_result_or_one_line_error(call):
+    """Exit 0, 1 (no such experiment) or 2 (bad input, an unusable database), one line on stderr for an
+    error, no traceback, no password; a refused run stores nothing, an accepted one stores its name."""
+    import cli
+    from database import ExperimentStore
+
+    kind, argv = call
+    with tempfile.TemporaryDirectory() as scratch, pytest.MonkeyPatch.context() as patch:
+        folder = Path(scratch)
+        patch.chdir(folder)  # a relative SQLite path (generated text) lands in the scratch folder
+        patch.delenv("DATABASE_URL", raising=False)
+        patch.setattr(cli, "_execute", lambda store, experiment_id, config, *, as_json: cli.EXIT_OK)  # store only
+        url = database_url(kind, folder)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*argv, "--db", url])
+        out, err = out.getvalue(), err.getvalue()
+        event(f"{argv[0]}: exit {code}")  # --hypothesis-show-statistics: how often each outcome came up
+        assert code in (0, 1, 2), (code, err)
+        assert "Traceback" not in out + err and PASSWORD not in out + err, err
+        if code != 0:
+            assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        if kind == "fresh" and argv[0] == "run":
+            stored = ExperimentStore(url).list_experiments() if (folder / "fresh.db").exists() else []
+            name = argv[2]
+            if code == 0:
+                assert [e.name for e in stored] == [name]
+            else:  # refused: a name the database cannot hold (too long, control characters)
+                unprintable = [c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+                               or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]  # fmt: skip
+                assert stored == [] and (len(name) > 200 or unprintable)

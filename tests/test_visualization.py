@@ -457,3 +457,62 @@ def test_label_figure_shows_accuracy_and_f1_per_rubric_element():
     assert list(f1.y)[:2] == [0.8, 0.5]
     assert [trace.name for trace in viz.label_figure(metrics, []).data] == ["accuracy", "F1"]
     assert list(viz.label_figure(metrics, []).data[0].x) == ["E1", "E2", "E3"]  # no names: numbered
+
+
+# -- legibility (issue 17) ----------------------------------------------------------------------
+
+
+def test_legends_sit_below_the_plot_never_beside_the_title(rounds, points):
+    figures = [
+        viz.accuracy_figure(rounds, labels={7: "seven", 9: "nine"}),
+        viz.epsilon_figure(rounds[rounds.experiment_id == 7], budget=1.0, last_round=3),
+        viz.bytes_figure(rounds),
+        viz.time_figure(rounds),
+        viz.privacy_utility_figure(points),
+    ]
+
+    for figure in figures:
+        legend = figure.layout.legend
+        assert (legend.yanchor, legend.xanchor) == ("top", "left") and legend.y < 0, figure.layout.title.text
+
+
+def test_an_experiment_keeps_its_colour_whatever_is_drawn_beside_it(rounds):
+    alone = viz.accuracy_figure(rounds[rounds.experiment_id == 9])
+    together = viz.accuracy_figure(rounds, labels={7: "seven", 9: "nine"})
+
+    assert together.data[1].line.color == alone.data[0].line.color == viz.experiment_color(9)
+    assert together.data[0].line.color != together.data[1].line.color
+
+
+def test_an_overlay_with_labels_shows_its_legend_even_for_one_run(rounds):
+    figure = viz.epsilon_figure(rounds[rounds.experiment_id == 7], labels={7: "#7 · local DP"})
+
+    assert figure.layout.showlegend is True and figure.data[0].name == "#7 · local DP"
+
+
+def test_time_figure_leaves_out_the_simulated_time_when_no_network_was_set_up(rounds):
+    figure = viz.time_figure(rounds.assign(simulated_seconds=1.0), show_simulated=False)
+
+    assert [trace.name for trace in figure.data] == ["training", "evaluation"]
+
+
+def test_privacy_points_that_differ_in_delta_are_grouped_and_hovered_by_delta(points):
+    figure = viz.privacy_utility_figure(points.assign(delta=[1e-5, 1e-3, 1e-5, 1e-5]))
+
+    by_name = {trace.name: trace for trace in figure.data}
+    assert set(by_name) == {"local DP, δ = 1e-05", "local DP, δ = 1e-03", "central DP, δ = 1e-05"}
+    assert xy(by_name["local DP, δ = 1e-03"]) == ([1.0], [0.7])
+    assert by_name["local DP, δ = 1e-05"].marker.symbol != by_name["local DP, δ = 1e-03"].marker.symbol
+    assert "δ %{customdata[1]:.0e}" in by_name["central DP, δ = 1e-05"].hovertemplate
+
+
+def test_clients_and_labels_take_the_names_they_are_given():
+    clients = pd.DataFrame({"round": [1, 1], "client_id": [0, 1], "loss": [0.5, 0.7]})
+    schools = ["School A", "School B"]
+
+    loss = viz.client_loss_figure(clients, client_names=schools)
+    heatmap = viz.label_heatmap([[3, 1, 0], [0, 2, 5]], label_names=["E1", "E2", "E3"], client_names=schools)
+
+    assert [trace.name for trace in loss.data] == schools
+    assert list(heatmap.data[0].x) == ["E1", "E2", "E3"] and list(heatmap.data[0].y) == schools
+    assert heatmap.layout.xaxis.title.text == "rubric element"
