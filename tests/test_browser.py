@@ -11,6 +11,7 @@ Needs /usr/bin/chromium: the tests fail without it on CI (CI=true) and are skipp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -18,7 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,97 +93,99 @@ def need_chromium() -> None:
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
 
 
-def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None:
+@contextlib.contextmanager
+def browser_page(server_url: str) -> Iterator[Any]:
+    """A page of headless Debian Chromium (never a downloaded browser) at the app, 1400 × 900; closed after."""
     need_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(server_url)
-            expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("No experiments yet")).to_be_visible()
-
-            choose(page, "model", "mlp")
-            choose(page, "partition", "dirichlet")
-            for key, value in {"num_clients": 2, "clients_per_round": 2, "rounds": 2, "local_epochs": 3}.items():
-                fill(page, key, value)
-            choose(page, "privacy_mode", "local")
-            for key, value in {"target_epsilon": 3, "max_epsilon": 4}.items():
-                fill(page, key, value)
-            expanders = page.locator("[data-testid='stForm'] [data-testid='stExpander'] summary")
-            advanced = expanders.filter(has_text="Advanced")  # the scenario groups (strategy, attack, ...) precede it
-            advanced.click()
-            for key, value in {"max_train_examples": 600, "max_test_examples": 500, "num_workers": 1}.items():
-                fill(page, key, value)
-            page.locator(".st-key-start button").click()
-
-            # While the page swaps the live panel for the finished one, both can be in the DOM for a moment.
-            expect(page.get_by_text(re.compile(r"Round 2/2 · completed"))).to_have_count(1, timeout=60_000)
-            title = page.get_by_role("heading", name=re.compile(r"#1 · mlp · dirichlet\(α=0\.5\) · 2 clients"))
-            expect(title).to_have_count(1)
-            expect(page.locator(".js-plotly-plot")).to_have_count(7, timeout=15_000)  # six + the ε curve
-            expect(page.get_by_text("budget ε = 4")).to_be_visible()  # the legend of the ε chart
-            expect(page.locator("[data-testid='stMetric']").first).to_be_visible()
-            expect(page.get_by_role("button", name=re.compile("Privacy report"))).to_be_visible()
-            advanced.click()  # fold the advanced fields and show the top of the sidebar in the screenshot
-            page.locator("[data-testid='stSidebarContent']").evaluate("sidebar => sidebar.scrollTo(0, 0)")
-            page.wait_for_timeout(1_000)  # let plotly finish its layout transitions
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
-
-            page.set_viewport_size({"width": 800, "height": 900})
-            page.wait_for_timeout(1_000)
-            labels = page.locator("[data-testid='stMetricLabel']")
-            expect(labels.first).to_be_visible()
-            for part in ("stMetricLabel", "stMetricValue"):
-                clipped = page.locator(f"[data-testid='{part}']").evaluate_all(CLIPPED)
-                assert clipped == [], f"cut off at 800 px ({part}): {clipped}"
-            page.screenshot(path=str(NARROW_SCREENSHOT))
+            yield page
         finally:
             browser.close()
+
+
+def test_start_a_tiny_private_run_and_watch_it_complete(server_url: str) -> None:
+    from playwright.sync_api import expect
+
+    with browser_page(server_url) as page:
+        expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("No experiments yet")).to_be_visible()
+
+        choose(page, "model", "mlp")
+        choose(page, "partition", "dirichlet")
+        for key, value in {"num_clients": 2, "clients_per_round": 2, "rounds": 2, "local_epochs": 3}.items():
+            fill(page, key, value)
+        choose(page, "privacy_mode", "local")
+        for key, value in {"target_epsilon": 3, "max_epsilon": 4}.items():
+            fill(page, key, value)
+        expanders = page.locator("[data-testid='stForm'] [data-testid='stExpander'] summary")
+        advanced = expanders.filter(has_text="Advanced")  # the scenario groups (strategy, attack, ...) precede it
+        advanced.click()
+        for key, value in {"max_train_examples": 600, "max_test_examples": 500, "num_workers": 1}.items():
+            fill(page, key, value)
+        page.locator(".st-key-start button").click()
+
+        # While the page swaps the live panel for the finished one, both can be in the DOM for a moment.
+        expect(page.get_by_text(re.compile(r"Round 2/2 · completed"))).to_have_count(1, timeout=60_000)
+        title = page.get_by_role("heading", name=re.compile(r"#1 · mlp · dirichlet\(α=0\.5\) · 2 clients"))
+        expect(title).to_have_count(1)
+        expect(page.locator(".js-plotly-plot")).to_have_count(7, timeout=15_000)  # six + the ε curve
+        expect(page.get_by_text("budget ε = 4")).to_be_visible()  # the legend of the ε chart
+        expect(page.locator("[data-testid='stMetric']").first).to_be_visible()
+        expect(page.get_by_role("button", name=re.compile("Privacy report"))).to_be_visible()
+        advanced.click()  # fold the advanced fields and show the top of the sidebar in the screenshot
+        page.locator("[data-testid='stSidebarContent']").evaluate("sidebar => sidebar.scrollTo(0, 0)")
+        page.wait_for_timeout(1_000)  # let plotly finish its layout transitions
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+
+        page.set_viewport_size({"width": 800, "height": 900})
+        page.wait_for_timeout(1_000)
+        labels = page.locator("[data-testid='stMetricLabel']")
+        expect(labels.first).to_be_visible()
+        for part in ("stMetricLabel", "stMetricValue"):
+            clipped = page.locator(f"[data-testid='{part}']").evaluate_all(CLIPPED)
+            assert clipped == [], f"cut off at 800 px ({part}): {clipped}"
+        page.screenshot(path=str(NARROW_SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
     assert NARROW_SCREENSHOT.stat().st_size > 10_000
 
 
 def test_enter_applies_no_preset_start_says_what_is_wrong_and_settings_survive_a_reload(server_url: str) -> None:
-    need_chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(server_url)
-            expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
+    with browser_page(server_url) as page:
+        expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
 
-            rounds = page.locator(".st-key-rounds input")
-            rounds.fill("5")
-            rounds.press("Enter")  # commits the value; it used to press the form's first button, the NGSS recipe
-            expect(page).to_have_url(re.compile(r"[?&]rounds=5\b"), timeout=10_000)
-            page.wait_for_timeout(1_500)  # room for a rerun that a submit would have caused
-            expect(page.get_by_role("combobox", name="Dataset")).to_have_value("mnist")
-            expect(page.get_by_role("combobox", name="Model")).to_have_value("cnn")
-            expect(page.locator(".st-key-num_clients input")).to_have_value("10")
-            expect(page.get_by_text("No experiments yet")).to_be_visible()  # and nothing started
+        rounds = page.locator(".st-key-rounds input")
+        rounds.fill("5")
+        rounds.press("Enter")  # commits the value; it used to press the form's first button, the NGSS recipe
+        expect(page).to_have_url(re.compile(r"[?&]rounds=5\b"), timeout=10_000)
+        page.wait_for_timeout(1_500)  # room for a rerun that a submit would have caused
+        expect(page.get_by_role("combobox", name="Dataset")).to_have_value("mnist")
+        expect(page.get_by_role("combobox", name="Model")).to_have_value("cnn")
+        expect(page.locator(".st-key-num_clients input")).to_have_value("10")
+        expect(page.get_by_text("No experiments yet")).to_be_visible()  # and nothing started
 
-            fill(page, "num_clients", 0)
-            page.locator(".st-key-start button").click()
-            problem = page.locator("[data-testid='stSidebar'] [data-testid='stAlert']")
-            expect(problem).to_contain_text("Cannot start")
-            expect(problem).to_contain_text("Clients must be between 1 and 100,000, got 0")
-            expect(problem).to_be_in_viewport()  # beside Start, not scrolled away
-            expect(page.get_by_text("No experiments yet")).to_be_visible()
-            sidebar = page.locator("[data-testid='stSidebar']").bounding_box()
-            page.screenshot(path=str(PROBLEMS_SCREENSHOT), clip=sidebar)
+        fill(page, "num_clients", 0)
+        page.locator(".st-key-start button").click()
+        problem = page.locator("[data-testid='stSidebar'] [data-testid='stAlert']")
+        expect(problem).to_contain_text("Cannot start")
+        expect(problem).to_contain_text("Clients must be between 1 and 100,000, got 0")
+        expect(problem).to_be_in_viewport()  # beside Start, not scrolled away
+        expect(page.get_by_text("No experiments yet")).to_be_visible()
+        sidebar = page.locator("[data-testid='stSidebar']").bounding_box()
+        page.screenshot(path=str(PROBLEMS_SCREENSHOT), clip=sidebar)
 
-            page.reload()
-            expect(page.get_by_text("No experiments yet")).to_be_visible(timeout=30_000)
-            expect(page.locator(".st-key-rounds input")).to_have_value("5", timeout=15_000)
-            expect(page.locator(".st-key-num_clients input")).to_have_value("0")
-        finally:
-            browser.close()
+        page.reload()
+        expect(page.get_by_text("No experiments yet")).to_be_visible(timeout=30_000)
+        expect(page.locator(".st-key-rounds input")).to_have_value("5", timeout=15_000)
+        expect(page.locator(".st-key-num_clients input")).to_have_value("0")
     assert PROBLEMS_SCREENSHOT.stat().st_size > 5_000
 
 
