@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
+from experiment_config import ATTACKS, check_one_of
 
 # Mixed into the seed so the malicious-client stream is not the partition or sampling
 # stream that the same `config.seed` drives elsewhere ("mal" in ASCII).
@@ -63,8 +63,7 @@ def poison_update(
     training, via `flip_labels`). `scale` must be > 0 for sign_flip and scale; `noise_std` ≥ 0
     for gaussian; each is ignored by the other behaviours. `generator` drives the noise only.
     """
-    if behaviour not in ATTACKS:
-        raise ValueError(f"attack behaviour must be one of {', '.join(ATTACKS)}; got {behaviour!r}")
+    check_one_of("attack behaviour", behaviour, ATTACKS)
     if update.dim() != 1 or not update.is_floating_point():
         raise ValueError(f"expected a flat (P,) float update; got shape {tuple(update.shape)}, {update.dtype}")
     if behaviour in ("sign_flip", "scale"):

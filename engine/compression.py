@@ -18,15 +18,15 @@ import math
 import torch
 from torch import Tensor
 
-COMPRESSIONS = ("none", "topk", "qsgd")
+from experiment_config import COMPRESSIONS, check_one_of
+
 MIN_BITS, MAX_BITS = 2, 16
 BYTES_PER_FLOAT = 4  # float32 values and the QSGD norm
 BYTES_PER_INDEX = 4  # int32 coordinate indices for top-k
 
 
 def _check_method(method: str) -> None:
-    if method not in COMPRESSIONS:
-        raise ValueError(f"compression method must be one of {', '.join(COMPRESSIONS)}; got {method!r}")
+    check_one_of("compression method", method, COMPRESSIONS)
 
 
 def _check_fraction(fraction: float) -> None:
