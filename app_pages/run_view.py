@@ -202,14 +202,8 @@ def delta_warning(experiment: ExperimentSummary, clients: pd.DataFrame) -> str |
     if not privacy_on(experiment):
         return None
     delta = float(experiment.config.get("privacy", {}).get("delta", 0.0))
-    if delta >= 0.5:
-        return f"δ = {delta:g} promises nothing: the (ε, δ) guarantee may fail half the time or more."
-    population = delta_population(experiment, clients)
-    if population and population[0] > 0 and delta >= 1.0 / population[0]:
-        count, unit = population
-        return (f"δ = {delta:g} is not below 1/N = {1.0 / count:.2g} (N = {count:,} {unit}): a mechanism may "
-                "reveal a whole unit outright and still meet this guarantee, so ε here promises little.")  # fmt: skip
-    return None
+    count, unit = delta_population(experiment, clients) or (0, "")
+    return privacy_report.delta_concern(delta, count, unit)
 
 
 def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:

@@ -36,6 +36,7 @@ from app_pages.csv_upload import MAX_UPLOAD_MB, CsvUpload, check_upload
 from database import ExperimentStore
 from experiment_config import SECTIONS, ExperimentConfig
 from ngss.data import TASKS, CsvImportError
+from privacy.report import delta_concern as hollow_delta
 from runs.preflight import check_data
 
 MAX_SWEEP_RUNS = 20
@@ -157,8 +158,6 @@ def delta_concern(config: ExperimentConfig) -> str | None:
     privacy, federation = config.privacy, config.federation
     if privacy.mode == "none":
         return None
-    if privacy.delta >= 0.5:
-        return f"δ = {privacy.delta:g} promises nothing: the guarantee may fail half the time or more."
     if privacy.mode == "central":
         population, unit = federation.num_clients, "clients"
     else:
@@ -167,12 +166,7 @@ def delta_concern(config: ExperimentConfig) -> str | None:
             sizes["ngss"] = TASKS[config.data.ngss_task].train_size
         total = config.data.max_train_examples or sizes.get(config.data.dataset, 0)
         population, unit = total // max(federation.num_clients, 1), "examples per client"
-    if population > 0 and privacy.delta >= 1.0 / population:
-        return (
-            f"δ = {privacy.delta:g} is not below 1/N = {1.0 / population:.2g} (N = {population:,} {unit}): "
-            "a mechanism may then reveal a whole unit outright and still meet the guarantee. Keep δ well below 1/N."
-        )
-    return None
+    return hollow_delta(privacy.delta, population, unit)
 
 
 def checked_config(

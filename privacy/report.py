@@ -43,6 +43,19 @@ ACCOUNTANT_NAMES = {
 }
 
 
+def delta_concern(delta: float, population: int, unit: str) -> str | None:
+    """Why δ makes an (ε, δ) guarantee hollow, or None: δ ≥ 0.5, or δ ≥ 1/N for the N `unit`s it
+    protects (examples of a client for local DP, clients for central DP; 0: unknown). Such a δ lets a
+    mechanism reveal a whole unit outright with probability δ and still meet the guarantee. The page
+    (before Start and in the run view) and this report state the same rule."""
+    if delta >= 0.5:
+        return f"δ = {delta:g} promises nothing: the (ε, δ) guarantee may fail half the time or more."
+    if population > 0 and delta >= 1.0 / population:
+        return (f"δ = {delta:g} is not below 1/N = {1.0 / population:.2g} (N = {population:,} {unit}): a mechanism "
+                "may reveal a whole unit outright and still meet the guarantee. Keep δ well below 1/N.")  # fmt: skip
+    return None
+
+
 def report_filename(experiment: ExperimentSummary) -> str:
     """A file name for the downloaded statement, e.g. `experiment-7-privacy.md`."""
     return f"experiment-{experiment.id}-privacy.md"
@@ -244,7 +257,7 @@ def _meaning(experiment: ExperimentSummary, facts: _Facts) -> str:
     units = _client_sizes(experiment) if facts.mode == "local" else []
     population = max(units) if units else int(experiment.config.get("federation", {}).get("num_clients", 0))
     if population > 0:
-        side = "below" if facts.delta < 1.0 / population else "**not** below"
+        side = "**not** below" if delta_concern(facts.delta, population, "") else "below"
         text += (
             f" δ = {_num(facts.delta)} is {side} 1/N = {_num(1.0 / population)} "
             f"(N = {population} {'examples on the largest client' if facts.mode == 'local' else 'clients'}); "

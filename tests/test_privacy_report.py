@@ -174,3 +174,12 @@ def test_the_quoted_dp_bound_on_the_advantage_is_the_hypothesis_test_limit(db_ur
 def test_the_report_module_needs_no_torch():
     code = "import sys; from privacy import report; assert 'torch' not in sys.modules and 'streamlit' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_one_delta_rule_for_the_page_and_the_report():
+    from privacy.report import delta_concern
+
+    assert delta_concern(0.5, 0, "clients").startswith("δ = 0.5 promises nothing")
+    assert delta_concern(1e-3, 1_000, "clients").startswith("δ = 0.001 is not below 1/N = 0.001 (N = 1,000 clients)")
+    assert delta_concern(9.99e-4, 1_000, "clients") is None  # just below 1/N
+    assert delta_concern(1e-5, 0, "examples") is None  # N unknown: only the 0.5 rule applies
