@@ -5,6 +5,10 @@
     python cli.py show ID [--db URL] [--json | --privacy-report]
     python cli.py score ID --text "a response" [--text ...] [--db URL] [--json]
     python cli.py resume ID [--db URL] [--json]
+    python cli.py export ID [--mlflow URI] [--tensorboard DIR] [--db URL] [--json]
+    python cli.py serve [--host 127.0.0.1] [--port 8000] [--db URL]
+    python cli.py sweep [--config FILE.toml] (--grid section.key=V1,V2 ... | --optuna N --search section.key=log:LOW:HIGH ...)
+                        [--objective accuracy|loss|epsilon] [--parallel N] [--name NAME] [--db URL] [--json]
 
 `run` validates the config first: a bad one exits 2 with one line on stderr and
 writes nothing. Then every round is committed to the database as it finishes.
@@ -23,6 +27,11 @@ round and ends exactly where it would have without the interruption. While it ru
 worker beats a heartbeat into the database every few seconds, mid-round too: `list`,
 `show` and the page mark a run whose worker died `interrupted` (at once on this machine,
 within 30 s from another one sharing the database).
+
+`sweep` runs one stored experiment per grid point, or an Optuna study of N completed trials (stored in the
+same database), one after the other or `--parallel N` workers at once; each trial is an ordinary experiment
+tagged `sweep:NAME`. Every grid point (or search range) is validated before anything is stored. The same
+command again continues the sweep (`runs.sweeps`): completed trials are not run again.
 
 The page starts runs through the same code: `python cli.py worker ID [ID ...]` runs
 experiments already stored (queued) in the database, one after the other (the page hands it the
@@ -51,8 +60,9 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from database import RESUMABLE_STATUSES, Experiment, ExperimentStore, ExperimentSummary, resolve_url
-from experiment_config import ExperimentConfig
-from runs import service
+from experiment_config import ExperimentConfig, check_tracking_uri
+from ngss.csv_format import summarize_import
+from runs import service, studies, sweeps
 from runs.preflight import check_data
 from runs.scoring import rubric_elements, score_experiment
 from runs.workers import StopSignals, pid_alive, printable, shown_url
@@ -123,6 +133,11 @@ def _describe_audit(audit: dict[str, Any]) -> str:
     """One line for the membership-inference audit (or its error)."""
     if "error" in audit:
         return f"privacy audit failed: {audit['error']}"
+    if "epsilon_lower_bound" in audit:  # privacy.audit = "one_run"
+        return (
+            f"privacy audit (one training run, {audit['canaries']} canaries): empirical ε >= "
+            f"{audit['epsilon_lower_bound']:.4f} at 95% ({audit['correct']} of {audit['guesses']} guesses right)"
+        )
     return (
         f"privacy audit (membership inference, loss threshold): AUC {audit['auc']:.4f}, "
         f"advantage {audit['advantage']:.4f} ({audit['members']} members, {audit['non_members']} non-members; "
@@ -240,7 +255,22 @@ def command_run(args: argparse.Namespace) -> int:
     experiment_id = service.create(store, config, name=name)
     if not args.json:
         print(f"experiment {experiment_id}: {_describe(config.to_dict())}  (database {shown_url(store.url)})")
+        if config.data.dataset == "csv":
+            print(_import_note(config), flush=True)
     return _execute(store, experiment_id, config, as_json=args.json)
+
+
+def _import_note(config: ExperimentConfig) -> str:
+    """`812 + 203 responses imported (train + test) · 3 blank, scored as written · 5 cut to 128 tokens`."""
+    from engine.workloads import load_ngss, load_tokenizer  # torch: the run loads it next anyway
+
+    dataset = load_ngss(config)
+    try:
+        tokenizer = load_tokenizer(config, dataset.train.texts)
+    except (OSError, RuntimeError, ValueError):  # a Hub tokenizer offline: the run says why when it needs it
+        tokenizer = None
+    summary = summarize_import(dataset, tokenizer=tokenizer, max_length=config.model.max_length)
+    return summary.text()
 
 
 def command_worker(args: argparse.Namespace) -> int:
@@ -279,6 +309,153 @@ def command_resume(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     printer.final(outcome)
     return EXIT_CODES[outcome.status]
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    """Serve the REST API (`api/`) until interrupted: loopback by default; another host needs
+    `FPL_API_TOKEN` (refused otherwise, one line, exit 2), which every request must then carry."""
+    from api.server import check_binding, check_port, serve  # FastAPI loads only for `serve`
+
+    try:
+        token = check_binding(args.host, token=os.environ.get("FPL_API_TOKEN"))
+        port = check_port(args.port)
+    except ValueError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store = open_store(args.db)
+    print(f"serving {shown_url(store.url)} on http://{args.host}:{port} (docs: /docs)", file=sys.stderr)
+    serve(store, host=args.host, port=port, token=token)
+    return EXIT_OK
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """Export a stored run to an MLflow tracking server and/or TensorBoard event files. Exporting again
+    updates the same MLflow run and rewrites the run's TensorBoard folder (`tracking/`)."""
+    from tracking.mlflow_export import TrackingError, export_to_mlflow  # mlflow loads only for `export`
+    from tracking.tensorboard_export import export_to_tensorboard
+
+    try:
+        if args.mlflow is None and args.tensorboard is None:
+            raise ValueError("give --mlflow URI, --tensorboard DIR or both")
+        if args.mlflow is not None and not check_tracking_uri("--mlflow", args.mlflow.strip()):
+            raise ValueError("--mlflow is empty: give a tracking URI, e.g. http://127.0.0.1:5000")
+        if args.tensorboard is not None and not args.tensorboard.strip():
+            raise ValueError("--tensorboard is empty: give a folder for the event files")
+    except ValueError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store, experiment = _open_experiment(args)
+    if experiment is None:
+        return EXIT_FAILED
+    exported, exit_code = {"experiment_id": args.id}, EXIT_OK
+    try:
+        if args.tensorboard is not None:
+            exported["tensorboard"] = str(export_to_tensorboard(store, args.id, args.tensorboard))
+        if args.mlflow is not None:
+            exported["mlflow_run_id"] = export_to_mlflow(store, args.id, args.mlflow.strip())
+    except TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        exit_code = EXIT_FAILED
+    if args.json:
+        _emit(sys.stdout, exported)
+    if not args.json and "tensorboard" in exported:
+        print(f"experiment {args.id}: TensorBoard event files in {printable(exported['tensorboard'])}")
+    if not args.json and "mlflow_run_id" in exported:
+        print(f"experiment {args.id}: MLflow run {exported['mlflow_run_id']} at {shown_url(args.mlflow.strip())}")
+    return exit_code
+
+
+class SweepPrinter:
+    """The CLI's `runs.sweeps.SweepReporter`: one line (or JSON object) per trial started and ended."""
+
+    def __init__(self, out: TextIO, *, as_json: bool, objective: str) -> None:
+        self.out, self.as_json, self.objective = out, as_json, objective
+
+    def started(self, plan: sweeps.TrialPlan, experiment_id: int) -> None:
+        self.note(f"trial {plan.number}: experiment {experiment_id}  {_varied(plan.values)}")
+
+    def finished(self, result: sweeps.TrialResult) -> None:
+        with _unless_the_pipe_closed():
+            if self.as_json:
+                _emit(self.out, {"trial": result.plan.number, "experiment_id": result.experiment_id,
+                                 "values": result.plan.values, "status": result.status,
+                                 self.objective: result.value})  # fmt: skip
+                return
+            value = "" if result.value is None else f", {self.objective} {result.value:.4f}"
+            print(f"trial {result.plan.number}: experiment {result.experiment_id} {result.status}{value}",
+                  file=self.out, flush=True)  # fmt: skip
+
+    def note(self, text: str) -> None:
+        if not self.as_json:
+            with _unless_the_pipe_closed():
+                print(text, file=self.out, flush=True)
+
+
+def _varied(values: dict[str, Any]) -> str:
+    return "  ".join(f"{key}={value}" for key, value in values.items())
+
+
+def _plan_sweep(args: argparse.Namespace) -> tuple[ExperimentConfig, sweeps.Sweep, Any]:
+    """The base config, the sweep and what it runs (grid plans, or search dimensions), all validated:
+    ValueError, one line, before the database is opened."""
+    if (args.grid is None) == (args.optuna is None):
+        raise ValueError("give either --grid section.key=V1,V2 (repeatable) or --optuna N with --search")
+    if args.optuna is None and args.search:
+        raise ValueError("--search goes with --optuna N")
+    if not 1 <= args.parallel <= 64:
+        raise ValueError(f"--parallel must be from 1 to 64, got {args.parallel}")
+    base = build_config(args.config, args.set or [])
+    check_data(base)
+    if args.grid is not None:
+        grid = sweeps.parse_grid(args.grid)
+        sweep = sweeps.checked_sweep(args.name, args.objective, [base.to_dict(), grid, args.objective])
+        return base, sweep, sweeps.plan_grid(base, grid)
+    if not 1 <= args.optuna <= 10_000:
+        raise ValueError(f"--optuna must be from 1 to 10000 trials, got {args.optuna}")
+    dimensions = studies.parse_search(args.search or [])
+    studies.check_search(base, dimensions)
+    described = [base.to_dict(), [repr(d) for d in dimensions], args.objective]
+    return base, sweeps.checked_sweep(args.name, args.objective, described), dimensions
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    """Run a grid sweep or an Optuna study (`runs.sweeps`), continuing one the same command began; print each
+    trial, then the trials best first. Exit 0 when every grid point (or N trials) completed, else 1 (130: a signal)."""
+    try:
+        base, sweep, work = _plan_sweep(args)
+    except ValueError as error:
+        print(f"error: {printable(' '.join(str(error).split()))}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    store = open_store(args.db)
+    printer = SweepPrinter(sys.stdout, as_json=args.json, objective=sweep.objective)
+    try:
+        if args.optuna is None:
+            source: Any = sweeps.GridSweep(store, sweep, work, printer)
+        else:
+            source = studies.StudySweep.open(store, base, work, sweep, trials=args.optuna, reporter=printer)
+    except ValueError as error:  # a study of that name for another objective or base config
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    printer.note(f"sweep {sweep.name} ({sweep.direction} {sweep.objective}), database {shown_url(store.url)}")
+    signals = StopSignals()
+    try:
+        sweeps.run_trials(store, source, parallel=args.parallel, reporter=printer, signals=signals)
+    except KeyboardInterrupt:  # a second signal while waiting on workers: they go on in their own sessions
+        print(f"error: sweep {sweep.name} aborted; its running trials go on: the same command continues it",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    table = sweeps.sweep_table(store.list_experiments(), sweep.name)
+    done = (table["status"] == "completed").sum() if args.optuna is None else source.completed()
+    wanted = len(work) if args.optuna is None else args.optuna
+    with _unless_the_pipe_closed():
+        if args.json:
+            _emit(sys.stdout, {"sweep": sweep.name, "objective": sweep.objective, "completed": int(done),
+                               "trials": json.loads(table.to_json(orient="records"))})  # fmt: skip
+        else:
+            print(f"sweep {sweep.name}: {done} of {wanted} trials completed\n{table.to_string(index=False)}")
+    if signals.received.is_set():
+        return EXIT_INTERRUPTED
+    return EXIT_OK if done >= wanted else EXIT_FAILED
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -426,7 +603,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     root = OneLineParser(prog="cli.py", description="Federated Privacy Lab, headless.")
-    commands = root.add_subparsers(dest="command", required=True, metavar="{run,list,show,score,resume}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="{run,list,show,score,resume,serve,export,sweep}")
 
     run = commands.add_parser("run", help="run an experiment and store every round")
     run.add_argument("--config", help="TOML file (sections data, model, federation, privacy, system)")
@@ -453,11 +630,36 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("id", type=experiment_id)
     resume.set_defaults(handler=command_resume)
 
+    serve = commands.add_parser("serve", help="serve the REST API (OpenAPI docs at /docs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: needs FPL_API_TOKEN)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--db", default=None, help="SQLAlchemy URL (default: $DATABASE_URL or sqlite:///experiments.db)")
+    serve.set_defaults(handler=command_serve)
+
+    export = commands.add_parser("export", help="export a stored run to MLflow and/or TensorBoard")
+    export.add_argument("id", type=experiment_id)
+    export.add_argument("--mlflow", metavar="URI", help="MLflow tracking URI (e.g. http://127.0.0.1:5000)")
+    export.add_argument("--tensorboard", metavar="DIR", help="folder for TensorBoard event files")
+    export.set_defaults(handler=command_export)
+
+    sweep = commands.add_parser("sweep", help="run a grid of settings or an Optuna study, one experiment per trial")
+    sweep.add_argument("--config", help="TOML file: the base config every trial starts from")
+    sweep.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one base key (repeatable)")
+    sweep.add_argument("--grid", action="append", metavar="SECTION.KEY=V1,V2,...", help="values to try (repeatable)")
+    sweep.add_argument("--optuna", type=int, metavar="N", help="an Optuna study of N completed trials")
+    sweep.add_argument("--search", action="append", metavar="SECTION.KEY=KIND:...",
+                       help="a range for --optuna: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH, choice:A,B (repeatable)")
+    sweep.add_argument("--objective", choices=list(sweeps.OBJECTIVES), default="accuracy",
+                       help="the final round's accuracy (maximized), loss or ε (minimized)")
+    sweep.add_argument("--parallel", type=int, default=1, help="trials at once, each in its own worker (default 1)")
+    sweep.add_argument("--name", default="", help="the sweep's name (default: from its settings, so a rerun continues it)")
+    sweep.set_defaults(handler=command_sweep)
+
     worker = commands.add_parser("worker")  # no help: the page's, unlisted
     worker.add_argument("ids", type=experiment_id, nargs="+", metavar="ID", help="stored experiments, in this order")
     worker.set_defaults(handler=command_worker)
 
-    for sub in (run, listing, show, score, resume, worker):
+    for sub in (run, listing, show, score, resume, export, sweep, worker):
         sub.add_argument("--db", default=None, help="SQLAlchemy URL (default: $DATABASE_URL or sqlite:///experiments.db)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     return root

@@ -257,3 +257,54 @@ def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.
         data.train_y.numpy(), config.data.partition, num_clients=federation.num_clients, seed=config.system.seed,
         alpha=config.data.dirichlet_alpha,
     )  # fmt: skip
+
+
+# -- the one-run audit's canaries (privacy.audit = "one_run") ----------------------------
+
+CANARY_TAG = 0xCA9A7  # the canaries' own random stream: (seed, 0, tag) is drawn by nothing else
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """Where the canaries are: `rows` (m,) their indices into the training tensors, `included`
+    (m,) bool, whether each joined a client's training data (the audit's secret, S_i = ±1)."""
+
+    rows: np.ndarray
+    included: np.ndarray
+
+
+def insert_canaries(
+    data: FederatedData, partitions: list[np.ndarray], *, count: int, seed: int
+) -> tuple[FederatedData, list[np.ndarray], Canaries | None]:
+    """`count` canaries for the one-run audit (Steinke et al. 2023): a seeded sample of test
+    examples, each relabelled with a uniformly random *wrong* class (only memorising it fits that
+    label), appended to the training tensors and taken out of the test split (so accuracy is never
+    measured on them); each then joins, independently with probability 1/2, the training partition
+    of one client drawn uniformly. Single-label data only. count 0: the inputs come back unchanged
+    (the same objects), and no canaries."""
+    if count == 0:
+        return data, partitions, None
+    if data.multilabel:
+        raise ValueError("canaries need single-label data (a random wrong class): use data.dataset = 'mnist'")
+    if not 2 <= count < len(data.test_y):
+        raise ValueError(
+            f"privacy.audit_canaries = {count} must be between 2 and the {len(data.test_y) - 1} test examples "
+            "this run can spare (the canaries are taken from its test split)"
+        )
+    generator = np.random.default_rng([seed, 0, CANARY_TAG])
+    chosen = np.sort(generator.choice(len(data.test_y), size=count, replace=False))
+    shift = torch.from_numpy(generator.integers(1, data.num_classes, size=count))  # never the true class
+    included = generator.random(count) < 0.5
+    owners = generator.integers(0, len(partitions), size=count)
+    rows = np.arange(len(data.train_y), len(data.train_y) + count)
+    take, keep = torch.from_numpy(chosen), torch.from_numpy(np.setdiff1d(np.arange(len(data.test_y)), chosen))
+    labels = (data.test_y[take] + shift) % data.num_classes
+    both = data.train_groups is not None and data.test_groups is not None
+    canaried = replace(
+        data, train_x=torch.cat([data.train_x, data.test_x[take]]), train_y=torch.cat([data.train_y, labels]),
+        test_x=data.test_x[keep].contiguous(), test_y=data.test_y[keep].contiguous(),
+        train_groups=np.concatenate([data.train_groups, data.test_groups[chosen]]) if both else None,
+        test_groups=data.test_groups[keep.numpy()] if data.test_groups is not None else None,
+    )  # fmt: skip
+    joined = [np.sort(np.concatenate([part, rows[included & (owners == c)]])) for c, part in enumerate(partitions)]
+    return canaried, joined, Canaries(rows=rows, included=included)

@@ -48,13 +48,15 @@ and on PostgreSQL, and an old database must still upgrade with its rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass, fields
+import unicodedata
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     make_url,
     null,
@@ -83,6 +86,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from engine.results import CLIENT_FIELDS, ROUND_FIELDS
@@ -103,9 +107,13 @@ RESUMABLE_STATUSES = ("interrupted", "stopped", "failed")
 ACTIVE_STATUSES = ("queued", "running")  # claimed by a worker (waiting for it, or running in it)
 # A PostgreSQL server that accepts connections but never answers fails a connect after this many
 # seconds (libpq's connect_timeout, per address tried), and the server ends a statement after
-# STATEMENT_TIMEOUT_SECONDS (a lock wait included) instead of letting a caller hang for ever.
+# STATEMENT_TIMEOUT_SECONDS (a lock wait included) instead of letting a caller hang for ever. A
+# server (or the network to it) that vanishes mid-query is noticed by TCP keepalives after about
+# KEEPALIVE_IDLE_SECONDS + KEEPALIVE_COUNT × KEEPALIVE_INTERVAL_SECONDS (9 s), libpq's tcp_user_timeout
+# for data that stays unacknowledged. Both within 10 s of the query.
 CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_SECONDS = 30
+STATEMENT_TIMEOUT_SECONDS = 9
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 5, 2, 2
 # The id column is INTEGER: 64-bit on SQLite, 32-bit on PostgreSQL. A larger id names no
 # experiment; the drivers would raise OverflowError / DataError for it, so the store never sends one.
 MAX_ID = {"sqlite": 2**63 - 1}
@@ -114,6 +122,27 @@ MAX_ID_OTHERS = 2**31 - 1
 
 class ClaimLost(ValueError):
     """A write refused because another worker has the run (or it was settled meanwhile)."""
+
+
+class DatabaseCorrupted(RuntimeError):
+    """A SQLite file whose pages `PRAGMA quick_check` finds damaged: nothing in it is to be trusted."""
+
+
+class CheckpointCorrupted(ValueError):
+    """A checkpoint whose state no longer matches the SHA-256 stored with it: resuming from it would
+    silently give other results (or crash mid-restore), so it is refused."""
+
+
+def check_intact(experiment_id: int, round_number: int, state: bytes, sha256: str | None) -> None:
+    """Raise CheckpointCorrupted unless `state` hashes to `sha256` (None: a checkpoint from before
+    migration 0008, accepted unchecked). Only the newest checkpoint is kept, so there is no earlier
+    one to fall back to: the message says to start the run again."""
+    if sha256 is not None and hashlib.sha256(state).hexdigest() != sha256:
+        raise CheckpointCorrupted(
+            f"experiment {experiment_id}: checkpoint of round {round_number} is corrupted (checksum mismatch); "
+            f"resume from round {round_number + 1} impossible (only the newest checkpoint is kept): "
+            "start the run again"
+        )
 
 
 def utcnow() -> datetime:
@@ -160,6 +189,9 @@ class Experiment(Base):
     personalization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # What data the run used: its source ("mnist", "synthetic", "imported"), task and clients.
     dataset_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A researcher's free labels (`set_tags`; NULL reads as none), and where the running round stands (`set_progress`).
+    tags: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     rounds: Mapped[list[Round]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
@@ -186,6 +218,7 @@ class Round(Base):
     sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
     privacy_steps: Mapped[int] = mapped_column(Integer, default=0)
     accountant: Mapped[str] = mapped_column(String(16), default="")
+    neighbouring_relation: Mapped[str] = mapped_column(String(32), default="")
     # Why the model was not updated this round ("" when it was), the clients selected,
     # and the simulated wall-clock time of the round over the simulated network.
     skipped: Mapped[str] = mapped_column(Text, default="")
@@ -195,6 +228,11 @@ class Round(Base):
     secure_aggregation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Workload-specific metrics beyond accuracy/loss (NGSS: exact match, F1, MAE, per label and school).
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Fairness over every client's held-out split (engine.results.RoundResult; NULL without a client holdout).
+    client_accuracy_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    client_accuracy_worst10: Mapped[float | None] = mapped_column(Float, nullable=True)
+    client_accuracy_variance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    client_accuracy_gini: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     clients: Mapped[list[ClientRound]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -212,7 +250,8 @@ class ClientRound(Base):
     epsilon: Mapped[float] = mapped_column(Float, default=0.0)
     sample_rate: Mapped[float] = mapped_column(Float, default=0.0)
     # ok | partial (straggler, fewer steps) | lost (trained, update never arrived) |
-    # dropped (never started) | late (past the deadline, dropped) | failed (raised or sent NaN/inf: excluded)
+    # dropped (never started) | late (past the deadline, dropped) | failed (raised or sent NaN/inf: excluded) |
+    # excluded (arrived, left out as suspicious)
     status: Mapped[str] = mapped_column(String(16), default="ok")
     malicious: Mapped[bool] = mapped_column(Boolean, default=False)
     bytes_up: Mapped[int] = mapped_column(Integer, default=0)
@@ -220,6 +259,9 @@ class ClientRound(Base):
     simulated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     validation_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="", server_default="")  # why a failed client was excluded
+    global_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # the round's global model, its holdout
+    suspicion: Mapped[float | None] = mapped_column(Float, nullable=True)  # engine.suspicion's score; NULL: not scored
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ModelWeights(Base):
@@ -242,6 +284,8 @@ class Checkpoint(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     round: Mapped[int] = mapped_column(Integer)
     state: Mapped[bytes] = mapped_column(LargeBinary)  # torch.save of tensors and plain values; weights_only load
+    # SHA-256 (hex) of `state`, checked before a resume; None for checkpoints written before migration 0008.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -286,6 +330,8 @@ class ExperimentSummary:
     client_profiles: list[dict[str, Any]] | None = None
     personalization: dict[str, Any] | None = None
     dataset_info: dict[str, Any] | None = None
+    tags: list[str] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -309,25 +355,54 @@ def resolve_url(url: str | None = None) -> str:
 
 def make_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
     """An engine for `url` (see `resolve_url`), its database brought to the newest schema
-    revision unless `migrate` is false. SQLite gets WAL and a busy timeout; only SQLite."""
+    revision unless `migrate` is false. SQLite gets WAL and a busy timeout; only SQLite. An
+    existing SQLite file is checked first (`check_sqlite_file`): DatabaseCorrupted, before
+    anything reads or migrates it, when its pages are damaged."""
     url = resolve_url(url)
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
-    if is_sqlite:
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    path = make_url(url).database if is_sqlite else None
+    if path and path != ":memory:":
+        Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args=_connect_args(url), json_serializer=json_dumps)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+        if path and path != ":memory:" and Path(path).expanduser().is_file():
+            check_sqlite_file(engine, Path(path).expanduser())
     if migrate:
         upgrade_to_head(engine)
     return engine
 
 
+def check_sqlite_file(engine: Engine, path: Path) -> None:
+    """Raise DatabaseCorrupted (one line naming the file and SQLite's first finding) unless `PRAGMA
+    quick_check` finds the file's pages intact. It reads every page once, without integrity_check's
+    cross-check of each index against its table: 0.1 s for a 50 MB file here (integrity_check 0.2 s),
+    so it runs whenever a store opens one, and a damaged page is reported then, not as wrong or
+    missing rows later."""
+    try:
+        with engine.connect() as connection:
+            findings = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").all()]
+    except DBAPIError as error:  # a header or root page too damaged to even run the check
+        if not isinstance(error.orig, sqlite3.DatabaseError) or isinstance(error.orig, sqlite3.OperationalError):
+            raise
+        findings = [" ".join(str(error.orig).split())]
+    if findings != ["ok"]:  # one finding may span lines, under a "*** in database main ***" heading
+        engine.dispose()  # no pooled connection stays open on the damaged file
+        lines = [line for finding in findings for line in finding.splitlines() if not line.startswith("***")]
+        first = lines[0][:120] if lines else "no answer"
+        more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+        raise DatabaseCorrupted(
+            f"the SQLite file {path} is corrupted (quick_check: {first}{more}): "
+            "restore it from a backup or salvage it with `sqlite3 FILE .recover`"
+        )
+
+
 def _connect_args(url: str) -> dict[str, Any]:
     """The driver's timeouts. SQLite: 30 s for a lock (and `_sqlite_pragmas`' busy timeout).
     PostgreSQL (psycopg, psycopg2): CONNECT_TIMEOUT_SECONDS to connect and STATEMENT_TIMEOUT_SECONDS
-    per statement, in front of any `options` the URL carries (so a URL's own setting wins)."""
+    per statement, in front of any `options` the URL carries (so a URL's own setting wins), and TCP
+    keepalives, so a server gone mid-query fails the statement instead of hanging it; a URL's own
+    keepalive or tcp_user_timeout parameters win too."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return {"timeout": 30}
@@ -336,9 +411,23 @@ def _connect_args(url: str) -> dict[str, Any]:
     given = parsed.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
     args: dict[str, Any] = {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS * 1000} {given}".strip()}
-    if "connect_timeout" not in parsed.query:
-        args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    defaults = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS, "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS, "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": (KEEPALIVE_IDLE_SECONDS + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL_SECONDS) * 1000,  # ms
+    }  # fmt: skip
+    args.update({key: value for key, value in defaults.items() if key not in parsed.query})
     return args
+
+
+def storable_text(text: str | None) -> str | None:
+    """`text` as every backend stores it: NUL (PostgreSQL refuses it in a text column) and the other
+    control characters removed, line breaks and tabs kept (a traceback's lines), a lone surrogate
+    (which has no UTF-8) replaced by U+FFFD. Whatever an exception said, the run's end is stored."""
+    if text is None:
+        return None
+    kept = (char for char in text if char in "\n\t" or unicodedata.category(char) != "Cc")
+    return "".join("\ufffd" if unicodedata.category(char) == "Cs" else char for char in kept)
 
 
 def json_dumps(value: Any) -> str:
@@ -473,17 +562,25 @@ class ExperimentStore:
             ]
             session.add(row)
             if checkpoint is not None:
+                state = bytes(checkpoint)
                 session.merge(Checkpoint(
-                    experiment_id=experiment_id, round=row.round, state=bytes(checkpoint), created_at=utcnow()
+                    experiment_id=experiment_id, round=row.round, state=state,
+                    sha256=hashlib.sha256(state).hexdigest(), created_at=utcnow(),
                 ))  # fmt: skip
 
     def load_checkpoint(self, experiment_id: int) -> tuple[int, bytes] | None:
-        """(round, state) of a run's newest checkpoint, or None if it has none."""
+        """(round, state) of a run's newest checkpoint, or None if it has none. CheckpointCorrupted (a
+        ValueError, one line) when the state no longer matches the SHA-256 stored with it; one written
+        before checksums existed (no SHA-256) loads unchecked."""
         if not self._fits(experiment_id):
             return None
         with self.sessions() as session:
             row = session.get(Checkpoint, experiment_id)
-            return None if row is None else (row.round, bytes(row.state))
+            if row is None:
+                return None
+            state = bytes(row.state)
+            check_intact(experiment_id, row.round, state, row.sha256)
+            return row.round, state
 
     def checkpoint_round(self, experiment_id: int) -> int | None:
         """The round a run's checkpoint follows (without reading the state), or None."""
@@ -520,12 +617,14 @@ class ExperimentStore:
             if not claimed:
                 raise self._why_not(session, experiment_id, "resume")
             # Below, a refusal raises: the transaction, the claim with it, rolls back.
-            checkpoint = session.scalar(select(Checkpoint.round).where(Checkpoint.experiment_id == experiment_id))
-            if checkpoint is None:
+            saved = session.get(Checkpoint, experiment_id)
+            if saved is None:
                 raise ValueError(
                     f"experiment {experiment_id} has no checkpoint (it finished no round, or ran before checkpoints "
                     "existed, or on Flower): start it again instead"
                 )
+            checkpoint = saved.round
+            check_intact(experiment_id, checkpoint, bytes(saved.state), saved.sha256)
             config = session.scalar(select(Experiment.config).where(Experiment.id == experiment_id))
             total = int((config or {}).get("federation", {}).get("rounds", 0))
             if checkpoint >= total:
@@ -616,6 +715,23 @@ class ExperimentStore:
         with self.sessions() as session:
             return set(session.scalars(select(ModelWeights.experiment_id)).all())
 
+    def rename(self, experiment_id: int, name: str) -> None:
+        """Give a run a new name (stripped; "" for none). ValueError for one over MAX_NAME_CHARS or
+        with a control character (nothing written); KeyError for no such run."""
+        self._update(experiment_id, name=checked_name(name))
+
+    def set_tags(self, experiment_id: int, tags: list[str]) -> None:
+        """Replace a run's tags: each stripped, empty ones and repeats left out, order kept. ValueError
+        (nothing written) past MAX_TAGS tags or MAX_TAG_CHARS characters, or with a control character."""
+        self._update(experiment_id, tags=checked_tags(tags))
+
+    def set_progress(self, experiment_id: int, progress: dict[str, Any]) -> None:
+        """Where the running round stands ({"round", "clients_done", "clients_total", "batches_done",
+        "batches_total", "seconds"}): one short UPDATE, replaced as the round goes on. Once round
+        `progress["round"]` is recorded the row is stale (readers compare it with `rounds_done`).
+        KeyError for no such run."""
+        self._update(experiment_id, progress=dict(progress))
+
     def set_audit(self, experiment_id: int, audit: dict[str, Any]) -> None:
         """Store the membership-inference audit of the final model (JSON-able dict)."""
         self._update(experiment_id, audit=audit)
@@ -636,6 +752,7 @@ class ExperimentStore:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
         final = final or {}
+        error, stop_reason = storable_text(error), storable_text(stop_reason)
         values = {
             "status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
             "final_accuracy": final.get("accuracy"), "final_loss": final.get("loss"),
@@ -662,15 +779,17 @@ class ExperimentStore:
         with self.sessions() as session:
             return bool(session.scalar(select(Experiment.stop_requested).where(Experiment.id == experiment_id)))
 
-    def delete_experiment(self, experiment_id: int) -> None:
-        """Delete a run with its rounds, checkpoint and weights (nothing for no such run). Refuses
-        (ValueError) a queued or running one that a worker has (its PID is recorded): the worker
+    def delete_experiment(self, experiment_id: int) -> str | None:
+        """Delete a run with its rounds, checkpoint and weights (nothing for no such run). Returns
+        the run's imported data file (`data.csv_path`) when no experiment left names it, decided in
+        the same transaction, so the caller may remove the file (the page: its uploads); else None.
+        Refuses (ValueError) a queued or running one that a worker has (its PID is recorded): the worker
         would go on writing into rows that are gone and crash. Stop it first; it is deletable once
         it ends. (Deleting after a stop request would have to wait for the worker's round to end,
         minutes, or leave a delete pending that nobody finishes if the worker dies: refusing is
         atomic and says what to do.)"""
         if not self._fits(experiment_id):
-            return
+            return None
         with self.sessions.begin() as session:
             # First a write, only if no worker has the run: it takes the row (SQLite: the database),
             # so none can claim or start it between this check and the delete.
@@ -684,17 +803,22 @@ class ExperimentStore:
                 columns = (Experiment.status, Experiment.worker_pid, Experiment.worker_host)
                 row = session.execute(select(*columns).where(Experiment.id == experiment_id)).first()
                 if row is None:
-                    return
+                    return None
                 raise ValueError(
                     f"experiment {experiment_id} is {row.status} (PID {row.worker_pid} on {row.worker_host}): "
                     "stop it first, then delete it once it has ended"
                 )
+            data_file = _csv_path(session.scalar(select(Experiment.config).where(Experiment.id == experiment_id)))
             round_ids = select(Round.id).where(Round.experiment_id == experiment_id)
             session.execute(delete(ClientRound).where(ClientRound.round_id.in_(round_ids)))
             session.execute(delete(Round).where(Round.experiment_id == experiment_id))
             session.execute(delete(ModelWeights).where(ModelWeights.experiment_id == experiment_id))
             session.execute(delete(Checkpoint).where(Checkpoint.experiment_id == experiment_id))
             session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+            left = session.scalars(select(Experiment.config))
+            if not data_file or data_file in {_csv_path(config) for config in left}:
+                return None
+            return data_file
 
     def _update(self, experiment_id: int, **values: Any) -> None:
         if not self._fits(experiment_id):
@@ -754,7 +878,8 @@ class ExperimentStore:
 
     def client_rounds_frame(self, experiment_id: int) -> pd.DataFrame:
         """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
-        sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error."""
+        sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error,
+        global_accuracy."""
         columns = ["round", "client_id", *CLIENT_FIELDS[1:]]
         if not self._fits(experiment_id):
             return pd.DataFrame([], columns=columns)
@@ -837,9 +962,57 @@ def _columns(table: type[Base], values: dict[str, Any], names: tuple[str, ...]) 
     return out
 
 
+def _csv_path(config: dict[str, Any] | None) -> str:
+    """The data file or folder a stored config imports: its CSV, or its image folder ("" for MNIST, the
+    synthetic NGSS data or no config)."""
+    data = (config or {}).get("data") or {}
+    if data.get("dataset") == "folder":
+        return str(data.get("folder_path") or "")
+    return str(data.get("csv_path") or "") if data.get("dataset") == "csv" else ""
+
+
 def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
     """The session-free view of a row: every `ExperimentSummary` field is the column of that name
     (the config a deep copy, so callers never touch the ORM's JSON), plus the rounds stored."""
     values = {f.name: getattr(experiment, f.name) for f in fields(ExperimentSummary) if f.name != "rounds_done"}
     values["config"] = json.loads(json.dumps(experiment.config))
+    values["tags"] = list(experiment.tags or [])
     return ExperimentSummary(**values, rounds_done=rounds_done)
+
+
+MAX_NAME_CHARS = 200  # the name column's length
+MAX_TAGS = 20
+MAX_TAG_CHARS = 40
+_CONTROL_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")  # controls (NUL, ESC, newline), lone surrogates, line separators
+
+
+def checked_name(name: str) -> str:
+    """A run's name, stripped, if it can be stored and shown on one line; else ValueError, one line."""
+    name = name.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"name: {len(name)} characters, at most {MAX_NAME_CHARS}")
+    if _has_control(name):
+        raise ValueError("name: contains a control character (a newline, tab, NUL, ...)")
+    return name
+
+
+def checked_tags(tags: list[str]) -> list[str]:
+    """Tags stripped, without empty ones or repeats (first kept), if there are at most MAX_TAGS of at
+    most MAX_TAG_CHARS characters each, none with a control character; else ValueError, one line."""
+    if isinstance(tags, str):
+        raise ValueError("tags: a list of strings, not one string")  # noqa: TRY004 (refused like any bad input)
+    kept: list[str] = []
+    for tag in (str(tag).strip() for tag in tags):
+        if len(tag) > MAX_TAG_CHARS:
+            raise ValueError(f"tags: a tag of {len(tag)} characters, at most {MAX_TAG_CHARS}")
+        if _has_control(tag):
+            raise ValueError("tags: a tag contains a control character (a newline, tab, NUL, ...)")
+        if tag and tag not in kept:
+            kept.append(tag)
+    if len(kept) > MAX_TAGS:
+        raise ValueError(f"tags: {len(kept)} tags, at most {MAX_TAGS}")
+    return kept
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in text)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("mnist", "ngss", "csv")  # ngss: the synthetic generator; csv: the lab's files (NGSS.md)
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client per school (ngss, csv with groups)
+DATASETS = ("mnist", "ngss", "csv", "folder")  # ngss: the synthetic generator; csv: the lab's files (NGSS.md)
+# folder: your own images, DIR/<client>/<label>/*.png or DIR/<label>/*.png (engine/image_folder.py)
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client per school (ngss, csv) or top folder
+IMAGE_CHANNELS = (1, 3)  # data.image_channels of a folder: grey or RGB
 IMAGE_MODELS = ("cnn", "mlp", "cnn-dp")
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
 MODELS = IMAGE_MODELS + TEXT_MODELS
@@ -64,21 +66,39 @@ RUNTIMES = ("in-process", "flower")  # flower: a SuperLink and one SuperNode per
 # engine/strategies.py registers one factory per name, in this order (a test checks they match).
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
-    "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting",
+    "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting", "qfedavg",
 )  # fmt: skip
 ROBUST_STRATEGIES = ("krum", "multi_krum", "bulyan")  # need byzantine_clients f and enough updates
 # Rules that need only the weighted sum of the updates: they can run under secure aggregation.
 SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 SELECTIONS = ("uniform", "power_of_choice", "availability")
+# How central DP samples clients each round, and the neighbouring relation its ε is accounted under
+# (privacy/accounting.py: NEIGHBOURING_RELATIONS). poisson: each client independently with
+# q = clients_per_round / num_clients (add/remove one client). fixed: exactly clients_per_round of
+# num_clients, uniformly without replacement (replace one client). Other modes always take exactly
+# clients_per_round (federation.selection) and account no client sampling, so there "fixed" says what
+# happens and "poisson" (the default) changes nothing.
+CLIENT_SAMPLINGS = ("poisson", "fixed")
 DROPOUT_STAGES = ("before", "during")
 STRAGGLER_POLICIES = ("partial", "drop")
 PERSONALIZATIONS = ("none", "fedper", "finetune")
 ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
+# Byzantine clients caught by their suspicion score (engine.suspicion): none (scored only) | flagged (left out)
+EXCLUSIONS = ("none", "flagged")
 COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
+# The empirical audit after the run (privacy/audit.py, privacy/one_run_audit.py). loss: the quick
+# loss-threshold membership attack on privacy.audit_examples trained-on and held-out examples. one_run:
+# privacy.audit_canaries random-label canaries, half trained on, and the ε lower bound their guesses imply.
+AUDITS = ("loss", "one_run")
+MNIST_TEST_EXAMPLES = 10_000  # the one_run canaries come from the test split
 # rdp, prv: Opacus's accountants; pld: privacy loss distributions (Google's dp_accounting).
 # privacy/accounting.py maps each name to its accountant class.
 ACCOUNTANTS = ("rdp", "prv", "pld")
+# The accountants with a bound for fixed-size client sampling (without replacement): dp_accounting's RDP
+# (Wang, Balle & Kasiviswanathan 2019). dp_accounting 0.6.0's PLD rejects SampledWithoutReplacementDpEvent
+# and Opacus's accountants assume Poisson sampling (privacy/accounting.py says more).
+FIXED_SIZE_ACCOUNTANTS = ("rdp",)
 # The clients' local optimizer. adamw: a fresh torch.optim.AdamW each round (its moments do not
 # carry over from round to round); SCAFFOLD, DP-SGD and fine-tuning assume plain SGD.
 CLIENT_OPTIMIZERS = ("sgd", "adamw")
@@ -88,18 +108,19 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS, "data.partition": PARTITIONS, "data.ngss_task": NGSS_TASKS,
     "model.name": MODELS, "model.pooling": ("", *POOLINGS),  # "": the model's default (TEXT_POOLINGS)
     "federation.client_optimizer": CLIENT_OPTIMIZERS, "federation.strategy": STRATEGIES,
-    "federation.selection": SELECTIONS, "federation.dropout_stage": DROPOUT_STAGES,
+    "federation.selection": SELECTIONS, "federation.client_sampling": CLIENT_SAMPLINGS,
+    "federation.dropout_stage": DROPOUT_STAGES,
     "federation.straggler_policy": STRAGGLER_POLICIES, "federation.personalization": PERSONALIZATIONS,
-    "privacy.mode": PRIVACY_MODES, "privacy.accountant": ACCOUNTANTS,
+    "privacy.mode": PRIVACY_MODES, "privacy.accountant": ACCOUNTANTS, "privacy.audit": AUDITS,
     "system.backend": BACKENDS, "system.runtime": RUNTIMES,
-    "attack.behaviour": ATTACKS, "communication.compression": COMPRESSIONS,
+    "attack.behaviour": ATTACKS, "communication.compression": COMPRESSIONS, "federation.exclusion": EXCLUSIONS,
 }  # fmt: skip
 
 # The allowed range [low, high] of every numeric key (ints for int keys, floats for float keys):
 # validation and the sidebar's number inputs read them here. privacy.delta is further kept inside (0, 1).
 BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "data.dirichlet_alpha": (1e-3, 1e4), "data.max_train_examples": (0, 10_000_000),
-    "data.max_test_examples": (0, 10_000_000),
+    "data.max_test_examples": (0, 10_000_000), "data.image_size": (16, 128), "data.image_channels": (1, 3),
     "model.lora_rank": (1, 256), "model.lora_alpha": (0.01, 1e4), "model.lora_dropout": (0.0, 0.9),
     "model.max_length": (8, 2048),
     "federation.num_clients": (1, 100_000), "federation.clients_per_round": (1, 100_000),
@@ -109,14 +130,17 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "federation.beta1": (0.0, 0.999), "federation.beta2": (0.0, 0.9999), "federation.tau": (1e-12, 10.0),
     "federation.trim_fraction": (0.0, 0.49), "federation.byzantine_clients": (0, 100_000),
     "federation.multi_krum_keep": (0, 100_000), "federation.weighting_exponent": (0.0, 1.0),
+    "federation.qffl_q": (0.0, 50.0),
     "federation.selection_candidates": (0, 100_000), "federation.dropout_probability": (0.0, 0.95),
     "federation.min_clients": (1, 100_000), "federation.speed_spread": (0.0, 3.0),
     "federation.round_deadline": (0.0, 1e3), "federation.client_holdout": (0.0, 0.5),
     "federation.finetune_epochs": (1, 100), "federation.secagg_threshold": (0.01, 1.0),
     "federation.secagg_neighbours": (0, 100_000),
+    "federation.exclusion_flags": (1, 1_000), "federation.exclusion_window": (1, 1_000),
     "privacy.noise_multiplier": (0.0, 1e4), "privacy.max_grad_norm": (1e-8, 1e6), "privacy.target_epsilon": (0.0, 1e4),
     "privacy.delta": (0.0, 1.0), "privacy.audit_examples": (0, 100_000), "privacy.max_epsilon": (0.0, 1e4),
     "privacy.target_quantile": (0.01, 0.99), "privacy.clip_learning_rate": (1e-4, 10.0),
+    "privacy.audit_canaries": (0, 100_000),
     "system.seed": (0, 2**32 - 1), "system.num_workers": (0, 256),
     "attack.fraction": (0.0, 1.0), "attack.scale": (0.0, 1e6), "attack.noise_std": (0.0, 1e6),
     "communication.topk_fraction": (1e-6, 1.0), "communication.quantization_bits": (2, 16),
@@ -140,15 +164,33 @@ class DataConfig:
     data_dir: str = field(default_factory=default_data_dir)
     max_train_examples: int = 0  # > 0: a seeded random subset of the training set
     max_test_examples: int = 0  # > 0: a seeded random subset of the test set
+    # data.dataset = "folder" only: the image folder, and the square size and channels every image is read at.
+    folder_path: str = ""
+    image_size: int = 32
+    image_channels: int = 3  # 1: grey, 3: RGB
 
     def validate(self) -> None:
         check_fields("data", self)
+        if self.image_channels not in IMAGE_CHANNELS:
+            raise ValueError(f"data.image_channels must be 1 (grey) or 3 (RGB), got {self.image_channels}")
+        if self.dataset == "folder" and not self.folder_path.strip():
+            raise ValueError("data.dataset = 'folder' needs data.folder_path: DIR/<client>/<label>/*.png or DIR/<label>/*.png")
         if self.dataset == "csv" and not self.csv_path.strip():
             raise ValueError("data.dataset = 'csv' needs data.csv_path: the {task}_train.csv file to import")
         if self.partition == "natural" and self.dataset == "mnist":
-            raise ValueError("data.partition = 'natural' needs data with schools (data.dataset 'ngss' or 'csv')")
+            raise ValueError(
+                "data.partition = 'natural' needs data with schools (data.dataset 'ngss' or 'csv') or client folders "
+                "('folder')"
+            )
         if not self.data_dir.strip():
             raise ValueError("data.data_dir must not be empty")
+
+    def image_options(self) -> dict[str, int]:
+        """The input shape `model.create_model` builds an image model for: a folder's size and channels;
+        empty for MNIST (the models' own 28×28 grey default)."""
+        if self.dataset != "folder":
+            return {}
+        return {"channels": self.image_channels, "image_size": self.image_size}
 
 
 @dataclass(frozen=True)
@@ -196,9 +238,11 @@ class FederationConfig:
     byzantine_clients: int = 0  # krum, multi_krum, bulyan: f tolerated attackers
     multi_krum_keep: int = 0  # multi_krum: m updates averaged; 0 = n − f
     weighting_exponent: float = 0.5  # adaptive_weighting: w ∝ (n_k/Σn)^a · (s_k/Σs)^(1−a)
+    qffl_q: float = 1.0  # qfedavg: q of the q-FFL objective Σ p_k F_k^(q+1)/(q+1); 0 = FedAvg, larger = fairer
     # Client selection among the available clients.
     selection: str = "uniform"  # uniform | power_of_choice | availability
     selection_candidates: int = 0  # power_of_choice: d candidates sampled; 0 = 2 × clients_per_round
+    client_sampling: str = "poisson"  # central DP: poisson | fixed (exactly clients_per_round); CLIENT_SAMPLINGS
     # Unreliable clients.
     dropout_probability: float = 0.0  # each selected client drops out of a round with this probability
     dropout_stage: str = "before"  # before: never starts; during: trains, its update never arrives
@@ -217,12 +261,22 @@ class FederationConfig:
     secure_aggregation: bool = False
     secagg_threshold: float = 0.5  # t as a fraction of each client's neighbourhood
     secagg_neighbours: int = 0  # SecAgg+: k (even) neighbours per client; 0 = all clients of the round
+    # Byzantine clients (engine.suspicion): every round each update gets a suspicion score; "flagged" leaves out
+    # of the aggregate the clients flagged in exclusion_flags (k) of the last exclusion_window (m) rounds.
+    exclusion: str = "none"  # none | flagged
+    exclusion_flags: int = 1  # k
+    exclusion_window: int = 1  # m (this round included)
 
     def validate(self) -> None:
         check_fields("federation", self)
         self._validate_counts()
         self._validate_robust()
         self._validate_secure_aggregation()
+        if self.exclusion_flags > self.exclusion_window:
+            raise ValueError(
+                f"federation.exclusion_flags ({self.exclusion_flags}) must be <= federation.exclusion_window "
+                f"({self.exclusion_window}): flagged in k of the last m rounds"
+            )
         self._validate_holdout()
         self._validate_optimizer()
 
@@ -272,6 +326,11 @@ class FederationConfig:
         """AdamW only where the local training it replaces does not assume plain SGD."""
         if self.client_optimizer == "sgd":
             return
+        if self.strategy == "qfedavg":
+            raise ValueError(
+                "federation.strategy = 'qfedavg' takes L = 1/learning_rate as the Lipschitz estimate of plain SGD "
+                f"steps (Li et al. 2020): federation.client_optimizer must be 'sgd', got {self.client_optimizer!r}"
+            )
         if self.strategy == "scaffold":
             raise ValueError(
                 "federation.strategy = 'scaffold' derives its control variates from plain SGD steps "
@@ -315,14 +374,30 @@ class PrivacyConfig:
     # > 0: after the run, a membership-inference audit of the final model on this many
     # trained-on and as many held-out examples (privacy_audit.py); 0: no audit.
     audit_examples: int = 1000
+    audit: str = "loss"  # loss | one_run: which audit (AUDITS); each one's size 0 = no audit
+    audit_canaries: int = 1000  # one_run: m canaries taken from the test split, each trained on with probability 1/2
     max_epsilon: float = 0.0  # > 0: a budget; the run stops before a round that would exceed it
     # central only: adapt C each round towards the target quantile of update norms (Andrew et al. 2021)
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
+    # Draw the DP noise, and which clients a round samples, from the operating system's CSPRNG (os.urandom)
+    # instead of the seed: nobody who knows the seed can reproduce them; runs with the same seed differ.
+    # Central DP only (local DP-SGD supports it, `DPSGDModel.train`, but the client trainers do not pass it yet).
+    secure_noise: bool = False
+
+    def canary_count(self) -> int:
+        """How many canaries join the run's training data: audit_canaries with the one-run audit, else 0."""
+        return self.audit_canaries if self.audit == "one_run" else 0
+
+    def audit_size(self) -> int:
+        """The audit's canaries (one_run) or examples of each kind (loss); 0 = no audit after the run."""
+        return self.canary_count() if self.audit == "one_run" else self.audit_examples
 
     def validate(self) -> None:
         check_fields("privacy", self)
+        if self.secure_noise and self.mode == "none":
+            raise ValueError("privacy.secure_noise needs privacy.mode = 'local' or 'central': there is no noise to draw")
         check_number("privacy.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.adaptive_clipping and self.mode != "central":
             raise ValueError(f"privacy.adaptive_clipping needs privacy.mode = 'central', got {self.mode!r}")
@@ -345,9 +420,12 @@ class SystemConfig:
     num_workers: int = 0
     backend: str = "torch"  # torch | mlx (local training on Apple's MLX: the MNIST models, tinyllama-lora; `mlx[cpu]` on Linux)
     runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
+    # An MLflow tracking server the run logs to as it goes (tracking/); "" = none (MLFLOW_TRACKING_URI still applies).
+    mlflow_uri: str = ""
 
     def validate(self) -> None:
         check_fields("system", self)
+        check_tracking_uri("system.mlflow_uri", self.mlflow_uri)
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -408,7 +486,9 @@ class ExperimentConfig:
             section.validate()
         self._check_workload()
         self._check_privacy()
+        self._check_audit()
         self._check_secure_aggregation()
+        self._check_exclusion()
 
     def _check_privacy(self) -> None:
         """The privacy mode must fit the local optimizer, the rule, personalization and client selection."""
@@ -422,6 +502,11 @@ class ExperimentConfig:
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
                 f"got {self.federation.strategy!r}"
             )
+        if self.privacy.mode == "local" and self.federation.strategy == "qfedavg":
+            raise ValueError(
+                "federation.strategy = 'qfedavg' weights each client by the global model's loss on its raw "
+                "training data, which privacy.mode = 'local' (DP-SGD's accountant) does not cover"
+            )
         if self.privacy.mode == "central" and self.federation.personalization == "fedper":
             raise ValueError(
                 "federation.personalization = 'fedper' keeps each client's last layer out of the "
@@ -429,8 +514,46 @@ class ExperimentConfig:
             )
         if self.privacy.mode == "central" and self.federation.selection != "uniform":
             raise ValueError(
-                "privacy.mode = 'central' samples clients by Poisson sampling, as its accountant assumes: "
-                f"federation.selection must be 'uniform', got {self.federation.selection!r}"
+                "privacy.mode = 'central' samples clients at random (Poisson, or exactly k of n: federation.client_sampling), "
+                f"as its accountant assumes: federation.selection must be 'uniform', got {self.federation.selection!r}"
+            )
+        fixed = self.privacy.mode == "central" and self.federation.client_sampling == "fixed"
+        if fixed and self.privacy.accountant not in FIXED_SIZE_ACCOUNTANTS:
+            raise ValueError(
+                f"federation.client_sampling = 'fixed' under central DP is accounted by {', '.join(FIXED_SIZE_ACCOUNTANTS)} "
+                f"only (no bound for sampling without replacement in the others): privacy.accountant must be "
+                f"{' or '.join(FIXED_SIZE_ACCOUNTANTS)}, got {self.privacy.accountant!r}"
+            )
+
+    def _check_audit(self) -> None:
+        """The one-run audit's canaries: random wrong classes (single-label data), relabelled test examples
+        added to this machine's training data (not the sites' of a Flower deployment)."""
+        privacy = self.privacy
+        if privacy.audit != "one_run" or privacy.audit_canaries == 0:
+            return
+        if self.data.dataset != "mnist" or self.system.runtime != "in-process":
+            raise ValueError(
+                "privacy.audit = 'one_run' needs data.dataset = 'mnist' and system.runtime = 'in-process', "
+                f"got {self.data.dataset!r} and {self.system.runtime!r}; use privacy.audit = 'loss'"
+            )
+        test_examples = self.data.max_test_examples or MNIST_TEST_EXAMPLES
+        if not 2 <= privacy.audit_canaries < test_examples:
+            raise ValueError(
+                f"privacy.audit = 'one_run': privacy.audit_canaries must be between 2 and {test_examples - 1} (the "
+                f"canaries are taken from the {test_examples} test examples, and some must remain), "
+                f"got {privacy.audit_canaries}"
+            )
+
+    def _check_exclusion(self) -> None:
+        """Suspicion scores need each update as sent: secure aggregation and central DP hide them."""
+        if self.federation.exclusion == "none":
+            return
+        hidden = "federation.secure_aggregation = true" if self.federation.secure_aggregation else (
+            "privacy.mode = 'central'" if self.privacy.mode == "central" else "")
+        if hidden:
+            raise ValueError(
+                f"federation.exclusion = {self.federation.exclusion!r} scores each client's update, which the server "
+                f"never sees under {hidden}: set federation.exclusion = 'none'"
             )
 
     def _check_secure_aggregation(self) -> None:
@@ -453,7 +576,9 @@ class ExperimentConfig:
                 f"{', '.join(TEXT_MODELS)}, got {model.name!r}"
             )
         if not text and model.name not in IMAGE_MODELS:
-            raise ValueError(f"data.dataset = 'mnist' needs model.name {' or '.join(IMAGE_MODELS)}, got {model.name!r}")
+            raise ValueError(
+                f"data.dataset = {data.dataset!r} needs model.name {' or '.join(IMAGE_MODELS)}, got {model.name!r}"
+            )
         if data.dataset == "ngss" and data.partition == "natural" and self.federation.num_clients != NGSS_SCHOOLS:
             raise ValueError(
                 f"data.partition = 'natural' makes each of the {NGSS_SCHOOLS} synthetic schools a client: "
@@ -462,6 +587,8 @@ class ExperimentConfig:
         if text:
             pooling = text_pooling(model.name, model.pooling)
         if self.system.backend == "mlx":
+            if data.dataset == "folder":
+                raise ValueError("system.backend = 'mlx' runs MNIST's 28×28 models: data.dataset = 'folder' needs 'torch'")
             if text and model.name != "tinyllama-lora":
                 raise ValueError(
                     f"system.backend = 'mlx' runs MNIST ({', '.join(IMAGE_MODELS)}) or tinyllama-lora, not {model.name}"
@@ -656,6 +783,29 @@ def check_string(name: str, value: Any) -> str:
     """`value` if it is a string."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
+# The tracking URIs MLflow's client reaches: a server, a Databricks workspace, a local store.
+TRACKING_SCHEMES = ("http", "https", "databricks", "file", "sqlite", "postgresql", "mysql", "mssql")
+
+
+def check_tracking_uri(name: str, value: str) -> str:
+    """`value` if it is "" or an MLflow tracking URI (`TRACKING_SCHEMES`) without a password: the
+    config is stored with the run and shown, so credentials go in MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    if not value or value == "databricks":  # "databricks": the default profile's workspace
+        return value
+    scheme, colon, rest = value.partition(":")
+    if ":" in rest.lstrip("/").split("/", 1)[0].rpartition("@")[0]:  # user:password@host, checked first: never shown
+        raise ValueError(
+            f"{name} must not hold a password (a tracking URI is stored with the run and shown): "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+        )
+    if not colon or scheme.lower() not in TRACKING_SCHEMES or not rest or not value.isprintable() or " " in value:
+        raise ValueError(
+            f"{name} must be empty or a tracking URI ({', '.join(f'{s}:' for s in TRACKING_SCHEMES)}), "
+            f"e.g. http://127.0.0.1:5000; got {_shown(value)}"
+        )
     return value
 
 

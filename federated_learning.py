@@ -32,35 +32,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_handler import FederatedData, client_partitions, label_counts, split_holdout, subset
+import telemetry
+from data_handler import FederatedData, client_partitions, insert_canaries, label_counts, split_holdout, subset
 from engine import analysis, objectives
-from engine.attacks import poison_update
 from engine.client_population import (
-    ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, loss_sample, make_profiles,
-    select_clients, stream_seed,
+    ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
 )  # fmt: skip
 from engine.client_trainers import (
-    InProcessTrainer, ProcessPoolTrainer, TaskOutcome, Trainer, TrainTask, full_steps, train_settings,
+    NON_FINITE, InProcessTrainer, Live, ProcessPoolTrainer, RemoteClients, TaskOutcome, Trainer, TrainTask, candidate_loss,
+    full_steps, train_settings,
 )  # fmt: skip
-from engine.compression import Compressor
+from engine.compression import Compressor, make_compressor, outgoing_update
+from engine.fairness import client_accuracies, with_client_accuracies
 from engine.objectives import predict_logits
 from engine.results import ClientResult, RoundResult
-from engine.secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
-from engine.strategies import ClientUpdate, Strategy, make_strategy
+from engine.secure_aggregation import SecAggError, secure_aggregate
+from engine.strategies import ClientUpdate, Strategy, make_strategy, with_global_losses
+from engine.suspicion import FlagHistory, record_flags, score_updates, to_exclude
 from engine.workloads import build_model, load_data
 from experiment_config import ExperimentConfig
 from model import flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
 from ngss.metrics import rubric_metrics
 from privacy.dp_fedavg import (
-    SECAGG_CLIP_RANGE, CentralSum, DistributedNoiseSum, PrivacyPlan, RoundSum, plan_privacy, secagg_statistics,
+    CentralSum, DistributedNoiseSum, PrivacyPlan, RoundSum, central_epsilon_after, plan_privacy, secagg_protocol,
+    secagg_statistics,
 )  # fmt: skip
 
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "RunState", "run_experiment",
            "client_partitions", "train_settings"]
 
 EVAL_BATCH = 1000
-NON_FINITE = "returned non-finite weights (NaN or inf): its training diverged; lower the learning rate"
-ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization
 CHECKPOINT_FORMAT = 1  # RunState.to_bytes's layout; a reader refuses any other
 ABSENT = ("dropped", "late")  # selected clients that never start training
 History = tuple[tuple[float, float, int], ...]  # local DP: a client's accountant, (σ, q, steps) per entry
@@ -113,6 +114,7 @@ class RunState:
     client_epsilons: dict[int, float] = field(default_factory=dict)
     tally: ParticipationTally = field(default_factory=ParticipationTally)
     trained_clients: set[int] = field(default_factory=set)  # every client that has trained in some round
+    flagged_rounds: FlagHistory = field(default_factory=dict)  # suspicion: client → the rounds it was flagged in
 
     def to_bytes(self, config: ExperimentConfig) -> bytes:
         """The state serialized with its config (tensors and plain values only: `load` reads it
@@ -125,6 +127,7 @@ class RunState:
             "client_epsilons": dict(self.client_epsilons), "selected": dict(self.tally.selected),
             "arrived": dict(self.tally.arrived), "trained_clients": sorted(self.trained_clients),
             "clip_norm": float(self.clip_norm),
+            "flagged_rounds": {c: list(rounds) for c, rounds in self.flagged_rounds.items()},
         }  # fmt: skip
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -155,6 +158,8 @@ class RunState:
         self.client_epsilons = dict(state["client_epsilons"])
         self.tally = ParticipationTally(selected=dict(state["selected"]), arrived=dict(state["arrived"]))
         self.trained_clients = set(state["trained_clients"])
+        flagged = state.get("flagged_rounds", {})  # absent from checkpoints written before suspicion scores
+        self.flagged_rounds = {int(c): tuple(int(r) for r in rounds) for c, rounds in flagged.items()}
         self.clip_norm = state["clip_norm"]
         self.completed_rounds = int(state["round"])
 
@@ -175,6 +180,51 @@ class RoundWork:
     lost: dict[int, torch.Tensor] = field(default_factory=dict)  # secure aggregation: left after the key exchange
     skipped: str = ""  # why the global model was not updated
     secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
+    held: bool = False  # the clients hold their uploads: secure aggregation runs with them (`RemoteClients`)
+    suspicion: dict[int, tuple[float, bool]] = field(default_factory=dict)  # client → (score, flagged), if scored
+    excluded: set[int] = field(default_factory=set)  # arrived, left out as suspicious (federation.exclusion)
+
+
+class RoundAbandoned(Exception):
+    """A stop asked for inside a round (`FederatedRun.abandon_round`): the round is not finished."""
+
+
+class RoundProgress:
+    """Where the running round stands, for another thread to read (`FederatedRun.progress`):
+    clients whose outcome came back, and local steps taken, live from this machine's trainers
+    (`client_trainers.Live`) while a chunk of tasks trains."""
+
+    def __init__(self, round_number: int, planned: dict[int, int]) -> None:
+        self.round, self.started, self.planned = round_number, time.monotonic(), planned  # client → steps
+        self.done_clients, self.done_steps, self.received_ids = 0, 0, set()
+        self.chunk: list[TrainTask] = []
+        self.live: Live | None = None
+        self.abandoned = False
+        self.lock = threading.Lock()
+
+    def start_chunk(self, chunk: list[TrainTask], live: Live | None) -> None:
+        with self.lock:
+            if live is not None:
+                live.reset()
+            self.chunk, self.live = chunk, live
+
+    def received(self, outcome: TaskOutcome) -> None:
+        with self.lock:  # a reader sees the client counted once: in flight or back
+            self.received_ids.add(outcome.task.client_id)
+            self.done_clients, self.done_steps = self.done_clients + 1, self.done_steps + outcome.steps
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            live = self.live
+            training = [t for t in self.chunk if t.client_id not in self.received_ids] if live is not None else []
+            in_flight = live.steps([t.slot for t in training]) if training else 0
+            finished = sum(int(live.counts[t.slot]) >= self.planned[t.client_id] for t in training)
+            clients, steps = self.done_clients + finished, self.done_steps + in_flight
+        return {
+            "round": self.round, "clients_total": len(self.planned), "clients_done": clients,
+            "batches_total": sum(self.planned.values()), "batches_done": steps,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }  # fmt: skip
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -196,6 +246,10 @@ class FederatedRun:
         self.label_counts = label_counts(parts, self.data.train_y.numpy(), self.data.num_classes)
         # Each client's own held-out split (personalization, validation scores) is never trained on.
         self.partitions, self.holdouts = split_holdout(parts, federation.client_holdout, seed=seed)
+        # The one-run audit's canaries join the training data after the holdout split: none is held out.
+        self.data, self.partitions, self.canaries = insert_canaries(
+            self.data, self.partitions, count=config.privacy.canary_count(), seed=seed
+        )
         self.model = build_model(config, self.data.num_classes, seed=seed)
         self.num_workers = resolve_workers(config)
         self.profiles: list[ClientProfile] = make_profiles(config, [len(p) for p in self.partitions])
@@ -204,21 +258,18 @@ class FederatedRun:
             for p in self.partitions
         ]
         self.median_full_steps = float(np.median(self.full_steps))
-        communication = config.communication
         params = get_parameters(self.model)
         self.head_size = head_size(params) if federation.personalization == "fedper" else 0
         self.state = RunState(
             completed_rounds=0, weights=flatten(params), strategy=make_strategy(federation),
-            compressor=Compressor(
-                communication.compression, fraction=communication.topk_fraction,
-                bits=communication.quantization_bits, error_feedback=communication.error_feedback,
-            ),
+            compressor=make_compressor(config),
             clip_norm=config.privacy.max_grad_norm,
         )  # fmt: skip
         self.privacy: PrivacyPlan = plan_privacy(
             config, partition_sizes=[len(p) for p in self.partitions], participation=self._planned_participation()
         )
         self.stop_reason: str | None = None  # set when the run ends early (stop event, budget)
+        self.round_progress: RoundProgress | None = None  # the running round's, while one runs
 
     def _planned_participation(self) -> dict[int, int] | None:
         """How many rounds the seeded schedule picks each client, where σ's calibration needs it
@@ -270,11 +321,16 @@ class FederatedRun:
         trainer = self.make_trainer() if trainer is None else trainer
         try:
             for round_number in range(self.state.completed_rounds + 1, self.config.federation.rounds + 1):
-                clients = self.sample_clients(round_number)
+                clients = self.sample_clients(round_number, trainer)
                 if (reason := self.budget_exhausted(round_number, clients)) is not None:
                     self.stop_reason = reason
                     break
-                yield self.run_round(trainer, round_number, clients)
+                try:
+                    result = self.run_round(trainer, round_number, clients)
+                except RoundAbandoned:
+                    self.stop_reason = f"stopped on request during round {round_number}, which was not finished"
+                    break
+                yield result
                 if stop_event is not None and stop_event.is_set():
                     self.stop_reason = "stopped on request"
                     break
@@ -283,10 +339,26 @@ class FederatedRun:
                 trainer.close()
 
     def run_round(self, trainer: Trainer, round_number: int, clients: list[int]) -> RoundResult:
-        """Train `clients` with `trainer`, aggregate what arrives, evaluate; the state moves on."""
+        """Train `clients` with `trainer`, aggregate what arrives, evaluate; the state moves on.
+        Inside a "round" span: its clients' training, the aggregation and the evaluation are its children."""
+        with telemetry.span("round", round=round_number, selected=len(clients)) as span:
+            result = self._run_round(trainer, round_number, clients)
+            arrived = sum(c.status in ("ok", "partial") for c in result.clients)
+            span.set(
+                arrived=arrived, lost=len(result.clients) - arrived, bytes_up=result.bytes_up,
+                bytes_down=result.bytes_down, epsilon=result.epsilon, seconds=result.seconds,
+                skipped=result.skipped or None,
+            )  # fmt: skip
+        return result
+
+    def _run_round(self, trainer: Trainer, round_number: int, clients: list[int]) -> RoundResult:
         state, started = self.state, time.perf_counter()
         work = self._train(trainer, round_number, self._plan_round(round_number, clients))
-        new_weights = self._aggregate(work)
+        self._screen(work, round_number)
+        if state.strategy.needs_global_losses:  # q-FedAvg: F_k of the round-start global model
+            work.updates = with_global_losses(work.updates, self._global_losses(trainer, round_number, work.updates))
+        with telemetry.span("aggregate", round=round_number, updates=len(work.updates)):
+            new_weights = self._aggregate(work, trainer)
         seconds = time.perf_counter() - started
         for client in clients:
             state.tally.record(client, client in work.arrivals)
@@ -302,8 +374,13 @@ class FederatedRun:
         state.weights, state.completed_rounds = new_weights, round_number
         eval_started = time.perf_counter()
         set_parameters(self.model, unflatten(new_weights, get_parameters(self.model)))
-        evaluation = self.evaluate_global()
-        return self._round_result(round_number, work, evaluation, (seconds, time.perf_counter() - eval_started))
+        with telemetry.span("evaluate", round=round_number, examples=len(self.data.test_y)):
+            evaluation = self.evaluate_global()
+        accuracies = client_accuracies(self.model, self.data.train_x, self.data.train_y, self.holdouts)  # fairness
+        result = self._round_result(round_number, work, evaluation, (seconds, time.perf_counter() - eval_started))
+        result = with_client_accuracies(result, accuracies)
+        self.round_progress = None
+        return result
 
     def _plan_round(self, round_number: int, clients: list[int]) -> Statuses:
         """Per selected client: (status, local step limit). `dropped` never starts, `late`
@@ -332,13 +409,15 @@ class FederatedRun:
         """The training tasks of the clients that start, slot i % slots each."""
         seed, malicious_labels = self.config.system.seed, self.config.attack.behaviour == "label_flip"
         starting = [(c, limit) for c, (status, limit) in statuses.items() if status not in ABSENT]
+        context = telemetry.inject()  # the round's span: each client's training joins it, in any process
         return [
             TrainTask(
                 slot % slots, client, self.partitions[client], client_seed(seed, round_number, client),
                 self.state.histories.get(client, ()), max_steps=limit,
                 flip_labels=malicious_labels and self.profiles[client].malicious,
                 head=self.state.heads.get(client) if self.head_size else None,
-                holdout=self.holdouts[client] if len(self.holdouts[client]) else None,
+                holdout=self.holdouts[client] if len(self.holdouts[client]) else None, round_number=round_number,
+                trace_context=context,
             )  # fmt: skip
             for slot, (client, limit) in enumerate(starting)
         ]
@@ -348,6 +427,8 @@ class FederatedRun:
         samples can be larger), and receive each outcome as it comes."""
         state, slots = self.state, trainer.results.shape[0]
         tasks = self._tasks(round_number, statuses, slots)
+        progress = self.round_progress = RoundProgress(
+            round_number, {t.client_id: t.max_steps or self.full_steps[t.client_id] for t in tasks})
         central = self.privacy.mode == "central"
         if not central and len(tasks) > slots:
             raise AssertionError("more clients than result slots outside central DP")
@@ -363,9 +444,33 @@ class FederatedRun:
             if trainer.corrections is not None:
                 for task in chunk:
                     trainer.corrections[task.slot].copy_(state.strategy.client_correction(task.client_id, state.weights))
-            for outcome in trainer.train(state.weights, chunk):
+            progress.start_chunk(chunk, getattr(trainer, "live", None))  # only this machine's trainers have one
+            outcomes = trainer.train(state.weights, chunk)
+            if progress.abandoned:
+                raise RoundAbandoned
+            for outcome in outcomes:
                 self._receive(work, round_number, outcome, trainer.results[outcome.task.slot])
+                progress.received(outcome)
         return work
+
+    def progress(self) -> dict[str, Any] | None:
+        """Where the running round stands (`RoundProgress.snapshot`), or None between rounds; safe
+        to call from another thread."""
+        progress = self.round_progress
+        return None if progress is None else progress.snapshot()
+
+    def abandon_round(self) -> bool:
+        """Asked from another thread (a stop while a round runs): the running round's tasks stop at
+        their next local step and the round is given up, unrecorded (its updates are never
+        aggregated or released; `rounds` ends). Not under local DP, whose clients' accountants
+        must see every step they took: there the round finishes first. True if it was abandoned."""
+        progress = self.round_progress
+        if progress is None or self.privacy.mode == "local":
+            return False
+        progress.abandoned = True
+        if (live := progress.live) is not None:
+            live.abort()
+        return True
 
     def _receive(self, work: RoundWork, round_number: int, outcome: TaskOutcome, row: torch.Tensor) -> None:
         """Take one client's outcome: exclude it if it failed, was lost or never ran (a real fault
@@ -377,22 +482,41 @@ class FederatedRun:
             work.faults[client] = outcome.error
             return
         work.outcomes.append(outcome)
-        if failure := outcome.error or ("" if torch.isfinite(row).all() else NON_FINITE):
+        if outcome.held:
+            self._receive_held(work, outcome)
+            return
+        sent = outcome.sent  # None: the client's new weights are in `row`; else it made its upload itself
+        if failure := outcome.error or ("" if torch.isfinite(row if sent is None else sent).all() else NON_FINITE):
             work.failures[client] = failure  # excluded: like a client lost after the key exchange
             self._exclude(work, client, torch.zeros_like(weights))
             return
-        if self.head_size:
+        if self.head_size and sent is None:
             self.state.heads[client] = row[-self.head_size :].clone()  # stays on the client
         if work.statuses[client][0] == "lost":  # it joined the key exchange, then vanished before its input
-            self._exclude(work, client, row - weights)
+            self._exclude(work, client, row - weights if sent is None else sent)
             return
-        update, work.arrivals[client] = self._sent_update(round_number, client, row - weights)
+        if sent is None:
+            update, work.arrivals[client] = self._sent_update(round_number, client, row - weights)
+        else:
+            update, work.arrivals[client] = sent, outcome.sent_bytes
         if work.aggregator is not None:
             work.aggregator.add(client, update)
             return
         row.copy_(weights + update)  # what the server reconstructs
         work.updates.append(ClientUpdate(client, row, len(outcome.task.indices), outcome.steps, outcome.loss,
                                          validation_score=outcome.validation_accuracy))  # fmt: skip
+
+    def _receive_held(self, work: RoundWork, outcome: TaskOutcome) -> None:
+        """A remote client that holds its upload for secure aggregation (checked where it is): only
+        its id and weight reach the protocol (`_secure_mean`); its row stands for nothing, so the
+        global weights fill its place."""
+        client, work.held = outcome.task.client_id, True
+        if work.statuses[client][0] == "lost":  # it joins the key exchange, then (simulated) vanishes
+            work.lost[client] = self.state.weights
+            return
+        work.arrivals[client] = 0  # its share of the protocol's bytes comes with the sum
+        work.updates.append(ClientUpdate(client, self.state.weights, len(outcome.task.indices), outcome.steps,
+                                         outcome.loss, validation_score=outcome.validation_accuracy))  # fmt: skip
 
     def _exclude(self, work: RoundWork, client: int, update: torch.Tensor) -> None:
         """A client whose update will not be in the aggregate: DP-FedAvg's sum and secure
@@ -402,20 +526,42 @@ class FederatedRun:
         elif self.config.federation.secure_aggregation:
             work.lost[client] = update
 
-    def _aggregate(self, work: RoundWork) -> torch.Tensor:
+    def _screen(self, work: RoundWork, round_number: int) -> None:
+        """Score every arrived update for suspicion (`engine.suspicion`; FedPer: the shared body only),
+        add who was flagged to the run's history, and under federation.exclusion = "flagged" leave out
+        the clients flagged in exclusion_flags of the last exclusion_window rounds. Nothing where the
+        server never sees single updates (central DP's sum, secure aggregation)."""
+        if work.aggregator is not None or work.held or self.config.federation.secure_aggregation or not work.updates:
+            return
+        body = self.state.weights.numel() - self.head_size
+        stack = torch.stack([u.weights[:body] - self.state.weights[:body] for u in work.updates]).numpy()  # (n, P)
+        scores = score_updates(stack, [u.client_id for u in work.updates])
+        work.suspicion = {s.client_id: (s.score, s.flagged) for s in scores}
+        state, federation = self.state, self.config.federation
+        flagged = [s.client_id for s in scores if s.flagged]
+        state.flagged_rounds = record_flags(state.flagged_rounds, round_number, flagged)
+        if federation.exclusion != "flagged":
+            return
+        dropped = to_exclude(state.flagged_rounds, round_number, flags=federation.exclusion_flags,
+                             window=federation.exclusion_window)  # fmt: skip
+        work.excluded = {u.client_id for u in work.updates if u.client_id in dropped}
+        work.updates = [u for u in work.updates if u.client_id not in dropped]
+
+    def _aggregate(self, work: RoundWork, trainer: Trainer) -> torch.Tensor:
         """The next global weights from what arrived (unchanged, with `work.skipped` saying why,
         when the round is not aggregated)."""
         weights, federation = self.state.weights, self.config.federation
         if work.aggregator is not None:  # DP-FedAvg: never skipped on the count of arrivals (dp_fedavg)
             return self._take_sum(work, work.aggregator.result(work.statuses))
-        if len(work.arrivals) < federation.min_clients:
-            work.skipped = f"{len(work.arrivals)} update(s) arrived, fewer than federation.min_clients = " \
+        if (kept := len(work.arrivals) - len(work.excluded)) < federation.min_clients:
+            excluded = f" ({len(work.excluded)} more excluded as suspicious)" if work.excluded else ""
+            work.skipped = f"{kept} update(s) arrived{excluded}, fewer than federation.min_clients = " \
                            f"{federation.min_clients}"  # fmt: skip
             return weights
         updates = work.updates
         if federation.secure_aggregation:
             try:
-                updates = [self._secure_mean(work)]
+                updates = [self._secure_mean(work, trainer)]
             except SecAggError as error:  # too few clients left to unmask: nothing is revealed
                 work.skipped = f"secure aggregation failed: {error}"
                 return weights
@@ -436,21 +582,22 @@ class FederatedRun:
             work.arrivals.update(dict.fromkeys(work.arrivals, total // stats["participants"]))
         return summed.weights
 
-    def _secure_mean(self, work: RoundWork) -> ClientUpdate:
+    def _secure_mean(self, work: RoundWork, trainer: Trainer) -> ClientUpdate:
         """The example-weighted mean of the arrived updates, computed by secure aggregation so
         the server never sees one update; handed to the strategy as a single update. Clients
-        that were lost after the key exchange are unmasked away through their shares."""
-        federation, global_weights = self.config.federation, self.state.weights
-        vectors = {u.client_id: (u.weights - global_weights).double().numpy() for u in work.updates}
+        that were lost after the key exchange are unmasked away through their shares. With
+        remote clients holding their uploads the protocol runs with them, as messages."""
+        global_weights = self.state.weights
         weights = {u.client_id: float(u.num_examples) for u in work.updates}
-        for client, update in work.lost.items():
-            vectors[client], weights[client] = update.double().numpy(), float(len(self.partitions[client]))
-        result = secure_aggregate(
-            vectors, weights,
-            SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
-                         clip_range=SECAGG_CLIP_RANGE),
-            drop_after_sharing=frozenset(work.lost),
-        )  # fmt: skip
+        weights.update({client: float(len(self.partitions[client])) for client in work.lost})
+        protocol = secagg_protocol(self.config)
+        if work.held and isinstance(trainer, RemoteClients):
+            result = trainer.secure_sum(weights, protocol, drop_after_sharing=frozenset(work.lost))
+            self._left_during_protocol(work, result.survivors)
+        else:
+            vectors = {u.client_id: (u.weights - global_weights).double().numpy() for u in work.updates}
+            vectors.update({client: update.double().numpy() for client, update in work.lost.items()})
+            result = secure_aggregate(vectors, weights, protocol, drop_after_sharing=frozenset(work.lost))
         work.secure_aggregation = secagg_statistics(result)
         per_client = result.stats.bytes_total // max(len(result.participants), 1)
         for client in work.arrivals:
@@ -461,36 +608,41 @@ class FederatedRun:
         loss = float(np.mean([u.loss for u in work.updates]))
         return ClientUpdate(-1, weights_out, int(result.total_weight), steps, loss)
 
+    @staticmethod
+    def _left_during_protocol(work: RoundWork, survivors: tuple[int, ...]) -> None:
+        """Remote clients whose masked input never came (their node left mid-protocol, a real
+        fault): lost, not in the sum, which the others' shares unmasked without them."""
+        for client in [c for c in work.arrivals if c not in survivors]:
+            del work.arrivals[client]
+            work.statuses[client] = ("lost", 0)
+            work.faults[client] = "its SuperNode left during secure aggregation (real fault)"
+        work.updates = [u for u in work.updates if u.client_id in survivors]
+
     def _sent_update(self, round_number: int, client: int, update: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The update the server receives from `client` and the bytes it took: a malicious
-        client's poisoned one, compressed. With FedPer only the body is sent; the head part
-        passes through for the reporting-only global head and costs no bytes."""
-        attack, seed = self.config.attack, self.config.system.seed
-        if self.profiles[client].malicious:
-            generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, ATTACK_TAG))
-            update = poison_update(
-                attack.behaviour, update, scale=attack.scale, noise_std=attack.noise_std, generator=generator
-            )
-        body = update.numel() - self.head_size
-        generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, COMPRESSION_TAG))
-        sent, num_bytes = self.state.compressor.compress(client, update[:body].contiguous(), generator)
-        if self.head_size:
-            sent = torch.cat([sent, update[body:]])
-        return sent, num_bytes
+        """The update the server receives from `client` and the bytes it took
+        (`compression.outgoing_update`: a malicious client's poisoned one, compressed)."""
+        return outgoing_update(
+            self.config, self.state.compressor, update, client=client, round_number=round_number,
+            malicious=self.profiles[client].malicious, head_size=self.head_size,
+        )  # fmt: skip
 
     # -- sampling, the budget, evaluation -------------------------------------------------
 
-    def sample_clients(self, round_number: int) -> list[int]:
+    def sample_clients(self, round_number: int, trainer: Trainer | None = None) -> list[int]:
         """This round's selected clients (`client_population.select_clients`); power-of-choice
-        ranks candidates by the current global model's loss on a sample of their data."""
+        ranks candidates by the current global model's loss on a sample of their data, computed
+        where their data is (`RemoteClients`: on their nodes)."""
         return select_clients(
             self.config, round_number, profiles=self.profiles, tally=self.state.tally,
-            loss_of=functools.partial(self._client_loss, round_number),
+            losses_of=functools.partial(self._candidate_losses, trainer, round_number),
         )  # fmt: skip
 
-    def _client_loss(self, round_number: int, client: int) -> float:
-        sample = torch.from_numpy(loss_sample(self.partitions[client], self.config.system.seed, round_number, client))
-        return evaluate(self.model, self.data.train_x[sample], self.data.train_y[sample])[1]
+    def _candidate_losses(self, trainer: Trainer | None, round_number: int, clients: list[int]) -> list[float]:
+        if isinstance(trainer, RemoteClients):
+            return trainer.candidate_losses(self.state.weights, round_number, clients)
+        x, y, seed = self.data.train_x, self.data.train_y, self.config.system.seed
+        return [candidate_loss(self.model, x, y, self.partitions[c], seed=seed, round_number=round_number, client=c)
+                for c in clients]  # fmt: skip
 
     def budget_exhausted(self, round_number: int, clients: list[int]) -> str | None:
         """Why the next round may not run under `privacy.max_epsilon`, or None if it may."""
@@ -500,10 +652,7 @@ class FederatedRun:
         import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
 
         if plan.mode == "central":
-            epsilon = dp.central_epsilon(
-                noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate,
-                rounds=round_number, delta=plan.delta, accountant=plan.accountant,
-            )  # fmt: skip
+            epsilon = central_epsilon_after(plan, rounds=round_number)
             if epsilon > plan.max_epsilon:
                 return f"privacy budget: round {round_number} would reach ε = {epsilon:.3f} > {plan.max_epsilon}"
             return None
@@ -517,6 +666,13 @@ class FederatedRun:
             ):  # fmt: skip
                 return f"privacy budget: round {round_number} would take client {client} past ε = {plan.max_epsilon}"
         return None
+
+    def _global_losses(self, trainer: Trainer, round_number: int, updates: list[ClientUpdate]) -> list[float]:
+        """q-FedAvg's F_k per update: the round-start global model's (`self.model` still holds it) mean loss
+        on the client's training data, on the seeded ≤ 500-example `loss_sample` power-of-choice uses
+        (the whole partition when smaller), computed where the data is (`_candidate_losses`), so every
+        runtime aggregates the same numbers. Not the update's `loss`: that is the mean over local training."""
+        return self._candidate_losses(trainer, round_number, [u.client_id for u in updates])
 
     def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
         """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
@@ -550,7 +706,8 @@ class FederatedRun:
             bytes_up=sum(c.bytes_up for c in clients), bytes_down=sum(c.bytes_down for c in clients), clients=clients,
             noise_multiplier=plan.noise_multiplier if private else 0.0,
             max_grad_norm=work.clip_norm if private else 0.0, sample_rate=sample_rate, privacy_steps=privacy_steps,
-            accountant=plan.accountant if private else "", skipped=work.skipped, simulated_seconds=simulated,
+            accountant=plan.accountant if private else "", neighbouring_relation=plan.neighbouring_relation,
+            skipped=work.skipped, simulated_seconds=simulated,
             secure_aggregation=work.secure_aggregation, metrics=evaluation[2],
         )  # fmt: skip
 
@@ -561,14 +718,8 @@ class FederatedRun:
             return (max(self.state.client_epsilons.values(), default=0.0),
                     max((c.sample_rate for c in clients), default=0.0),
                     max((c.steps for c in clients), default=0))  # fmt: skip
-        if plan.mode == "central":
-            import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
-
-            epsilon = dp.central_epsilon(
-                noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate, rounds=round_number,
-                delta=plan.delta, accountant=plan.accountant,
-            )  # fmt: skip
-            return epsilon, plan.client_sample_rate, round_number
+        if plan.mode == "central":  # accounted for how clients are sampled (poisson, fixed)
+            return central_epsilon_after(plan, rounds=round_number), plan.client_sample_rate, round_number
         return 0.0, 0.0, 0
 
     def _client_results(self, work: RoundWork) -> tuple[list[ClientResult], float]:
@@ -583,8 +734,10 @@ class FederatedRun:
         clients, simulated = [], 0.0
         for client, (status, _limit) in work.statuses.items():
             profile, outcome, failure = self.profiles[client], by_client.get(client), work.failures.get(client, "")
+            suspicion, flagged = work.suspicion.get(client, (None, False))
             common = dict(
-                status="failed" if failure else status, malicious=profile.malicious,
+                status="failed" if failure else "excluded" if client in work.excluded else status,
+                malicious=profile.malicious, suspicion=suspicion, flagged=flagged,
                 error=failure or work.faults.get(client, ""),
                 num_examples=len(self.partitions[client]), id=client,
                 epsilon=self.state.client_epsilons.get(client, 0.0),
@@ -617,7 +770,10 @@ class FederatedRun:
     # -- after the rounds -----------------------------------------------------------------
 
     def audit(self, num_examples: int) -> dict[str, Any] | None:
-        """The membership-inference audit of the current global model (`engine.analysis.audit`)."""
+        """The audit of the current global model: the ε lower bound its canaries imply when the run has
+        them (`engine.analysis.one_run_audit`), else the loss-threshold one (`engine.analysis.audit`)."""
+        if self.canaries is not None:
+            return analysis.one_run_audit(self.model, self.data, self.canaries, delta=self.config.privacy.delta)
         return analysis.audit(
             self.model, self.data, [self.partitions[c] for c in sorted(self.state.trained_clients)],
             num_examples=num_examples, seed=self.config.system.seed,

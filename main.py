@@ -16,8 +16,11 @@ text models with LoRA) is set in the sidebar's "NGSS rubric scoring" group.
 This file sets up the page, the header and the tabs; the parts live in `app_pages/`:
 `sidebar.py` (the form) with `config_fields.py` (what it asks) and `csv_upload.py` (the
 lab's CSV files, checked and saved), `live.py`, `history.py`, `compare.py` and `score.py`
-(the tabs), `run_view.py` (one experiment) with `federation.py` (its clients, attackers,
-compression and personalization) and `common.py` (store, worker launch, formatting).
+(the tabs; History's filters in `history_filters.py`), `run_view.py` (one experiment) with
+`federation.py` (its clients, attackers, compression and personalization), `labels.py` (its
+name and tags), `round_progress.py` (where a running round stands), `import_summary.py` (what an
+imported CSV brought in) and `common.py` (store, worker launch, formatting). The theme follows
+the browser's light or dark setting (`.streamlit/config.toml`).
 
 Imports stay light (no torch) so the page is interactive within seconds.
 """
@@ -35,7 +38,7 @@ from app_pages.history import render_history
 from app_pages.live import render_live
 from app_pages.score import render_score
 from app_pages.sidebar import render_sidebar
-from database import resolve_url
+from database import DatabaseCorrupted, resolve_url
 
 # Streamlit's default top padding (6rem) pushes the charts below the fold of a laptop screen.
 COMPACT_TOP = "<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>"
@@ -44,7 +47,11 @@ COMPACT_TOP = "<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem
 def main() -> None:
     st.set_page_config(page_title="Federated Privacy Lab", page_icon=":material/shield_lock:", layout="wide")
     url = absolute_db_url(resolve_url())  # the worker runs in the repository directory
-    store = get_store(url)
+    try:
+        store = get_store(url)
+    except DatabaseCorrupted as error:  # a damaged SQLite file: say so, touch nothing
+        st.error(str(error))
+        st.stop()
     render_sidebar(store)  # before the tabs: Start switches to the Live tab
     experiments = list_experiments(store)
     st.html(COMPACT_TOP)

@@ -1,10 +1,15 @@
 """Models and the parameters clients and server exchange.
 
     model = create_model("cnn")                    # McMahan et al. 2017 CNN, 1,663,370 params
+    model = create_model("cnn", num_classes=5, channels=3, image_size=32)  # the same CNN for your own images
     model = create_model("tinyllama-lora", num_classes=5, pretrained=False)  # text: text_models.py
     params = get_parameters(model)                 # {clean name: tensor}, shared storage
     set_parameters(model, params)
     parameter_bytes(params)                        # bytes one transfer costs (float32)
+
+The image models take (B, channels, image_size, image_size): MNIST's 1 × 28 × 28 by default, a
+folder's own shape (`data.image_channels`, `data.image_size`) otherwise; only the first convolution's
+input channels and the first fully connected layer's inputs change with it.
 
 No BatchNorm anywhere: per-sample gradients (DP-SGD) need layers without batch statistics.
 """
@@ -24,17 +29,18 @@ WRAPPER_PREFIXES = ("_module.", "_orig_mod.", "module.")
 
 
 class MnistCNN(nn.Module):
-    """conv5x5(32) → pool → conv5x5(64) → pool → FC 512 → 10 (McMahan et al. 2017)."""
+    """conv5x5(32) → pool → conv5x5(64) → pool → FC 512 → 10 (McMahan et al. 2017); for S × S
+    inputs the FC layer reads 64 · (S // 4)² features (7 × 7 for MNIST)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, channels: int = 1, image_size: int = 28) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.conv1 = nn.Conv2d(channels, 32, kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(64 * 7 * 7, 512)
+        self.fc1 = nn.Linear(64 * (image_size // 4) ** 2, 512)
         self.fc2 = nn.Linear(512, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S); the shapes below for MNIST (B, 1, 28, 28)
         x = self.pool(torch.relu(self.conv1(x)))  # (B, 32, 14, 14)
         x = self.pool(torch.relu(self.conv2(x)))  # (B, 64, 7, 7)
         x = torch.relu(self.fc1(x.flatten(1)))  # (B, 512)
@@ -44,13 +50,13 @@ class MnistCNN(nn.Module):
 class MnistMLP(nn.Module):
     """The 2NN of McMahan et al. 2017: 784 → 200 → 200 → 10, ReLU."""
 
-    def __init__(self, num_classes: int = 10, hidden: int = 200) -> None:
+    def __init__(self, num_classes: int = 10, hidden: int = 200, channels: int = 1, image_size: int = 28) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(28 * 28, hidden)
+        self.fc1 = nn.Linear(channels * image_size**2, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
         self.fc3 = nn.Linear(hidden, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S), MNIST (B, 1, 28, 28)
         x = torch.relu(self.fc1(x.flatten(1)))
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
@@ -66,15 +72,17 @@ class MnistDPCNN(nn.Module):
     activations (and so gradient norms) from growing, so less of each gradient is lost to clipping.
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, channels: int = 1, image_size: int = 28) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, kernel_size=8, stride=2, padding=3)
+        self.conv1 = nn.Conv2d(channels, 16, kernel_size=8, stride=2, padding=3)
         self.conv2 = nn.Conv2d(16, 32, kernel_size=4, stride=2)
         self.pool = nn.MaxPool2d(2, stride=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, 32)
+        side = (image_size - 2) // 2 + 1 - 1  # conv1 (8, stride 2, pad 3), then pool (2, stride 1): 13 for 28
+        side = (side - 4) // 2 + 1 - 1  # conv2 (4, stride 2), then pool: 4 for 28
+        self.fc1 = nn.Linear(32 * side * side, 32)
         self.fc2 = nn.Linear(32, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S); the shapes below for MNIST (B, 1, 28, 28)
         x = self.pool(torch.tanh(self.conv1(x)))  # (B, 16, 13, 13)
         x = self.pool(torch.tanh(self.conv2(x)))  # (B, 32, 4, 4)
         x = torch.tanh(self.fc1(x.flatten(1)))  # (B, 32)
@@ -86,25 +94,30 @@ MODEL_FACTORIES = {"cnn": MnistCNN, "mlp": MnistMLP, "cnn-dp": MnistDPCNN}
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")
 
 
-def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, **text_options: Any) -> nn.Module:
+IMAGE_OPTIONS = ("channels", "image_size")  # the input shape every image model takes (MNIST: 1, 28)
+
+
+def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, **options: Any) -> nn.Module:
     """A fresh model by config name; `seed` makes its initial weights reproducible.
 
-    `text_options` (text models only): pretrained, lora_rank, lora_alpha, lora_dropout,
-    lora_targets, pooling; see `text_models.TextModelOptions`.
+    `options`: for image models `channels` and `image_size` (the input (B, channels, size, size));
+    for text models pretrained, lora_rank, lora_alpha, lora_dropout, lora_targets, pooling
+    (see `text_models.TextModelOptions`).
     """
     if name in TEXT_MODELS:
         from ngss.text_models import create_text_model  # lazy: transformers + peft take seconds to import
 
-        return create_text_model(name, num_classes=num_classes, seed=seed, **text_options)
+        return create_text_model(name, num_classes=num_classes, seed=seed, **options)
     if name not in MODEL_FACTORIES:
         raise ValueError(f"model.name must be one of {', '.join([*MODEL_FACTORIES, *TEXT_MODELS])}; got {name!r}")
+    text_options = sorted(set(options) - set(IMAGE_OPTIONS))
     if text_options:
-        raise ValueError(f"options {sorted(text_options)} apply only to text models ({', '.join(TEXT_MODELS)})")
+        raise ValueError(f"options {text_options} apply only to text models ({', '.join(TEXT_MODELS)})")
     if seed is None:
-        return MODEL_FACTORIES[name](num_classes=num_classes)
+        return MODEL_FACTORIES[name](num_classes=num_classes, **options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODEL_FACTORIES[name](num_classes=num_classes)
+        return MODEL_FACTORIES[name](num_classes=num_classes, **options)
 
 
 def clean_name(name: str) -> str:

@@ -5,6 +5,7 @@ Pure functions with no Streamlit and no I/O, so they are tested on hand-made fra
     rounds = store.rounds_frame([3, 4])          # experiment_id, round, accuracy, ...
     accuracy_figure(rounds, labels={3: "#3 cnn", 4: "#4 mlp"})  # one line per experiment
     client_loss_figure(store.client_rounds_frame(3))            # one line per client
+    client_accuracy_figure(store.client_rounds_frame(3))        # local accuracy per client, where recorded
     label_heatmap(experiment.label_counts)                      # clients x classes
     epsilon_figure(rounds, budget=4.0, target=3.0, last_round=20)  # ε with dashed limits
     privacy_utility_figure(points)   # final accuracy vs final ε, one point per private run
@@ -17,8 +18,9 @@ Pure functions with no Streamlit and no I/O, so they are tested on hand-made fra
     school_heatmap(school_frame(metrics))  # NGSS: the final round per school
     label_figure(metrics, ["E1", "E2"])    # NGSS: accuracy and F1 per rubric element
 
-Every figure shares one look (`_style`): white template, compact margins, a
-horizontal legend above the plot, and an annotation instead of an empty plot.
+Every figure shares one look (`_style`): a transparent background and no text colour of its own
+(so it reads on the page's light and dark theme alike), compact margins, a horizontal legend,
+and an annotation instead of an empty plot.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ FIGURE_HEIGHT = 320  # px; two charts side by side fit a laptop screen
 LEGEND_Y = -0.3  # the legend's top, as a fraction of the plot's height: below the x axis and its title
 PALETTE = (
     "#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea",
-    "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
+    "#0891b2", "#ca8a04", "#db2777", "#64748b", "#65a30d",
 )  # fmt: skip
 # What happened to a selected client in a round (database.ClientRound.status), in the status grid's order.
-CLIENT_STATUSES = ("ok", "partial", "lost", "late", "dropped", "failed")
+CLIENT_STATUSES = ("ok", "partial", "lost", "late", "dropped", "failed", "excluded")
 STATUS_COLORS = {
     "ok": "#16a34a",  # trained, update arrived
     "partial": "#eab308",  # straggler: fewer local steps, arrived
@@ -44,10 +46,12 @@ STATUS_COLORS = {
     "late": "#9333ea",  # could not finish before the deadline
     "dropped": "#9ca3af",  # never started
     "failed": "#dc2626",  # raised, or sent NaN/inf: excluded
+    "excluded": "#0891b2",  # arrived, left out as suspicious (federation.exclusion = "flagged")
 }
 ARRIVED_STATUSES = ("ok", "partial")
 ABSENT_STATUSES = ("dropped", "late")  # selected, but never trained: steps 0, loss 0
 MALICIOUS_COLOR = PALETTE[3]
+GRID_COLOR = "rgba(128, 128, 128, 0.25)"  # grey at a quarter: faint on white and on the dark theme's near-black
 
 
 def accuracy_figure(
@@ -234,6 +238,36 @@ def client_loss_figure(
     return figure
 
 
+def client_accuracy_figure(
+    clients: pd.DataFrame, *, client_names: Sequence[str] | None = None,
+    title: str = "Local accuracy per client (own held-out split)",
+) -> go.Figure:  # fmt: skip
+    """Each client's accuracy (0-1, shown as %) on its own held-out examples with its new local weights, per
+    round it trained in; one line per `client_id` (columns round, client_id, validation_accuracy).
+
+    Only recorded values are drawn: a client reports one only when federation.client_holdout > 0 and it
+    trained that round; rounds without one leave a gap, and no value at all gives an annotated empty plot.
+    """
+    figure = go.Figure()
+    recorded = clients[clients["validation_accuracy"].notna()] if "validation_accuracy" in clients else clients.iloc[0:0]
+    for index, (client_id, rows) in enumerate(recorded.sort_values("round").groupby("client_id", sort=True)):
+        figure.add_trace(
+            go.Scatter(
+                x=rows["round"].to_numpy(),
+                y=rows["validation_accuracy"].to_numpy(dtype=float),
+                mode="lines+markers",
+                name=client_name(int(client_id), client_names),
+                line={"color": PALETTE[index % len(PALETTE)], "width": 1.5},
+                marker={"size": 5},
+            )
+        )
+    _style(figure, title=title, x_title="round", y_title="accuracy", empty=recorded.empty)
+    figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    if not recorded.empty and recorded["client_id"].nunique() > len(PALETTE):
+        figure.update_layout(showlegend=False)  # a legend of 50 clients hides the plot
+    return figure
+
+
 def label_heatmap(
     label_counts: Sequence[Sequence[int]] | None,
     *,
@@ -359,7 +393,8 @@ def client_status_figure(
 ) -> go.Figure:
     """What happened to each selected client (rows) in each round (columns): ok, partial, lost,
     late or dropped, one colour each; blank where a client was not selected. Malicious clients'
-    cells carry an ✕. `clients`: columns round, client_id, status and (optionally) malicious."""
+    cells carry an ✕, cells flagged as suspicious (`engine.suspicion`) a ring. `clients`: columns
+    round, client_id, status and (optionally) malicious, flagged and suspicion."""
     figure = go.Figure()
     if not clients.empty:
         rounds = sorted(int(r) for r in clients["round"].unique())
@@ -403,6 +438,20 @@ def client_status_figure(
                         name="malicious",
                         marker={"symbol": "x-thin", "size": 9, "line": {"width": 2, "color": "#111827"}},
                         hovertemplate="%{y}, round %{x}: malicious<extra></extra>",
+                    )
+                )
+        if "flagged" in clients:
+            suspects = clients[clients["flagged"].fillna(False).astype(bool)]
+            if not suspects.empty:
+                figure.add_trace(
+                    go.Scatter(
+                        x=suspects["round"].to_numpy(),
+                        y=[client_name(int(client), client_names) for client in suspects["client_id"]],
+                        customdata=suspects["suspicion"].to_numpy() if "suspicion" in suspects else None,
+                        mode="markers",
+                        name="flagged",
+                        marker={"symbol": "circle-open", "size": 15, "line": {"width": 2, "color": MALICIOUS_COLOR}},
+                        hovertemplate="%{y}, round %{x}: flagged, suspicion %{customdata:.2f}<extra></extra>",
                     )
                 )
         figure.update_yaxes(type="category", autorange="reversed", categoryorder="array", categoryarray=labels)
@@ -657,7 +706,10 @@ def _style(
     figure: go.Figure, *, title: str, x_title: str, y_title: str, empty: bool, x_is_round: bool = True
 ) -> None:
     figure.update_layout(
-        template="plotly_white",
+        # No template colours: a transparent background and the page's own text colour (Streamlit's chart
+        # theme), so a chart reads the same on the light and the dark theme.
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
         title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15}},
         height=FIGURE_HEIGHT,
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
@@ -666,7 +718,7 @@ def _style(
         hovermode="x unified" if x_is_round else "closest",
     )
     figure.update_xaxes(title_text=x_title, showgrid=False)
-    figure.update_yaxes(title_text=y_title)
+    figure.update_yaxes(title_text=y_title, gridcolor=GRID_COLOR, zerolinecolor=GRID_COLOR)
     if x_is_round:
         # Rounds are integers: without dtick=1 a 2-round run gets ticks at 1, 1.5, 2.
         last_round = max((max(trace.x) for trace in figure.data if trace.x is not None and len(trace.x)), default=0)
@@ -677,3 +729,27 @@ def _style(
         )
         figure.update_xaxes(showticklabels=False)
         figure.update_yaxes(showticklabels=False)
+
+
+def fairness_figure(
+    rounds: pd.DataFrame, labels: Mapping[int, str] | None = None, *, title: str = "Accuracy across clients"
+) -> go.Figure:
+    """The global model's accuracy on the clients' own held-out splits per round (runs with a client
+    holdout; columns client_accuracy_mean, client_accuracy_worst10): per `experiment_id` a solid line for
+    the mean over clients and a dashed one, same colour, for the worst 10% of clients, so runs compare."""
+    columns = ("client_accuracy_mean", "client_accuracy_worst10")
+    measured = rounds.dropna(subset=list(columns)) if set(columns) <= set(rounds.columns) else rounds.iloc[0:0]
+    figure = go.Figure()
+    for experiment_id, rows in measured.sort_values("round").groupby("experiment_id", sort=True):
+        name, color = (labels or {}).get(int(experiment_id), f"#{experiment_id}"), experiment_color(int(experiment_id))
+        for column, kind, dash in ((columns[0], "mean", "solid"), (columns[1], "worst 10%", "dash")):
+            figure.add_trace(
+                go.Scatter(
+                    x=rows["round"].to_numpy(), y=rows[column].to_numpy(dtype=float), mode="lines+markers",
+                    name=f"{name} {kind}", line={"color": color, "width": 2, "dash": dash}, marker={"size": 6},
+                    hovertemplate=f"round %{{x}}: %{{y:.1%}}<extra>{name} {kind}</extra>",
+                )
+            )  # fmt: skip
+    _style(figure, title=title, x_title="round", y_title="client accuracy", empty=measured.empty)
+    figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return figure

@@ -161,6 +161,8 @@ def data_source(experiment: ExperimentSummary) -> tuple[str, str]:
     dataset = data.get("dataset", "mnist")
     if dataset == "mnist":
         return "mnist", ""
+    if dataset == "folder":
+        return "folder", Path(data.get("folder_path") or "").name
     if dataset == "ngss":
         return info.get("source", "synthetic"), info.get("task") or data.get("ngss_task", "")
     from_file = Path(data.get("csv_path") or "").name.removesuffix(".csv").removesuffix("_train")
@@ -172,6 +174,8 @@ def data_text(experiment: ExperimentSummary) -> str:
     source, task = data_source(experiment)
     if source == "mnist":
         return "MNIST"
+    if source == "folder":
+        return "Your images"
     return f"NGSS {TASKS[task].title if task in TASKS else task} ({source})"
 
 

@@ -20,6 +20,7 @@ from app_pages.common import (
     strategy_text,
 )
 from app_pages.config_fields import FIELD_LABELS
+from app_pages.sweep import render_sweep_group
 from database import ExperimentStore, ExperimentSummary
 
 
@@ -68,6 +69,9 @@ def legend_labels(experiments: list[ExperimentSummary]) -> dict[int, str]:
 
 
 def render_compare(store: ExperimentStore, experiments: list[ExperimentSummary]) -> None:
+    if st.toggle("Sweeps", key="compare_sweeps", help="A sweep's trials as one group, best objective first."):
+        render_sweep_group(experiments)
+        return
     by_id = {e.id: e for e in experiments if e.rounds_done > 0 or e.status in ACTIVE_STATUSES}
     if "compare_ids" in st.session_state:  # drop deleted runs (a baseline may have been chosen before it began)
         st.session_state["compare_ids"] = [eid for eid in st.session_state["compare_ids"] if eid in by_id]
@@ -103,6 +107,9 @@ def compare_view(store: ExperimentStore, shown: dict[int, str]) -> None:
     if private:
         epsilon = viz.epsilon_figure(rounds[rounds["experiment_id"].isin(private)], labels)
         st.columns(2)[0].plotly_chart(epsilon, key="compare-epsilon", config={"displaylogo": False})
+    if "client_accuracy_worst10" in rounds and rounds["client_accuracy_worst10"].notna().any():  # fairness
+        fairness = viz.fairness_figure(rounds, labels)
+        st.columns(2)[0].plotly_chart(fairness, key="compare-fairness", config={"displaylogo": False})
     st.markdown("**What differs**")
     differences = config_differences(chosen)
     st.dataframe(

@@ -179,9 +179,13 @@ FEDERATION_FIELDS = (
 PRIVACY_FIELDS = (
     Field("privacy", "mode", "Privacy", "none: no formal guarantee. local: DP-SGD on every client (sample-level ε "
           "per client, the run reports the largest). central: DP-FedAvg, clipped client updates plus server noise "
-          "(user-level ε; clients are then sampled by Poisson).", key="privacy_mode"),
+          "(user-level ε; clients are then sampled as Client sampling says).", key="privacy_mode"),
     Field("privacy", "accountant", "Accountant", "Opacus accountant that turns the noise into ε: rdp (Rényi DP) "
           "or prv (tighter numerical bound)."),
+    Field("federation", "client_sampling", "Client sampling", "Central DP: poisson takes each client with "
+          "probability clients per round / clients (the count varies), ε for adding or removing one client. fixed "
+          "takes exactly clients per round, ε for replacing one client's data (RDP accountant only). Other modes "
+          "always take exactly clients per round."),
     Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
           "Ignored when a target ε is set.", step=0.1, format="%.3f"),
     Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "
@@ -206,15 +210,24 @@ ADVANCED_FIELDS = (
           "1 = inside the worker itself."),
     Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "
           "deployment on this machine (a SuperLink and one SuperNode per client on loopback, stopped when the run "
-          "ends): MNIST and NGSS, local or central DP, the aggregation rules incl. SCAFFOLD; not yet secure "
-          "aggregation, FedPer, compression, attacks or the simulated faults."),
+          "ends) with the same rounds as in-process: every setting, each node keeping its own residuals, heads and "
+          "accountant; secure aggregation runs between the nodes. Not yet: secure aggregation with central DP."),
     Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for "
           "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD."),
-    Field("privacy", "audit_examples", "Audit examples", "After the run, a membership-inference attack on this many "
-          "trained-on and as many held-out examples measures leakage empirically (0 = no audit)."),
+    Field("privacy", "audit", "Audit", "After the run, measure leakage empirically. loss: a membership-inference "
+          "attack on trained-on vs held-out examples (quick). one_run: Steinke et al. 2023's one-run audit — "
+          "canaries with random labels, half trained on at random, guessed from their losses, give a 95% lower "
+          "bound on ε beside the accountant's (MNIST, in-process)."),
+    Field("privacy", "audit_examples", "Audit examples", "The loss audit: this many trained-on and as many "
+          "held-out examples (0 = no audit)."),
+    Field("privacy", "audit_canaries", "Audit canaries", "The one-run audit: how many canaries (half of them "
+          "trained on); more give a tighter bound and cost the test set as many examples."),
     Field("privacy", "adaptive_clipping", "Adaptive clipping (central DP)", "Move the clip norm C each round towards "
           "the target quantile of client update norms (Andrew et al. 2021). The count it uses is noised too, and "
           "the reported ε covers both; needs enough clients per round."),
+    Field("privacy", "secure_noise", "Secure noise (central DP)", "Draw the noise and which clients each round "
+          "samples from the operating system's cryptographically secure generator (os.urandom), not from the seed: "
+          "nobody who knows the seed can reproduce them, and the run cannot be repeated exactly."),
     Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
           "should fit under C unclipped.", step=0.05, format="%.2f"),
     Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "
@@ -246,6 +259,8 @@ STRATEGY_FIELDS = (
     Field("federation", "weighting_exponent", "Weighting exponent a", "adaptive_weighting: a client's weight ∝ "
           "(its share of examples)^a · (its share of validation accuracy)^(1 − a). Needs a client holdout "
           "(Personalization).", step=0.1, format="%.2f"),
+    Field("federation", "qffl_q", "q-FFL q", "qfedavg: how much more clients whose loss is high weigh "
+          "(Li et al. 2020); 0 = FedAvg, larger = a more even accuracy across clients.", step=0.5, format="%.2f"),
 )  # fmt: skip
 CLIENT_FIELDS = (
     Field("federation", "selection", "Selection", "uniform: clients drawn at random each round. power_of_choice: "
@@ -288,6 +303,10 @@ ATTACK_FIELDS = (
           step=1.0, format="%.1f", key="attack_scale"),
     Field("attack", "noise_std", "Noise σ", "gaussian: standard deviation of the noise sent for each weight.",
           step=0.1, format="%.2f", key="attack_noise_std"),
+    Field("federation", "exclusion", "Exclude suspects", "Every round the server scores each update's suspicion "
+          "(distance to the median update, direction, norm); the Federation panel marks the flagged clients. "
+          "none: score only. flagged: leave flagged clients out of the aggregate (not with secure aggregation "
+          "or central DP, which hide single updates)."),
 )  # fmt: skip
 COMMUNICATION_FIELDS = (
     Field("communication", "compression", "Compression", "none: dense float32 updates. topk: only the largest "
@@ -336,8 +355,15 @@ SCENARIO_GROUPS = (
 
 
 # Every field of the form, with the group it sits in: for the labels below and the range check at Start.
+FOLDER_FIELDS = (
+    Field("data", "image_size", "Image size", "Dataset folder: every image is resized to this many pixels square; "
+          "the image models are built for it."),
+    Field("data", "image_channels", "Channels", "Dataset folder: 1 reads the images grey, 3 in colour (RGB).", step=2),
+)  # fmt: skip
+
 FIELD_GROUPS = (
-    ("Data & model", DATA_FIELDS), ("NGSS rubric scoring", NGSS_FIELDS), ("Federation", FEDERATION_FIELDS),
+    ("Data & model", DATA_FIELDS), ("NGSS rubric scoring", NGSS_FIELDS), ("Your own images", FOLDER_FIELDS),
+    ("Federation", FEDERATION_FIELDS),
     ("Privacy", PRIVACY_FIELDS), *((title, fields) for title, _, _, fields in SCENARIO_GROUPS),
     ("Advanced", ADVANCED_FIELDS),
 )  # fmt: skip
@@ -354,7 +380,8 @@ def _field_labels() -> dict[str, str]:
         for group, fields in FIELD_GROUPS
         for field in fields
     }
-    return labels | {"data.data_dir": "Data directory", "data.csv_path": "Lab CSV files"}
+    return labels | {"data.data_dir": "Data directory", "data.csv_path": "Lab CSV files",
+                     "data.folder_path": "Image folder zip"}  # fmt: skip
 
 
 FIELD_LABELS = _field_labels()

@@ -8,6 +8,7 @@ temporary folder first, renamed into place once every file is complete.
     upload = check_upload([("balloons_train.csv", data)])   # CsvImportError if anything is wrong
     path = upload.train_path(data_dir)                       # for data.csv_path, before saving
     upload.save(data_dir)                                    # the same path, files in place
+    remove_upload(store.delete_experiment(experiment_id))    # its folder goes once no run names it
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ngss.data import CsvImportError, load_csv
 MAX_UPLOAD_MB = 20  # per file, as ngss_data.load_csv's default limit
 MAX_FILE_BYTES = MAX_UPLOAD_MB * 2**20
 DIGEST_CHARS = 16  # of the sha256 hex digest naming the folder
+_DIGEST_FOLDER = re.compile(rf"[0-9a-f]{{{DIGEST_CHARS}}}")
 _SPLIT_NAME = re.compile(r"(?P<slug>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<split>train|test)\.csv", re.IGNORECASE)
 
 
@@ -70,6 +72,22 @@ class CsvUpload:
             if not folder.is_dir():  # another session saved the same files first: theirs serve
                 raise
         return self.train_path(data_dir)
+
+
+def remove_upload(csv_path: str | None) -> bool:
+    """Remove the upload folder that `csv_path` lies in (`<data_dir>/uploads/<digest>/`, with its
+    test file), and say whether one was removed. `csv_path` is what `ExperimentStore.delete_experiment`
+    returns: the deleted run's data file once no stored experiment names it (None otherwise). A file
+    that is not an upload (a path the user typed, anywhere else) is never touched."""
+    if not csv_path:
+        return False
+    folder = Path(csv_path).expanduser().parent
+    if folder.parent.name != "uploads" or not _DIGEST_FOLDER.fullmatch(folder.name) or not folder.is_dir():
+        return False
+    if folder.is_symlink():  # not a folder `save` made: leave what it points at alone
+        return False
+    shutil.rmtree(folder, ignore_errors=True)  # the run is gone already: a file held open elsewhere stays
+    return not folder.exists()
 
 
 def check_upload(files: Sequence[tuple[str, bytes]]) -> CsvUpload:

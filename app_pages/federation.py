@@ -14,6 +14,7 @@ import streamlit as st
 import visualization as viz
 from app_pages.common import client_names, format_bytes
 from database import ExperimentSummary
+from engine.suspicion import flag_quality
 
 Metric = tuple[str, str, str | None, str]  # label, value, delta (or None), help
 
@@ -25,7 +26,8 @@ def federation_figures(experiment: ExperimentSummary, clients: pd.DataFrame) -> 
     speeds = {round(float(p.get("speed", 1.0)), 6) for p in profiles}
     if len(speeds) > 1 or any(p.get("malicious") for p in profiles):
         figures["profiles"] = viz.client_profile_figure(profiles, client_names=names)
-    if not clients.empty and ((clients["status"] != "ok").any() or clients["malicious"].any()):
+    flagged = not clients.empty and "flagged" in clients and clients["flagged"].fillna(False).astype(bool).any()
+    if not clients.empty and ((clients["status"] != "ok").any() or clients["malicious"].any() or flagged):
         figures["status"] = viz.client_status_figure(clients, client_names=names)
     if compression(experiment) != "none" and not clients.empty:
         figures["upload"] = viz.upload_figure(clients)
@@ -60,6 +62,15 @@ def federation_metrics(experiment: ExperimentSummary, rounds: pd.DataFrame, clie
         metrics.append((
             "Malicious", f"{malicious} of {len(profiles)}", None,
             f"They send {behaviour} updates in every round they are selected.",
+        ))  # fmt: skip
+    quality = flag_quality(clients.to_dict("records")) if malicious and "suspicion" in clients else None
+    if quality is not None:
+        precision = "—" if quality["precision"] is None else f"{quality['precision']:.2f}"
+        metrics.append((
+            "Flags P / R", f"{precision} / {quality['recall']:.2f}", None,
+            f"Suspicion flags against who really was malicious, over every scored client-round: precision "
+            f"{quality['true_positives']} of {quality['true_positives'] + quality['false_positives']} flags, "
+            f"recall {quality['true_positives']} of {quality['true_positives'] + quality['false_negatives']} attacks.",
         ))  # fmt: skip
     arrived = clients[clients["status"].isin(viz.ARRIVED_STATUSES)] if not clients.empty else clients
     if compression(experiment) != "none" and not arrived.empty and arrived["bytes_up"].sum() > 0:

@@ -1,5 +1,5 @@
-"""The History tab: every experiment in a table, the privacy–utility charts across private runs, and the
-selected experiment with its actions and configuration."""
+"""The History tab: filters (status, dataset, privacy, tags), the experiments that pass them in a table, the
+privacy–utility charts across those private runs, and the selected experiment with its actions and configuration."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from app_pages.common import (
     privacy_on,
     strategy_text,
 )
+from app_pages.history_filters import filter_experiments, render_filters
 from app_pages.run_view import experiment_panel, render_actions
 from database import ExperimentStore, ExperimentSummary
 
@@ -37,6 +38,7 @@ def history_frame(experiments: list[ExperimentSummary]) -> pd.DataFrame:
             # The outcome first: at 800 px the columns after the first few are scrolled off.
             "Final accuracy": experiment.final_accuracy,
             "Final ε": experiment.final_epsilon if privacy_on(experiment) else None,
+            "Tags": ", ".join(experiment.tags),
             "Privacy": experiment.config.get("privacy", {}).get("mode", "none"),
             "Data": data_text(experiment),
             "Model": experiment.config.get("model", {}).get("name"),
@@ -98,6 +100,19 @@ def render_history(store: ExperimentStore, experiments: list[ExperimentSummary])
     if not experiments:
         st.info("No experiments yet.")
         return
+    chosen = render_filters(experiments)
+    shown = filter_experiments(experiments, chosen)
+    if not shown:
+        st.info(f"No experiment matches these filters ({len(experiments)} stored): clear one to see more.",
+                icon=":material/filter_alt_off:")  # fmt: skip
+        return
+    if chosen.active:
+        st.caption(f"{len(shown)} of {len(experiments)} experiments match the filters.")
+    render_table(store, shown)
+
+
+def render_table(store: ExperimentStore, experiments: list[ExperimentSummary]) -> None:
+    """The table of `experiments`, the privacy–utility charts across them, and the one selected."""
     ids = [experiment.id for experiment in experiments]
     by_id = dict(zip(ids, experiments))
     st.dataframe(

@@ -1,4 +1,5 @@
-"""One experiment: status and progress, metrics, the privacy audit and report download, charts, the Federation
+"""One experiment: status and progress (inside a round too, `round_progress.py`), its name and tags (`labels.py`),
+metrics, the privacy audit and report download, charts, the Federation
 panel (`federation.py`), and the actions (re-run, run without privacy, CSV export, delete).
 
 NGSS rubric-scoring runs also get: a badge saying where the responses come from (synthetic or an imported file),
@@ -9,6 +10,7 @@ action "Run centralized baseline" (the same config on pooled data, one client) t
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import pandas as pd
@@ -35,7 +37,11 @@ from app_pages.common import (
     total_rounds,
 )
 from app_pages.config_fields import labelled, widget_values
+from app_pages.csv_upload import remove_upload
 from app_pages.federation import render_federation
+from app_pages.import_summary import render_import_summary
+from app_pages.labels import render_labels
+from app_pages.round_progress import current_progress, round_progress_text, run_fraction
 from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary
 from experiment_config import ExperimentConfig
 from privacy import report as privacy_report
@@ -59,6 +65,8 @@ def progress_text(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
     text = f"Round {experiment.rounds_done}/{total_rounds(experiment)} · {experiment.status}"
     if experiment.status == "queued":
         return f"{text} · waiting for its worker…"  # starting, or busy with the runs before it (a sweep)
+    if (progress := current_progress(experiment)) is not None:  # the worker reports inside the round
+        return round_progress_text(progress, total_rounds(experiment))
     if experiment.status == "running" and rounds.empty:
         return f"{text} · loading data and partitioning…"
     if experiment.status == "running":
@@ -71,15 +79,17 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
     """Title, stop button, progress bar with ETA, and the outcome of a finished run."""
     title, stop = st.columns([5, 1], vertical_alignment="center")
     title.subheader(f"{STATUS_ICONS.get(experiment.status, '')} {describe(experiment)}")
+    render_labels(store, experiment, where)
     if is_rubric(experiment):
         render_data_badge(experiment)
+        render_import_summary(experiment, where)
     active = experiment.status in ACTIVE_STATUSES
     if active and not experiment.stop_requested:
         stop.button(
             "Stop", icon=":material/stop:", key=f"{where}-stop", help="Stop after the current round.",
             width="stretch", on_click=store.request_stop, args=(experiment.id,),
         )  # fmt: skip
-    st.progress(min(experiment.rounds_done / max(total_rounds(experiment), 1), 1.0), progress_text(experiment, rounds))
+    st.progress(run_fraction(experiment, total_rounds(experiment)), progress_text(experiment, rounds))
     resumable = (
         experiment.status in RESUMABLE_STATUSES and experiment.rounds_done < total_rounds(experiment)
         and store.checkpoint_round(experiment.id) is not None
@@ -235,6 +245,17 @@ def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, clients:
             + ("" if chance is None else f"With these sample sizes chance alone stays below {chance:.3f} 95% of "
                "the time: only an advantage above that is evidence of leakage.") + bound,
         )  # fmt: skip
+    elif "epsilon_lower_bound" in audit:  # the one-run audit (privacy/one_run_audit.py)
+        accountant = experiment.final_epsilon if privacy_on(experiment) else None
+        row.metric(
+            "Empirical ε (95%)", format_epsilon(float(audit["epsilon_lower_bound"])),
+            "no formal ε" if accountant is None else f"accountant ε {format_epsilon(float(accountant))}",
+            delta_color="off", delta_arrow="off", border=True, width=METRIC_WIDTH,
+            help=f"A lower bound on ε from one training run (Steinke, Nasr & Jagielski 2023): {audit['correct']} "
+            f"of {audit['guesses']} guesses of which of {audit['canaries']} random-label canaries were trained on "
+            "were right. It must stay below the accountant's ε (the upper bound); one attack proves leakage, "
+            "never privacy.",
+        )  # fmt: skip
     elif "error" in audit:
         row.caption(f"Privacy audit failed: {audit['error']}")
     elif privacy_on(experiment) and experiment.status not in ACTIVE_STATUSES:
@@ -252,8 +273,8 @@ def render_privacy(experiment: ExperimentSummary, rounds: pd.DataFrame, clients:
 
 
 def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: pd.DataFrame, where: str) -> None:
-    """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, labels per client, bytes,
-    seconds (real and simulated)."""
+    """Two charts per row: accuracy (beside ε for a private run), loss, per-client loss, per-client local accuracy
+    (only where clients hold out examples: federation.client_holdout > 0), labels per client, bytes, seconds."""
     rubric, names = is_rubric(experiment), client_names(experiment)
     figures = {"accuracy": viz.rubric_figure(viz.rubric_rows(rounds)) if rubric else viz.accuracy_figure(rounds)}
     if privacy_on(experiment):
@@ -265,6 +286,12 @@ def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: 
     figures |= {
         "loss": viz.loss_figure(rounds),
         "client-loss": viz.client_loss_figure(clients, client_names=names),
+    }
+    if "validation_accuracy" in clients and clients["validation_accuracy"].notna().any():  # client_holdout > 0
+        figures["client-accuracy"] = viz.client_accuracy_figure(clients, client_names=names)
+    if "client_accuracy_worst10" in rounds and rounds["client_accuracy_worst10"].notna().any():  # fairness
+        figures["fairness"] = viz.fairness_figure(rounds)
+    figures |= {
         "labels": viz.label_heatmap(experiment.label_counts, label_names=rubric_labels(experiment), client_names=names),
         "bytes": viz.bytes_figure(rounds, title="Bytes per round (LoRA + head only)") if rubric
         else viz.bytes_figure(rounds),
@@ -384,11 +411,26 @@ def run_centralized(store: ExperimentStore, experiment: ExperimentSummary) -> No
     )  # fmt: skip
 
 
-def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
-    """Delete a finished run; one that a worker has started since the page was drawn is refused
-    by the store (its worker would crash), and the refusal is shown instead."""
+def export_mlflow(store: ExperimentStore, experiment_id: int) -> None:
+    """Log a run to the MLflow tracking server typed in its popover (`tracking.mlflow_export`):
+    a second export updates the same MLflow run; a failure is one line, the run is untouched."""
+    from tracking.mlflow_export import TrackingError, export_to_mlflow  # mlflow loads only when asked
+
+    uri = str(st.session_state.get(f"mlflow_uri_{experiment_id}", "")).strip()
     try:
-        store.delete_experiment(experiment_id)
+        run_id = export_to_mlflow(store, experiment_id, uri)
+    except (TrackingError, ValueError) as error:
+        st.session_state["flash"] = ("error", f"Export of #{experiment_id} to MLflow failed: {error}")
+        return
+    st.session_state["flash"] = ("success", f"Exported #{experiment_id} to MLflow (run {run_id}).")
+
+
+def delete_experiment(store: ExperimentStore, experiment_id: int) -> None:
+    """Delete a finished run, and its uploaded CSV files when no other run uses them; one that a worker
+    has started since the page was drawn is refused by the store (its worker would crash), and the
+    refusal is shown instead."""
+    try:
+        remove_upload(store.delete_experiment(experiment_id))
     except ValueError as error:
         st.session_state["flash"] = ("error", f"Cannot delete #{experiment_id}: {error}")
         return
@@ -431,6 +473,14 @@ def render_actions(store: ExperimentStore, experiment: ExperimentSummary) -> Non
         "Rounds CSV", rounds_csv(store.rounds_frame([experiment.id]), [experiment]), icon=":material/download:",
         file_name=f"experiment-{experiment.id}-rounds.csv", mime="text/csv", key="download_csv", on_click="ignore",
     )  # fmt: skip
+    with actions.popover("MLflow", icon=":material/upload:", help="Export this run to an MLflow tracking server."):
+        st.text_input(
+            "Tracking URI", value=os.environ.get("MLFLOW_TRACKING_URI", "") or experiment.config.get("system", {}).get(
+                "mlflow_uri", ""), key=f"mlflow_uri_{experiment.id}", placeholder="http://127.0.0.1:5000",
+            help="Its config, every round's metrics, per-client metrics, the privacy report and the final weights; "
+            "exporting again updates the same MLflow run.",
+        )  # fmt: skip
+        st.button("Export to MLflow", key="mlflow_export", on_click=export_mlflow, args=(store, experiment.id))
     active = experiment.status in ACTIVE_STATUSES
     with actions.popover("Delete", icon=":material/delete:", disabled=active, help="Stop a running experiment first."):
         st.warning(f"Delete experiment #{experiment.id} and all its rounds? This cannot be undone.")

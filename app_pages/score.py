@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from runs.scoring import rubric_elements, score_experiment
 from app_pages.common import data_text, describe, render_data_badge
 from database import ExperimentStore, ExperimentSummary
+from experiment_config import ExperimentConfig
+from ngss.csv_format import count_blank, count_truncated
+from runs.scoring import rubric_elements, score_experiment
 
 SCORABLE_STATUSES = ("completed", "stopped")  # ended with a final model
 MAX_RESPONSES = 2_000  # per press: scoring runs inside the page's script run
@@ -25,14 +29,18 @@ MAX_CSV_MB = 20
 TEXT_COLUMNS = ("text", "response")
 
 
-def responses_from_text(text: str) -> list[str]:
-    """One response per non-blank line, stripped."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def responses_from_text(text: str) -> tuple[list[str], int]:
+    """One response per non-blank line, stripped, and how many lines were blank: in a text area a blank line
+    separates responses, it is no answer, so it is skipped (and counted, to say so)."""
+    lines = text.splitlines()
+    responses = [line.strip() for line in lines if line.strip()]
+    return responses, len(lines) - len(responses)
 
 
 def responses_from_csv(data: bytes) -> list[str]:
-    """The non-blank cells of a CSV's text column: the one named text or response (any case), else the first.
-    The first row is the header. Raises ValueError for a file that is not UTF-8 CSV or has no rows."""
+    """Every cell of a CSV's text column, stripped: the column named text or response (any case), else the
+    first. The first row is the header. A blank cell is a student's answer and is scored as written (an empty
+    line of the file is no row). Raises ValueError for a file that is not UTF-8 CSV or has no rows."""
     try:
         rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     except (UnicodeDecodeError, csv.Error) as error:
@@ -42,7 +50,7 @@ def responses_from_csv(data: bytes) -> list[str]:
         raise ValueError("the CSV needs a header row and at least one response")
     header = [cell.strip().lower() for cell in rows[0]]
     column = next((header.index(name) for name in TEXT_COLUMNS if name in header), 0)
-    return [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]
+    return [row[column].strip() if len(row) > column else "" for row in rows[1:]]
 
 
 def scores_frame(texts: list[str], probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:
@@ -87,14 +95,15 @@ def render_score(store: ExperimentStore, experiments: list[ExperimentSummary]) -
         score(store, experiment, text, upload)
     result = st.session_state.get("score_result")
     if result is not None and result[0] == chosen:
-        show_scores(experiment, result[1], elements)
+        show_scores(experiment, result[1], elements, result[2])
 
 
 def score(store: ExperimentStore, experiment: ExperimentSummary, text: str, upload: object | None) -> None:
     """Score the pasted and uploaded responses; the result is kept in the session for redraws."""
     st.session_state.pop("score_result", None)
+    pasted, blank_lines = responses_from_text(text)
     try:
-        texts = responses_from_text(text) + (responses_from_csv(upload.getvalue()) if upload is not None else [])
+        texts = pasted + (responses_from_csv(upload.getvalue()) if upload is not None else [])
     except ValueError as error:
         st.error(f"Cannot read the CSV: {error}", icon=":material/block:")
         return
@@ -112,13 +121,47 @@ def score(store: ExperimentStore, experiment: ExperimentSummary, text: str, uplo
             st.error(f"Cannot score with #{experiment.id}: {error}", icon=":material/error:")
             return
     labels = [label for label, _ in rubric_elements(experiment)]
-    st.session_state["score_result"] = (experiment.id, scores_frame(texts, probabilities, labels))
+    notes = input_notes(experiment, texts, blank_lines)
+    st.session_state["score_result"] = (experiment.id, scores_frame(texts, probabilities, labels), notes)
 
 
-def show_scores(experiment: ExperimentSummary, frame: pd.DataFrame, elements: list[tuple[str, str]]) -> None:
+def input_notes(experiment: ExperimentSummary, texts: list[str], blank_lines: int) -> list[str]:
+    """What the scores rest on beyond the responses themselves: blank lines skipped, blank answers scored, and
+    responses longer than the model reads (cut to its max_length tokens)."""
+    notes = []
+    if blank_lines:
+        notes.append(f"{blank_lines} blank line(s) in the text area skipped (a blank line separates responses)")
+    if blank := count_blank(texts):
+        notes.append(f"{blank} blank answer(s) from the CSV scored as written")
+    max_length = int(experiment.config.get("model", {}).get("max_length", 128))
+    try:
+        truncated = count_truncated(run_tokenizer(json.dumps(experiment.config)), texts, max_length=max_length)
+    except (LookupError, ValueError, RuntimeError, OSError) as error:  # as scoring: the data or a model is gone
+        notes.append(f"responses longer than {max_length} tokens not counted ({type(error).__name__})")
+    else:
+        if truncated:
+            notes.append(f"{truncated} response(s) longer than the model reads: cut to their first {max_length} tokens")
+    return notes
+
+
+@st.cache_resource(max_entries=4)
+def run_tokenizer(config_json: str) -> Any:
+    """The tokenizer a run's model reads with, rebuilt as scoring rebuilds it (`engine.workloads.score_responses`:
+    the same corpus gives the same tokenizer). Loaded only when Score is pressed; never mutated."""
+    from engine.workloads import load_ngss, load_tokenizer  # torch and transformers: only for scoring
+
+    config = ExperimentConfig.from_dict(json.loads(config_json))
+    return load_tokenizer(config, load_ngss(config).train.texts)
+
+
+def show_scores(
+    experiment: ExperimentSummary, frame: pd.DataFrame, elements: list[tuple[str, str]], notes: list[str]
+) -> None:
     labels = [label for label, _ in elements]
     st.caption(f"{len(frame)} response(s) · an element counts as earned at probability ≥ 0.5 · "
                f"total score out of {len(labels)}")  # fmt: skip
+    for note in notes:
+        st.caption(f":material/info: {note[0].upper()}{note[1:]}.")
     columns = {"Response": st.column_config.TextColumn(width="large"),
                "Total score": st.column_config.NumberColumn(help=f"Elements earned, of {len(labels)}")}  # fmt: skip
     for label, meaning in elements:

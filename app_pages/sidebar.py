@@ -21,6 +21,7 @@ from app_pages.config_fields import (
     ALL_FIELDS,
     DATA_FIELDS,
     FEDERATION_FIELDS,
+    FOLDER_FIELDS,
     FIELD_LABELS,
     NGSS_FIELDS,
     NGSS_NOTE,
@@ -33,6 +34,9 @@ from app_pages.config_fields import (
     widget_values,
 )
 from app_pages.csv_upload import MAX_UPLOAD_MB, CsvUpload, check_upload
+from app_pages.folder_upload import MAX_ZIP_MB, FolderUpload, check_zip
+from app_pages.import_summary import summary_for
+from app_pages.sweep import grid_fields, start_grid_sweep
 from database import ExperimentStore
 from experiment_config import SECTIONS, ExperimentConfig
 from ngss.data import TASKS, CsvImportError
@@ -60,6 +64,18 @@ def paired_rows(fields: tuple[Field, ...], raw: dict[str, dict[str, Any]], defau
             raw[field.section][field.name] = field.widget(column, defaults)
 
 
+def folder_widgets(raw: dict[str, dict[str, Any]], defaults: ExperimentConfig) -> Any:
+    """The folded "Your own images" group: size, channels and the zip upload (returned)."""
+    with st.expander("Your own images", icon=":material/photo_library:"):
+        paired_rows(FOLDER_FIELDS, raw, defaults)
+        return st.file_uploader(
+            "Image folder as a zip (Dataset folder)", type="zip", key="folder_upload", max_upload_size=MAX_ZIP_MB,
+            help="<client>/<label>/*.png|jpg (natural partition: one client per top folder, Clients = their number) "
+            "or <label>/*.png|jpg; a test/<label>/ folder is the test split, else 20% of each label folder is held "
+            f"out. At most {MAX_ZIP_MB} MB; checked when you press Start.",
+        )  # fmt: skip
+
+
 def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str, Any]], list[Any]]:
     """The form's widgets, paired in two columns; returns the run name, the raw config and the uploaded CSV files."""
     raw: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -79,6 +95,8 @@ def config_widgets(defaults: ExperimentConfig) -> tuple[str, dict[str, dict[str,
             raw[field.section][field.name] = field.widget(columns[index % 2], defaults)
         if fields is DATA_FIELDS:
             uploads = ngss_widgets(raw, defaults)
+            if (zip_file := folder_widgets(raw, defaults)) is not None:
+                uploads.append(zip_file)
     for title, icon, note, fields in SCENARIO_GROUPS:
         with st.expander(title, icon=icon):
             if note:
@@ -171,7 +189,7 @@ def delta_concern(config: ExperimentConfig) -> str | None:
 
 def checked_config(
     raw: dict[str, dict[str, Any]], files: list[Any], slot: Any
-) -> tuple[ExperimentConfig, CsvUpload | None] | None:
+) -> tuple[ExperimentConfig, CsvUpload | FolderUpload | None] | None:
     """The form's config and, for Dataset csv, the checked upload that `data.csv_path` points at (saved only by
     `save_upload`). None, with the problems shown in `slot` (above Start), when a field is out of range, the files
     are missing or invalid or the config is."""
@@ -180,22 +198,45 @@ def checked_config(
         slot.error("Cannot start: " + ("" if len(problems) == 1 else "fix these fields:\n- ")
                    + "\n- ".join(problems), icon=":material/block:")  # fmt: skip
         return None
+    csvs = [file for file in files if not file.name.lower().endswith(".zip")]
     if raw["data"].get("dataset") == "csv":
-        if not files:
+        if not csvs:
             slot.error("Dataset csv needs the lab's files: upload {task}_train.csv (and optionally its _test.csv) "
                      "under NGSS rubric scoring.", icon=":material/block:")  # fmt: skip
             return None
         try:
-            upload = check_upload([(file.name, file.getvalue()) for file in files])
+            upload = check_upload([(file.name, file.getvalue()) for file in csvs])
         except CsvImportError as error:
             slot.error(f"Invalid CSV: {error}", icon=":material/block:")
             return None
         raw["data"]["csv_path"] = str(upload.train_path(upload_root(raw)))
+    if raw["data"].get("dataset") == "folder" and (upload := checked_zip(raw, files, slot)) is None:
+        return None
     try:
         return ExperimentConfig.from_dict(raw), upload
     except ValueError as error:
         slot.error(f"Invalid configuration: {labelled(str(error))}", icon=":material/block:")
         return None
+
+
+def checked_zip(raw: dict[str, dict[str, Any]], files: list[Any], slot: Any) -> FolderUpload | None:
+    """Dataset folder: the uploaded zip, checked (`folder_upload.check_zip`), with `data.folder_path` set to where
+    `save_upload` will put it; None, with the problem shown in `slot`."""
+    from engine.image_folder import FolderError  # PIL and torch load only for folder data
+
+    zips = [file for file in files if file.name.lower().endswith(".zip")]
+    if not zips:
+        slot.error("Dataset folder needs your images: upload a zip of the folder under Your own images.",
+                   icon=":material/block:")  # fmt: skip
+        return None
+    try:
+        upload = check_zip(zips[0].getvalue(), image_size=raw["data"].get("image_size", 32),
+                           channels=raw["data"].get("image_channels", 3))  # fmt: skip
+    except FolderError as error:
+        slot.error(f"Invalid image zip: {error}", icon=":material/block:")
+        return None
+    raw["data"]["folder_path"] = str(upload.folder_path(upload_root(raw)))
+    return upload
 
 
 def upload_root(raw: dict[str, dict[str, Any]]) -> Path:
@@ -204,7 +245,7 @@ def upload_root(raw: dict[str, dict[str, Any]]) -> Path:
     return data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
 
 
-def save_upload(upload: CsvUpload | None, raw: dict[str, dict[str, Any]], slot: Any) -> bool:
+def save_upload(upload: CsvUpload | FolderUpload | None, raw: dict[str, dict[str, Any]], slot: Any) -> bool:
     """Write the checked upload (if any) where `data.csv_path` points; False, with the error shown, if it fails."""
     if upload is None:
         return True
@@ -278,6 +319,10 @@ def start_one(store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str,
         slot.error(f"Could not start the worker: {error}", icon=":material/error:")
         return
     st.toast(f"Experiment #{experiment_id} started")
+    if isinstance(checked[1], CsvUpload):  # an upload: say what it brought in (the run view counts the responses cut)
+        summary, _ = summary_for(config, with_tokenizer=False)
+        message = f"#{experiment_id} · {Path(config.data.csv_path).name}: {summary.text()}."
+        st.session_state["flash"] = ("info", message)
 
 
 def start_sweep(
@@ -304,6 +349,21 @@ def start_sweep(
     st.toast(f"Sweep started: {len(experiment_ids)} runs (#{experiment_ids[0]}–#{experiment_ids[-1]}), in sequence")
 
 
+def start_grid(
+    store: ExperimentStore, raw: dict[str, dict[str, Any]], name: str, grid: tuple[str, str, int], files: list[Any],
+    slot: Any,
+) -> None:  # fmt: skip
+    """One experiment per point of the grid on the settings above (`runs.sweeps`), `parallel` workers at once."""
+    checked = checked_config(raw, files, slot)
+    if checked is None:
+        return
+    base, upload = checked
+    if not confirmed_delta(base, slot) or not save_upload(upload, raw, slot) or data_refused(base, slot):
+        return
+    grid_text, objective, parallel = grid
+    start_grid_sweep(store, base, name=name, grid_text=grid_text, objective=objective, parallel=parallel, slot=slot)
+
+
 def render_sidebar(store: ExperimentStore) -> None:
     with st.sidebar:
         st.header("New experiment")
@@ -317,6 +377,8 @@ def render_sidebar(store: ExperimentStore) -> None:
                 help="For a privacy–utility curve: **Sweep** starts one run per value (the settings above with that "
                 "target ε), one after the other. History then plots accuracy against ε.",
             )  # fmt: skip
+            with st.expander("Sweep a grid of settings", icon=":material/grid_view:"):
+                grid = grid_fields()  # filled: Sweep runs the grid instead of the target ε values
             slot = st.container()  # what Start found wrong, right above it
             start_column, sweep_column = st.columns(2)
             submitted = start_column.form_submit_button(
@@ -328,5 +390,7 @@ def render_sidebar(store: ExperimentStore) -> None:
             )  # fmt: skip
         if submitted:
             start_one(store, raw, name, files, slot)
+        elif swept and grid[0].strip():
+            start_grid(store, raw, name, grid, files, slot)
         elif swept:
             start_sweep(store, raw, name, sweep_text, files, slot)

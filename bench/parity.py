@@ -70,6 +70,9 @@ def cases(rounds: int) -> dict[str, ExperimentConfig]:
         "dropout + deadline": mnist(rounds + 1, dropout_probability=0.4, dropout_stage="during", round_deadline=1.0,
                                     speed_spread=1.0),
         "FedPer": mnist(rounds, personalization="fedper", client_holdout=0.1),
+        "fine-tuning": mnist(rounds, personalization="finetune", client_holdout=0.1),
+        "power-of-choice": mnist(rounds, clients_per_round=2, selection="power_of_choice", selection_candidates=3),
+        "MLX": base.replace("system", backend="mlx"),
         "NGSS MiniLM": ExperimentConfig.from_dict({
             "data": {"dataset": "ngss", "partition": "natural", "max_train_examples": 60, "max_test_examples": 30},
             "model": {"name": "minilm-lora", "max_length": 32},
@@ -89,7 +92,8 @@ def in_process(store: ExperimentStore, config: ExperimentConfig) -> tuple[int, f
 
 def on_flower(store: ExperimentStore, config: ExperimentConfig, **options: Any) -> tuple[int, float]:
     started = time.monotonic()
-    experiment_id = run_local_deployment(config, db_url=store.url, timeout_s=1800, round_timeout_s=600, **options)
+    options.setdefault("round_timeout_s", 600)
+    experiment_id = run_local_deployment(config, db_url=store.url, timeout_s=1800, **options)
     return experiment_id, time.monotonic() - started
 
 
@@ -100,7 +104,14 @@ def compare(store: ExperimentStore, flower_id: int, engine_id: int) -> str:
     gaps = [float((flower[c] - engine[c]).abs().max()) for c in ("accuracy", "loss", "epsilon")]
     flower_clients = store.client_rounds_frame(flower_id)[SAME].to_dict("records")
     clients_equal = flower_clients == store.client_rounds_frame(engine_id)[SAME].to_dict("records")
-    return f"|Δacc| {gaps[0]:.2e}  |Δloss| {gaps[1]:.2e}  |Δε| {gaps[2]:.2e}  clients {'equal' if clients_equal else 'DIFFER'}"
+    line = f"|Δacc| {gaps[0]:.2e}  |Δloss| {gaps[1]:.2e}  |Δε| {gaps[2]:.2e}  clients {'equal' if clients_equal else 'DIFFER'}"
+    flower_personal = store.get_experiment(flower_id).personalization
+    engine_personal = store.get_experiment(engine_id).personalization
+    if flower_personal or engine_personal:
+        gap = max((abs(a["personalized_accuracy"] - b["personalized_accuracy"])
+                   for a, b in zip(flower_personal["clients"], engine_personal["clients"], strict=True)), default=0.0)
+        line += f"  personalized |Δacc| {gap:.2e}"
+    return line
 
 
 def server_app_pid() -> int | None:
@@ -145,6 +156,27 @@ def kill_and_resume(store: ExperimentStore, config: ExperimentConfig) -> str:
             f"{final.rounds_done} rounds; max |Δweight| vs in-process {gap:.2e}")  # fmt: skip
 
 
+def secagg_node_killed(store: ExperimentStore) -> str:
+    """Secure aggregation over 4 SuperNodes, one SIGKILLed once round 1 is recorded: the later
+    rounds sum the other three (its masks, if it had joined, removed through their shares)."""
+    config = mnist(3, num_clients=4, clients_per_round=4, secure_aggregation=True, secagg_threshold=0.5)
+
+    def kill_after_round_one(deployment: LocalDeployment, experiment_id: int) -> None:
+        def watch() -> None:
+            while store.rounds_frame([experiment_id]).empty:
+                time.sleep(0.1)
+            deployment.kill_supernode(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    experiment_id, seconds = on_flower(store, config, on_started=kill_after_round_one, round_timeout_s=60)
+    clients = store.client_rounds_frame(experiment_id)
+    statuses = {r: "".join(s[0] for s in clients[clients["round"] == r].status) for r in (1, 2, 3)}
+    summary = store.get_experiment(experiment_id)
+    return (f"{summary.status}, {summary.rounds_done} rounds, client statuses by round {statuses}, "
+            f"accuracy {summary.final_accuracy:.4f}, {seconds:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all, and kill -9)")
@@ -153,13 +185,17 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FPL_DATA_DIR", args.data_dir)
     all_cases = cases(args.rounds)
-    chosen = [c.strip() for c in args.cases.split(",") if c.strip()] or [*all_cases, "kill -9 + resume"]
+    extra = ["kill -9 + resume", "secure aggregation, SuperNode killed"]
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()] or [*all_cases, *extra]
     with tempfile.TemporaryDirectory(prefix="fpl-parity-") as folder:
         store = ExperimentStore(f"sqlite:///{folder}/parity.db")
         print(f"{'case':<24} result")
         for name in chosen:
             if name == "kill -9 + resume":
                 print(f"{name:<24} {kill_and_resume(store, mnist(3))}", flush=True)
+                continue
+            if name == "secure aggregation, SuperNode killed":
+                print(f"{name:<24} {secagg_node_killed(store)}", flush=True)
                 continue
             config = all_cases[name]
             try:

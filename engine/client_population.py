@@ -7,12 +7,13 @@ clients to select, which of them drop out, how many local steps a straggler mana
 before the deadline, and how long a transfer takes over a client's simulated link.
 
     profiles = make_profiles(config, sizes=[len(p) for p in partitions])
-    chosen = select_clients(config, round_number, profiles=profiles, tally=tally, loss_of=loss_fn)
+    chosen = select_clients(config, round_number, profiles=profiles, tally=tally, losses_of=losses_fn)
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -93,28 +94,33 @@ def select_clients(
     *,
     profiles: Sequence[ClientProfile],
     tally: ParticipationTally,
-    loss_of: Callable[[int], float] | None = None,
+    losses_of: Callable[[list[int]], Sequence[float]] | None = None,
 ) -> list[int]:
     """This round's clients, sorted, seeded per round.
 
-    - central DP: Poisson, each client independently with q = clients_per_round / num_clients
-      (the sampling the accountant assumes; the count varies and may be 0);
+    - central DP, `client_sampling` "poisson": each client independently with q =
+      clients_per_round / num_clients (the sampling the accountant assumes; the count varies
+      and may be 0); "fixed": exactly clients_per_round distinct clients, uniformly (as uniform,
+      below; accounted as k of n). With `privacy.secure_noise` the draw comes from the OS's
+      CSPRNG instead of the seed: amplification by sampling needs the sample kept secret, so
+      who took part must be as unpredictable as the noise;
     - uniform: `clients_per_round` distinct clients;
     - power_of_choice (Cho et al. 2022): d candidates uniformly, keep the `clients_per_round`
-      with the highest loss of the current global model (`loss_of(client)`);
+      with the highest loss of the current global model (`losses_of(candidates)`, in
+      the candidates' order: all at once, so remote clients are asked in one exchange);
     - availability: without replacement with probability ∝ the client's observed reliability.
     """
     federation = config.federation
     n, m = federation.num_clients, federation.clients_per_round
     generator = np.random.default_rng([config.system.seed, round_number])
     if config.privacy.mode == "central":
-        return [int(c) for c in np.flatnonzero(generator.random(n) < m / n)]
+        return _central_sample(config, generator)
     if federation.selection == "power_of_choice":
-        if loss_of is None:
+        if losses_of is None:
             raise ValueError("power_of_choice selection needs the clients' losses")
         d = federation.selection_candidates or min(n, 2 * m)
         candidates = generator.choice(n, size=d, replace=False)
-        losses = np.array([loss_of(int(c)) for c in candidates])
+        losses = np.asarray(losses_of([int(c) for c in candidates]), dtype=float)
         chosen = candidates[np.argsort(-losses, kind="stable")[:m]]
     elif federation.selection == "availability":
         weights = np.array([tally.reliability(k) for k in range(n)])
@@ -122,6 +128,20 @@ def select_clients(
     else:
         chosen = generator.choice(n, size=m, replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def _central_sample(config: ExperimentConfig, generator: np.random.Generator) -> list[int]:
+    """Central DP's clients of one round (`select_clients`), sorted: Poisson at q = k/n, or exactly k of n."""
+    federation = config.federation
+    n, m = federation.num_clients, federation.clients_per_round
+    if config.privacy.secure_noise:  # secret sampling: SystemRandom reads os.urandom
+        secure = random.SystemRandom()
+        if federation.client_sampling == "fixed":
+            return sorted(secure.sample(range(n), m))
+        return [c for c in range(n) if secure.random() < m / n]
+    if federation.client_sampling == "fixed":
+        return sorted(int(c) for c in generator.choice(n, size=m, replace=False))
+    return [int(c) for c in np.flatnonzero(generator.random(n) < m / n)]
 
 
 def dropouts(config: ExperimentConfig, round_number: int, clients: Sequence[int], profiles: Sequence[ClientProfile]) -> set[int]:

@@ -23,20 +23,24 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import telemetry
 from engine import objectives
+from engine.client_population import loss_sample
+from engine.secure_aggregation import SecAggConfig, SecAggResult
 from data_handler import FederatedData
 from engine.strategies import Strategy, make_strategy
 from engine.workloads import is_text, model_options
 from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig, check_one_of
 from model import create_model, get_parameters, unflatten
 
+NON_FINITE = "returned non-finite weights (NaN or inf): its training diverged; lower the learning rate"
 WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has failed
 # Linux forks trainers: they share this process's loaded torch and training set
 # copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
@@ -58,6 +62,8 @@ class TrainTask:
     flip_labels: bool = False  # a label-flipping attacker trains on y → C − 1 − y
     head: torch.Tensor | None = None  # FedPer: the client's own final layer, (head_size,)
     holdout: np.ndarray | None = None  # the client's held-out examples: report local accuracy on them
+    round_number: int = 0  # the round it belongs to (a remote client seeds its own upload with it)
+    trace_context: dict[str, str] | None = None  # the round's span (`telemetry.inject`): its client span joins it
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,14 @@ class TaskOutcome:
     # A real fault a remote trainer saw: "dropped" (no node to start it on) or "lost" (it never
     # replied in time), `error` saying which; "" when the task ran. Either way its row holds no update.
     fault: str = ""
+    # A remote client that made its upload itself (`compression.outgoing_update`, keeping its own
+    # residual and FedPer head): the (P,) update as the server receives it and the bytes it sent.
+    # None: the client's new weights are in the result row, and the round loop makes the upload.
+    sent: torch.Tensor | None = None
+    sent_bytes: int = 0
+    # Secure aggregation with remote clients: the client holds its upload for the protocol
+    # (`RemoteClients.secure_sum`); the server never sees it, only the sum.
+    held: bool = False
 
 
 class Trainer(Protocol):
@@ -84,10 +98,62 @@ class Trainer(Protocol):
 
     results: torch.Tensor  # (slots, P)
     corrections: torch.Tensor | None  # (slots, P), or None when the strategy needs none
+    # Trainers that can see inside a client's work (this machine's) also have `live`, a (slots + 1,)
+    # int64 tensor (`Live`): the local steps each slot's task has taken so far, and a flag that,
+    # when set, makes every task stop at its next step (`abort`).
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RemoteClients(Protocol):
+    """A trainer whose clients keep their data where they are (Flower SuperNodes): what the round
+    loop would otherwise compute from a client's data, the client computes."""
+
+    def candidate_losses(self, global_weights: torch.Tensor, round_number: int, clients: list[int]) -> list[float]:
+        """Power-of-choice: each candidate's `candidate_loss` of the global weights, in order."""
+        ...
+
+    def secure_sum(
+        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int]
+    ) -> SecAggResult:
+        """Secure aggregation of the uploads the clients `weights` names hold (`TaskOutcome.held`),
+        each weighted by its weight, run with them as messages (`secure_aggregation`'s four
+        exchanges); `drop_after_sharing` leave after sharing their keys (simulated)."""
+        ...
+
+
+class Live:
+    """A live view into this machine's trainers while a round runs, shared with their processes:
+    `counts[slot]` = local steps the slot's current task has taken, `counts[-1]` = 1 once every
+    task must stop at its next step. `at(slot)` is one task's handle."""
+
+    def __init__(self, slots: int, *, shared: bool = False, counts: torch.Tensor | None = None, slot: int = 0) -> None:
+        self.counts = torch.zeros(slots + 1, dtype=torch.int64) if counts is None else counts
+        if shared and counts is None:
+            self.counts.share_memory_()
+        self.slot = slot
+
+    def at(self, slot: int) -> Live:
+        return Live(0, counts=self.counts, slot=slot)
+
+    def step(self) -> None:
+        self.counts[self.slot] += 1
+
+    def aborted(self) -> bool:
+        return bool(self.counts[-1])
+
+    def abort(self) -> None:
+        """Every task stops at its next step (its outcome reports the steps it took)."""
+        self.counts[-1] = 1
+
+    def steps(self, slots: Sequence[int]) -> int:
+        return int(self.counts[list(slots)].sum()) if slots else 0
+
+    def reset(self) -> None:
+        self.counts.zero_()
 
 
 class LocalObjective:
@@ -166,13 +232,15 @@ def train_client(
     max_steps: int = 0,
     objective: LocalObjective | None = None,
     optimizer_name: str = "sgd",
+    live: Live | None = None,
 ) -> tuple[int, float]:
     """Local training on the client's examples, batches taken by index; returns (steps, mean loss).
 
     `optimizer_name` "sgd": plain SGD, w ← w − lr·g. "adamw": `torch.optim.AdamW` with lr and
     torch's defaults (β = (0.9, 0.999), ε = 1e-8, decoupled weight decay 0.01), created
     afresh for this call: its moments start at zero every round and never leave the client.
-    `max_steps` > 0 stops early (partial work); `objective` adds FedProx/SCAFFOLD terms."""
+    `max_steps` > 0 stops early (partial work); `objective` adds FedProx/SCAFFOLD terms; `live`
+    counts the steps as they are taken and stops them when its abort flag is set."""
     generator = torch.Generator().manual_seed(seed)
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     optimizer = make_optimizer(optimizer_name, model, learning_rate)
@@ -184,7 +252,7 @@ def train_client(
     for _epoch in range(local_epochs):
         order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
         for start in range(0, len(order), batch_size):
-            if max_steps and steps >= max_steps:
+            if (max_steps and steps >= max_steps) or (live is not None and live.aborted()):
                 return steps, loss_sum / max(seen, 1)
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
@@ -200,6 +268,8 @@ def train_client(
             steps += 1
             loss_sum += loss.item() * len(batch)
             seen += len(batch)
+            if live is not None:
+                live.step()
     return steps, loss_sum / max(seen, 1)
 
 
@@ -215,6 +285,17 @@ def accuracy_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.
         return 0.0
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     return objectives.accuracy(objectives.predict_logits(model, x[index_tensor]), y[index_tensor])
+
+
+@torch.no_grad()
+def candidate_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, *, seed: int, round_number: int,
+    client: int,
+) -> float:  # fmt: skip
+    """Power-of-choice's estimate of a candidate's loss: `model`'s mean loss on the seeded
+    `loss_sample` of its training examples `indices`."""
+    sample = torch.from_numpy(loss_sample(indices, seed, round_number, client))
+    return objectives.scores(objectives.predict_logits(model, x[sample]), y[sample])[1]
 
 
 @dataclass(frozen=True)
@@ -234,6 +315,7 @@ class TrainSettings:
     model_seed: int | None = None  # the run's seed: a randomly initialised frozen backbone must match the server's
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
     optimizer: str = "sgd"  # the clients' local optimizer (`experiment_config.CLIENT_OPTIMIZERS`); DP-SGD steps with SGD
+    secure_noise: bool = False  # local DP: DP-SGD's noise and batch sampling from the OS's CSPRNG
 
 
 def train_settings(
@@ -261,6 +343,7 @@ def train_settings(
         proximal_mu=strategy.proximal_mu,
         corrections=strategy.uses_corrections,
         optimizer=federation.client_optimizer,
+        secure_noise=privacy.secure_noise,
     )
 
 
@@ -285,10 +368,26 @@ class ClientTrainer:
         self._flipped_y: torch.Tensor | None = None
 
     def run(
-        self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None
+        self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None,
+        live: Live | None = None,
+    ) -> TaskOutcome:
+        """`_run` inside a "client.train" span that joins the round's trace (`task.trace_context`)."""
+        with telemetry.span(
+            "client.train", parent=task.trace_context, round=task.round_number, client_id=task.client_id,
+            examples=len(task.indices), pid=os.getpid(),
+        ) as span:  # fmt: skip
+            outcome = self._run(task, global_weights, out, correction, live)
+            error_type = outcome.error.split(":")[0] or None  # not the message: it could quote a value of the data
+            span.set(steps=outcome.steps, status="error" if outcome.error else "ok", error_type=error_type)
+        return outcome
+
+    def _run(
+        self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None,
+        live: Live | None = None,
     ) -> TaskOutcome:
         """Train one client from `global_weights` (with its own head if it keeps one); its
-        new weights go to `out` (P,). `correction` (P,): SCAFFOLD's c − c_i."""
+        new weights go to `out` (P,). `correction` (P,): SCAFFOLD's c − c_i. `live`: this task's
+        step counter and abort flag (`Live.at(slot)`; local DP's steps are counted per client)."""
         started = time.perf_counter()
         torch.manual_seed(task.seed)  # dropout (LoRA) draws from the global generator: same result in any process
         for name, tensor in unflatten(global_weights, self.params).items():
@@ -305,13 +404,15 @@ class ClientTrainer:
         labels = self._labels(task.flip_labels)
         if settings.local_dp:  # an error here fails the run: the steps it took may not be in its accountant
             outcome = self._run_private(task, labels, objective)
+            if live is not None:  # DP-SGD's steps are not seen one by one: the client's count at its end
+                live.counts[live.slot] += outcome.steps
         else:
             try:
                 steps, loss = train_client(
                     self.model, self.train_x, labels, task.indices,
                     local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps,
-                    objective=objective, optimizer_name=settings.optimizer,
+                    objective=objective, optimizer_name=settings.optimizer, live=live,
                 )  # fmt: skip
             except Exception as error:  # a faulty client: the server excludes it and goes on
                 out.copy_(global_weights)
@@ -355,6 +456,7 @@ class ClientTrainer:
             local_epochs=settings.local_epochs, batch_size=settings.batch_size,
             learning_rate=settings.learning_rate, noise_multiplier=settings.noise_multiplier,
             accountant=accountant, seed=task.seed, max_steps=task.max_steps, objective=objective,
+            secure_noise=settings.secure_noise,
         )  # fmt: skip
         history = tuple((float(s), float(q), int(n)) for s, q, n in accountant.history)
         return TaskOutcome(task, result.steps, result.loss, history)
@@ -367,12 +469,14 @@ class InProcessTrainer:
         self.trainer = ClientTrainer(data.train_x, data.train_y, settings)
         self.results = torch.empty(slots, num_params)
         self.corrections = torch.zeros(slots, num_params) if settings.corrections else None
+        self.live = Live(slots)
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         corrections = self.corrections
         return [
             self.trainer.run(
-                task, global_weights, self.results[task.slot], None if corrections is None else corrections[task.slot]
+                task, global_weights, self.results[task.slot], None if corrections is None else corrections[task.slot],
+                self.live.at(task.slot),
             )
             for task in tasks
         ]
@@ -389,6 +493,7 @@ def _worker_main(
     global_weights: torch.Tensor,
     results: torch.Tensor,
     corrections: torch.Tensor | None,
+    live: Live,
     tasks: Any,
     replies: Any,
 ) -> None:
@@ -402,10 +507,11 @@ def _worker_main(
     while (task := _next_task(tasks, parent)) is not None:
         try:
             correction = None if corrections is None else corrections[task.slot]
-            outcome = trainer.run(task, global_weights, results[task.slot], correction)
+            outcome = trainer.run(task, global_weights, results[task.slot], correction, live.at(task.slot))
             replies.put(("done", task.slot, outcome))
         except Exception as error:  # reported to the server, which fails the run
             replies.put(("error", task.slot, f"{type(error).__name__}: {error}"))
+    telemetry.shutdown()  # this process's spans: its exporter's thread would die unflushed with it
 
 
 def _warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -442,6 +548,7 @@ class ProcessPoolTrainer:
         self.global_weights = torch.zeros(num_params).share_memory_()
         self.results = torch.zeros(slots, num_params).share_memory_()
         self.corrections = torch.zeros(slots, num_params).share_memory_() if settings.corrections else None
+        self.live = Live(slots, shared=True)
         self.tasks = context.Queue()
         self.replies = context.Queue()
         self.processes = [
@@ -449,7 +556,7 @@ class ProcessPoolTrainer:
                 target=_worker_main,
                 args=(
                     i, data.train_x, data.train_y, settings, self.global_weights, self.results, self.corrections,
-                    self.tasks, self.replies,
+                    self.live, self.tasks, self.replies,
                 ),  # fmt: skip
                 daemon=True,
                 name=f"fpl-client-trainer-{i}",

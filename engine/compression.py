@@ -9,6 +9,10 @@ the only state the algorithms need: each client's top-k residual for error feedb
     generator = torch.Generator().manual_seed(seed)
     received, bytes_up = compressor.compress(client_id, local_weights - global_weights, generator)
     # received: (P,) float32, what the server adds up; bytes_up: int, what the client sent
+
+`outgoing_update` is a client's whole upload step (a simulated attacker's poisoning, then
+compression), the same function whether the round loop runs it on arrival (clients in this
+machine) or the client runs it itself (a Flower SuperNode, which keeps its own residual).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import math
 import torch
 from torch import Tensor
 
-from experiment_config import COMPRESSIONS, check_one_of
+from engine.attacks import poison_update
+from engine.client_population import stream_seed
+from experiment_config import COMPRESSIONS, ExperimentConfig, check_one_of
 
 MIN_BITS, MAX_BITS = 2, 16
 BYTES_PER_FLOAT = 4  # float32 values and the QSGD norm
 BYTES_PER_INDEX = 4  # int32 coordinate indices for top-k
+ATTACK_TAG, COMPRESSION_TAG = 0xA77AC, 0xC0B4E55  # attackers' noise, stochastic quantization (`stream_seed`)
 
 
 def _check_method(method: str) -> None:
@@ -166,3 +173,34 @@ class Compressor:
     def load_state_dict(self, residuals: dict[int, Tensor]) -> None:
         """Restore what `state_dict` returned."""
         self._residuals = {int(client): residual.to(torch.float32) for client, residual in residuals.items()}
+
+
+def make_compressor(config: ExperimentConfig) -> Compressor:
+    """The run's `Compressor`, as `communication` configures it."""
+    communication = config.communication
+    return Compressor(
+        communication.compression, fraction=communication.topk_fraction, bits=communication.quantization_bits,
+        error_feedback=communication.error_feedback,
+    )  # fmt: skip
+
+
+def outgoing_update(
+    config: ExperimentConfig, compressor: Compressor, update: Tensor, *, client: int, round_number: int,
+    malicious: bool, head_size: int = 0,
+) -> tuple[Tensor, int]:  # fmt: skip
+    """(the (P,) update the server receives from `client`, the bytes it sent) for its honest
+    (P,) `update` (new − global weights): a simulated attacker's poisoned one, compressed (top-k
+    keeps the client's residual in `compressor`). With FedPer only the body is sent: the trailing
+    `head_size` values pass through for the reporting-only global head and cost no bytes.
+    Seeded per (seed, round, client), so it is the same wherever it runs."""
+    attack, seed = config.attack, config.system.seed
+    if malicious:
+        generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, ATTACK_TAG))
+        update = poison_update(attack.behaviour, update, scale=attack.scale, noise_std=attack.noise_std,
+                               generator=generator)  # fmt: skip
+    body = update.numel() - head_size
+    generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, COMPRESSION_TAG))
+    sent, num_bytes = compressor.compress(client, update[:body].contiguous(), generator)
+    if head_size:
+        sent = torch.cat([sent, update[body:]])
+    return sent, num_bytes

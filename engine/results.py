@@ -24,7 +24,8 @@ class ClientResult:
     sample_rate: float = 0.0
     # ok | partial (straggler: fewer steps) | lost (trained; update never arrived) |
     # dropped (never started) | late (could not finish before the deadline; dropped) |
-    # failed (its training raised, or it returned NaN/inf: excluded, `error` says why)
+    # failed (its training raised, or it returned NaN/inf: excluded, `error` says why) |
+    # excluded (arrived, but left out of the aggregate as suspicious: federation.exclusion = "flagged")
     status: str = "ok"
     malicious: bool = False
     bytes_up: int = 0  # after compression
@@ -32,6 +33,11 @@ class ClientResult:
     simulated_seconds: float = 0.0  # download + compute at its speed + upload, over its simulated link
     validation_accuracy: float | None = None  # its new local model on its own held-out split
     error: str = ""  # why a failed client was excluded
+    global_accuracy: float | None = None  # the round's aggregated GLOBAL model on its held-out split (fairness)
+    # Byzantine clients (`engine.suspicion`): its update's suspicion score in [0, 1] and whether that flagged it;
+    # None / False where the server did not score it (it sent nothing, secure aggregation, central DP, < 3 updates).
+    suspicion: float | None = None
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,9 @@ class RoundResult:
     The privacy ledger: `epsilon` (the run's ε so far: max over clients for local DP),
     `delta`, `noise_multiplier` σ, `max_grad_norm` C, `sample_rate` (central: client
     sampling rate q; local: the largest per-client batch sampling rate this round),
-    `privacy_steps` (central: rounds so far; local: the most DP-SGD steps of a client)
-    and the `accountant`. All zero / empty without privacy.
+    `privacy_steps` (central: rounds so far; local: the most DP-SGD steps of a client),
+    the `accountant` and the `neighbouring_relation` ε is stated for ("add/remove one client",
+    "replace one client", "add/remove one example"). All zero / empty without privacy.
     """
 
     round: int
@@ -60,12 +67,20 @@ class RoundResult:
     sample_rate: float = 0.0
     privacy_steps: int = 0
     accountant: str = ""
+    neighbouring_relation: str = ""
     skipped: str = ""  # why the global model was not updated this round ("" when it was)
     secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
     simulated_seconds: float = 0.0  # the round's duration over the simulated network and speeds
     # Rubric scoring (multi-label): `ngss.metrics.rubric_metrics` of the global model on the test
     # split (exact match, micro/macro F1, score MAE, per label), overall and per school.
     metrics: dict[str, Any] | None = None
+    # Fairness (`engine.fairness`, with federation.client_holdout > 0; else None): the aggregated global
+    # model's accuracy on every client's held-out split, summarised over all clients (not only the selected):
+    # unweighted mean, mean of the worst 10%, population variance and Gini coefficient.
+    client_accuracy_mean: float | None = None
+    client_accuracy_worst10: float | None = None
+    client_accuracy_variance: float | None = None
+    client_accuracy_gini: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

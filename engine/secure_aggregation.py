@@ -343,6 +343,41 @@ class SecAggClient:
     def advertise(self) -> KeyAdvertisement:
         return KeyAdvertisement(self.client_id, _public_bytes(self._channel_key), _public_bytes(self._mask_key))
 
+    def secrets_state(self) -> dict[str, bytes | int | list[int] | list[bytes]]:
+        """Everything this client holds between the protocol's steps, as plain bytes and ints,
+        for a client that keeps its state outside the process (a Flower SuperNode); secret:
+        it never leaves the client (`restore` reads it back)."""
+        neighbours = sorted(self._neighbour_keys)
+        owners = sorted(self._held_shares)
+        return {
+            "channel-key": self._channel_key.private_bytes_raw(), "mask-key": self._mask_key.private_bytes_raw(),
+            "self-mask-seed": self._self_mask_seed, "threshold": self._threshold, "neighbours": neighbours,
+            "neighbour-channel-keys": [self._neighbour_keys[v].channel_public_key for v in neighbours],
+            "neighbour-mask-keys": [self._neighbour_keys[v].mask_public_key for v in neighbours],
+            "share-owners": owners,
+            "seed-shares": [self._held_shares[o][0].to_bytes(SHARE_BYTES, "big") for o in owners],
+            "key-shares": [self._held_shares[o][1].to_bytes(SHARE_BYTES, "big") for o in owners],
+        }  # fmt: skip
+
+    @classmethod
+    def restore(cls, client_id: int, config: SecAggConfig, state: Mapping[str, object]) -> SecAggClient:
+        """The client `secrets_state` described."""
+        client = cls.__new__(cls)
+        client.client_id, client.config, client.timer = client_id, config, _Stopwatch()
+        client._channel_key = X25519PrivateKey.from_private_bytes(bytes(state["channel-key"]))
+        client._mask_key = X25519PrivateKey.from_private_bytes(bytes(state["mask-key"]))
+        client._self_mask_seed, client._threshold = bytes(state["self-mask-seed"]), int(state["threshold"])
+        client._neighbour_keys = {
+            int(v): KeyAdvertisement(int(v), bytes(c), bytes(m)) for v, c, m in
+            zip(state["neighbours"], state["neighbour-channel-keys"], state["neighbour-mask-keys"], strict=True)
+        }  # fmt: skip
+        client._channels = {}
+        client._held_shares = {
+            int(o): (int.from_bytes(seed, "big"), int.from_bytes(key, "big"))
+            for o, seed, key in zip(state["share-owners"], state["seed-shares"], state["key-shares"], strict=True)
+        }
+        return client
+
     def share_keys(self, roster: Roster) -> list[EncryptedShare]:
         """Round 1: Shamir-share b_u and s_u^SK over N[u] and encrypt each neighbour's pair for it."""
         expected = neighbourhoods(roster.participants, self.config.neighbours, roster.graph_seed)[self.client_id]

@@ -8,14 +8,15 @@ The round loop in `federated_learning` is written once and drives every strategy
     new_global = strategy.aggregate(global_weights, updates)            # (P,), dtype of global_weights
 
 A new rule is a pure function plus a class registered in `STRATEGIES`, never a branch in the loop.
-FedAvg, FedProx, FedAvgM, FedAdagrad/Adam/Yogi, FedNova and adaptive weighting trust each client's
-`num_examples`; the Byzantine-robust rules (median, trimmed mean, Krum, Multi-Krum, Bulyan) ignore it,
+FedAvg, FedProx, FedAvgM, FedAdagrad/Adam/Yogi, FedNova, adaptive weighting and q-FedAvg trust each
+client's `num_examples`; the Byzantine-robust rules (median, trimmed mean, Krum, Multi-Krum, Bulyan) ignore it,
 because a malicious client can claim any count. Sums run in float64; results come back in the input dtype.
 A rule that cannot run on the updates it got (none, or too few for its f) raises `ValueError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class ClientUpdate:
     steps: int  # local SGD steps it took this round (may differ between clients)
     loss: float
     validation_score: float | None = None  # accuracy on its own held-out split (adaptive_weighting)
+    # F_k: the round-start GLOBAL model's mean loss on this client's training data (qfedavg), not `loss`,
+    # which is the mean over local training; the round loop fills it where the strategy asks for it.
+    global_loss: float | None = None
 
 
 # ---------------------------------------------------------------- averaging
@@ -99,6 +103,44 @@ def fednova(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> to
     for u in updates:
         direction.add_(x - u.weights.to(F64), alpha=u.num_examples / total / u.steps)
     return x - effective_steps * direction
+
+
+def with_global_losses(updates: Sequence[ClientUpdate], losses: Sequence[float]) -> list[ClientUpdate]:
+    """The updates, each with its F_k (`global_loss`) from `losses`, in the same order."""
+    if len(updates) != len(losses):
+        raise ValueError(f"need one global loss per update, got {len(losses)} for {len(updates)} updates")
+    return [dataclasses.replace(u, global_loss=float(loss)) for u, loss in zip(updates, losses, strict=True)]
+
+
+QFFL_LOSS_FLOOR = 1e-10  # added to F_k as in the authors' code (litian96/fair_flearn): F_k^(q−1) stays finite
+
+
+def qfedavg(global_weights: torch.Tensor, updates: Sequence[ClientUpdate], *, q: float,
+            learning_rate: float) -> torch.Tensor:
+    """Li et al. 2020 (q-FFL), Algorithm 3 q-FedAvg, float64 (P,). With L = 1/η (η the clients' SGD step)
+    and F_k = update.global_loss, the round-start global model's loss on client k's training data:
+
+    Δw_k = L(w − w̄_k);  Δ_k = F_k^q·Δw_k;  h_k = q·F_k^(q−1)·‖Δw_k‖² + L·F_k^q;  w ← w − Σ p_k Δ_k / Σ p_k h_k.
+
+    The paper samples clients with probability p_k = n_k/Σn and sums uniformly; our clients are sampled
+    uniformly, so both sums weight by p_k instead (the same objective Σ p_k F_k^(q+1)/(q+1); equal n_k:
+    the paper's sums). q = 0 is then FedAvg exactly: w − Σ p_k L(w − w̄_k) / Σ p_k L = Σ p_k w̄_k / Σ p_k.
+    """
+    _check_updates(global_weights, updates)
+    losses = [u.global_loss for u in updates]
+    if any(loss is None or not loss >= 0 for loss in losses):
+        raise ValueError(f"qfedavg needs each client's loss of the global model (global_loss >= 0), got {losses}")
+    total = float(sum(u.num_examples for u in updates))
+    if total <= 0:
+        raise ValueError(f"qfedavg needs a positive total of num_examples, got {[u.num_examples for u in updates]}")
+    lipschitz, x = 1.0 / learning_rate, global_weights.to(F64)
+    step_sum, h_sum = torch.zeros_like(x), 0.0  # Σ p_k Δ_k (P,), Σ p_k h_k
+    for update, loss in zip(updates, losses, strict=True):
+        p, loss = update.num_examples / total, float(loss) + QFFL_LOSS_FLOOR
+        delta_w = lipschitz * (x - update.weights.to(F64))
+        step_sum.add_(delta_w, alpha=p * loss**q)
+        h_sum += p * (q * loss ** (q - 1) * float(delta_w.square().sum()) + lipschitz * loss**q)
+    return x - step_sum / h_sum
 
 
 def adaptive_weighting(global_weights: torch.Tensor, updates: Sequence[ClientUpdate], *,
@@ -241,6 +283,8 @@ class Strategy(ABC):
     # each client adds the gradient correction `client_correction` returns (SCAFFOLD).
     proximal_mu: float = 0.0
     uses_corrections: bool = False
+    # Whether `aggregate` reads each update's `global_loss` F_k (q-FedAvg): the round loop then fills it.
+    needs_global_losses: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         """The state carried between rounds (`state_fields`), for a checkpoint."""
@@ -508,6 +552,22 @@ class AdaptiveWeighting(Strategy):
         return adaptive_weighting(global_weights, updates, exponent=self.exponent).to(global_weights.dtype)
 
 
+class QFedAvg(Strategy):
+    """Li et al. 2020: q-FedAvg minimises Σ p_k F_k^(q+1)/(q+1), weighting clients with a high loss of the
+    global model more as q grows (a fairer spread of accuracy); q = 0 is FedAvg. Needs `global_loss`."""
+
+    name = "qfedavg"
+    needs_global_losses = True
+
+    def __init__(self, *, q: float, client_learning_rate: float) -> None:
+        self.q = check_number("federation.qffl_q", q, low=0.0)
+        self.client_learning_rate = _positive("learning_rate", client_learning_rate)  # L = 1/η
+
+    def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        result = qfedavg(global_weights, updates, q=self.q, learning_rate=self.client_learning_rate)
+        return result.to(global_weights.dtype)
+
+
 def _server_lr(federation: Any, default: float) -> float:
     """federation.server_learning_rate, where 0.0 means this strategy's default."""
     return federation.server_learning_rate or default
@@ -535,6 +595,7 @@ _FACTORIES: dict[str, Callable[[Any], Strategy]] = {
     "multi_krum": lambda fed: MultiKrum(byzantine_clients=fed.byzantine_clients, keep=fed.multi_krum_keep),
     "bulyan": lambda fed: Bulyan(byzantine_clients=fed.byzantine_clients),
     "adaptive_weighting": lambda fed: AdaptiveWeighting(exponent=fed.weighting_exponent),
+    "qfedavg": lambda fed: QFedAvg(q=fed.qffl_q, client_learning_rate=fed.learning_rate),
 }
 # The registry, in the order of experiment_config.STRATEGIES (the names' one home): a name there
 # without a factory here fails at import; a test checks that no factory is left out.

@@ -3,7 +3,9 @@
     data = load_data(config)            # FederatedData: MNIST images, or NGSS responses as token ids
     model = build_model(config, data.num_classes, seed=config.system.seed)
 
-MNIST: the digits from `data.data_dir` (downloaded on first use). NGSS rubric scoring: the
+MNIST: the digits from `data.data_dir` (downloaded on first use). Your own images
+(`data.dataset = "folder"`): `engine/image_folder.py`, at `data.image_size` and
+`data.image_channels`, which the image models are built for. NGSS rubric scoring: the
 responses of one task, from the synthetic generator (`data.dataset = "ngss"`, seeded by
 `system.seed`) or the lab's CSV files (`"csv"`), tokenized for the text model and padded
 to the longest response (the model trims each batch to its own longest). The tokenizer is
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from data_handler import FederatedData, load_mnist
+from engine.image_folder import load_folder
 from experiment_config import TEXT_MODELS, ExperimentConfig
 from model import create_model
 
@@ -31,8 +34,9 @@ def is_text(config: ExperimentConfig) -> bool:
 
 
 def model_options(config: ExperimentConfig) -> dict[str, Any]:
-    """Keyword arguments for `model.create_model` beyond name, classes and seed."""
-    return config.model.text_options() if is_text(config) else {}
+    """Keyword arguments for `model.create_model` beyond name, classes and seed: a text model's
+    options, or an image model's input shape (a folder's; MNIST's is the models' default)."""
+    return config.model.text_options() if is_text(config) else config.data.image_options()
 
 
 def build_model(config: ExperimentConfig, num_classes: int, *, seed: int | None = None) -> nn.Module:
@@ -63,9 +67,13 @@ def encode(config: ExperimentConfig, tokenizer: Any, texts: list[str]) -> torch.
 
 
 def load_data(config: ExperimentConfig) -> FederatedData:
-    """The run's data: MNIST tensors, or one NGSS task tokenized for the configured text model."""
+    """The run's data: MNIST or a folder's images as tensors, or one NGSS task tokenized for the
+    configured text model."""
     if config.data.dataset == "mnist":
         return dataclasses.replace(load_mnist(config.data.data_dir), info={"source": "mnist"})
+    if config.data.dataset == "folder":
+        return load_folder(config.data.folder_path, image_size=config.data.image_size,
+                           channels=config.data.image_channels)  # fmt: skip
     ngss = load_ngss(config)
     tokenizer = load_tokenizer(config, ngss.train.texts)
     train_x = encode(config, tokenizer, ngss.train.texts)

@@ -60,8 +60,12 @@ SuperNodes"):
    then `flwr run . lab --run-config run.toml`, with `run.toml` holding
    `experiment = '<ExperimentConfig JSON>'` and `db-url = "postgresql+psycopg://..."`.
 
-Not on Flower yet (refused by `messages.check_supported`, which says why): MLX, secure
-aggregation, power-of-choice selection, compression and personalization; imported NGSS
+Each SuperNode makes its own upload (a simulated attacker's poisoning, then compression with
+its own top-k residual), keeps its FedPer head, answers power-of-choice's loss question and
+computes its personalization on its own held-out split: residuals and heads never leave it.
+A node trains with torch or, with `system.backend = "mlx"`, with MLX. Secure aggregation runs
+with the nodes as messages (`secure_sum`). Not on Flower yet (refused by
+`messages.check_supported`, which says why): secure aggregation with central DP; imported NGSS
 responses need `data.partition = "natural"`.
 """
 

@@ -9,24 +9,31 @@ ClientApp process never imports the server side (database, runs service, the rou
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+import telemetry
 from data_handler import FederatedData, client_partitions, split_holdout, subset
-from engine.client_trainers import ClientTrainer, TrainTask, train_settings
-from engine.workloads import load_data
+from engine.analysis import personalize_client
+from engine.client_trainers import NON_FINITE, ClientTrainer, TrainTask, candidate_loss, train_settings
+from engine.compression import make_compressor, outgoing_update
+from engine.workloads import build_model, load_data
 from experiment_config import ExperimentConfig
 from flower_runtime.messages import (  # noqa: F401 (re-exported: the app's public face)
-    CORRECTION, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, REPO, RESULT, RUNTIME, SITE, TASK, TOKENIZER,
-    UNREACHABLE, WEIGHTS, History, RunOptions, check_supported, flat_weights, history_from, history_record,
-    history_steps, weights_record,
+    CORRECTION, EVALUATION, HEAD, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, REPO, RESIDUAL, RESULT, RUNTIME,
+    SENT, SITE, TASK, TOKENIZER, UNREACHABLE, WEIGHTS, History, RunOptions, check_supported, flat_weights,
+    history_from, history_record, history_steps, sent_record, weights_record,
 )  # fmt: skip
+from flower_runtime.secure_sum import ACTION, SECAGG, client_step, hold
 from flower_runtime.site_data import at_sites, site_examples, site_split, summarize_site
+from model import get_parameters, head_size, set_parameters, unflatten
+from privacy.dp_fedavg import secagg_protocol
 
 client_app = ClientApp()
 
@@ -183,7 +190,8 @@ def _client_data(
 def train(message: Message, context: Context) -> Message:
     """One round of local training of this node's partition, from the weights sent: the task's
     batch-order seed, step limit (a simulated straggler) and label flip (a simulated attacker)
-    as the server's round plan says."""
+    as the server's round plan says. The node makes its own upload (`_upload`) and keeps its
+    FedPer head: neither its residual nor its head ever leaves it."""
     config, client_id = _client_config(context)
     if threads := int(context.node_config.get("num-threads", 0)):
         torch.set_num_threads(threads)
@@ -193,7 +201,7 @@ def train(message: Message, context: Context) -> Message:
     train_x, train_y, indices, holdout, num_classes = _client_data(config, context, message, client_id)
     noise_multiplier = _checked_noise(config, float(task["noise-multiplier"]), context.node_config)
     settings = train_settings(config, num_classes, noise_multiplier=noise_multiplier)
-    trainer = ClientTrainer(train_x, train_y, settings)
+    trainer = _client_trainer(config, settings, train_x, train_y, num_classes)
     global_weights = flat_weights(message.content.array_records[WEIGHTS], trainer.params)
     correction = None  # SCAFFOLD's c − c_i, from the server's control variates
     if CORRECTION in message.content.array_records:
@@ -204,25 +212,144 @@ def train(message: Message, context: Context) -> Message:
     history = max(history_from(context.state.config_records.get(HISTORY)),
                   history_from(message.content.config_records.get(HISTORY)), key=history_steps)  # fmt: skip
     _check_site_budget(context.node_config, history, noise_multiplier, len(indices), config)
+    round_number, heads = int(task["round"]), _head_size(config, trainer.params)
     new_weights = torch.empty_like(global_weights)
     outcome = trainer.run(
         TrainTask(0, client_id, indices, int(task["seed"]), history, max_steps=int(task["max-steps"]),
-                  flip_labels=bool(task["flip-labels"]), holdout=holdout if len(holdout) else None),
+                  flip_labels=bool(task["flip-labels"]), head=_kept(context, HEAD, round_number) if heads else None,
+                  holdout=holdout if len(holdout) else None, round_number=round_number,
+                  trace_context=telemetry.carrier_from(task)),
         global_weights, new_weights, correction,
     )  # fmt: skip
     if settings.local_dp:
         context.state[HISTORY] = history_record(outcome.history)
+    sent, sent_bytes, error = new_weights - global_weights, 0, outcome.error  # a failed client's: excluded
+    if not error and not torch.isfinite(new_weights).all():
+        error = NON_FINITE
+    if not error:
+        sent, sent_bytes = _upload(config, context, sent, client=client_id, round_number=round_number,
+                                   malicious=bool(task["malicious"]), heads=heads)  # fmt: skip
+        if heads:
+            _keep(context, HEAD, round_number, new_weights[-heads:])
+    held = config.federation.secure_aggregation and not error
+    if held:  # the server sees only the sum: the upload waits here for the protocol (`secure_sum`)
+        hold(context.state, (global_weights + sent) - global_weights, weight=len(indices), round_number=round_number)
     result = {
         "client-id": client_id, "num-examples": len(indices), "steps": outcome.steps, "loss": outcome.loss,
-        "seconds": outcome.seconds, "error": outcome.error,
+        "seconds": outcome.seconds, "error": error, "sent-bytes": sent_bytes, "held": held,
     }  # fmt: skip
     if outcome.validation_accuracy is not None:
         result["validation-accuracy"] = outcome.validation_accuracy
-    content = RecordDict({
-        WEIGHTS: weights_record(new_weights, trainer.params), RESULT: ConfigRecord(result),
-        HISTORY: history_record(outcome.history),
-    })  # fmt: skip
+    content = RecordDict({RESULT: ConfigRecord(result), HISTORY: history_record(outcome.history)})
+    if not held:
+        content[SENT] = sent_record(sent, config.communication.compression)
     return Message(content, reply_to=message)
+
+
+@client_app.train(ACTION)
+def secure_aggregation_step(message: Message, context: Context) -> Message:
+    """One step of the round's secure aggregation (`secure_sum.client_step`): this node's
+    secrets stay in its state; its held upload is masked, never sent as it is."""
+    config, client_id = _client_config(context)
+    answer = client_step(secagg_protocol(config), context.state, client_id, message.content.config_records[SECAGG])
+    return Message(RecordDict({SECAGG: answer}), reply_to=message)
+
+
+class _MlxClient:
+    """`system.backend = "mlx"` on a node: its client trained by `mlx_runtime.MlxTrainer` (the
+    in-process MLX trainer, one slot), with `ClientTrainer.run`'s interface; the exchanged names
+    and shapes are the torch model's, as the server's."""
+
+    def __init__(self, config: ExperimentConfig, settings: Any, x: torch.Tensor, y: torch.Tensor, classes: int) -> None:
+        from mlx_runtime.trainer import MlxTrainer  # MLX loads only on nodes that train with it
+
+        self.params = get_parameters(build_model(config, classes, seed=config.system.seed))
+        size = sum(p.numel() for p in self.params.values())
+        self.trainer = MlxTrainer(FederatedData(x, y, x[:0], y[:0], classes), settings, size, 1)
+
+    def run(
+        self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None
+    ) -> Any:
+        if correction is not None:
+            self.trainer.corrections[0].copy_(correction)
+        [outcome] = self.trainer.train(global_weights, [task])
+        out.copy_(self.trainer.results[0])
+        return outcome
+
+
+def _client_trainer(
+    config: ExperimentConfig, settings: Any, x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> ClientTrainer | _MlxClient:
+    """This node's trainer for the run's backend."""
+    if config.system.backend == "mlx":
+        return _MlxClient(config, settings, x, y, num_classes)
+    return ClientTrainer(x, y, settings)
+
+
+def _head_size(config: ExperimentConfig, params: Mapping[str, torch.Tensor]) -> int:
+    """FedPer: the size of the final layer this node keeps; 0 otherwise."""
+    return head_size(params) if config.federation.personalization == "fedper" else 0
+
+
+def _upload(
+    config: ExperimentConfig, context: Context, update: torch.Tensor, *, client: int, round_number: int,
+    malicious: bool, heads: int,
+) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """(the update the server receives, bytes sent): `compression.outgoing_update`, as the round
+    loop makes it in-process, with this node's own top-k residual (kept by round, `_keep`)."""
+    compressor = make_compressor(config)
+    if (residual := _kept(context, RESIDUAL, round_number)) is not None:
+        compressor.load_state_dict({client: residual})
+    sent, sent_bytes = outgoing_update(config, compressor, update, client=client, round_number=round_number,
+                                       malicious=malicious, head_size=heads)  # fmt: skip
+    if (residual := compressor.state_dict().get(client)) is not None:
+        _keep(context, RESIDUAL, round_number, residual)
+    return sent, sent_bytes
+
+
+def _kept(context: Context, name: str, before_round: int) -> torch.Tensor | None:
+    """This node's `name` state as it was before `before_round`: the newest kept for an earlier
+    round, so a round the server runs again (after its restart) starts from the same state."""
+    if name not in context.state.array_records:
+        return None
+    tensors = context.state.array_records[name].to_torch_state_dict()
+    earlier = [int(key) for key in tensors if int(key) < before_round]
+    return tensors[str(max(earlier))] if earlier else None
+
+
+def _keep(context: Context, name: str, round_number: int, tensor: torch.Tensor) -> None:
+    """Keep `tensor` as this node's `name` state after `round_number`, with the newest earlier
+    one (what a re-run of this round starts from); later ones, from rounds the server lost, go."""
+    tensors = context.state.array_records[name].to_torch_state_dict() if name in context.state.array_records else {}
+    earlier = [int(key) for key in tensors if int(key) < round_number]
+    kept = {str(max(earlier)): tensors[str(max(earlier))]} if earlier else {}
+    context.state[name] = ArrayRecord({**kept, str(round_number): tensor.detach().clone()})
+
+
+@client_app.evaluate()
+def evaluate_here(message: Message, context: Context) -> Message:
+    """What the server would otherwise compute from this client's data: power-of-choice's
+    `candidate_loss` of the weights sent, or (after the last round) this client's personalization
+    row on its own held-out split, with its own FedPer head."""
+    config, client_id = _client_config(context)
+    question = message.content.config_records[EVALUATION]
+    if int(question["client-id"]) != client_id:
+        raise ValueError(f"the server sent client {question['client-id']}'s question to client {client_id}")
+    x, y, indices, holdout, num_classes = _client_data(config, context, message, client_id)
+    model = build_model(config, num_classes, seed=config.system.seed)
+    params = get_parameters(model)
+    weights = flat_weights(message.content.array_records[WEIGHTS], params)
+    if question["purpose"] == "candidate-loss":
+        set_parameters(model, unflatten(weights, params))
+        answer = {"loss": candidate_loss(model, x, y, indices, seed=config.system.seed,
+                                         round_number=int(question["round"]), client=client_id)}  # fmt: skip
+    elif question["purpose"] == "personalize":
+        head = _kept(context, HEAD, sys.maxsize) if _head_size(config, params) else None
+        answer = personalize_client(config, model, x, y, indices, holdout, weights, head, client=client_id) \
+            if len(holdout) else {"client": client_id, "examples": 0}  # fmt: skip
+    else:
+        raise ValueError(f"unknown question {question['purpose']!r}")
+    return Message(RecordDict({EVALUATION: ConfigRecord(answer)}), reply_to=message)
 
 
 # -- the ServerApp ----------------------------------------------------------------------

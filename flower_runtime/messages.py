@@ -27,6 +27,9 @@ QUERY_TIMEOUT_S = 60.0  # a new SuperNode that does not say which client it is b
 WEIGHTS, TASK, RESULT, HISTORY, NODE = "weights", "task", "result", "history", "node"
 CORRECTION = "correction"  # SCAFFOLD: c − c_i for this client, shaped like the weights
 SITE, TOKENIZER = "site", "tokenizer"  # data at the sites: the run's labels and schools; a local tokenizer's files
+SENT = "sent"  # a client's upload: its update as the server receives it (top-k: only the coordinates sent)
+EVALUATION = "evaluation"  # an `evaluate` message's question ("candidate-loss" | "personalize") and answer
+RESIDUAL, HEAD = "residual", "head"  # a node's own state: its top-k residual and FedPer head, by round
 # Replies the SuperLink makes up when a SuperNode is gone: the client's update never arrived.
 UNREACHABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
@@ -70,18 +73,14 @@ def check_supported(config: ExperimentConfig) -> None:
     """Raise ValueError naming every setting the Flower runtime does not run yet, and why.
 
     Simulated dropouts and deadlines run on top of real faults (a real one is recorded with
-    the reason in the client's `error`); simulated attackers are the engine's, as in-process."""
+    the reason in the client's `error`); simulated attackers are the engine's, as in-process.
+    Each node makes its own upload (attack, compression with its own top-k residual), keeps its
+    FedPer head, computes its power-of-choice loss and its personalization on its own data."""
     federation = config.federation
     unsupported = [
-        (config.system.backend != "torch", "system.backend must be 'torch' (MLX trains on this machine only)"),
-        (federation.secure_aggregation, "federation.secure_aggregation: its key exchange, shares and unmasking do "
-         "not travel as Flower messages yet"),
-        (federation.selection == "power_of_choice", "federation.selection 'power_of_choice': the candidates' losses "
-         "would have to come from their SuperNodes, which is not built yet"),
-        (federation.personalization != "none", "federation.personalization: personal heads and fine-tuned models "
-         "must stay on their SuperNodes, which is not built yet"),
-        (config.communication.compression != "none", "communication.compression: error-feedback residuals must stay "
-         "on the SuperNodes, which is not built yet"),
+        (federation.secure_aggregation and config.privacy.mode == "central",
+         "federation.secure_aggregation with privacy.mode = 'central': the clients' distributed noise shares do not "
+         "travel as Flower messages yet (secure aggregation alone does)"),
     ]  # fmt: skip
     reasons = [reason for bad, reason in unsupported if bad] + site_reasons(config)
     if reasons:
@@ -128,3 +127,34 @@ def history_from(record: ConfigRecord | None) -> History:
         return ()
     columns = [list(record.get(key, [])) for key in ("noise-multipliers", "sample-rates", "steps")]
     return tuple((float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True))
+
+
+def sent_record(sent: torch.Tensor, method: str) -> ArrayRecord:
+    """A client's upload as it travels: top-k's nonzero coordinates and their values (what top-k
+    sends), else the dense (P,) vector."""
+    import torch
+
+    if method != "topk":
+        return ArrayRecord({"dense": sent.clone()})
+    indices = torch.nonzero(sent, as_tuple=True)[0]
+    return ArrayRecord({"indices": indices.to(torch.int64), "values": sent[indices].clone(),
+                        "size": torch.tensor([sent.numel()], dtype=torch.int64)})  # fmt: skip
+
+
+def dense_sent(record: ArrayRecord, num_params: int) -> torch.Tensor:
+    """The (P,) float32 update from `sent_record`'s record, checked against the model's size."""
+    import torch
+
+    tensors = record.to_torch_state_dict()
+    if "dense" in tensors:
+        dense = tensors["dense"].to(torch.float32)
+    else:
+        size, indices = int(tensors["size"][0]), tensors["indices"].to(torch.int64)
+        if size != num_params or (len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= size)):
+            raise ValueError(f"a sparse upload for {size} values with an index outside them; the model has "
+                             f"{num_params}")  # fmt: skip
+        dense = torch.zeros(size, dtype=torch.float32)
+        dense[indices] = tensors["values"].to(torch.float32)
+    if dense.shape != (num_params,):
+        raise ValueError(f"an upload of shape {tuple(dense.shape)}, the model has {num_params} values")
+    return dense

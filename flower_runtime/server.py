@@ -14,8 +14,9 @@ wait has a timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -24,13 +25,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
+import telemetry
 from data_handler import FederatedData
+from engine.analysis import personalization_summary
 from engine.client_trainers import TaskOutcome, TrainTask
+from engine.secure_aggregation import SecAggConfig, SecAggResult, SecAggServer
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun
 from flower_runtime.messages import (
-    CORRECTION, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, RESULT, SITE, TASK, TOKENIZER, UNREACHABLE, WEIGHTS,
-    RunOptions, flat_weights, history_from, history_record, weights_record,
+    CORRECTION, EVALUATION, HISTORY, NODE, POLL_SECONDS, QUERY_TIMEOUT_S, RESULT, SENT, SITE, TASK, TOKENIZER,
+    UNREACHABLE, WEIGHTS, RunOptions, dense_sent, history_from, history_record, weights_record,
+)  # fmt: skip
+from flower_runtime.secure_sum import (
+    ACTION, SECAGG, advert_from, masked_from, request_record, response_from, roster_record, shares_from, shares_record,
 )  # fmt: skip
 from flower_runtime.site_data import SiteSummary, at_sites, check_site, server_data, shipped_tokenizer
 from model import get_parameters
@@ -112,8 +119,10 @@ class NodeDirectory:
 
 class FlowerTrainer:
     """`engine.client_trainers.Trainer` over Flower SuperNodes: one `train` message per task to
-    its client's node, the replies' weights into `results`. A client without a node is a real
-    "dropped", one whose reply does not come within the round timeout a real "lost"."""
+    its client's node; each reply is the client's upload as the server receives it
+    (`TaskOutcome.sent`: the node compressed it with its own residual and kept its FedPer head).
+    A client without a node is a real "dropped", one whose reply does not come within the round
+    timeout a real "lost". Also `RemoteClients`: power-of-choice's losses come from the nodes."""
 
     def __init__(
         self, grid: Grid, nodes: NodeDirectory, run: FederatedRun, options: RunOptions,
@@ -122,6 +131,8 @@ class FlowerTrainer:
         self.grid, self.nodes, self.options, self.site_records = grid, nodes, options, dict(site_records)
         self.params = get_parameters(run.model)
         self.local_dp = run.privacy.mode == "local"
+        self.malicious = [profile.malicious for profile in run.profiles]
+        self.round_number = 0  # the round being trained (secure aggregation's steps name it)
         self.noise_multiplier = float(run.privacy.noise_multiplier)
         num_params, slots = run.state.weights.numel(), run.config.federation.clients_per_round
         self.results = torch.empty(slots, num_params)
@@ -129,6 +140,7 @@ class FlowerTrainer:
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         self.nodes.refresh(self.grid, timeout_s=min(QUERY_TIMEOUT_S, self.options.round_timeout_s))  # joined since
+        self.round_number = max((t.round_number for t in tasks), default=self.round_number)
         weights = weights_record(global_weights, self.params)  # one copy for all: records are content-addressed
         messages = {t.client_id: self._message(t, weights) for t in tasks if t.client_id in self.nodes.nodes}
         replies = exchange(self.grid, messages, timeout_s=self.options.round_timeout_s)
@@ -149,8 +161,10 @@ class FlowerTrainer:
     def _message(self, task: TrainTask, weights: ArrayRecord) -> Message:
         config = ConfigRecord({
             "client-id": task.client_id, "seed": task.seed, "noise-multiplier": self.noise_multiplier,
-            "max-steps": task.max_steps, "flip-labels": task.flip_labels,
+            "max-steps": task.max_steps, "flip-labels": task.flip_labels, "round": task.round_number,
+            "malicious": self.malicious[task.client_id],
         })  # fmt: skip
+        config.update(telemetry.message_fields(task.trace_context))  # the round's span: the node's training joins it
         content = RecordDict({WEIGHTS: weights, TASK: config, HISTORY: history_record(task.history),
                               **self.site_records})  # fmt: skip
         if self.corrections is not None:  # SCAFFOLD's c − c_i, from the server's control variates
@@ -160,7 +174,7 @@ class FlowerTrainer:
                        group_id=str(task.seed), ttl=timeout)  # fmt: skip
 
     def _read_reply(self, task: TrainTask, reply: Message) -> TaskOutcome:
-        """The client's outcome (an `error` if it failed); its new (P,) weights into its result row."""
+        """The client's outcome (an `error` if it failed) with its upload (`sent`, dense (P,))."""
         if reply.has_error():
             if self.local_dp:  # its accountant may have moved without us: fail closed, like the engine
                 raise RuntimeError(f"client {task.client_id} failed under local DP: {reply.error.reason}")
@@ -176,9 +190,85 @@ class FlowerTrainer:
             error = (f"its partition has {result['num-examples']} examples, the server's plan {len(task.indices)}: "
                      "different data or code at the site")  # fmt: skip
             return TaskOutcome(task, outcome.steps, outcome.loss, outcome.history, outcome.seconds, error=error)
-        if not outcome.error:
-            self.results[task.slot].copy_(flat_weights(reply.content.array_records[WEIGHTS], self.params))
-        return outcome
+        if outcome.error:
+            return outcome
+        if bool(result.get("held", False)):  # secure aggregation: the upload waits at the node (`secure_sum`)
+            return dataclasses.replace(outcome, held=True)
+        sent = dense_sent(reply.content.array_records[SENT], self.results.shape[1])
+        return dataclasses.replace(outcome, sent=sent, sent_bytes=int(result["sent-bytes"]))
+
+    def candidate_losses(self, global_weights: torch.Tensor, round_number: int, clients: list[int]) -> list[float]:
+        """Power-of-choice: each candidate's loss, computed by its node on its own data; a
+        candidate whose node is gone or does not answer in time is never preferred (−inf)."""
+        question = {"purpose": "candidate-loss", "round": round_number}
+        answers = ask_nodes(self.grid, self.nodes, clients, weights_record(global_weights, self.params), question,
+                            timeout_s=self.options.round_timeout_s)  # fmt: skip
+        return [float(answers[c]["loss"]) if c in answers else float("-inf") for c in clients]
+
+    def secure_sum(
+        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int]
+    ) -> SecAggResult:
+        """Secure aggregation with the nodes that hold this round's uploads: the protocol's four
+        steps as `train.secagg` messages (`secure_sum.client_step` on each node). A node that does
+        not answer a step in time has left (a real fault): the protocol goes on without it, its
+        masks removed through the others' shares; `drop_after_sharing` are told nothing after
+        sharing (simulated). Raises SecAggError when too few are left to unmask."""
+        started, step = time.perf_counter(), self._secagg_step
+        server = SecAggServer(config, self.results.shape[1])
+        adverts = step("advertise", sorted(weights), lambda c: {})
+        rosters = server.receive_keys([advert_from(a) for a in adverts.values()])
+        shares = step("share", sorted(rosters), lambda c: roster_record(rosters[c]))
+        inboxes = server.route_shares([s for answer in shares.values() for s in shares_from(answer)])
+        maskers = sorted(c for c in shares if c not in drop_after_sharing)
+        for answer in step("mask", maskers, lambda c: shares_record(inboxes.get(c, []))).values():
+            server.receive_masked_input(masked_from(answer))
+        request = server.unmask_request()
+        answers = step("unmask", list(request.survivors), lambda c: request_record(request))
+        result = server.finish([response_from(answer) for answer in answers.values()])
+        seconds = time.perf_counter() - started
+        return dataclasses.replace(result, stats=dataclasses.replace(result.stats, server_seconds=seconds))
+
+    def _secagg_step(
+        self, step: str, clients: Sequence[int], question: Callable[[int], dict[str, Any]]
+    ) -> dict[int, ConfigRecord]:
+        """One step of the protocol: {client: its answer} from those whose node answered in time."""
+        messages = {
+            client: Message(RecordDict({SECAGG: ConfigRecord({**question(client), "step": step,
+                                                              "round": self.round_number})}),
+                            dst_node_id=self.nodes.nodes[client], message_type=f"{MessageType.TRAIN}.{ACTION}",
+                            ttl=self.options.round_timeout_s)
+            for client in clients if client in self.nodes.nodes
+        }  # fmt: skip
+        answers = {}
+        for client, reply in exchange(self.grid, messages, timeout_s=self.options.round_timeout_s).items():
+            if reply.has_error() and reply.error.code in UNREACHABLE:
+                continue
+            if reply.has_error():  # a node that cannot take part: it leaves the protocol, like a lost one
+                log(WARNING, "client %d left secure aggregation at %r: %s", client, step, reply.error.reason)
+                continue
+            answers[client] = reply.content.config_records[SECAGG]
+        return answers
+
+
+def ask_nodes(
+    grid: Grid, nodes: NodeDirectory, clients: Sequence[int], weights: ArrayRecord, question: dict[str, Any], *,
+    timeout_s: float,
+) -> dict[int, ConfigRecord]:  # fmt: skip
+    """Send `question` with `weights` as an `evaluate` message to each client's node; {client: its
+    answer} for the answers that came in time (a node that raised is an error: fail closed)."""
+    messages = {
+        client: Message(RecordDict({WEIGHTS: weights, EVALUATION: ConfigRecord({**question, "client-id": client})}),
+                        dst_node_id=nodes.nodes[client], message_type=MessageType.EVALUATE, ttl=timeout_s)
+        for client in clients if client in nodes.nodes
+    }  # fmt: skip
+    answers = {}
+    for client, reply in exchange(grid, messages, timeout_s=timeout_s).items():
+        if reply.has_error() and reply.error.code in UNREACHABLE:
+            continue
+        if reply.has_error():
+            raise RuntimeError(f"client {client}'s node could not answer {question['purpose']!r}: {reply.error.reason}")
+        answers[client] = reply.content.config_records[EVALUATION]
+    return answers
 
 
 class FlowerRuntime:
@@ -203,6 +293,21 @@ class FlowerRuntime:
         self.nodes.wait_for_all(self.grid, timeout_s=self.options.connect_timeout_s,
                                 at_least=run.config.federation.min_clients)  # fmt: skip
         return FlowerTrainer(self.grid, self.nodes, run, self.options, self.site_records)
+
+    def personalize(self, run: FederatedRun) -> dict[str, Any] | None:
+        """Each client's personalization row, computed on its node with its own held-out split
+        and FedPer head (which never left it); clients that do not answer are listed."""
+        if run.config.federation.personalization == "none" or self.nodes is None:
+            return None
+        clients = list(range(run.config.federation.num_clients))
+        weights = weights_record(run.state.weights, get_parameters(run.model))
+        answers = ask_nodes(self.grid, self.nodes, clients, weights, {"purpose": "personalize"},
+                            timeout_s=self.options.round_timeout_s)  # fmt: skip
+        rows = [dict(answer) for answer in answers.values() if int(answer["examples"]) > 0]
+        summary = personalization_summary(run.config, [{**row, "client": int(row["client"])} for row in rows])
+        if summary is not None and (missing := sorted(set(clients) - set(answers))):
+            summary["unanswered"] = missing  # their nodes were gone: no row for them
+        return summary
 
     def cannot_store(self, config: ExperimentConfig) -> dict[str, str]:
         """{"label_counts" | "audit" | "weights": why} for what must not be computed or stored."""

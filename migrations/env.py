@@ -15,10 +15,16 @@ from database import Base, make_engine
 from migrations import migration_lock
 
 
+def _ours(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Optuna's study tables (`runs.studies`) share the database: they are not ours to compare or drop."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
+        include_name=_ours,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
     )
     with context.begin_transaction():

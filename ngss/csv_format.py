@@ -1,6 +1,7 @@
 """The lab's CSV format for NGSS responses (NGSS.md, "Real data"): `load_csv` imports and
-validates a train file (and its test file), `write_csv` writes a dataset back. Every failure is a
-`CsvImportError` naming the file, and nothing is half-imported.
+validates a train file (and its test file), `write_csv` writes a dataset back, and
+`summarize_import` says what an import brought in (blank answers, responses cut to a model's
+max_length). Every failure is a `CsvImportError` naming the file, and nothing is half-imported.
 
 An error message never quotes the file: a path can name any file (`/proc/self/environ`, a
 symlink to a secret), and the message is stored with the run and shown. It says what is wrong
@@ -17,6 +18,7 @@ import io
 import math
 import re
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,20 @@ def _label_value(name: str, line: int, column: str, cell: str) -> int:
     raise CsvImportError(f"{name}: line {line}, column {column}: {shown} is not 0, 1 or -1 (-1 = unscored)")
 
 
+def _one_column(name: str, header: list[str], vocabulary: tuple[str, ...], what: str) -> int | None:
+    """The index of the one header column whose name (any case) is in `vocabulary`, None if none.
+    Two of them (text and response, Group and school, a name twice) raise CsvImportError naming
+    both: taking either would silently ignore the other column's values."""
+    matches = [i for i, column in enumerate(header) if column.lower() in vocabulary]
+    if len(matches) > 1:
+        first, second = matches[:2]
+        raise CsvImportError(
+            f"{name}: two {what} columns, {header[first]!r} (column {first + 1}) and {header[second]!r} "
+            f"(column {second + 1}): keep one of them"
+        )
+    return matches[0] if matches else None
+
+
 def _parse_table(name: str, text: str) -> _Table:
     """Validate and parse the lab's layout: text column, E* columns, optional Group/school column."""
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -121,10 +137,10 @@ def _parse_table(name: str, text: str) -> _Table:
         records = [(reader.line_num, row) for row in reader if row]
     except csv.Error as error:
         raise CsvImportError(f"{name}: line {reader.line_num}: not valid CSV ({error})") from None
-    lowered = [column.lower() for column in header]
     label_columns = [i for i, column in enumerate(header) if _LABEL_COLUMN.fullmatch(column)]
-    group_column = next((lowered.index(c) for c in _GROUP_COLUMNS if c in lowered), None)
-    text_column = next((lowered.index(c) for c in _TEXT_COLUMNS if c in lowered), 0)
+    group_column = _one_column(name, header, _GROUP_COLUMNS, "group (Group/school)")
+    text_column = _one_column(name, header, _TEXT_COLUMNS, "text (text/response)")
+    text_column = 0 if text_column is None else text_column
     if not label_columns:
         raise CsvImportError(
             f"{name}: not a CSV file in the lab's format: its first line ({len(header)} field(s)) names no "
@@ -140,15 +156,11 @@ def _parse_table(name: str, text: str) -> _Table:
         raise CsvImportError(f"{name}: a rubric-element column appears twice: {', '.join(label_names)}")
     if not records:
         raise CsvImportError(f"{name}: the file has a header but no rows")
-    # A column's name is shown only when it matched the format's vocabulary (text, response, Group, school, E*).
-    text_label = repr(header[text_column]) if lowered[text_column] in _TEXT_COLUMNS else str(text_column + 1)
     texts, labels, groups = [], np.zeros((len(records), len(label_columns)), dtype=np.int8), []
     for row_index, (line, row) in enumerate(records):
         if len(row) != len(header):
             raise CsvImportError(f"{name}: line {line}: {len(row)} field(s), but the header has {len(header)}")
-        if not row[text_column].strip():
-            raise CsvImportError(f"{name}: line {line}: empty response text in column {text_label}")
-        texts.append(row[text_column])
+        texts.append(row[text_column])  # a blank answer is a real one: kept, scored as written (`count_blank`)
         for k, i in enumerate(label_columns):
             labels[row_index, k] = _label_value(name, line, header[i], row[i])
         if group_column is not None:
@@ -205,7 +217,8 @@ def load_csv(
 ) -> NgssDataset:
     """Import the lab's CSV files (NGSS.md, "Real data") as an NgssDataset with source "imported".
 
-    Layout: the response text in the first column (or a column named `text`/`response`),
+    Layout: the response text in the first column (or a column named `text`/`response`;
+    a blank one is a student's answer, kept as written: `summarize_import` counts them),
     one column per rubric element `E1`, `E2`, ... holding 0, 1 or -1 (unscored, kept as
     -1), an optional `Group` or `school` column naming each row's school. Without `test`,
     a path named `{slug}_train.csv` takes its sibling `{slug}_test.csv` if there is one;
@@ -271,3 +284,56 @@ def write_csv(dataset: NgssDataset, directory: str | Path) -> tuple[Path, Path]:
                 group = [dataset.school_names[school]] if dataset.has_groups else []
                 writer.writerow([text, *labels, *group])
     return paths
+
+
+# ----------------------------------------------------------------------------- import summary
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import brought in, for the page and the CLI to say: responses (train, test), how many of them are
+    blank (kept: a blank answer is a student's answer and is scored as written), and how many are longer than
+    the model reads (`max_length` tokens, special tokens included: cut there), None when not counted."""
+
+    train: int
+    test: int
+    blank: int
+    truncated: int | None = None
+    max_length: int | None = None
+
+    def text(self) -> str:
+        """`812 + 203 responses imported (train + test) · 3 blank, scored as written · 5 cut to 128 tokens`."""
+        parts = [f"{self.train} + {self.test} responses imported (train + test)"]
+        if self.blank:
+            parts.append(f"{self.blank} blank, scored as written")
+        if self.truncated is not None:
+            parts.append(f"{self.truncated} cut to {self.max_length} tokens")
+        return " · ".join(parts)
+
+
+def count_blank(texts: Sequence[str]) -> int:
+    """How many responses are empty or only whitespace."""
+    return sum(not text.strip() for text in texts)
+
+
+Tokenizer = Callable[..., Mapping[str, list[list[int]]]]  # a Hugging Face tokenizer: texts → {"input_ids": ...}
+
+
+def count_truncated(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int) -> int:
+    """How many of `texts` a Hugging Face `tokenizer` turns into more than `max_length` tokens (special tokens
+    included, as `text_models.encode` counts them), so the model reads only their first `max_length`."""
+    if not texts:
+        return 0
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    return sum(length > max_length for length in lengths)
+
+
+def summarize_import(
+    dataset: NgssDataset, *, tokenizer: Tokenizer | None = None, max_length: int | None = None
+) -> ImportSummary:
+    """The `ImportSummary` of a loaded dataset; truncation is counted only with a tokenizer and `max_length`."""
+    texts = [*dataset.train.texts, *dataset.test.texts]
+    truncated = None
+    if tokenizer is not None and max_length is not None:
+        truncated = count_truncated(tokenizer, texts, max_length=max_length)
+    return ImportSummary(len(dataset.train), len(dataset.test), count_blank(texts), truncated, max_length)

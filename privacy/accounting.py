@@ -30,7 +30,7 @@ from opacus.accountants.registry import register_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 import experiment_config
-from experiment_config import check_integer, check_number, check_one_of
+from experiment_config import FIXED_SIZE_ACCOUNTANTS, check_integer, check_number, check_one_of
 
 # One accountant history entry: (noise_multiplier σ, sample_rate q, steps), as Opacus keeps it.
 HistoryEntry = tuple[float, float, int]
@@ -39,11 +39,15 @@ HistoryEntry = tuple[float, float, int]
 # report to state next to the number. Poisson: the federations differ by one client being
 # there or not. Fixed size: the number of clients n is public; they differ in one client's data.
 NEIGHBOURING_RELATIONS: dict[str, str] = {"poisson": "add/remove one client", "fixed": "replace one client"}
-# Accountants with a bound for fixed-size sampling without replacement: dp_accounting's RDP
-# (Wang, Balle & Kasiviswanathan 2019). dp_accounting 0.6.0's PLD accountant rejects
-# SampledWithoutReplacementDpEvent, Opacus's accountants assume Poisson sampling, and the
-# pld-accounting package covers random allocation (each client in k of t rounds), another scheme.
-FIXED_SIZE_ACCOUNTANTS = ("rdp",)
+# Local DP-SGD (Opacus, Poisson batches on each client): datasets differ by one example being there or not.
+LOCAL_NEIGHBOURING_RELATION = "add/remove one example"
+# FIXED_SIZE_ACCOUNTANTS (experiment_config, its home): dp_accounting's RDP only. dp_accounting 0.6.0's
+# PLD accountant rejects SampledWithoutReplacementDpEvent and Opacus's accountants assume Poisson
+# sampling. The pld-accounting package (2.0, Feldman & Shenfeld 2026) was checked and is not used: its
+# random allocation is another scheme (each client in exactly k of t rounds, not k of n clients each
+# round), its `subsample_pld` is Poisson subsampling under add/remove (what PLDAccountant already
+# does with dp_accounting), and carrying either over to k-of-n under replace-one would take an
+# amplification argument of our own, which the accountants must not rest on.
 
 # Value discretization of the PLD accountant, in nats of privacy loss. dp_accounting rounds
 # pessimistically (connect-the-dots), so any interval gives an upper bound; coarser is looser.

@@ -3,6 +3,7 @@ clipped, noised sum of one round, either added by the server or spread over the 
 under secure aggregation.
 
     plan = plan_privacy(config, partition_sizes=sizes, participation=counts)  # σ (calibrated to a target ε)
+    epsilon = central_epsilon_after(plan, rounds=r)   # ε of r rounds, for the scheme clients are sampled by
     total = CentralSum(config, plan, global_weights, r, clip_norm=c)  # the server sees each clipped update
     total = DistributedNoiseSum(config, plan, global_weights, r, clip_norm=c, profiles=p)  # only the noised sum
     total.add(client, update); ...; summed = total.result(statuses)   # RoundSum: weights, skipped, next C
@@ -50,8 +51,13 @@ class PrivacyPlan:
     delta: float
     accountant: str
     max_epsilon: float  # 0: no budget
-    client_sample_rate: float  # central: Poisson rate q of client sampling
+    client_sample_rate: float  # central: q = clients_per_round / num_clients (Poisson's rate; fixed: k/n)
     update_noise_multiplier: float = 0.0  # central: σ_Δ on the updates (σ, or more with adaptive clipping)
+    client_sampling: str = "poisson"  # central: poisson | fixed (exactly clients_per_round a round)
+    clients_per_round: int = 0
+    num_clients: int = 0
+    neighbouring_relation: str = ""  # what ε protects (accounting.NEIGHBOURING_RELATIONS); "" without privacy
+    secure_noise: bool = False  # central: noise (and client sampling) from os.urandom, not the seed
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class CentralSum:
         self.clip_norm = clip_norm
         self.clipped_sum = torch.zeros_like(global_weights, dtype=torch.float64)
         self.unclipped = 0
+        self.participants = 0  # updates in the sum (adaptive clipping centres its count on them)
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
         import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
@@ -94,6 +101,7 @@ class CentralSum:
         clipped, norm = dp.clip_update(update, self.clip_norm)
         self.clipped_sum += clipped.to(torch.float64)
         self.unclipped += norm <= self.clip_norm
+        self.participants += 1
 
     def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
         """Always released, even with no updates, because skipping on the count of arrivals
@@ -107,14 +115,15 @@ class CentralSum:
         expected = plan.client_sample_rate * federation.num_clients
         noised_mean = dp.central_noise(
             self.clipped_sum, noise_multiplier=plan.update_noise_multiplier, max_norm=self.clip_norm,
-            expected_participants=expected, generator=generator,
+            expected_participants=expected, generator=generator, secure=plan.secure_noise,
         )  # fmt: skip
         next_clip_norm = self.clip_norm
         if privacy.adaptive_clipping:
             next_clip_norm, _fraction = dp.adapt_clip_norm(
-                self.clip_norm, unclipped_count=self.unclipped, expected_participants=expected,
+                self.clip_norm, unclipped_count=self.unclipped, participants=self.participants,
+                expected_participants=expected,
                 target_quantile=privacy.target_quantile, learning_rate=privacy.clip_learning_rate,
-                count_stddev=dp.count_noise_stddev(expected), generator=generator,
+                count_stddev=dp.count_noise_stddev(expected), generator=generator, secure=plan.secure_noise,
             )  # fmt: skip
         weights = (self.global_weights.to(torch.float64) + noised_mean).to(self.global_weights.dtype)
         return RoundSum(weights, "", next_clip_norm)
@@ -124,7 +133,7 @@ class DistributedNoiseSum:
     """DP-FedAvg under secure aggregation, the noise added by the clients (module docstring).
 
     Each input is the client's clipped update (zeros if it was not sampled or ran out of
-    time) with one extra coordinate, its unclipped indicator (adaptive clipping), plus its
+    time) with one extra coordinate, its unclipped indicator − ½ (adaptive clipping), plus its
     noise share; weights are all 1 and the unmasked sum is divided by q·n as in `CentralSum`.
     """
 
@@ -142,7 +151,8 @@ class DistributedNoiseSum:
         key exchange, so the server unmasks it away through its shares."""
         import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         clipped, norm = dp.clip_update(update, self.clip_norm)
-        self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm))
+        # The unclipped indicator centred at ½, as `adapt_clip_norm`'s: one client moves the sum by ½.
+        self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm) - 0.5)
         if lost:
             self.lost.add(client)
 
@@ -173,8 +183,11 @@ class DistributedNoiseSum:
         count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if privacy.adaptive_clipping else 0.0
         vectors = {}
         for client in participants:
-            generator = np.random.default_rng(stream_seed(config.system.seed, self.round_number, client, NOISE_SHARE_TAG))
-            share = generator.normal(0.0, 1.0, length)
+            if plan.secure_noise:  # each client's share from its own OS's CSPRNG
+                share = dp.secure_normal((length,), std=1.0).numpy()
+            else:
+                generator = np.random.default_rng(stream_seed(config.system.seed, self.round_number, client, NOISE_SHARE_TAG))
+                share = generator.normal(0.0, 1.0, length)
             share[:-1] *= update_std
             share[-1] *= count_std
             vectors[client] = self.inputs.get(client, 0.0) + share
@@ -192,7 +205,7 @@ class DistributedNoiseSum:
         next_clip_norm = self.clip_norm
         if privacy.adaptive_clipping:
             next_clip_norm = dp.next_clip_norm(
-                self.clip_norm, noised_fraction=total[-1] / expected, target_quantile=privacy.target_quantile,
+                self.clip_norm, noised_fraction=total[-1] / expected + 0.5, target_quantile=privacy.target_quantile,
                 learning_rate=privacy.clip_learning_rate,
             )  # fmt: skip
         mean = torch.from_numpy(total[:-1] / expected)
@@ -220,16 +233,29 @@ def plan_privacy(
 
     `partition_sizes`: each client's training examples. `participation`: how many rounds the
     seeded schedule picks each client for ({client: rounds}; local DP with a target ε and
-    uniform selection needs it; None: every client in every round)."""
+    uniform selection needs it; None: every client in every round).
+
+    Central DP with `federation.client_sampling = "fixed"` is accounted as exactly k of n
+    clients a round under the replace-one relation (`fixed_size_epsilon`); adaptive clipping
+    keeps σ there too: against replace-one the update sum moves by 2C and the unclipped count
+    by 1, so the pair is one Gaussian of multiplier (4σ_Δ⁻² + σ_b⁻²)^(−1/2) = σ/2, which is
+    what `fixed_size_epsilon` accounts for σ."""
     privacy, federation = config.privacy, config.federation
     rate = federation.clients_per_round / federation.num_clients
     plan = PrivacyPlan(
         mode=privacy.mode, noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm,
         delta=privacy.delta, accountant=privacy.accountant, max_epsilon=privacy.max_epsilon, client_sample_rate=rate,
+        client_sampling=federation.client_sampling, clients_per_round=federation.clients_per_round,
+        num_clients=federation.num_clients, secure_noise=privacy.secure_noise,
     )  # fmt: skip
     if privacy.mode == "none":
         return plan
     import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
+    relation = dp.LOCAL_NEIGHBOURING_RELATION
+    if privacy.mode == "central":
+        relation = dp.NEIGHBOURING_RELATIONS[federation.client_sampling]
+    plan = dataclasses.replace(plan, neighbouring_relation=relation)
 
     if privacy.target_epsilon > 0:
         plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, partition_sizes, participation))
@@ -257,6 +283,12 @@ def _calibrated_noise(
     calibrate = functools.partial(
         dp.calibrate_noise, target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant
     )
+    if privacy.mode == "central" and federation.client_sampling == "fixed":
+        return dp.calibrate_fixed_size_noise(
+            target_epsilon=privacy.target_epsilon, delta=privacy.delta, accountant=privacy.accountant,
+            clients_per_round=federation.clients_per_round, num_clients=federation.num_clients,
+            rounds=federation.rounds,
+        )  # fmt: skip
     if privacy.mode == "central":
         return calibrate(sample_rate=rate, steps=federation.rounds)
     if participation is None:  # who is picked depends on training: calibrate for a client picked in every round
@@ -268,3 +300,30 @@ def _calibrated_noise(
     # ε grows with both q and steps: only clients no other client dominates can need the most noise.
     frontier = [(q, n) for q, n in needs if not any(q2 >= q and n2 >= n and (q2, n2) != (q, n) for q2, n2 in needs)]
     return max(calibrate(sample_rate=q, steps=n) for q, n in frontier)
+
+
+def central_epsilon_after(plan: PrivacyPlan, *, rounds: int) -> float:
+    """Central DP's ε after `rounds` noised rounds of `plan`, accounted for how its clients are
+    sampled: Poisson at q (`central_epsilon`, add/remove one client) or exactly k of n
+    (`fixed_size_epsilon`, replace one client). σ is the accounted one (`noise_multiplier`)."""
+    import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+
+    if plan.mode != "central":
+        raise ValueError(f"central_epsilon_after needs a central DP plan, got mode {plan.mode!r}")
+    if plan.client_sampling == "fixed":
+        return dp.fixed_size_epsilon(
+            noise_multiplier=plan.noise_multiplier, clients_per_round=plan.clients_per_round,
+            num_clients=plan.num_clients, rounds=rounds, delta=plan.delta, accountant=plan.accountant,
+        )  # fmt: skip
+    return dp.central_epsilon(
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate, rounds=rounds,
+        delta=plan.delta, accountant=plan.accountant,
+    )  # fmt: skip
+
+
+def secagg_protocol(config: ExperimentConfig) -> SecAggConfig:
+    """The secure-aggregation parameters of a run without central DP (the server and every
+    client, in-process or on Flower, use these)."""
+    federation = config.federation
+    return SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
+                        clip_range=SECAGG_CLIP_RANGE)  # fmt: skip

@@ -1,10 +1,12 @@
 """A one-page privacy statement of a stored run, in Markdown, for an ethics board.
 
-It says what mechanism ran, what one unit of privacy is, the final (ε, δ) and the
-settings behind it (σ, C, sampling, accountant, rounds), the empirical membership
-audit and what it means, and what the guarantee does and does not cover. Every number
-comes from the stored run (its config, its round ledger, its audit); nothing is
-recomputed here. No torch, no streamlit: the CLI and the page both call it.
+It says what data and clients the run had and its final accuracy, what mechanism ran, what
+one unit of privacy is and the neighbouring relation, the final (ε, δ) and the settings
+behind it (σ, C, sampling, accountant, rounds), ε from every accountant that applies, the
+empirical membership audit and what it means for this dataset, and what the guarantee does
+and does not cover. Every number comes from the stored run (its config, its round ledger,
+its audit); only the other accountants' ε are computed, by `privacy.accounting`, from the
+ledger's (σ, q, steps). No torch at import, no streamlit: the CLI and the page both call it.
 
     text = render_markdown(store.get_experiment(7), store.rounds_frame([7]))
     python cli.py show 7 --privacy-report > experiment-7-privacy.md
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import pandas as pd
 
 from database import ExperimentSummary
 from privacy.audit import advantage_bound, advantage_chance_level, auc_chance_sd
+from privacy.one_run_audit import METHOD as ONE_RUN
 
 __all__ = ["render_markdown", "report_filename"]
 
@@ -40,6 +44,21 @@ UNITS = {
 ACCOUNTANT_NAMES = {
     "rdp": "RDP (Rényi differential privacy; Opacus `RDPAccountant`)",
     "prv": "PRV (privacy loss random variables; Opacus `PRVAccountant`)",
+    "pld": "PLD (privacy loss distributions; Google's `dp_accounting`)",
+}
+FIXED_RDP_NAME = "RDP for sampling without replacement (dp_accounting `RdpAccountant`, replace one)"
+# The neighbouring relation of runs recorded before the ledger stated it (central DP then sampled by Poisson).
+OLD_RELATIONS = {"local": "add/remove one example", "central": "add/remove one client"}
+# Why the membership audit's members and non-members may differ even without memorisation, per dataset.
+SPLIT_NOTES = {
+    "mnist": "The two come from MNIST's training and test splits, which were written by different people "
+    "(different writers), so a small gap can come from that rather than from memorisation.",
+    "ngss": "The two come from the task's synthetic training and test responses, drawn by the same seeded "
+    "generator from the same schools and distribution, so a gap is not explained by a shift between the splits.",
+    "csv": "The two come from the imported data's training rows and its test rows (the lab's test file, or a "
+    "seeded share of each school split off the training file); if the test responses were collected "
+    "differently (another year, other classes, other raters), a small gap can come from that rather than "
+    "from memorisation.",
 }
 
 
@@ -75,6 +94,8 @@ class _Facts:
     sample_rate: float  # central: q; local: the largest per-client q recorded
     privacy_steps: int
     accountant: str
+    client_sampling: str  # central: poisson | fixed
+    neighbouring_relation: str
 
 
 def _num(value: float) -> str:
@@ -91,6 +112,10 @@ def _facts(experiment: ExperimentSummary, rounds: pd.DataFrame) -> _Facts:
     sigma = experiment.noise_multiplier
     if sigma is None:
         sigma = float(last["noise_multiplier"]) if ran else float(privacy.get("noise_multiplier", 0.0))
+    relation = str(last["neighbouring_relation"]) if ran and "neighbouring_relation" in rounds else ""
+    sampling = str(experiment.config.get("federation", {}).get("client_sampling", "poisson"))
+    if not relation and mode == "central":
+        relation = "replace one client" if sampling == "fixed" else OLD_RELATIONS["central"]
     return _Facts(
         mode=mode,
         rounds_run=len(rounds),
@@ -100,8 +125,10 @@ def _facts(experiment: ExperimentSummary, rounds: pd.DataFrame) -> _Facts:
         noise_multiplier=float(sigma),
         clip_norms=tuple(clip_norms),
         sample_rate=float(rounds["sample_rate"].max()) if ran else 0.0,
-        privacy_steps=int(last["privacy_steps"]) if ran else 0,
+        privacy_steps=int(rounds["privacy_steps"].max()) if ran else 0,  # local: cumulative, max over clients
         accountant=str(privacy.get("accountant", "rdp")),
+        client_sampling=sampling,
+        neighbouring_relation=relation or OLD_RELATIONS.get(mode, ""),
     )
 
 
@@ -118,7 +145,7 @@ def render_markdown(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
         _header(experiment, facts),
         _summary_table(experiment, facts),
         _meaning(experiment, facts),
-        _audit_section(experiment.audit, facts),
+        _audit_section(experiment.audit, facts, experiment.config.get("data", {}).get("dataset", "mnist")),
         _coverage(experiment, facts),
     ]
     return "\n\n".join(sections).rstrip() + "\n"
@@ -144,17 +171,20 @@ def _summary_table(experiment: ExperimentSummary, facts: _Facts) -> str:
     mechanism = MECHANISMS.get(facts.mode, facts.mode)
     if facts.mode == "central" and experiment.config.get("federation", {}).get("secure_aggregation"):
         mechanism = DISTRIBUTED_MECHANISM
-    rows = [("Mechanism", mechanism), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
+    rows = [*_data_rows(experiment), ("Mechanism", mechanism), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
     if facts.mode == "none":
         rows.append(("Guarantee", "**no formal privacy guarantee**"))
     else:
         rows += [
             ("Guarantee", f"(ε = {_num(facts.epsilon)}, δ = {_num(facts.delta)})-differential privacy"),
+            ("Neighbouring relation", f"{facts.neighbouring_relation} (the neighbouring datasets ε compares)"),
             ("Noise multiplier σ", _sigma_text(experiment, facts)),
             ("Clipping bound C", _clip_text(experiment, facts)),
             ("Sampling", _sampling_text(experiment, facts)),
-            ("Accountant", ACCOUNTANT_NAMES.get(facts.accountant, facts.accountant)),
-        ]
+            ("Accountant", _accountant_name(facts)),
+            ("ε by accountant", _epsilons_text(facts)),
+            ("Noise source", _noise_source_text(experiment)),
+        ]  # fmt: skip
     rows.append(("Rounds", f"{facts.rounds_run} of {facts.rounds_planned} planned"))
     if facts.mode != "none" and float(experiment.config.get("privacy", {}).get("max_epsilon", 0.0)) > 0:
         rows.append(("Budget", f"stop before ε would pass {_num(experiment.config['privacy']['max_epsilon'])}"))
@@ -162,6 +192,80 @@ def _summary_table(experiment: ExperimentSummary, facts: _Facts) -> str:
     rows.append(("Membership audit", _audit_cell(experiment.audit)))
     table = ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)]
     return "## Summary\n\n" + "\n".join(table)
+
+
+def _dataset_text(experiment: ExperimentSummary) -> str:
+    """What the run trained on: MNIST, a synthetic NGSS task, or an imported CSV (its file name only)."""
+    data, info = experiment.config.get("data", {}), experiment.dataset_info or {}
+    dataset = data.get("dataset", "mnist")
+    if dataset == "mnist":
+        return "MNIST handwritten digits (60,000 training, 10,000 test images)"
+    task = info.get("task") or data.get("ngss_task", "")
+    if dataset == "ngss":
+        return f"NGSS rubric scoring, task `{task}`: synthetic student responses (generated, not real students)"
+    name = PurePath(str(info.get("csv_path") or data.get("csv_path") or "")).name
+    return f"NGSS rubric scoring, imported from `{name}`: real student responses in the lab's CSV format"
+
+
+def _data_rows(experiment: ExperimentSummary) -> list[tuple[str, str]]:
+    """The dataset, the training subset, the clients and the final accuracy."""
+    data, federation = experiment.config.get("data", {}), experiment.config.get("federation", {})
+    info = experiment.dataset_info or {}
+    limit = int(data.get("max_train_examples", 0))
+    total = info.get("train_responses")
+    subset = f"a seeded random subset of {limit:,} training examples" if limit else "the whole training split"
+    if total and not limit:
+        subset += f" ({int(total):,} responses)"
+    sizes = _client_sizes(experiment)
+    clients = (
+        f"{federation.get('num_clients')} clients (partition `{data.get('partition', 'iid')}`), "
+        f"{federation.get('clients_per_round')} per round"
+    )
+    if sizes:
+        clients += f"; they train on {sum(sizes):,} examples in all"
+    accuracy = "not recorded"
+    if experiment.final_accuracy is not None:
+        kind = "per-label accuracy" if data.get("dataset", "mnist") in ("ngss", "csv") else "accuracy"
+        accuracy = f"{100 * experiment.final_accuracy:.2f}% ({kind} of the global model on the test split)"
+    return [("Data", _dataset_text(experiment)), ("Training subset", subset), ("Clients", clients),
+            ("Final accuracy", accuracy)]  # fmt: skip
+
+
+def _accountant_name(facts: _Facts) -> str:
+    if facts.mode == "central" and facts.client_sampling == "fixed":
+        return FIXED_RDP_NAME
+    return ACCOUNTANT_NAMES.get(facts.accountant, facts.accountant)
+
+
+def _epsilons_text(facts: _Facts) -> str:
+    """ε from every accountant that applies, the one the run used marked: its ε is the ledger's;
+    the others are computed from the ledger's (σ, q, steps). Fixed-size client sampling has RDP only."""
+    used = f"{facts.accountant.upper()} {_num(facts.epsilon)} (**used**, the ledger's)"
+    if facts.mode == "central" and facts.client_sampling == "fixed":
+        return f"{used}; PRV and PLD do not apply: they have no bound for sampling without replacement"
+    if facts.privacy_steps <= 0 or facts.sample_rate <= 0 or facts.noise_multiplier <= 0:
+        return used
+    # opacus and dp_accounting (~2 s to import) load only when a private run's statement is rendered
+    from privacy.accounting import epsilons_by_accountant
+
+    history = [(facts.noise_multiplier, min(facts.sample_rate, 1.0), facts.privacy_steps)]
+    try:
+        others = epsilons_by_accountant(history, facts.delta)
+    except (ValueError, RuntimeError) as error:  # e.g. PRV cannot represent the loss at these settings
+        return f"{used}; the others could not be computed: {error}"
+    shown = [used] + [f"{name.upper()} {_num(value)}" for name, value in others.items() if name != facts.accountant]
+    text = ", ".join(shown) + " (all upper bounds on the same mechanism; they differ in tightness)"
+    if facts.mode == "local":
+        text += "; the others are for a client with the largest q_k and the most steps, a bound on every client's ε"
+    return text
+
+
+def _noise_source_text(experiment: ExperimentSummary) -> str:
+    privacy, seed = experiment.config.get("privacy", {}), experiment.config.get("system", {}).get("seed", "?")
+    if privacy.get("secure_noise"):
+        return ("the operating system's cryptographically secure generator (`os.urandom`), for the noise and "
+                "for which clients each round sampled: not reproducible from the seed")  # fmt: skip
+    return f"a seeded pseudo-random generator (torch, seed {seed}): reproducible, not cryptographically secure"
 
 
 def _sigma_text(experiment: ExperimentSummary, facts: _Facts) -> str:
@@ -194,6 +298,13 @@ def _client_sizes(experiment: ExperimentSummary) -> list[int]:
 
 def _sampling_text(experiment: ExperimentSummary, facts: _Facts) -> str:
     federation = experiment.config.get("federation", {})
+    if facts.mode == "central" and facts.client_sampling == "fixed":
+        return (
+            f"fixed-size client sampling: each round exactly {federation.get('clients_per_round')} of the "
+            f"{federation.get('num_clients')} clients, uniformly without replacement (q = k/n = "
+            f"{_num(facts.sample_rate)}), accounted by RDP for sampling without replacement (Wang, Balle & "
+            f"Kasiviswanathan 2019); {facts.privacy_steps} noised rounds accounted"
+        )
     if facts.mode == "central":
         return (
             f"Poisson client sampling: each round, each of the {federation.get('num_clients')} clients takes part "
@@ -224,6 +335,8 @@ def _audit_cell(audit: dict[str, Any] | None) -> str:
         return "not run"
     if "error" in audit:
         return f"failed: {audit['error']}"
+    if audit.get("method") == ONE_RUN:
+        return f"one-run: empirical ε ≥ {_num(audit['epsilon_lower_bound'])} ({audit['canaries']} canaries, 95%)"
     return (
         f"AUC {audit['auc']:.4f}, advantage {audit['advantage']:.4f} "
         f"({audit['members']} members, {audit['non_members']} non-members)"
@@ -239,10 +352,13 @@ def _meaning(experiment: ExperimentSummary, facts: _Facts) -> str:
             "Nothing bounds that leakage; do not describe this run as private."
         )
     unit = "training example" if facts.mode == "local" else "client (all of its examples together)"
+    change = f"Adding or removing any one {unit}"
+    if facts.neighbouring_relation == "replace one client":
+        change = "Replacing any one client's whole dataset by any other (the number of clients is public)"
     factor = math.exp(facts.epsilon) if facts.epsilon < 700 else math.inf
     text = (
         f"## What this means\n\n"
-        f"Adding or removing any one {unit} changes the probability of any outcome of the training "
+        f"{change} changes the probability of any outcome of the training "
         f"(any model it could release) by a factor of at most e^ε = {_num(factor)}, "
         f"except with probability at most δ = {_num(facts.delta)}. Smaller ε is stronger; "
         "values above about 10 give little protection in practice."
@@ -266,20 +382,21 @@ def _meaning(experiment: ExperimentSummary, facts: _Facts) -> str:
     return text
 
 
-def _audit_section(audit: dict[str, Any] | None, facts: _Facts) -> str:
+def _audit_section(audit: dict[str, Any] | None, facts: _Facts, dataset: str) -> str:
     head = "## Empirical audit (membership inference)\n\n"
     if audit is None:
         return head + "No audit was run (`privacy.audit_examples = 0`, or no client trained)."
     if "error" in audit:
         return head + f"The audit failed, so there is no empirical result: {audit['error']}"
+    if audit.get("method") == ONE_RUN:
+        return _one_run_section(audit, facts)
     members, non_members = int(audit["members"]), int(audit["non_members"])
     auc_band, advantage_band = 2 * auc_chance_sd(members, non_members), advantage_chance_level(members, non_members)
     lines = [
         f"The loss-threshold attack (Yeom et al. 2018) guesses that an example was trained on when the final "
         f"model's loss on it is low. It was run on {members} examples the clients trained on (members) and "
-        f"{non_members} held-out test examples (non-members), a seeded sample of each. The two come from "
-        "the dataset's training and test splits, which differ slightly (different writers), so a small "
-        "gap can come from that rather than from memorisation.",
+        f"{non_members} held-out test examples (non-members), a seeded sample of each. "
+        + SPLIT_NOTES.get(dataset, SPLIT_NOTES["csv"]),
         "",
         f"- AUC = {audit['auc']:.4f}: the probability that a random member looks more like a member than a "
         "random non-member (0.5 = a coin flip, 1 = always right).",
@@ -294,6 +411,53 @@ def _audit_section(audit: dict[str, Any] | None, facts: _Facts) -> str:
         )
     lines += ["", _audit_verdict(audit, auc_band, advantage_band), "", _audit_bound(facts)]
     return head + "\n".join(lines).rstrip()
+
+
+def _one_run_section(audit: dict[str, Any], facts: _Facts) -> str:
+    """The empirical ε of the one-run audit (Steinke, Nasr & Jagielski 2023) beside the accountant's."""
+    bound, confidence = float(audit["epsilon_lower_bound"]), 100 * float(audit["confidence"])
+    lines = [
+        "## Empirical ε (one training run)\n",
+        (
+            f"Before training, {audit['canaries']} canaries (test images, each relabelled with a random wrong class) "
+            f"were drawn; each joined one client's training data with probability 1/2 ({audit['included']} did). "
+            "After training, the final model's loss on each canary's label scored it, and the auditor guessed "
+            f"\"trained on\" for the lowest losses and \"not\" for the highest: {audit['correct']} of "
+            f"{audit['guesses']} guesses were right. Mean loss: included {_num(float(audit['included_loss']))}, "
+            f"excluded {_num(float(audit['excluded_loss']))} nats."
+        ),
+        "",
+        (
+            f"- **Empirical ε ≥ {_num(bound)}** at {confidence:g}% confidence (δ = {_num(float(audit['delta']))}): "
+            "were training (ε, δ)-DP with any smaller ε, this many right guesses would happen less than "
+            f"{100 - confidence:g}% of the time (Theorem 7 of the paper; the number of guesses was picked among a "
+            "few fixed choices, paid for by splitting the confidence between them)."
+        ),
+    ]
+    # Central DP: a canary changes one client's data, i.e. replaces that client: twice an add/remove ε.
+    replaced = facts.mode == "central" and facts.neighbouring_relation != "replace one client"
+    limit = 2 * facts.epsilon if replaced else facts.epsilon
+    if facts.mode == "none":
+        lines.append("- Accountant's ε: none, this run has no formal guarantee.")
+    else:
+        lines.append(f"- Accountant's ε = {_num(facts.epsilon)}: the upper bound the mechanism guarantees.")
+    if replaced:
+        lines.append(
+            f"  A canary changes one client's data, which the add/remove-one-client relation counts as two "
+            f"steps (group privacy): the audit is measured against 2ε = {_num(limit)}."
+        )
+    if facts.mode != "none" and bound > limit:
+        verdict = (
+            "**The lower bound exceeds the accountant's ε**: one of the two is wrong (the accounting, the "
+            "mechanism or the audit). Do not rely on this run's guarantee until that is explained."
+        )
+    elif bound > 0:
+        verdict = "The run provably leaks: no (ε, δ)-DP claim with ε below the empirical value can hold."
+    else:
+        verdict = "The canaries showed no leakage this audit can prove."
+    lines += ["", verdict + " An audit is a *lower* bound from one attack on the final model, usually far "
+              "below the accountant's ε; it can prove leakage, never privacy."]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _audit_verdict(audit: dict[str, Any], auc_band: float, advantage_band: float) -> str:
@@ -329,8 +493,26 @@ def _audit_bound(facts: _Facts) -> str:
     )
 
 
-def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
+def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
+    """(covered, not covered): what the noise's source protects against."""
+    if experiment.config.get("privacy", {}).get("secure_noise"):
+        secure = (
+            "Someone who knows the seed: the noise and which clients each round sampled were drawn from the "
+            "operating system's cryptographically secure generator (`os.urandom`; `privacy.secure_noise`), "
+            "each normal as the sum of four draws against floating-point attacks, as Opacus's secure mode."
+        )
+        return [secure], []
     seed = experiment.config.get("system", {}).get("seed", "?")
+    seeded = (
+        f"Cryptographic strength of the noise: it is drawn from a seeded, non-cryptographic generator "
+        f"(torch, seed {seed}) so runs are reproducible; someone who knows the seed could reproduce the "
+        "noise and the sampling. A deployment should set `privacy.secure_noise` (central DP: noise and "
+        "client sampling from `os.urandom`)."
+    )
+    return [], [seeded]
+
+
+def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
     covered: list[str] = []
     not_covered: list[str] = []
     if facts.mode == "none":
@@ -372,11 +554,9 @@ def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
             "holds only if the server is trusted to clip and add the noise as stated."
         )
     if facts.mode != "none":
-        not_covered.append(
-            f"Cryptographic strength of the noise: it is drawn from a seeded, non-cryptographic generator "
-            f"(torch, seed {seed}) so runs are reproducible; someone who knows the seed could reproduce the "
-            "noise. A deployment should use a cryptographically secure generator (Opacus `secure_mode`)."
-        )
+        noise_covered, noise_not_covered = _noise_items(experiment)
+        covered += noise_covered
+        not_covered += noise_not_covered
         not_covered.append(
             "Releases outside training: the accuracy and loss reported each round are computed on the "
             "held-out test set, which the guarantee does not cover."

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import telemetry
 from database import FINAL_STATUSES, ClaimLost, ExperimentStore, ExperimentSummary
 from experiment_config import TEXT_MODELS, ExperimentConfig
-from runs.workers import StopSignals, beating, code_version, pid_alive, shown_url
+from runs.workers import StopSignals, beating, code_version, following, pid_alive, shown_url
 
 if TYPE_CHECKING:  # the engine (torch) loads only when a run starts, not with the page
     from engine.client_trainers import Trainer
@@ -62,6 +63,10 @@ class Remote(Protocol):
 
     def cannot_store(self, config: ExperimentConfig) -> dict[str, str]: ...
 
+    def personalize(self, run: FederatedRun) -> dict[str, Any] | None:
+        """`FederatedRun.personalize`, computed where the clients' data and heads are."""
+        ...
+
 
 @dataclass(frozen=True)
 class RunOutcome:
@@ -90,7 +95,35 @@ def execute(
     """Run a stored experiment to the end (from its checkpoint, if it has one), committing each
     round; the run ends completed, stopped, failed or interrupted, and that status is stored.
     `remote`: its clients train there (the Flower ServerApp); else `system.runtime` decides (a
-    local Flower deployment, whose ServerApp comes back here with its remote, or this machine)."""
+    local Flower deployment, whose ServerApp comes back here with its remote, or this machine).
+    With a tracking URI (`system.mlflow_uri`, MLFLOW_TRACKING_URI) the process that owns the run
+    (not a Flower ServerApp, whose rounds reach it) also logs it to MLflow (`tracking.live`)."""
+    live = None
+    if remote is None:  # not in the Flower app bundle (pyproject's fab-include), whose ServerApp has a remote
+        from tracking.live import live_mlflow
+
+        live = live_mlflow(store, experiment_id, config, reporter)
+    with telemetry.span(  # the run's trace: its rounds, their clients (any process) and database writes
+        "run", experiment_id=experiment_id, runtime=config.system.runtime, rounds=config.federation.rounds,
+        clients=config.federation.num_clients, privacy=config.privacy.mode,
+    ) as span:  # fmt: skip
+        outcome = _execute(store, experiment_id, config, reporter=live or reporter, signals=signals, remote=remote)
+        span.set(status=outcome.status)
+    if live is not None:
+        live.finish()
+    return outcome
+
+
+def _execute(
+    store: ExperimentStore,
+    experiment_id: int,
+    config: ExperimentConfig,
+    *,
+    reporter: Reporter,
+    signals: StopSignals | None = None,
+    remote: Remote | None = None,
+) -> RunOutcome:
+    """`execute`, without the live tracking around it."""
     if config.system.runtime == "flower" and remote is None:
         return _execute_on_flower(store, experiment_id, config, reporter=reporter)
     stop_event = (signals or StopSignals()).new_run()
@@ -118,7 +151,7 @@ def execute(
         status = "stopped" if stopped else "completed"
         reason = run.stop_reason if stopped else None
         audit = _audit(store, experiment_id, run, config, reporter, refused.get("audit")) if last else None
-        personalization = _personalize(store, experiment_id, run, reporter) if last else None
+        personalization = _personalize(store, experiment_id, run, reporter, remote) if last else None
         weights = None
         if last and config.model.name in TEXT_MODELS and "weights" not in refused:
             weights = _save_weights(store, experiment_id, run, reporter)
@@ -215,16 +248,23 @@ def _run_rounds(
     last = last_round(store, experiment_id)
     trainer = remote.trainer(run) if remote is not None else None
     try:
-        for result in run.rounds(stop_event, trainer=trainer):
-            row = result.to_dict()
-            store.record_round(experiment_id, row, checkpoint=run.checkpoint(), worker_pid=os.getpid())
-            last = row
-            reporter.round(row)
-            if store.stop_requested(experiment_id):
-                stop_event.set()
+        with following(store, experiment_id, run, stop_event):  # progress inside a round; a stop within it
+            for result in run.rounds(stop_event, trainer=trainer):
+                row = result.to_dict()
+                with telemetry.span("db.record_round", experiment_id=experiment_id, round=row["round"]) as span:
+                    checkpoint = run.checkpoint()
+                    span.set(bytes=len(checkpoint))
+                    store.record_round(experiment_id, row, checkpoint=checkpoint, worker_pid=os.getpid())
+                telemetry.record_round(experiment_id, row)
+                last = row
+                reporter.round(row)
+                if store.stop_requested(experiment_id):
+                    stop_event.set()
     finally:
         if trainer is not None:
             trainer.close()
+    if run.round_progress is not None and (saved := store.load_checkpoint(experiment_id)) is not None:
+        run.restore(saved[1])  # a round given up part-way: back to the state after the last recorded one
     return run, last
 
 
@@ -296,9 +336,10 @@ def _audit(
     store: ExperimentStore, experiment_id: int, run: Any, config: ExperimentConfig, reporter: Reporter,
     refused: str | None,
 ) -> dict[str, Any] | None:  # fmt: skip
-    """The membership-inference audit of the final model, stored with the run; None if
-    `privacy.audit_examples` is 0. `refused`: why it cannot be run here (stored as its error)."""
-    if config.privacy.audit_examples <= 0:
+    """The privacy audit of the final model (`privacy.audit`: loss threshold, or the one-run ε lower
+    bound from the run's canaries), stored with the run; None if its size (`privacy.audit_examples`,
+    `privacy.audit_canaries`) is 0. `refused`: why it cannot be run here (stored as its error)."""
+    if config.privacy.audit_size() <= 0:
         return None
 
     def compute() -> dict[str, Any] | None:
@@ -309,11 +350,14 @@ def _audit(
     return _after_run(compute, lambda r: store.set_audit(experiment_id, r), "the audit", reporter)
 
 
-def _personalize(store: ExperimentStore, experiment_id: int, run: Any, reporter: Reporter) -> dict[str, Any] | None:
-    """Personalized vs global accuracy per client (`FederatedRun.personalize`), stored with
-    the run; None without personalization."""
+def _personalize(
+    store: ExperimentStore, experiment_id: int, run: Any, reporter: Reporter, remote: Remote | None
+) -> dict[str, Any] | None:
+    """Personalized vs global accuracy per client (`FederatedRun.personalize`, or the remote
+    clients' own), stored with the run; None without personalization."""
+    compute = run.personalize if remote is None else lambda: remote.personalize(run)
     return _after_run(
-        run.personalize, lambda r: store.set_personalization(experiment_id, r), "the personalization results",
+        compute, lambda r: store.set_personalization(experiment_id, r), "the personalization results",
         reporter,
     )  # fmt: skip
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -193,30 +193,70 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received.set()
         self.current.set()
-        print("stopping after the current round (interrupt again to abort)", file=sys.stderr)
+        print("stopping: the running round is given up (under local DP it ends first); interrupt again to abort",
+              file=sys.stderr)
 
 
 @contextmanager
-def beating(store: ExperimentStore, experiment_id: int, interval: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-    """Touch the run's heartbeat every `interval` seconds from a thread while the block runs
-    (rounds can take minutes; readers call a run dead after `database.STALE_HEARTBEAT_SECONDS`
-    of silence)."""
+def ticking(name: str, interval: float, tick: Callable[[], None]) -> Iterator[None]:
+    """Call `tick()` every `interval` seconds from a daemon thread while the block runs; the
+    thread is joined when the block ends."""
     done = threading.Event()
 
-    def beat() -> None:
+    def loop() -> None:
         while not done.wait(interval):
-            try:
-                store.heartbeat(experiment_id)
-            except Exception as error:  # a busy or unreachable database: the next beat tries again
-                print(f"warning: heartbeat of experiment {experiment_id} failed: {error}", file=sys.stderr)
+            tick()
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{experiment_id}", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         done.set()
         thread.join()
+
+
+def beating(store: ExperimentStore, experiment_id: int, interval: float = HEARTBEAT_SECONDS) -> Any:
+    """Touch the run's heartbeat every `interval` seconds from a thread while the block runs
+    (rounds can take minutes; readers call a run dead after `database.STALE_HEARTBEAT_SECONDS`
+    of silence)."""
+
+    def beat() -> None:
+        try:
+            store.heartbeat(experiment_id)
+        except Exception as error:  # a busy or unreachable database: the next beat tries again
+            print(f"warning: heartbeat of experiment {experiment_id} failed: {error}", file=sys.stderr)
+
+    return ticking(f"heartbeat-{experiment_id}", interval, beat)
+
+
+PROGRESS_SECONDS = 2.0  # how often a running round's progress is stored, and a stop looked for
+
+
+def following(
+    store: ExperimentStore, experiment_id: int, run: Any, stop_event: threading.Event,
+    interval: float = PROGRESS_SECONDS,
+) -> Any:  # fmt: skip
+    """While the block runs the rounds, every `interval` seconds from a thread: store where the
+    running round stands (`run.progress()`, when it changed) and, once a stop is asked for (a
+    signal set `stop_event`, or the page asked through the database), give up the running
+    round (`run.abandon_round()`) instead of waiting for its end. Progress is best effort:
+    a failed write is retried at the next tick, never fails the run."""
+    shown: list[dict[str, Any] | None] = [None]
+
+    def follow() -> None:
+        try:
+            if not stop_event.is_set() and store.stop_requested(experiment_id):
+                stop_event.set()
+            if stop_event.is_set():
+                run.abandon_round()
+            if (progress := run.progress()) is not None and progress != shown[0]:
+                store.set_progress(experiment_id, progress)
+                shown[0] = progress
+        except Exception as error:  # a busy or unreachable database: the next tick tries again
+            print(f"warning: progress of experiment {experiment_id} not stored: {error}", file=sys.stderr)
+
+    return ticking(f"progress-{experiment_id}", interval, follow)
 
 
 @functools.lru_cache(maxsize=1)

@@ -39,15 +39,15 @@ NUMBER_KEYS = [
     "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta", "audit_examples",
     "target_quantile", "clip_learning_rate",
 ]  # fmt: skip
-SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant"]
+SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant", "client_sampling"]
 # The scenario expanders: widget key -> the config key it sets.
 SCENARIO_KEYS = {
     **{key: ("federation", key) for key in [
         "proximal_mu", "server_learning_rate", "server_momentum", "beta1", "beta2", "tau", "trim_fraction",
-        "byzantine_clients", "multi_krum_keep", "weighting_exponent", "selection", "selection_candidates",
+        "byzantine_clients", "multi_krum_keep", "weighting_exponent", "qffl_q", "selection", "selection_candidates",
         "dropout_probability", "dropout_stage", "dropout_heterogeneous", "min_clients", "speed_spread",
         "round_deadline", "straggler_policy", "client_holdout", "personalization", "finetune_epochs",
-        "secure_aggregation", "secagg_threshold", "secagg_neighbours",
+        "secure_aggregation", "secagg_threshold", "secagg_neighbours", "exclusion",
     ]},
     **{f"attack_{key}": ("attack", key) for key in ["fraction", "behaviour", "scale", "noise_std"]},
     **{key: ("communication", key) for key in [
@@ -57,6 +57,7 @@ SCENARIO_KEYS = {
 }  # fmt: skip
 SCENARIO_SELECT_KEYS = [
     "selection", "dropout_stage", "straggler_policy", "personalization", "attack_behaviour", "compression",
+    "exclusion",
 ]  # fmt: skip
 SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback", "secure_aggregation"]
 SELECT_KEYS += SCENARIO_SELECT_KEYS
@@ -69,6 +70,8 @@ NGSS_KEYS = {
 }  # fmt: skip
 SELECT_KEYS += ["ngss_task", "pooling", "runtime", "backend", "client_optimizer"]  # all but ngss_task and pooling: under Advanced
 NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
+NUMBER_KEYS += ["audit_canaries", "image_size", "image_channels", "sweep_parallel"]  # Advanced, Your own images, Sweep
+SELECT_KEYS += ["audit", "sweep_objective"]
 CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
 TEXT_KEYS = ["lora_targets", "data_dir"]
 TINY = {
@@ -202,8 +205,8 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
 
     groups = {expander.label: expander for expander in app.sidebar.expander}
     assert list(groups) == [
-        "NGSS rubric scoring", "Aggregation strategy", "Selection & unreliable clients", "Personalization", "Attack",
-        "Communication", "Secure aggregation", "Advanced",
+        "NGSS rubric scoring", "Your own images", "Aggregation strategy", "Selection & unreliable clients",
+        "Personalization", "Attack", "Communication", "Secure aggregation", "Advanced", "Sweep a grid of settings",
     ]  # fmt: skip
     assert {w.key for w in groups["Secure aggregation"].checkbox} == {"secure_aggregation"}
     for key, (section, name) in SCENARIO_KEYS.items():
@@ -211,12 +214,12 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
         assert shown.value == (pytest.approx(default) if isinstance(default, float) else default), key
         assert shown.help, key
     assert {w.key for w in groups["Aggregation strategy"].number_input} >= {"trim_fraction", "byzantine_clients"}
-    assert {w.key for w in groups["Attack"].selectbox} == {"attack_behaviour"}
-    assert {w.key for w in groups["Advanced"].selectbox} == {"client_optimizer", "runtime", "backend"}
+    assert {w.key for w in groups["Attack"].selectbox} == {"attack_behaviour", "exclusion"}
+    assert {w.key for w in groups["Advanced"].selectbox} == {"client_optimizer", "runtime", "backend", "audit"}
     assert app.selectbox(key="client_optimizer").value == defaults.federation.client_optimizer
     assert app.selectbox(key="strategy").options == ["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam",
         "fedyogi", "scaffold", "fednova", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
-        "adaptive_weighting"]  # fmt: skip
+        "adaptive_weighting", "qfedavg"]  # fmt: skip
 
 
 def test_the_untouched_form_starts_the_default_config(store, no_workers):
@@ -1349,3 +1352,22 @@ def test_start_refuses_what_the_data_cannot_serve_before_anything_is_stored(stor
     assert store.list_experiments() == [] and no_workers == []
     (message,) = [e.value for e in app.sidebar.error]
     assert message.startswith("Cannot start:") and "100000" in message.replace(",", "") and "60000" in message.replace(",", "")
+
+
+def test_export_to_mlflow_from_the_run_view_says_when_the_server_is_down(store, monkeypatch):
+    # A loopback port bound then closed: nothing answers there. The export fails in one line,
+    # the run is untouched.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    experiment_id = fabricate(store)
+    app = page(HISTORY)
+    app.text_input(key=f"mlflow_uri_{experiment_id}").set_value(f"http://127.0.0.1:{port}")
+    app.button(key="mlflow_export").click().run(timeout=120)
+
+    assert app.error[0].value.startswith(f"Export of #{experiment_id} to MLflow failed:")
+    assert store.get_experiment(experiment_id).status == "completed"

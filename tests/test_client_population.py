@@ -62,7 +62,7 @@ def test_allowed_steps_under_a_deadline():
 def test_power_of_choice_picks_the_highest_loss_candidates():
     cfg = config(selection="power_of_choice", selection_candidates=10)
     losses = {c: float(c) for c in range(20)}
-    chosen = select_clients(cfg, 3, profiles=[], tally=ParticipationTally(), loss_of=losses.__getitem__)
+    chosen = select_clients(cfg, 3, profiles=[], tally=ParticipationTally(), losses_of=lambda clients: [losses[c] for c in clients])
     generator = np.random.default_rng([0, 3])
     candidates = generator.choice(20, size=10, replace=False)
     assert chosen == sorted(sorted(candidates, key=lambda c: -losses[c])[:5])

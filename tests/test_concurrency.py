@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -460,7 +461,8 @@ def _back_to_killed(store: ExperimentStore, experiment_id: int, checkpoint: byte
         later = select(Round.id).where(Round.experiment_id == experiment_id, Round.round > 2)
         session.execute(delete(ClientRound).where(ClientRound.round_id.in_(later)))
         session.execute(delete(Round).where(Round.experiment_id == experiment_id, Round.round > 2))
-        session.merge(Checkpoint(experiment_id=experiment_id, round=2, state=checkpoint, created_at=utcnow()))
+        session.merge(Checkpoint(experiment_id=experiment_id, round=2, state=checkpoint,
+                                 sha256=hashlib.sha256(checkpoint).hexdigest(), created_at=utcnow()))  # fmt: skip
     store.finish(experiment_id, "interrupted", error="killed")
 
 

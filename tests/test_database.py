@@ -440,15 +440,15 @@ def test_experiment_ids_are_never_reused_after_a_delete(db_url):
 def test_migration_0006_makes_sqlite_ids_autoincrement_keeps_the_rows_and_downgrades(tmp_path):
     url = f"sqlite:///{tmp_path / 'experiments.db'}"
     store = ExperimentStore(url)
-    with migration_lock(store.engine) as connection:  # a database as revision 0005 left it
-        command.downgrade(alembic_config(connection), "0005")
     with store.engine.begin() as connection:
         for number in (1, 2, 3):
             connection.execute(text(
                 "INSERT INTO experiments (id, name, status, config, runtime, created_at, code_version, stop_requested) "
                 f"VALUES ({number}, 'run {number}', 'completed', '{{}}', 'in-process', '2026-01-01 00:00:00', 'abc', 0)"
             ))  # fmt: skip
-    store.record_round(1, round_row(1, 0.5))
+    store.record_round(1, round_row(1, 0.5))  # at head: the store's model has the round columns of later revisions
+    with migration_lock(store.engine) as connection:  # a database as revision 0005 left it (downgrades keep rows)
+        command.downgrade(alembic_config(connection), "0005")
     store.delete_experiment(3)
     assert store.create_experiment({}) == 3  # the old schema hands the deleted id out again
     store.delete_experiment(3)
@@ -471,8 +471,9 @@ def test_migration_0006_makes_sqlite_ids_autoincrement_keeps_the_rows_and_downgr
         command.downgrade(alembic_config(connection), "0005")
     with store.engine.connect() as connection:
         schema = connection.execute(text("SELECT sql FROM sqlite_master WHERE name = 'experiments'")).scalar()
+        ids = connection.execute(text("SELECT id FROM experiments ORDER BY id DESC")).scalars().all()
     assert "AUTOINCREMENT" not in schema
-    assert [e.id for e in store.list_experiments()] == [newest + 1, 2]
+    assert ids == [newest + 1, 2]  # read in SQL: the store's model has the columns of later revisions
 
 
 @pytest.mark.parametrize("experiment_id", [2**31, 2**63, -(2**63) - 1, 10**30])

@@ -507,16 +507,37 @@ def test_clip_norm_follows_the_geometric_rule():
     generator = torch.Generator().manual_seed(0)
     noise = float(torch.normal(0.0, 1e-3, size=(1,), generator=torch.Generator().manual_seed(0)))
     clip, fraction = adapt_clip_norm(
-        2.0, unclipped_count=8, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
+        2.0, unclipped_count=8, participants=10, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
         count_stddev=1e-3, generator=generator,
     )  # fmt: skip
     assert fraction == pytest.approx((8 + noise) / 10)
     assert clip == pytest.approx(2.0 * math.exp(-0.2 * (fraction - 0.5)))  # most fit: C shrinks
     grown, _ = adapt_clip_norm(
-        2.0, unclipped_count=1, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
+        2.0, unclipped_count=1, participants=10, expected_participants=10, target_quantile=0.5, learning_rate=0.2,
         count_stddev=1e-3, generator=None,
     )  # fmt: skip
     assert grown > 2.0 and count_noise_stddev(100) == 5.0
+
+
+def test_the_unclipped_count_is_centred_so_one_client_moves_it_by_a_half():
+    """Andrew et al.'s σ_Δ (adaptive_update_noise) assumes the released count moves by at most ½ when
+    one client is added or removed: Σ(b_k − ½). Without noise, adding a client whose update fits
+    (b = 1) or not (b = 0) moves the released fraction by exactly ±½ / expected participants."""
+    from differential_privacy import adapt_clip_norm
+
+    def fraction(unclipped: int, participants: int) -> float:
+        return adapt_clip_norm(
+            1.0, unclipped_count=unclipped, participants=participants, expected_participants=10,
+            target_quantile=0.5, learning_rate=0.2, count_stddev=1e-12, generator=None,
+        )[1]  # fmt: skip
+
+    base = fraction(4, 7)
+    assert base == pytest.approx((4 - 3.5) / 10 + 0.5)  # hand-computed: 0.55
+    assert fraction(5, 8) - base == pytest.approx(0.05)  # + a client that fits: +½/10
+    assert fraction(4, 8) - base == pytest.approx(-0.05)  # + a client that is clipped: −½/10
+    assert fraction(10, 10) == pytest.approx(1.0) and fraction(0, 10) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unclipped_count"):
+        fraction(8, 7)
 
 
 @pytest.mark.parametrize("name", list(experiment_config.IMAGE_MODELS))

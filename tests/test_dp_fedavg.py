@@ -119,14 +119,15 @@ def test_adaptive_clipping_moves_the_clip_norm_from_the_securely_summed_count(mn
     for client in clients:
         total.add(client, torch.full((20,), 1e-3))  # norm far below C: every update unclipped
     summed = total.result(run._plan_round(1, clients))
-    # The count share noise is σ_b/√m each; rebuild b̃ in numpy and apply C·exp(−η(b̃ − γ)).
+    # The count share noise is σ_b/√m each; each sampled client sends its indicator − ½ (here 1 − ½);
+    # rebuild b̃ = Σ/(q·n) + ½ in numpy and apply C·exp(−η(b̃ − γ)).
     expected = 0.5 * 10
-    count = len(clients) + sum(
+    count = len(clients) / 2 + sum(
         np.random.default_rng(stream_seed(3, 1, c, NOISE_SHARE_TAG)).normal(0.0, 1.0, 21)[-1]
         * dp.count_noise_stddev(expected) / math.sqrt(10)
         for c in range(10)
     )
-    assert summed.next_clip_norm == pytest.approx(0.5 * math.exp(-0.2 * (count / expected - 0.5)), rel=1e-6)
+    assert summed.next_clip_norm == pytest.approx(0.5 * math.exp(-0.2 * (count / expected + 0.5 - 0.5)), rel=1e-6)
     assert run.state.clip_norm == 0.5  # the sum returns the next C; it writes nothing into the run
 
 

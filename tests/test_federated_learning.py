@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from data_handler import subset
 from experiment_config import ExperimentConfig
 from engine.client_population import ParticipationTally, select_clients
 from engine.client_trainers import train_client

@@ -33,6 +33,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import differential_privacy as dp  # noqa: E402
 from flower_runtime import client_app as flower_app  # noqa: E402
+from flower_runtime import messages as flower_messages  # noqa: E402
 from flower_runtime import server_app  # noqa: E402
 from flower_runtime import site_data as flower_data  # noqa: E402
 from flower_runtime import deployment as flower_deployment  # noqa: E402
@@ -85,7 +86,7 @@ def train_message(run: FederatedRun, client: int, round_number: int, history: tu
     params = get_parameters(run.model)
     task = ConfigRecord({"client-id": client, "seed": client_seed(run.config.system.seed, round_number, client),
                          "noise-multiplier": run.config.privacy.noise_multiplier, "max-steps": 0,
-                         "flip-labels": False})  # fmt: skip
+                         "flip-labels": False, "round": round_number, "malicious": False})  # fmt: skip
     content = RecordDict({
         flower_app.WEIGHTS: flower_app.weights_record(flatten(params), params), flower_app.TASK: task,
         flower_app.HISTORY: flower_app.history_record(history),
@@ -119,7 +120,8 @@ def test_the_client_app_trains_like_the_engines_trainer() -> None:
     reply = flower_app.client_app(train_message(run, client=2, round_number=1), node_context(config, 2))
 
     result = reply.content.config_records[flower_app.RESULT]
-    weights = flower_app.flat_weights(reply.content.array_records[flower_app.WEIGHTS], get_parameters(run.model))
+    start = flatten(get_parameters(run.model))
+    weights = start + flower_messages.dense_sent(reply.content.array_records[flower_app.SENT], start.numel())
     assert (result["client-id"], result["num-examples"], result["steps"]) == (2, 1000, 20)
     assert result["loss"] == pytest.approx(expected.loss, rel=1e-5) and result["error"] == ""
     torch.testing.assert_close(weights, reference.results[0], rtol=1e-5, atol=1e-6)
@@ -218,13 +220,11 @@ def test_a_local_deployment_gives_each_site_the_users_privacy_settings() -> None
 
 
 def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: str) -> None:
-    secure = small_config().replace("federation", secure_aggregation=True)
-    compressed = small_config().replace("communication", compression="topk")
+    secure = small_config(num_clients=4, clients_per_round=2, secure_aggregation=True).replace(
+        "privacy", mode="central", noise_multiplier=0.5)
 
-    with pytest.raises(ValueError, match="federation.secure_aggregation"):
+    with pytest.raises(ValueError, match="federation.secure_aggregation with privacy.mode = 'central'"):
         flower_deployment.run_local_deployment(secure, db_url=db_url)
-    with pytest.raises(ValueError, match="communication.compression"):
-        flower_app.check_supported(compressed)
     with pytest.raises(ValueError, match="each SuperNode is one school, so data.partition must be 'natural'"):
         flower_app.check_supported(text_config("task_train.csv", model="minilm-lora").replace("data", partition="iid"))
     with pytest.raises(ValueError, match="one SuperNode per client"):
@@ -301,6 +301,8 @@ def in_process(config: ExperimentConfig, store: ExperimentStore) -> int:
     run = FederatedRun(config.replace("system", num_workers=1))
     for result in run.rounds():
         store.record_round(experiment_id, result.to_dict(), checkpoint=run.checkpoint())
+    if (personalization := run.personalize()) is not None:
+        store.set_personalization(experiment_id, personalization)
     return experiment_id
 
 
@@ -464,7 +466,8 @@ def test_a_client_of_synthetic_ngss_trains_its_schools_slice_like_the_engine() -
     reply = flower_app.client_app(train_message(run, client=school, round_number=1), node_context(config, school))
 
     result = reply.content.config_records[flower_app.RESULT]
-    weights = flower_app.flat_weights(reply.content.array_records[flower_app.WEIGHTS], get_parameters(run.model))
+    start = flatten(get_parameters(run.model))
+    weights = start + flower_messages.dense_sent(reply.content.array_records[flower_app.SENT], start.numel())
     assert result["num-examples"] == len(run.partitions[school]) == int((run.data.train_groups == school).sum())
     assert result["loss"] == pytest.approx(expected.loss, rel=1e-5) and result["error"] == ""
     torch.testing.assert_close(weights, reference.results[0], rtol=1e-5, atol=1e-6)
@@ -607,6 +610,18 @@ PARITY = {
                                        speed_spread=1.0, straggler_policy="partial"),
     "sign-flip attackers": small_config().replace("attack", fraction=0.34, behaviour="sign_flip"),
     "label-flip attackers": small_config().replace("attack", fraction=0.34, behaviour="label_flip"),
+    "top-k with error feedback": small_config(rounds=3).replace("communication", compression="topk", topk_fraction=0.05),
+    "QSGD": small_config().replace("communication", compression="qsgd", quantization_bits=4),
+    "top-k + sign-flip attackers": small_config(rounds=3).replace("communication", compression="topk", topk_fraction=0.1)
+                                   .replace("attack", fraction=0.34, behaviour="sign_flip"),
+    "FedPer": small_config(rounds=3, personalization="fedper", client_holdout=0.1),
+    "fine-tuning": small_config(personalization="finetune", client_holdout=0.1),
+    "power-of-choice": small_config(rounds=3, clients_per_round=2, selection="power_of_choice", selection_candidates=3),
+    "MLX": small_config(strategy="fedprox", proximal_mu=0.1).replace("system", backend="mlx"),
+    "secure aggregation": small_config(secure_aggregation=True),
+    "secure aggregation + dropout + sign-flip": small_config(
+        rounds=3, num_clients=4, clients_per_round=4, secure_aggregation=True, secagg_threshold=0.5,
+        dropout_probability=0.3, dropout_stage="during").replace("attack", fraction=0.25, behaviour="sign_flip"),
 }  # fmt: skip
 SAME_CLIENT_FIELDS = ["client_id", "num_examples", "steps", "status", "malicious", "bytes_up", "bytes_down", "epsilon"]
 
@@ -626,6 +641,8 @@ def test_flower_runs_the_engines_rounds(case: str, db_url: str, serverapp_identi
     assert (flower_clients[["round", *SAME_CLIENT_FIELDS]].to_dict("records")
             == engine_clients[["round", *SAME_CLIENT_FIELDS]].to_dict("records"))  # fmt: skip
     assert store.get_experiment(flower_id).status == "completed"
+    # Personalization computed on each node (its head never left it) equals the engine's.
+    assert store.get_experiment(flower_id).personalization == store.get_experiment(engine_id).personalization
 
 
 def test_parity_cases_really_differ_from_fedavg(db_url: str) -> None:
@@ -637,6 +654,50 @@ def test_parity_cases_really_differ_from_fedavg(db_url: str) -> None:
         assert list(rounds.loss) != list(baseline.loss), case
     clients = store.client_rounds_frame(in_process(PARITY["dropout + deadline"], store))
     assert {"lost", "partial"} <= set(clients.status)
+    for case in ("top-k with error feedback", "QSGD", "FedPer", "power-of-choice"):
+        rounds = store.rounds_frame([in_process(PARITY[case], store)])
+        assert list(rounds.loss) != list(baseline.loss[: len(rounds)]), case
+    personalized = store.get_experiment(in_process(PARITY["FedPer"], store)).personalization
+    assert personalized["method"] == "fedper" and len(personalized["clients"]) == 3
+
+
+def test_residuals_and_heads_stay_on_the_nodes(db_url: str, serverapp_identity: None) -> None:
+    # What the server holds after a Flower run with top-k and FedPer: no residual, no head; each
+    # node holds its own, kept by round; no train message ever carried a head.
+    config = small_config(rounds=2, personalization="fedper", client_holdout=0.1).replace(
+        "communication", compression="topk", topk_fraction=0.05)
+    store = ExperimentStore(db_url)
+    grid = RecordingGrid(config)
+    experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=60.0, connect_timeout_s=10.0)
+    server_app.record_experiment(grid, config, options, store, experiment_id)
+
+    state = checkpoint_state(store, experiment_id)
+    assert state["residuals"] == {} and state["heads"] == {}
+    for context in grid.contexts.values():
+        assert set(context.state.array_records["residual"].keys()) == {"1", "2"}
+        assert set(context.state.array_records["head"].keys()) == {"1", "2"}
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert len(train) == 6 and all(set(m.content.array_records) == {"weights"} for m in train)
+    uploads = [r.content.array_records["sent"] for r in grid.received if "sent" in r.content.array_records]
+    assert len(uploads) == 6 and all(set(u.keys()) == {"indices", "values", "size"} for u in uploads)
+
+
+class RecordingGrid(LoopbackGrid):
+    """A `LoopbackGrid` that keeps every message sent and every reply."""
+
+    def __init__(self, config: ExperimentConfig, **grid: object) -> None:
+        super().__init__(config, **grid)
+        self.sent, self.received = [], []
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        self.sent.extend(messages)
+        return super().push_messages(messages)
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        replies = super().pull_messages(message_ids)
+        self.received.extend(replies)
+        return replies
 
 
 class DyingGrid(LoopbackGrid):
@@ -652,6 +713,49 @@ class DyingGrid(LoopbackGrid):
             if self.train_batches == self.dies_in:
                 raise KeyboardInterrupt
         return super().push_messages(messages)
+
+
+class DiesAfterTrainingGrid(LoopbackGrid):
+    """The ServerApp's process dies after the nodes trained round `dies_in` (their state moved on),
+    before it read their replies: the resumed run trains that round again."""
+
+    def __init__(self, config: ExperimentConfig, *, dies_in: int) -> None:
+        super().__init__(config)
+        self.train_batches, self.dies_in = 0, dies_in
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            self.train_batches += 1
+        return super().push_messages(messages)
+
+    def pull_messages(self, message_ids: list[str]) -> list[Message]:
+        if self.train_batches == self.dies_in:
+            raise KeyboardInterrupt
+        return super().pull_messages(message_ids)
+
+
+def test_nodes_that_trained_a_round_the_server_lost_redo_it_from_their_earlier_state(
+    db_url: str, serverapp_identity: None
+) -> None:
+    # Top-k residuals and FedPer heads live on the nodes: a round trained, then lost by the
+    # server, is re-run from each node's state before it, so the run ends as if never interrupted.
+    config = small_config(rounds=3, personalization="fedper", client_holdout=0.1).replace(
+        "communication", compression="topk", topk_fraction=0.05)
+    store = ExperimentStore(db_url)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=60.0, connect_timeout_s=10.0)
+    whole = on_loopback(config, store)
+    broken = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    grid = DiesAfterTrainingGrid(config, dies_in=2)
+
+    outcome = server_app.record_experiment(grid, config, options, store, broken)
+    assert outcome.status == "interrupted" and store.get_experiment(broken).rounds_done == 1
+    assert store.reopen(broken) == 1
+    grid.dies_in = 0  # the same nodes (their state includes round 2), a restarted server
+    assert server_app.record_experiment(grid, config, options, store, broken).status == "completed"
+
+    assert store.load_checkpoint(broken) == store.load_checkpoint(whole)
+    assert list(store.rounds_frame([broken]).loss) == list(store.rounds_frame([whole]).loss)
+    assert store.get_experiment(broken).personalization == store.get_experiment(whole).personalization
 
 
 def test_a_flower_run_killed_mid_round_resumes_to_the_uninterrupted_weights(
@@ -671,3 +775,54 @@ def test_a_flower_run_killed_mid_round_resumes_to_the_uninterrupted_weights(
     assert resumed.status == "completed"
     assert store.load_checkpoint(broken) == store.load_checkpoint(whole)  # round 3's state, bit for bit
     assert list(store.rounds_frame([broken]).epsilon) == list(store.rounds_frame([whole]).epsilon)
+
+
+class LeavesDuringMasking(RecordingGrid):
+    """Client `leaver`'s node answers the key steps of round 1's secure aggregation, then is gone
+    for its masked input (killed mid-round), and is back for round 2. Keeps each node's held upload
+    as it was when masking began."""
+
+    def __init__(self, config: ExperimentConfig, *, leaver: int) -> None:
+        super().__init__(config)
+        self.leaver, self.held = 100 + leaver, {}
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        step = messages[0].content.config_records["secagg"] if messages and "secagg" in messages[0].content else None
+        if step is None or step["step"] != "mask" or int(step["round"]) != 1:
+            return super().push_messages(messages)
+        self.held = {node: self.contexts[node].state.array_records["secagg-upload"].to_torch_state_dict()
+                     for node in self.contexts}  # fmt: skip
+        ids = []
+        for message in messages:  # the leaver's message is accepted; its reply never comes
+            if message.metadata.dst_node_id == self.leaver:
+                message.metadata.__dict__["_message_id"] = message.object_id
+                ids.append(message.metadata.message_id)
+            else:
+                ids.extend(super().push_messages([message]))
+        return ids
+
+
+def test_secure_aggregation_on_flower_survives_a_node_lost_mid_protocol(db_url: str, serverapp_identity: None) -> None:
+    # A node leaves after sharing its keys: the others' shares remove its masks, the round sums
+    # the rest, the record calls it lost for a real fault; back in round 2, it takes part again.
+    config = small_config(num_clients=4, clients_per_round=4, secure_aggregation=True, secagg_threshold=0.5)
+    store = ExperimentStore(db_url)
+    grid = LeavesDuringMasking(config, leaver=2)
+    experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=5.0, connect_timeout_s=10.0)
+    assert server_app.record_experiment(grid, config, options, store, experiment_id).status == "completed"
+
+    clients = store.client_rounds_frame(experiment_id)
+    first = clients[clients["round"] == 1].set_index("client_id")
+    assert first.loc[2, "status"] == "lost" and "left during secure aggregation" in first.loc[2, "error"]
+    assert set(first.drop(index=2).status) == {"ok"} and set(clients[clients["round"] == 2].status) == {"ok"}
+    # Round 1's released weights: the start plus the example-weighted mean of the other three uploads.
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    start, after = (flatten(m.content.array_records["weights"].to_torch_state_dict()) for m in (train[0], train[4]))
+    others = [grid.held[100 + c] for c in (0, 1, 3)]
+    mean = sum(h["weight"].double() * h["update"].double() for h in others) / sum(h["weight"].double() for h in others)
+    assert torch.allclose(after.double(), start.double() + mean, atol=1e-6)
+    assert not torch.allclose(after.double(), start.double() + sum(h["update"].double() for h in grid.held.values()) / 4,
+                              atol=1e-6)  # fmt: skip
+    # What the server saw of each upload: never the upload itself.
+    assert not any("sent" in r.content.array_records for r in grid.received)

@@ -317,7 +317,6 @@ MALFORMED = {
     "not an integer": (b"text,E1\nA and D,0.5\n", ["line 2", "column E1", "'0.5'"]),
     "a word": (b"text,E1\nA and D,yes\n", ["line 2", "'yes'"]),
     "empty label": (b"text,E1\nA and D,\n", ["line 2", "column E1", "empty cell"]),
-    "empty text": (b"text,E1\nA and D,1\n  ,0\n", ["line 3", "empty response text"]),
     "short row": (b"text,E1,E2\nA and D,1\n", ["line 2", "field"]),
     "empty group": (b"text,E1,Group\nA and D,1,\n", ["line 2", "empty 'Group'"]),
 }

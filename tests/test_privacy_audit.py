@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import stats
 
-from privacy import audit as privacy_audit
 from experiment_config import ExperimentConfig
 from engine import analysis
 from federated_learning import FederatedRun

@@ -23,14 +23,14 @@ from engine.strategies import (
 )
 
 NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
-         "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting")
+         "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "adaptive_weighting", "qfedavg")
 
 
 def federation(**overrides: object) -> types.SimpleNamespace:
     """Every attribute make_strategy reads, at the documented defaults (experiment_config is moving)."""
     values = dict(strategy="fedavg", num_clients=10, learning_rate=0.05, proximal_mu=0.01, server_learning_rate=0.0,
                   server_momentum=0.9, beta1=0.9, beta2=0.99, tau=1e-3, trim_fraction=0.2, byzantine_clients=1,
-                  multi_krum_keep=0, weighting_exponent=0.5)
+                  multi_krum_keep=0, weighting_exponent=0.5, qffl_q=1.0)
     return types.SimpleNamespace(**(values | overrides))
 
 
@@ -45,7 +45,8 @@ def updates_from(weights: list, sizes: list | None = None, steps: list | None = 
     n = len(weights)
     sizes, steps = sizes or [10 * (i + 1) for i in range(n)], steps or [1] * n
     scores, ids = scores or [None] * n, ids or list(range(n))
-    return [ClientUpdate(ids[i], torch.from_numpy(weights[i]), sizes[i], steps[i], 0.0, scores[i]) for i in range(n)]
+    return [ClientUpdate(ids[i], torch.from_numpy(weights[i]), sizes[i], steps[i], 0.0, scores[i],
+                         global_loss=0.5 + 0.1 * i) for i in range(n)]  # global_loss: qfedavg's F_k
 
 
 def aggregate_numpy(strategy, global_weights: np.ndarray, updates: list[ClientUpdate]) -> np.ndarray:

@@ -307,7 +307,7 @@ def test_client_status_figure_maps_every_status_to_its_cell_and_colour(client_ro
             band = [color for (low, color), (high, _) in zip(grid.colorscale, grid.colorscale[1:])
                     if low <= position <= high and low < high]  # fmt: skip
             assert band and set(band) == {viz.STATUS_COLORS[status]}, (status, position)
-    assert list(grid.colorbar.ticktext) == ["ok", "partial", "lost", "late", "dropped", "failed"]
+    assert list(grid.colorbar.ticktext) == ["ok", "partial", "lost", "late", "dropped", "failed", "excluded"]
     assert (malicious.name, xy(malicious)) == ("malicious", ([1, 2], ["client 2", "client 2"]))
 
 
