@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FPL_DATA_DIR", args.data_dir)
     all_cases = cases(args.rounds)
-    extra = ["kill -9 + resume", "secure aggregation, SuperNode killed"]
+    extra = ["kill -9 + resume", "secure aggregation + SuperNode killed"]
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()] or [*all_cases, *extra]
     with tempfile.TemporaryDirectory(prefix="fpl-parity-") as folder:
         store = ExperimentStore(f"sqlite:///{folder}/parity.db")
@@ -194,7 +194,7 @@ def main() -> None:
             if name == "kill -9 + resume":
                 print(f"{name:<24} {kill_and_resume(store, mnist(3))}", flush=True)
                 continue
-            if name == "secure aggregation, SuperNode killed":
+            if name == "secure aggregation + SuperNode killed":
                 print(f"{name:<24} {secagg_node_killed(store)}", flush=True)
                 continue
             config = all_cases[name]
