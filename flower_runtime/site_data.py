@@ -117,6 +117,7 @@ def server_data(config: ExperimentConfig, sizes: Sequence[int]) -> tuple[Federat
         "source": "imported", "task": test.task, "labels": list(test.label_names), "schools": list(test.school_names),
         "train_responses": total, "test_responses": len(test.test), "csv_path": config.data.csv_path,
         "training_data": "at the sites (each SuperNode's data-path)",
+        "placeholder_rows": True,  # the training rows here are zeros: nothing may be scored on them
     }  # fmt: skip
     data = FederatedData(
         train_x=torch.zeros((total, 1), dtype=torch.int64),  # never read: the rows are at the sites

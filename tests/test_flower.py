@@ -446,6 +446,9 @@ def test_schools_train_on_their_own_files_as_the_engine_trains_on_the_whole_file
     np.testing.assert_allclose(flower_clients.validation_accuracy, engine_clients.validation_accuracy, atol=1e-6)
     summary = store.get_experiment(flower_id)
     assert summary.status == "completed" and summary.label_counts is None  # the server never sees a label
+    # Nor a held-out response: no per-client accuracy is made up from the server's placeholder rows.
+    assert store.rounds_frame([flower_id]).client_accuracy_worst10.isna().all()
+    assert store.rounds_frame([engine_id]).client_accuracy_worst10.notna().all()
     assert store.load_weights(flower_id).num_values == 2 * 6 * 8 * 384 * 2 + 384 * 3 + 3  # LoRA (q, v) + head
 
 
