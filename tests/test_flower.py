@@ -706,6 +706,8 @@ class RecordingGrid(LoopbackGrid):
 class DyingGrid(LoopbackGrid):
     """The ServerApp's process dies (here: an interrupt) when round `dies_in` sends its tasks."""
 
+    dies_before_training = True
+
     def __init__(self, config: ExperimentConfig, *, dies_in: int) -> None:
         super().__init__(config)
         self.train_batches, self.dies_in = 0, dies_in
@@ -713,23 +715,16 @@ class DyingGrid(LoopbackGrid):
     def push_messages(self, messages: list[Message]) -> list[str]:
         if messages and messages[0].metadata.message_type == MessageType.TRAIN:
             self.train_batches += 1
-            if self.train_batches == self.dies_in:
+            if self.dies_before_training and self.train_batches == self.dies_in:
                 raise KeyboardInterrupt
         return super().push_messages(messages)
 
 
-class DiesAfterTrainingGrid(LoopbackGrid):
+class DiesAfterTrainingGrid(DyingGrid):
     """The ServerApp's process dies after the nodes trained round `dies_in` (their state moved on),
     before it read their replies: the resumed run trains that round again."""
 
-    def __init__(self, config: ExperimentConfig, *, dies_in: int) -> None:
-        super().__init__(config)
-        self.train_batches, self.dies_in = 0, dies_in
-
-    def push_messages(self, messages: list[Message]) -> list[str]:
-        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
-            self.train_batches += 1
-        return super().push_messages(messages)
+    dies_before_training = False
 
     def pull_messages(self, message_ids: list[str]) -> list[Message]:
         if self.train_batches == self.dies_in:
