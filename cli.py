@@ -59,10 +59,11 @@ from alembic.util import CommandError
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from database import RESUMABLE_STATUSES, Experiment, ExperimentStore, ExperimentSummary, resolve_url
+from database import RESUMABLE_STATUSES, ExperimentStore, ExperimentSummary, resolve_url
 from experiment_config import ExperimentConfig, check_tracking_uri
 from ngss.csv_format import summarize_import
 from runs import service, studies, sweeps
+from runs.intake import build_config, checked_name
 from runs.preflight import check_data
 from runs.scoring import rubric_elements, score_experiment
 from runs.workers import StopSignals, pid_alive, printable, shown_url
@@ -70,7 +71,6 @@ from runs.workers import StopSignals, pid_alive, printable, shown_url
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_ID = 2**31 - 1  # experiment ids are INTEGER columns: 32-bit on PostgreSQL
-MAX_NAME_CHARS = Experiment.__table__.c.name.type.length  # the column's own limit (200)
 # What a database (driver, migrations) raises when it cannot be used; opening one, the file system's too.
 STORAGE_ERRORS = (SQLAlchemyError, sqlite3.Error, CommandError, OverflowError)
 
@@ -111,12 +111,6 @@ def open_store(url: str | None) -> ExperimentStore:
     except (*STORAGE_ERRORS, OSError, ValueError, RuntimeError, ImportError) as error:
         problem = problem_line(error, resolved)
         raise StorageError(f"cannot use the database {shown_url(resolved)}: {problem}") from None
-
-
-def build_config(config_path: str | None, assignments: list[str]) -> ExperimentConfig:
-    """Defaults, then the TOML file, then `--set` assignments, validated once."""
-    config = ExperimentConfig.from_toml(config_path) if config_path else ExperimentConfig()
-    return config.with_overrides(assignments) if assignments else config
 
 
 def _describe_personalization(result: dict[str, Any]) -> str:
@@ -231,16 +225,6 @@ def _execute(store: ExperimentStore, experiment_id: int, config: ExperimentConfi
     with _unless_the_pipe_closed():
         printer.final(outcome)
     return EXIT_CODES[outcome.status]
-
-
-def checked_name(name: str) -> str:
-    """`--name` if the database can store it: at most MAX_NAME_CHARS characters, no control
-    character or lone surrogate (PostgreSQL refuses a NUL; a terminal obeys an escape)."""
-    if len(name) > MAX_NAME_CHARS:
-        raise ValueError(f"--name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
-    if printable(name) != name:
-        raise ValueError(f"--name must be printable text, got {printable(name)[:80]}")
-    return name
 
 
 def command_run(args: argparse.Namespace) -> int:

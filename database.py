@@ -48,6 +48,7 @@ and on PostgreSQL, and an old database must still upgrade with its rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -113,6 +114,10 @@ ACTIVE_STATUSES = ("queued", "running")  # claimed by a worker (waiting for it, 
 # for data that stays unacknowledged. Both within 10 s of the query.
 CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_SECONDS = 9
+# A server whose kernel still ACKs (a frozen or stopped postgres process) never sends the statement
+# timeout's error and keeps keepalives answered: the client gives up on its own after this long
+# (psycopg's wait for the answer, `_AnsweringConnection`), the connection closed, never reused.
+ANSWER_DEADLINE_SECONDS = STATEMENT_TIMEOUT_SECONDS + 1
 KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 5, 2, 2
 # The id column is INTEGER: 64-bit on SQLite, 32-bit on PostgreSQL. A larger id names no
 # experiment; the drivers would raise OverflowError / DataError for it, so the store never sends one.
@@ -364,6 +369,8 @@ def make_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
     if path and path != ":memory:":
         Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args=_connect_args(url), json_serializer=json_dumps)
+    if make_url(url).drivername == "postgresql+psycopg":
+        event.listen(engine, "do_connect", _answering_connect)
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
         if path and path != ":memory:" and Path(path).expanduser().is_file():
@@ -395,6 +402,33 @@ def check_sqlite_file(engine: Engine, path: Path) -> None:
             f"the SQLite file {path} is corrupted (quick_check: {first}{more}): "
             "restore it from a backup or salvage it with `sqlite3 FILE .recover`"
         )
+
+
+def _answering_connect(_dialect: Any, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy's `do_connect` for psycopg 3: the connection waits for answers with a deadline."""
+    return _answering_connection_class().connect(*cargs, **cparams)
+
+
+@functools.cache
+def _answering_connection_class() -> type:
+    """A psycopg connection whose every wait for the server (a statement, a fetch, a commit) ends
+    after ANSWER_DEADLINE_SECONDS with OperationalError, the connection closed: the server's own
+    statement_timeout ends what it runs before that, so only a server that cannot answer at all
+    (frozen, stopped, its machine hung while its kernel still ACKs) gets here."""
+    import psycopg
+    from psycopg import errors
+
+    class _AnsweringConnection(psycopg.Connection):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            try:
+                return super().wait(gen, interval=interval, timeout=ANSWER_DEADLINE_SECONDS if timeout is None else timeout)
+            except errors._WaitTimeout:  # psycopg's own "wait timeout expired": the deadline passed
+                self.pgconn.finish()  # mid-protocol: the connection cannot be used again
+                raise psycopg.OperationalError(
+                    f"the PostgreSQL server did not answer within {ANSWER_DEADLINE_SECONDS} s (frozen or overloaded?)"
+                ) from None
+
+    return _AnsweringConnection
 
 
 def _connect_args(url: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ DATASETS = ("mnist", "ngss", "csv", "folder")  # ngss: the synthetic generator; 
 # folder: your own images, DIR/<client>/<label>/*.png or DIR/<label>/*.png (engine/image_folder.py)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client per school (ngss, csv) or top folder
 IMAGE_CHANNELS = (1, 3)  # data.image_channels of a folder: grey or RGB
-IMAGE_MODELS = ("cnn", "mlp", "cnn-dp")
+IMAGE_MODELS = ("cnn", "mlp", "cnn-dp", "scatter-linear", "scatter-cnn")
+SCATTER_MODELS = ("scatter-linear", "scatter-cnn")  # a fixed scattering transform + a trained head (model.py)
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
 MODELS = IMAGE_MODELS + TEXT_MODELS
 # What a text model's head reads (model.pooling), its default first; text_models.py explains each.
@@ -87,6 +88,10 @@ ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
 EXCLUSIONS = ("none", "flagged")
 COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
+# Central DP's mechanism. dp-fedavg: clipped updates + fresh Gaussian noise each round, accounted with
+# amplification by client sampling. dp-ftrl: the noise of a binary tree on the running sum of clipped updates
+# (Kairouz et al. 2021), accounted without any sampling assumption (zCDP; privacy/ftrl.py).
+CENTRAL_MECHANISMS = ("dp-fedavg", "dp-ftrl")
 # The empirical audit after the run (privacy/audit.py, privacy/one_run_audit.py). loss: the quick
 # loss-threshold membership attack on privacy.audit_examples trained-on and held-out examples. one_run:
 # privacy.audit_canaries random-label canaries, half trained on, and the ε lower bound their guesses imply.
@@ -112,6 +117,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "federation.dropout_stage": DROPOUT_STAGES,
     "federation.straggler_policy": STRAGGLER_POLICIES, "federation.personalization": PERSONALIZATIONS,
     "privacy.mode": PRIVACY_MODES, "privacy.accountant": ACCOUNTANTS, "privacy.audit": AUDITS,
+    "privacy.mechanism": CENTRAL_MECHANISMS,
     "system.backend": BACKENDS, "system.runtime": RUNTIMES,
     "attack.behaviour": ATTACKS, "communication.compression": COMPRESSIONS, "federation.exclusion": EXCLUSIONS,
 }  # fmt: skip
@@ -127,10 +133,11 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "federation.rounds": (1, 100_000), "federation.local_epochs": (1, 1_000), "federation.batch_size": (1, 100_000),
     "federation.learning_rate": (1e-8, 100.0), "federation.proximal_mu": (0.0, 1e4),
     "federation.server_learning_rate": (0.0, 100.0), "federation.server_momentum": (0.0, 0.999),
+    "federation.server_ema": (0.0, 0.9999),
     "federation.beta1": (0.0, 0.999), "federation.beta2": (0.0, 0.9999), "federation.tau": (1e-12, 10.0),
     "federation.trim_fraction": (0.0, 0.49), "federation.byzantine_clients": (0, 100_000),
     "federation.multi_krum_keep": (0, 100_000), "federation.weighting_exponent": (0.0, 1.0),
-    "federation.qffl_q": (0.0, 50.0),
+    "federation.qffl_q": (0.0, 50.0), "federation.qffl_lipschitz": (0.0, 1e6),
     "federation.selection_candidates": (0, 100_000), "federation.dropout_probability": (0.0, 0.95),
     "federation.min_clients": (1, 100_000), "federation.speed_spread": (0.0, 3.0),
     "federation.round_deadline": (0.0, 1e3), "federation.client_holdout": (0.0, 0.5),
@@ -144,6 +151,7 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "system.seed": (0, 2**32 - 1), "system.num_workers": (0, 256),
     "attack.fraction": (0.0, 1.0), "attack.scale": (0.0, 1e6), "attack.noise_std": (0.0, 1e6),
     "communication.topk_fraction": (1e-6, 1.0), "communication.quantization_bits": (2, 16),
+    "communication.topk_momentum": (0.0, 0.99), "communication.topk_warmup_rounds": (0, 1_000),
     "communication.bandwidth_mbps": (1e-3, 1e6), "communication.bandwidth_spread": (0.0, 3.0),
     "communication.latency_ms": (0.0, 1e6), "communication.latency_spread": (0.0, 3.0),
 }  # fmt: skip
@@ -231,6 +239,10 @@ class FederationConfig:
     proximal_mu: float = 0.01  # fedprox: μ of the proximal term μ/2·‖w − w_global‖²
     server_learning_rate: float = 0.0  # fedavgm/adagrad/adam/yogi/scaffold η; 0 = the strategy's default
     server_momentum: float = 0.9  # fedavgm
+    # The released (evaluated, stored) model is an exponential moving average of the global weights,
+    # ema_t = d·ema_(t−1) + (1 − d)·w_t from ema_1 = w_1: post-processing, free in ε. 0 = off; clients
+    # always train from w_t.
+    server_ema: float = 0.0
     beta1: float = 0.9  # fedadam, fedyogi (and fedadagrad's first moment)
     beta2: float = 0.99  # fedadam, fedyogi
     tau: float = 1e-3  # fedadagrad/adam/yogi: adaptivity
@@ -239,6 +251,7 @@ class FederationConfig:
     multi_krum_keep: int = 0  # multi_krum: m updates averaged; 0 = n − f
     weighting_exponent: float = 0.5  # adaptive_weighting: w ∝ (n_k/Σn)^a · (s_k/Σs)^(1−a)
     qffl_q: float = 1.0  # qfedavg: q of the q-FFL objective Σ p_k F_k^(q+1)/(q+1); 0 = FedAvg, larger = fairer
+    qffl_lipschitz: float = 0.0  # qfedavg: L, the Lipschitz estimate setting its step; 0 = 1/learning_rate (the paper's)
     # Client selection among the available clients.
     selection: str = "uniform"  # uniform | power_of_choice | availability
     selection_candidates: int = 0  # power_of_choice: d candidates sampled; 0 = 2 × clients_per_round
@@ -279,6 +292,7 @@ class FederationConfig:
             )
         self._validate_holdout()
         self._validate_optimizer()
+        self._validate_ema()
 
     def _validate_counts(self) -> None:
         """Clients per round, candidates and the minimum of updates fit the number of clients."""
@@ -343,6 +357,19 @@ class FederationConfig:
                 f"federation.client_optimizer must be 'sgd', got {self.client_optimizer!r}"
             )
 
+    def _validate_ema(self) -> None:
+        """The global model held between rounds is the released one, the EMA when it is on: rules that score
+        clients with the current global model would score them with the average instead."""
+        scorers = [text for text, on in (
+            ("federation.selection = 'power_of_choice'", self.selection == "power_of_choice"),
+            ("federation.strategy = 'qfedavg'", self.strategy == "qfedavg"),
+        ) if on]  # fmt: skip
+        if self.server_ema > 0 and scorers:
+            raise ValueError(
+                f"federation.server_ema releases an average of past global models, but {scorers[0]} scores clients "
+                "with the current one: set federation.server_ema = 0"
+            )
+
     def _validate_robust(self) -> None:
         """Krum-family rules need enough updates for f attackers (Blanchard et al.; El Mhamdi et al.)."""
         if self.strategy not in ROBUST_STRATEGIES:
@@ -370,6 +397,9 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0  # C: per-example gradient (local) or per-client update (central) bound
     target_epsilon: float = 0.0  # > 0: calibrate σ so the whole run ends at <= this ε
     delta: float = 1e-5
+    # central only: dp-fedavg | dp-ftrl (CENTRAL_MECHANISMS). dp-ftrl is accounted by zCDP over the seeded
+    # participation schedule (privacy.accountant then does not apply) and uses federation.server_learning_rate.
+    mechanism: str = "dp-fedavg"
     accountant: str = "rdp"
     # > 0: after the run, a membership-inference audit of the final model on this many
     # trained-on and as many held-out examples (privacy_audit.py); 0: no audit.
@@ -447,6 +477,8 @@ class CommunicationConfig:
     topk_fraction: float = 0.01  # topk: share of the coordinates sent
     error_feedback: bool = True  # topk: keep what was not sent and add it to the next update
     quantization_bits: int = 8  # qsgd: bits per coordinate, sign included
+    topk_momentum: float = 0.0  # topk: DGC momentum correction with factor masking (0: off; needs error_feedback)
+    topk_warmup_rounds: int = 0  # topk: rounds over which the density ramps down to topk_fraction (DGC warm-up)
     bandwidth_mbps: float = 20.0  # median per-client bandwidth, both directions (megabits/s)
     bandwidth_spread: float = 0.5  # σ of the lognormal spread of bandwidths across clients
     latency_ms: float = 50.0  # per-client one-way latency (median)
@@ -454,6 +486,11 @@ class CommunicationConfig:
 
     def validate(self) -> None:
         check_fields("communication", self)
+        if self.topk_momentum > 0 and not self.error_feedback:
+            raise ValueError(
+                f"communication.topk_momentum ({self.topk_momentum}) accumulates the velocity locally: it needs "
+                "communication.error_feedback = true"
+            )
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
@@ -517,6 +554,7 @@ class ExperimentConfig:
                 "privacy.mode = 'central' samples clients at random (Poisson, or exactly k of n: federation.client_sampling), "
                 f"as its accountant assumes: federation.selection must be 'uniform', got {self.federation.selection!r}"
             )
+        self._check_tree_mechanism()
         fixed = self.privacy.mode == "central" and self.federation.client_sampling == "fixed"
         if fixed and self.privacy.accountant not in FIXED_SIZE_ACCOUNTANTS:
             raise ValueError(
@@ -524,6 +562,27 @@ class ExperimentConfig:
                 f"only (no bound for sampling without replacement in the others): privacy.accountant must be "
                 f"{' or '.join(FIXED_SIZE_ACCOUNTANTS)}, got {self.privacy.accountant!r}"
             )
+
+    def _check_tree_mechanism(self) -> None:
+        """DP-FTRL (privacy.mechanism = 'dp-ftrl') runs under central DP, on the server's own sum of a seeded,
+        fixed-size schedule that its accountant reads before the run, with one clip norm C throughout."""
+        privacy, federation = self.privacy, self.federation
+        if privacy.mechanism != "dp-ftrl":
+            return
+        needs = [
+            (privacy.mode != "central", f"privacy.mode = 'central' (got {privacy.mode!r})"),
+            (federation.secure_aggregation, "federation.secure_aggregation = false: the server adds the tree's "
+             "noise to its own running sum of the clipped updates"),
+            (federation.client_sampling != "fixed", "federation.client_sampling = 'fixed' (exactly clients_per_round "
+             f"a round; all clients when it equals num_clients), got {federation.client_sampling!r}"),
+            (privacy.secure_noise, "privacy.secure_noise = false: its accountant reads the seeded participation "
+             "schedule before the run, which os.urandom sampling would hide"),
+            (privacy.adaptive_clipping, "privacy.adaptive_clipping = false: the tree's sensitivity assumes one clip "
+             "norm C"),
+        ]  # fmt: skip
+        for unmet, need in needs:
+            if unmet:
+                raise ValueError(f"privacy.mechanism = 'dp-ftrl' needs {need}")
 
     def _check_audit(self) -> None:
         """The one-run audit's canaries: random wrong classes (single-label data), relabelled test examples
@@ -584,9 +643,17 @@ class ExperimentConfig:
                 f"data.partition = 'natural' makes each of the {NGSS_SCHOOLS} synthetic schools a client: "
                 f"federation.num_clients must be {NGSS_SCHOOLS}, got {self.federation.num_clients}"
             )
+        if model.name in SCATTER_MODELS and data.dataset == "folder" and data.image_size % 4:
+            raise ValueError(
+                f"model.name = {model.name!r} scatters with J = 2: data.image_size must be a multiple of 4, "
+                f"got {data.image_size}"
+            )
         if text:
             pooling = text_pooling(model.name, model.pooling)
         if self.system.backend == "mlx":
+            if model.name in SCATTER_MODELS:
+                raise ValueError(f"system.backend = 'mlx' has no scattering transform: model.name = {model.name!r} "
+                                 "needs system.backend = 'torch'")  # fmt: skip
             if data.dataset == "folder":
                 raise ValueError("system.backend = 'mlx' runs MNIST's 28×28 models: data.dataset = 'folder' needs 'torch'")
             if text and model.name != "tinyllama-lora":

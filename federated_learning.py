@@ -39,24 +39,29 @@ from engine.client_population import (
     ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
 )  # fmt: skip
 from engine.client_trainers import (
-    NON_FINITE, InProcessTrainer, Live, ProcessPoolTrainer, RemoteClients, TaskOutcome, Trainer, TrainTask,
+    FOLD_DROP, FOLD_SUM, NON_FINITE, ROW, FoldingTrainer, InProcessTrainer, Live, ProcessPoolTrainer, RemoteClients,
+    TaskOutcome, Trainer, TrainTask,
     candidate_loss, full_steps, train_settings,
 )  # fmt: skip
-from engine.compression import Compressor, make_compressor, outgoing_update
+from engine.compression import Compressor, compressed_bytes, make_compressor, outgoing_update
 from engine.fairness import client_accuracies, with_client_accuracies
 from engine.objectives import predict_logits
 from engine.results import ClientResult, RoundResult
 from engine.secure_aggregation import SecAggError, secure_aggregate
 from engine.strategies import ClientUpdate, Strategy, make_strategy, with_global_losses
+from engine.streaming import RunningSum, round_streams, stream_slots, trainer_folds
 from engine.suspicion import FlagHistory, record_flags, score_updates, to_exclude
+from engine.ema import released, update_ema
+from engine.scattering import with_scattering
 from engine.workloads import build_model, load_data
 from experiment_config import ExperimentConfig
 from model import flatten, get_parameters, head_size, parameter_bytes, set_parameters, unflatten
 from ngss.metrics import rubric_metrics
 from privacy.dp_fedavg import (
-    CentralSum, DistributedNoiseSum, PrivacyPlan, RoundSum, central_epsilon_after, plan_privacy, secagg_protocol,
-    secagg_statistics,
+    CentralSum, DistributedNoiseSum, PrivacyPlan, RoundSum, TreeSum, central_epsilon_after, plan_privacy,
+    secagg_protocol, secagg_statistics,
 )  # fmt: skip
+from privacy.ftrl import TreeAggregator
 
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "RunState", "run_experiment",
            "client_partitions", "train_settings"]
@@ -99,9 +104,9 @@ class RunState:
     Every random draw is seeded from (seed, round, client), so the RNG state to keep is the
     round number; the rest is the global model and what rounds accumulate: the strategy's
     state (momentum, moments, SCAFFOLD's control variates), top-k residuals, FedPer heads,
-    each client's privacy accountant, the participation tally (availability-aware selection)
-    and the adaptive clip norm. The partition, profiles and privacy plan are rebuilt from the
-    config, as they were at the start.
+    each client's privacy accountant, the participation tally (availability-aware selection),
+    the adaptive clip norm and the server's EMA of the weights. The partition, profiles and
+    privacy plan are rebuilt from the config, as they were at the start.
     """
 
     completed_rounds: int
@@ -115,6 +120,8 @@ class RunState:
     tally: ParticipationTally = field(default_factory=ParticipationTally)
     trained_clients: set[int] = field(default_factory=set)  # every client that has trained in some round
     flagged_rounds: FlagHistory = field(default_factory=dict)  # suspicion: client → the rounds it was flagged in
+    ema: torch.Tensor | None = None  # federation.server_ema: (P,) float64 average of the global weights, released
+    tree: TreeAggregator | None = None  # DP-FTRL (privacy.mechanism = "dp-ftrl"): w_0 and the noised tree
 
     def to_bytes(self, config: ExperimentConfig) -> bytes:
         """The state serialized with its config (tensors and plain values only: `load` reads it
@@ -127,7 +134,8 @@ class RunState:
             "client_epsilons": dict(self.client_epsilons), "selected": dict(self.tally.selected),
             "arrived": dict(self.tally.arrived), "trained_clients": sorted(self.trained_clients),
             "clip_norm": float(self.clip_norm),
-            "flagged_rounds": {c: list(rounds) for c, rounds in self.flagged_rounds.items()},
+            "flagged_rounds": {c: list(rounds) for c, rounds in self.flagged_rounds.items()}, "ema": self.ema,
+            "tree": self.tree.state_dict() if self.tree is not None else None,
         }  # fmt: skip
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -161,6 +169,11 @@ class RunState:
         flagged = state.get("flagged_rounds", {})  # absent from checkpoints written before suspicion scores
         self.flagged_rounds = {int(c): tuple(int(r) for r in rounds) for c, rounds in flagged.items()}
         self.clip_norm = state["clip_norm"]
+        self.ema = state.get("ema")  # absent from checkpoints written before federation.server_ema; None when off
+        if self.tree is not None:  # DP-FTRL resumes from its tree, or not at all
+            if state.get("tree") is None:
+                raise ValueError("the checkpoint holds no DP-FTRL tree")
+            self.tree.load_state_dict(state["tree"])
         self.completed_rounds = int(state["round"])
 
 
@@ -170,7 +183,7 @@ class RoundWork:
     that arrived and the bytes they took, and why faulty clients were excluded."""
 
     statuses: Statuses
-    aggregator: CentralSum | DistributedNoiseSum | None  # DP-FedAvg's sum, under central DP
+    aggregator: CentralSum | DistributedNoiseSum | None  # DP-FedAvg's sum (DP-FTRL's: TreeSum), under central DP
     clip_norm: float  # this round's C
     outcomes: list[TaskOutcome] = field(default_factory=list)
     updates: list[ClientUpdate] = field(default_factory=list)
@@ -178,6 +191,10 @@ class RoundWork:
     failures: dict[int, str] = field(default_factory=dict)  # client → why it was excluded
     faults: dict[int, str] = field(default_factory=dict)  # client → the real fault it was lost or dropped for
     lost: dict[int, torch.Tensor] = field(default_factory=dict)  # secure aggregation: left after the key exchange
+    # A streamed round (`engine.streaming`): the updates received as rows, folded as they come (`updates`
+    # stays empty), and whether the trainer folds its clients itself (`FoldingTrainer.take_sum`).
+    running: RunningSum | None = None
+    folded: bool = False
     skipped: str = ""  # why the global model was not updated
     secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
     held: bool = False  # the clients hold their uploads: secure aggregation runs with them (`RemoteClients`)
@@ -239,9 +256,9 @@ class FederatedRun:
         federation, seed = config.federation, config.system.seed
         if data is None:
             data = load_data(config)
-        self.data = subset(
+        self.data = with_scattering(config, subset(  # scatter models: each client's features, computed once
             data, max_train=config.data.max_train_examples, max_test=config.data.max_test_examples, seed=seed
-        )
+        ))  # fmt: skip
         parts = client_partitions(config, self.data)
         self.label_counts = label_counts(parts, self.data.train_y.numpy(), self.data.num_classes)
         # Each client's own held-out split (personalization, validation scores) is never trained on.
@@ -265,6 +282,11 @@ class FederatedRun:
             compressor=make_compressor(config),
             clip_norm=config.privacy.max_grad_norm,
         )  # fmt: skip
+        if config.privacy.mode == "central" and config.privacy.mechanism == "dp-ftrl":
+            self.state.tree = TreeAggregator(self.state.weights)
+        # Rounds fold each update into a running sum instead of holding every one (`engine.streaming`).
+        self.streams = round_streams(config, strategy_streams=self.state.strategy.streams,
+                                     num_params=self.state.weights.numel())  # fmt: skip
         self.privacy: PrivacyPlan = plan_privacy(
             config, partition_sizes=[len(p) for p in self.partitions], participation=self._planned_participation()
         )
@@ -292,7 +314,7 @@ class FederatedRun:
         """Continue from a `checkpoint` of a run with the same config; returns its round.
         Raises ValueError for a checkpoint of another config or format."""
         self.state.load(checkpoint, self.config)
-        set_parameters(self.model, unflatten(self.state.weights, get_parameters(self.model)))
+        set_parameters(self.model, unflatten(released(self.state.weights, self.state.ema), get_parameters(self.model)))
         return self.state.completed_rounds
 
     # -- the rounds ----------------------------------------------------------------------
@@ -303,13 +325,16 @@ class FederatedRun:
         settings = train_settings(config, self.data.num_classes, noise_multiplier=plan.noise_multiplier,
                                   strategy=self.state.strategy)  # fmt: skip
         num_params, slots = self.state.weights.numel(), config.federation.clients_per_round
+        folding = self.streams and trainer_folds(config) and config.system.backend != "mlx"
+        if self.streams and not folding:  # the round loop folds the rows as they come: chunks of the round
+            slots = stream_slots(slots, num_params, self.num_workers)
         if config.system.backend == "mlx":  # local training on MLX; aggregation stays here
             from mlx_runtime.trainer import MlxTrainer  # MLX loads only when asked for
 
             return MlxTrainer(self.data, settings, num_params, slots)
         if self.num_workers > 1:
-            return ProcessPoolTrainer(self.data, settings, num_params, slots, self.num_workers)
-        return InProcessTrainer(self.data, settings, num_params, slots)
+            return ProcessPoolTrainer(self.data, settings, num_params, slots, self.num_workers, folding=folding)
+        return InProcessTrainer(self.data, settings, num_params, slots, folding=folding)
 
     def rounds(self, stop_event: StopEvent | None = None, *, trainer: Trainer | None = None) -> Iterator[RoundResult]:
         """Run the rounds (after a restored checkpoint's), yielding each result; `checkpoint()`
@@ -372,8 +397,9 @@ class FederatedRun:
                     outcome.history, self.privacy.delta, self.privacy.accountant
                 )
         state.weights, state.completed_rounds = new_weights, round_number
+        state.ema = update_ema(state.ema, new_weights, self.config.federation.server_ema)  # None: off
         eval_started = time.perf_counter()
-        set_parameters(self.model, unflatten(new_weights, get_parameters(self.model)))
+        set_parameters(self.model, unflatten(released(new_weights, state.ema), get_parameters(self.model)))
         with telemetry.span("evaluate", round=round_number, examples=len(self.data.test_y)):
             evaluation = self.evaluate_global()
         accuracies = {} if self.data.info.get("placeholder_rows") else client_accuracies(  # fairness; data at sites:
@@ -406,10 +432,11 @@ class FederatedRun:
                 plan[client] = ("partial", steps) if steps < full else ("ok", 0)
         return plan
 
-    def _tasks(self, round_number: int, statuses: Statuses, slots: int) -> list[TrainTask]:
-        """The training tasks of the clients that start, slot i % slots each."""
+    def _tasks(self, round_number: int, statuses: Statuses, slots: int, *, fold: bool = False) -> list[TrainTask]:
+        """The training tasks of the clients that start, slot i % slots each; `fold`: each is folded
+        into the trainer's running sum (FOLD_SUM), or dropped there if its update is lost (FOLD_DROP)."""
         seed, malicious_labels = self.config.system.seed, self.config.attack.behaviour == "label_flip"
-        starting = [(c, limit) for c, (status, limit) in statuses.items() if status not in ABSENT]
+        starting = [(c, limit, status) for c, (status, limit) in statuses.items() if status not in ABSENT]
         context = telemetry.inject()  # the round's span: each client's training joins it, in any process
         return [
             TrainTask(
@@ -418,28 +445,36 @@ class FederatedRun:
                 flip_labels=malicious_labels and self.profiles[client].malicious,
                 head=self.state.heads.get(client) if self.head_size else None,
                 holdout=self.holdouts[client] if len(self.holdouts[client]) else None, round_number=round_number,
-                trace_context=context,
+                trace_context=context, fold=(FOLD_DROP if status == "lost" else FOLD_SUM) if fold else ROW,
             )  # fmt: skip
-            for slot, (client, limit) in enumerate(starting)
+            for slot, (client, limit, status) in enumerate(starting)
         ]
 
     def _train(self, trainer: Trainer, round_number: int, statuses: Statuses) -> RoundWork:
         """Train the clients that start, in chunks of the trainer's slots (central DP's Poisson
         samples can be larger), and receive each outcome as it comes."""
         state, slots = self.state, trainer.results.shape[0]
-        tasks = self._tasks(round_number, statuses, slots)
+        folded = self.streams and isinstance(trainer, FoldingTrainer) and trainer_folds(self.config)
+        tasks = self._tasks(round_number, statuses, slots, fold=folded)
         progress = self.round_progress = RoundProgress(
             round_number, {t.client_id: t.max_steps or self.full_steps[t.client_id] for t in tasks})
         central = self.privacy.mode == "central"
-        if not central and len(tasks) > slots:
-            raise AssertionError("more clients than result slots outside central DP")
+        if not central and not self.streams and len(tasks) > slots:
+            raise AssertionError("more clients than result slots outside central DP and streamed rounds")
         aggregator: CentralSum | DistributedNoiseSum | None = None
         if central and self.config.federation.secure_aggregation:
             aggregator = DistributedNoiseSum(self.config, self.privacy, state.weights, round_number,
                                              clip_norm=state.clip_norm, profiles=self.profiles)  # fmt: skip
+        elif central and state.tree is not None:  # DP-FTRL
+            aggregator = TreeSum(self.config, self.privacy, state.weights, round_number, clip_norm=state.clip_norm,
+                                 tree=state.tree)  # fmt: skip
         elif central:
             aggregator = CentralSum(self.config, self.privacy, state.weights, round_number, clip_norm=state.clip_norm)
         work = RoundWork(dict(statuses), aggregator, state.clip_norm)
+        if self.streams:
+            work.running, work.folded = RunningSum(state.weights.numel()), folded
+            if folded:
+                trainer.take_sum()  # nothing left from a round given up midway
         for start in range(0, len(tasks), slots):
             chunk = tasks[start : start + slots]
             if trainer.corrections is not None:
@@ -486,6 +521,9 @@ class FederatedRun:
         if outcome.held:
             self._receive_held(work, outcome)
             return
+        if outcome.task.fold != ROW:
+            self._receive_folded(work, outcome)
+            return
         sent = outcome.sent  # None: the client's new weights are in `row`; else it made its upload itself
         if failure := outcome.error or ("" if torch.isfinite(row if sent is None else sent).all() else NON_FINITE):
             work.failures[client] = failure  # excluded: like a client lost after the key exchange
@@ -504,14 +542,34 @@ class FederatedRun:
             work.aggregator.add(client, update)
             return
         row.copy_(weights + update)  # what the server reconstructs
+        if work.running is not None:  # a streamed round: folded now, never held
+            examples, steps = len(outcome.task.indices), outcome.steps
+            coefficient = self.state.strategy.fold_weight(examples, steps)
+            work.running.add(row, coefficient=coefficient, num_examples=examples, steps=steps)
+            return
         work.updates.append(ClientUpdate(client, row, len(outcome.task.indices), outcome.steps, outcome.loss,
                                          validation_score=outcome.validation_accuracy))  # fmt: skip
+
+    def _receive_folded(self, work: RoundWork, outcome: TaskOutcome) -> None:
+        """A client its trainer folded into its running sum (`TrainTask.fold`): its record only. One that
+        failed (an error, or non-finite weights) or was lost is not in the sum; the others sent all P values."""
+        client = outcome.task.client_id
+        if outcome.error:
+            work.failures[client] = outcome.error
+        elif work.statuses[client][0] != "lost":
+            work.arrivals[client] = compressed_bytes(self.state.weights.numel(), "none")
 
     def _receive_held(self, work: RoundWork, outcome: TaskOutcome) -> None:
         """A remote client that holds its upload for secure aggregation (checked where it is): only
         its id and weight reach the protocol (`_secure_mean`); its row stands for nothing, so the
         global weights fill its place."""
         client, work.held = outcome.task.client_id, True
+        if isinstance(work.aggregator, DistributedNoiseSum):  # central DP: it clips and noises its own input
+            lost = work.statuses[client][0] == "lost"  # it joins the key exchange, then (simulated) vanishes
+            work.aggregator.add_held(client, lost=lost)
+            if not lost:
+                work.arrivals[client] = 0  # its share of the protocol's bytes comes with the sum
+            return
         if work.statuses[client][0] == "lost":  # it joins the key exchange, then (simulated) vanishes
             work.lost[client] = self.state.weights
             return
@@ -552,6 +610,8 @@ class FederatedRun:
         """The next global weights from what arrived (unchanged, with `work.skipped` saying why,
         when the round is not aggregated)."""
         weights, federation = self.state.weights, self.config.federation
+        if isinstance(work.aggregator, DistributedNoiseSum) and isinstance(trainer, RemoteClients):
+            return self._take_sum(work, work.aggregator.result(work.statuses, remote=trainer))  # with every node
         if work.aggregator is not None:  # DP-FedAvg: never skipped on the count of arrivals (dp_fedavg)
             return self._take_sum(work, work.aggregator.result(work.statuses))
         if (kept := len(work.arrivals) - len(work.excluded)) < federation.min_clients:
@@ -567,6 +627,10 @@ class FederatedRun:
                 work.skipped = f"secure aggregation failed: {error}"
                 return weights
         try:
+            if work.running is not None:  # streamed: the running sum, with what the trainer folded
+                folded = work.folded and isinstance(trainer, FoldingTrainer)
+                summed = work.running + trainer.take_sum() if folded else work.running
+                return self.state.strategy.aggregate_sum(weights, summed)
             return self.state.strategy.aggregate(weights, updates)
         except ValueError as error:  # e.g. Krum with too few updates after dropouts
             work.skipped = str(error)
@@ -577,6 +641,8 @@ class FederatedRun:
         arrived client is charged its share of the protocol's bytes."""
         self.state.clip_norm = summed.next_clip_norm
         work.skipped, work.secure_aggregation = summed.skipped, summed.secure_aggregation
+        if summed.survivors is not None:
+            self._left_during_protocol(work, summed.survivors)
         stats = summed.secure_aggregation
         if stats and "participants" in stats:
             total = stats["bytes_keys"] + stats["bytes_shares"] + stats["bytes_masked"] + stats["bytes_unmasking"]

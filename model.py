@@ -2,6 +2,7 @@
 
     model = create_model("cnn")                    # McMahan et al. 2017 CNN, 1,663,370 params
     model = create_model("cnn", num_classes=5, channels=3, image_size=32)  # the same CNN for your own images
+    model = create_model("scatter-linear")         # ScatterNet features + a linear head (Tramèr & Boneh 2021)
     model = create_model("tinyllama-lora", num_classes=5, pretrained=False)  # text: text_models.py
     params = get_parameters(model)                 # {clean name: tensor}, shared storage
     set_parameters(model, params)
@@ -11,7 +12,8 @@ The image models take (B, channels, image_size, image_size): MNIST's 1 × 28 × 
 folder's own shape (`data.image_channels`, `data.image_size`) otherwise; only the first convolution's
 input channels and the first fully connected layer's inputs change with it.
 
-No BatchNorm anywhere: per-sample gradients (DP-SGD) need layers without batch statistics.
+No BatchNorm anywhere: per-sample gradients (DP-SGD) need layers without batch statistics (the
+ScatterNet models normalise their features with GroupNorm, which works on one example at a time).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from experiment_config import SCATTER_MODELS  # noqa: F401  (re-exported: the models that read scattering features)
 
 Parameters = OrderedDict[str, torch.Tensor]
 
@@ -89,7 +93,79 @@ class MnistDPCNN(nn.Module):
         return self.fc2(x)  # (B, classes) logits
 
 
-MODEL_FACTORIES = {"cnn": MnistCNN, "mlp": MnistMLP, "cnn-dp": MnistDPCNN}
+# ScatterNet (Tramèr & Boneh 2021, "Differentially private learning needs better features"): a fixed
+# wavelet scattering transform (kymatio's Scattering2D, J = 2, L = 8 orientations) turns each C × S × S image
+# into 81·C channels of (S/4) × (S/4); only a small head on top is trained. The transform has no parameters,
+# so it costs no privacy and nothing of it is exchanged.
+SCATTER_J, SCATTER_ORIENTATIONS = 2, 8
+# Per input channel: 1 low-pass + J·L first-order + L²·J(J−1)/2 second-order coefficients = 81.
+SCATTER_COEFFICIENTS = 1 + SCATTER_J * SCATTER_ORIENTATIONS + SCATTER_ORIENTATIONS**2 * SCATTER_J * (SCATTER_J - 1) // 2
+SCATTER_GROUPS = 27  # GroupNorm groups over the 81·C feature channels (the paper's free normalisation)
+
+
+class Scattering(nn.Module):
+    """The frozen scattering layer: (B, C, S, S) images → (B, 81·C, S/4, S/4) features (S a multiple of 4).
+
+    kymatio's own torch frontend (`kymatio.torch` also imports its 3-D code, which needs a function newer
+    SciPy releases removed); its filters are buffers, never parameters."""
+
+    def __init__(self, channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        if image_size % 2**SCATTER_J:
+            raise ValueError(f"the scattering transform needs an image size divisible by 4, got {image_size}")
+        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D  # ~0.3 s: only for these models
+
+        self.transform = ScatteringTorch2D(J=SCATTER_J, shape=(image_size, image_size), L=SCATTER_ORIENTATIONS)
+        self.out_channels, self.out_size = SCATTER_COEFFICIENTS * channels, image_size // 2**SCATTER_J
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S)
+        features = self.transform(x.contiguous())  # (B, C, 81, S/4, S/4)
+        return features.flatten(1, 2)  # (B, 81·C, S/4, S/4)
+
+
+class ScatterNet(nn.Module):
+    """Scattering features → GroupNorm (no affine parameters) → a trained head.
+
+    Takes images (B, C, S, S), or the features themselves (B, 81·C, S/4, S/4): a run computes every
+    client's features once when it loads its data (`engine.scattering`), so training never recomputes
+    the fixed transform; the model still maps images to logits for anyone holding only images."""
+
+    def __init__(self, head: nn.Module, channels: int, image_size: int) -> None:
+        super().__init__()
+        self.scattering = Scattering(channels, image_size)
+        self.norm = nn.GroupNorm(SCATTER_GROUPS, self.scattering.out_channels, affine=False)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.scattering.out_channels:  # images, not yet features
+            x = self.scattering(x)
+        return self.head(self.norm(x))  # (B, classes) logits
+
+
+def scatter_linear(num_classes: int = 10, channels: int = 1, image_size: int = 28) -> ScatterNet:
+    """ScatterNet + linear: 81·C·(S/4)² → classes (39,700 parameters for MNIST)."""
+    features = SCATTER_COEFFICIENTS * channels * (image_size // 2**SCATTER_J) ** 2
+    return ScatterNet(nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes)), channels, image_size)
+
+
+def scatter_cnn(num_classes: int = 10, channels: int = 1, image_size: int = 28) -> ScatterNet:
+    """ScatterNet + the paper's small tanh CNN for MNIST features: conv3x3(16)/2 → conv3x3(32) → FC 32 →
+    classes (33,066 parameters for MNIST; shapes below for its 81 × 7 × 7 features)."""
+    side = (image_size // 2**SCATTER_J - 1) // 2 + 1  # conv3x3, stride 2, padding 1: 7 → 4
+    head = nn.Sequential(
+        nn.Conv2d(SCATTER_COEFFICIENTS * channels, 16, kernel_size=3, stride=2, padding=1), nn.Tanh(),  # (B, 16, 4, 4)
+        nn.Conv2d(16, 32, kernel_size=3, stride=1, padding=1), nn.Tanh(),  # (B, 32, 4, 4)
+        nn.Flatten(), nn.Linear(32 * side * side, 32), nn.Tanh(), nn.Linear(32, num_classes),  # (B, classes)
+    )  # fmt: skip
+    return ScatterNet(head, channels, image_size)
+
+
+MODEL_FACTORIES = {
+    "cnn": MnistCNN, "mlp": MnistMLP, "cnn-dp": MnistDPCNN,
+    "scatter-linear": scatter_linear, "scatter-cnn": scatter_cnn,
+}  # fmt: skip
+
 # Token ids (B, L) → multi-label logits; built by text_models.py (LoRA on a frozen transformer).
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")
 

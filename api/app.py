@@ -41,15 +41,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.streams import Feeds, run_events
-from database import STATUSES, Experiment, ExperimentStore, ExperimentSummary, json_dumps
+from database import STATUSES, ExperimentStore, ExperimentSummary, json_dumps
 from experiment_config import ExperimentConfig, default_data_dir
 from privacy.report import render_markdown
-from runs import service
+from runs import intake, service
 from runs import workers as processes
 from runs.preflight import check_data
 from runs.scoring import rubric_elements, score_experiment
 
-MAX_NAME_CHARS = Experiment.__table__.c.name.type.length  # as `cli.py run --name`
 DATABASE_THREADS = 8  # SQLAlchemy's pool holds 5 connections (+10 overflow); SQLite readers do not block
 SWEEP_SECONDS = 1.0  # how stale "is its worker alive?" may be: a dead worker's run shows interrupted within this
 RunId = Annotated[int, Field(ge=1, description="the experiment id")]
@@ -84,18 +83,14 @@ def one_line(error: BaseException) -> str:
     return processes.printable(" ".join(str(error).split()))
 
 
-def build_config(request: RunRequest) -> tuple[ExperimentConfig, str]:
+def checked_request(request: RunRequest) -> tuple[ExperimentConfig, str]:
     """(the validated config, the name) of a request, or ValueError with the CLI's message: the
-    config, its overrides, the name (at most MAX_NAME_CHARS printable characters), then the data."""
-    if len(request.name) > MAX_NAME_CHARS:
-        raise ValueError(f"--name must be at most {MAX_NAME_CHARS} characters, got {len(request.name)}")
-    if processes.printable(request.name) != request.name:
-        raise ValueError(f"--name must be printable text, got {processes.printable(request.name)[:80]}")
-    config = ExperimentConfig.from_dict(request.config) if request.config else ExperimentConfig()
-    config = config.with_overrides(request.set) if request.set else config
+    name (`intake.checked_name`), the config and its overrides (`intake.build_config`), then the data."""
+    name = intake.checked_name(request.name)
+    config = intake.build_config(request.config, request.set)
     check_csv_path(config)
     check_data(config)
-    return config, request.name
+    return config, name
 
 
 def check_csv_path(config: ExperimentConfig) -> None:
@@ -136,22 +131,13 @@ class Workers:
         if time.monotonic() - self._swept_at < SWEEP_SECONDS or not self._sweeping.acquire(blocking=False):
             return
         try:
-            self._settle(store)
+            with self._lock:  # `start` adds handles from other threads
+                ended = intake.ended_workers(self._handles)
+            intake.fail_unstarted(store, ended)
             store.mark_interrupted_if_dead(processes.pid_alive)
             self._swept_at = time.monotonic()
         finally:
             self._sweeping.release()
-
-    def _settle(self, store: ExperimentStore) -> None:
-        with self._lock:
-            ended = [(i, h) for i, h in self._handles.items() if h.poll() is not None]
-            for experiment_id, _ in ended:
-                del self._handles[experiment_id]
-        for experiment_id, handle in ended:
-            experiment = store.get_experiment(experiment_id)
-            if experiment is not None and experiment.status == "queued":
-                message = f"the worker exited with code {handle.returncode} before it started the run"
-                store.finish(experiment_id, "failed", error=message)
 
 
 class TokenGate:
@@ -262,7 +248,7 @@ async def refused(_request: Request, error: Exception) -> Response:
 @routes.post("", status_code=201, summary="Create a run and start its worker")
 def create_run(request: RunRequest, ctx: Ctx) -> dict[str, Any]:
     try:
-        config, name = build_config(request)
+        config, name = checked_request(request)
     except ValueError as error:
         raise HTTPException(422, one_line(error)) from None
     experiment_id = service.create(ctx.store, config, name=name)

@@ -18,6 +18,7 @@ from experiment_config import ExperimentConfig
 from ngss.data import TASKS
 from runs import service
 from runs import workers as processes
+from runs.intake import settle_workers
 
 ACTIVE_STATUSES = ("queued", "running")
 STATUS_ICONS = {
@@ -51,15 +52,7 @@ def absolute_db_url(url: str) -> str:
 def list_experiments(store: ExperimentStore) -> list[ExperimentSummary]:
     """All experiments, newest first, after settling the fate of ended workers."""
     workers: dict[int, subprocess.Popen] = st.session_state.setdefault("workers", {})
-    for experiment_id, worker in list(workers.items()):
-        if worker.poll() is None:
-            continue
-        del workers[experiment_id]  # reaped: polling collected its exit status
-        experiment = store.get_experiment(experiment_id)
-        if experiment is not None and experiment.status == "queued":
-            message = f"the worker exited with code {worker.returncode} before it started the run"
-            store.finish(experiment_id, "failed", error=message)
-    store.mark_interrupted_if_dead(processes.pid_alive)
+    settle_workers(store, workers)
     return store.list_experiments()
 
 

@@ -113,12 +113,14 @@ def range_text(low: float | None, high: float | None) -> str:
 
 
 DATA_FIELDS = (
-    Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp, cnn-dp). ngss: rubric scoring of "
-          "middle-school science explanations, synthetic responses — not real student data (models "
+    Field("data", "dataset", "Dataset", "mnist: handwritten digits (models cnn, mlp, cnn-dp, scatter-*). ngss: rubric "
+          "scoring of middle-school science explanations, synthetic responses — not real student data (models "
           "tinyllama-lora, minilm-lora). csv: your lab's own NGSS files, uploaded under NGSS rubric scoring."),
     Field("model", "name", "Model", "For MNIST: cnn, the CNN of McMahan et al. 2017 (1.66M parameters); mlp, their "
-          "2NN (two hidden layers of 200); cnn-dp, the small tanh CNN DP-SGD papers use (26k parameters: the "
-          "best choice with privacy on). For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
+          "2NN (two hidden layers of 200); cnn-dp, the small tanh CNN DP-SGD papers use (26k parameters); "
+          "scatter-linear and scatter-cnn, a fixed wavelet scattering transform of each client's images "
+          "(free in ε) with a linear (40k) or small CNN (33k) head: the most accurate at small ε. "
+          "For text (ngss, csv): tinyllama-lora, TinyLLama-v0 (4.6M parameters) "
           "with LoRA and a multi-label head; minilm-lora, all-MiniLM-L6-v2 (22.7M, pretrained, works offline). "
           "Text models exchange only LoRA + head.", key="model"),
     Field("data", "partition", "Partition", "How the training data is split over clients: iid (uniform at random), "
@@ -186,6 +188,10 @@ PRIVACY_FIELDS = (
           "probability clients per round / clients (the count varies), ε for adding or removing one client. fixed "
           "takes exactly clients per round, ε for replacing one client's data (RDP accountant only). Other modes "
           "always take exactly clients per round."),
+    Field("privacy", "mechanism", "Central mechanism", "Central DP: dp-fedavg adds fresh noise to each round's sum "
+          "(ε amplified by client sampling). dp-ftrl (Kairouz et al. 2021) adds tree-correlated noise to the running "
+          "sum, needs no sampling assumption (fixed client sampling; zCDP accounting); it pays for clients that "
+          "take part in many rounds."),
     Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
           "Ignored when a target ε is set.", step=0.1, format="%.3f"),
     Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "
@@ -211,7 +217,7 @@ ADVANCED_FIELDS = (
     Field("system", "runtime", "Runtime", "in-process: this machine's engine (fastest). flower: a real Flower "
           "deployment on this machine (a SuperLink and one SuperNode per client on loopback, stopped when the run "
           "ends) with the same rounds as in-process: every setting, each node keeping its own residuals, heads and "
-          "accountant; secure aggregation runs between the nodes. Not yet: secure aggregation with central DP."),
+          "accountant; secure aggregation runs between the nodes, with central DP each adding its own noise share."),
     Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for "
           "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD."),
     Field("privacy", "audit", "Audit", "After the run, measure leakage empirically. loss: a membership-inference "
@@ -244,6 +250,9 @@ STRATEGY_FIELDS = (
           format="%.3f"),
     Field("federation", "server_momentum", "Server momentum", "fedavgm: momentum of the server's update.",
           step=0.05, format="%.3f"),
+    Field("federation", "server_ema", "Server EMA decay", "Any strategy: the evaluated and stored model is "
+          "an exponential moving average of the global weights with this decay (e.g. 0.9); free in ε "
+          "(post-processing). Clients still train from the latest global model. 0 = off.", step=0.05, format="%.4f"),
     Field("federation", "tau", "τ", "fedadagrad, fedadam, fedyogi: adaptivity, added to the root of the second "
           "moment (smaller = more adaptive).", step=1e-3, format="%.1e"),
     Field("federation", "beta1", "β₁", "fedadam, fedyogi, fedadagrad: decay of the first moment (momentum) of the "
@@ -261,6 +270,9 @@ STRATEGY_FIELDS = (
           "(Personalization).", step=0.1, format="%.2f"),
     Field("federation", "qffl_q", "q-FFL q", "qfedavg: how much more clients whose loss is high weigh "
           "(Li et al. 2020); 0 = FedAvg, larger = a more even accuracy across clients.", step=0.5, format="%.2f"),
+    Field("federation", "qffl_lipschitz", "q-FFL Lipschitz L", "qfedavg: L sets the step, about 1/(1 + q·L·"
+          "‖update‖²/loss) of FedAvg's; 0 = 1/learning rate, the paper's default. Smaller L: longer steps.",
+          step=0.5, format="%.2f"),
 )  # fmt: skip
 CLIENT_FIELDS = (
     Field("federation", "selection", "Selection", "uniform: clients drawn at random each round. power_of_choice: "
@@ -307,6 +319,10 @@ ATTACK_FIELDS = (
           "(distance to the median update, direction, norm); the Federation panel marks the flagged clients. "
           "none: score only. flagged: leave flagged clients out of the aggregate (not with secure aggregation "
           "or central DP, which hide single updates)."),
+    Field("federation", "exclusion_flags", "Flags k", "flagged: a client is left out once it was flagged in k of "
+          "the last m rounds (k ≤ m)."),
+    Field("federation", "exclusion_window", "Window m", "flagged: how many recent rounds (this one included) "
+          "count towards k."),
 )  # fmt: skip
 COMMUNICATION_FIELDS = (
     Field("communication", "compression", "Compression", "none: dense float32 updates. topk: only the largest "
@@ -317,6 +333,11 @@ COMMUNICATION_FIELDS = (
     Field("communication", "quantization_bits", "QSGD bits", "qsgd: bits per coordinate, sign included."),
     Field("communication", "error_feedback", "Error feedback (top-k)", "topk: keep what was not sent and add it to the "
           "next update, so nothing is lost, only delayed."),
+    Field("communication", "topk_momentum", "Momentum correction (top-k)", "topk: DGC momentum correction with "
+          "momentum factor masking; the clients keep a velocity m·v + update (0 = off; needs error feedback).",
+          step=0.05, format="%.2f"),
+    Field("communication", "topk_warmup_rounds", "Top-k warm-up rounds", "topk: the share sent starts dense and "
+          "falls exponentially to the top-k fraction over this many rounds (0 = none)."),
     Field("communication", "bandwidth_mbps", "Bandwidth (Mbit/s)", "Median client bandwidth of the simulated "
           "network, both directions.", step=1.0, format="%.1f"),
     Field("communication", "bandwidth_spread", "Bandwidth spread σ", "σ of the lognormal spread of bandwidths "

@@ -64,6 +64,8 @@ def cases(rounds: int) -> dict[str, ExperimentConfig]:
         "central DP adaptive C": mnist(rounds, clients_per_round=2).replace(
             "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True),
         "secure aggregation": mnist(rounds, secure_aggregation=True),
+        "secure aggregation + central DP": mnist(rounds, clients_per_round=2, secure_aggregation=True).replace(
+            "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True),
         "top-k": base.replace("communication", compression="topk", topk_fraction=0.05),
         "QSGD": base.replace("communication", compression="qsgd"),
         "sign-flip attackers": base.replace("attack", fraction=0.34, behaviour="sign_flip"),

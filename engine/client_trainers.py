@@ -21,7 +21,7 @@ import queue
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,11 +31,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import telemetry
-from engine import objectives
+from engine import objectives, streaming
 from engine.client_population import loss_sample
 from engine.secure_aggregation import SecAggConfig, SecAggResult
 from data_handler import FederatedData
 from engine.strategies import Strategy, make_strategy
+from engine.streaming import RunningSum
 from engine.workloads import is_text, model_options
 from experiment_config import CLIENT_OPTIMIZERS, ExperimentConfig, check_one_of
 from model import create_model, get_parameters, unflatten
@@ -46,6 +47,10 @@ WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has
 # copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
 # run with one thread, so no OpenMP pool is used after the fork. macOS must spawn.
 START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+# TrainTask.fold: where a client's new weights go. "" (ROW): its result row. A streamed round
+# (`engine.streaming`): FOLD_SUM adds them to the trainer's running sum and writes no row; FOLD_DROP keeps
+# nothing (its update is lost on the way: it trains, and is never aggregated).
+ROW, FOLD_SUM, FOLD_DROP = "", "sum", "drop"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class TrainTask:
     holdout: np.ndarray | None = None  # the client's held-out examples: report local accuracy on them
     round_number: int = 0  # the round it belongs to (a remote client seeds its own upload with it)
     trace_context: dict[str, str] | None = None  # the round's span (`telemetry.inject`): its client span joins it
+    fold: str = ROW  # ROW, FOLD_SUM or FOLD_DROP (a `FoldingTrainer` only)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,17 @@ class Trainer(Protocol):
 
 
 @runtime_checkable
+class FoldingTrainer(Protocol):
+    """A trainer that can fold a streamed round's clients where they train (`TrainTask.fold`): each
+    client's new weights are added to the trainer's running sum, weighted by `settings.fold_weight`,
+    instead of written to a result row."""
+
+    def take_sum(self) -> RunningSum:
+        """The sum of what was folded since the last call (across the trainer's processes), and reset."""
+        ...
+
+
+@runtime_checkable
 class RemoteClients(Protocol):
     """A trainer whose clients keep their data where they are (Flower SuperNodes): what the round
     loop would otherwise compute from a client's data, the client computes."""
@@ -117,11 +134,14 @@ class RemoteClients(Protocol):
         ...
 
     def secure_sum(
-        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int]
-    ) -> SecAggResult:
+        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int],
+        noise: Any = None, held: frozenset[int] = frozenset(),
+    ) -> SecAggResult:  # fmt: skip
         """Secure aggregation of the uploads the clients `weights` names hold (`TaskOutcome.held`),
         each weighted by its weight, run with them as messages (`secure_aggregation`'s four
-        exchanges); `drop_after_sharing` leave after sharing their keys (simulated)."""
+        exchanges); `drop_after_sharing` leave after sharing their keys (simulated). With central
+        DP, `noise` (a `privacy.dp_fedavg.DistributedNoise`): every client in `weights` inputs its
+        `noise.input`, of its held upload if it is in `held`, else of nothing (a cover client)."""
         ...
 
 
@@ -316,6 +336,8 @@ class TrainSettings:
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
     optimizer: str = "sgd"  # the clients' local optimizer (`experiment_config.CLIENT_OPTIMIZERS`); DP-SGD steps with SGD
     secure_noise: bool = False  # local DP: DP-SGD's noise and batch sampling from the OS's CSPRNG
+    # c_k of a folded client (`Strategy.fold_weight`, a module-level function); None: the strategy never streams
+    fold_weight: Callable[[int, int], float] | None = None
 
 
 def train_settings(
@@ -344,6 +366,7 @@ def train_settings(
         corrections=strategy.uses_corrections,
         optimizer=federation.client_optimizer,
         secure_noise=privacy.secure_noise,
+        fold_weight=strategy.fold_weight,
     )
 
 
@@ -366,6 +389,8 @@ class ClientTrainer:
         self.params = get_parameters(self.model)
         self.dp_model: Any = None
         self._flipped_y: torch.Tensor | None = None
+        # Where FOLD_SUM tasks go (set by the trainer that owns this one; this process's row of its sums).
+        self.running: RunningSum | None = None
 
     def run(
         self, task: TrainTask, global_weights: torch.Tensor, out: torch.Tensor, correction: torch.Tensor | None = None,
@@ -389,7 +414,9 @@ class ClientTrainer:
         new weights go to `out` (P,). `correction` (P,): SCAFFOLD's c − c_i. `live`: this task's
         step counter and abort flag (`Live.at(slot)`; local DP's steps are counted per client)."""
         started = time.perf_counter()
-        torch.manual_seed(task.seed)  # dropout (LoRA) draws from the global generator: same result in any process
+        # Dropout (LoRA) draws from the global CPU generator: same result in any process. Only it: torch.manual_seed
+        # also queues seeds for CUDA, XPU and MTIA, formatting a stack trace each time (0.7 ms a client).
+        torch.default_generator.manual_seed(task.seed)
         for name, tensor in unflatten(global_weights, self.params).items():
             self.params[name].copy_(tensor)
         if task.head is not None:
@@ -415,16 +442,38 @@ class ClientTrainer:
                     objective=objective, optimizer_name=settings.optimizer, live=live,
                 )  # fmt: skip
             except Exception as error:  # a faulty client: the server excludes it and goes on
-                out.copy_(global_weights)
+                if task.fold == ROW:
+                    out.copy_(global_weights)
                 return TaskOutcome(
                     task, 0, 0.0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}"
                 )
             outcome = TaskOutcome(task, steps, loss)
-        torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
+        if task.fold == ROW:
+            torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
+        else:
+            outcome = self._fold(outcome)
         validation = None
         if task.holdout is not None:
             validation = accuracy_on(self.model, self.train_x, self.train_y, task.holdout)
         return dataclasses.replace(outcome, seconds=time.perf_counter() - started, validation_accuracy=validation)
+
+    def _fold(self, outcome: TaskOutcome) -> TaskOutcome:
+        """A streamed client's new weights (the model's parameters) into `self.running`, unless its
+        update is lost (FOLD_DROP) or not finite (then it fails, as the round loop fails such a row)."""
+        task, settings, running = outcome.task, self.settings, self.running
+        if running is None or settings.fold_weight is None:
+            raise RuntimeError("a folded task reached a trainer without a running sum or a fold weight")
+        if task.fold == FOLD_DROP:
+            return outcome
+        parts = list(self.params.values())
+        # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value is (one
+        # pass, no (P,) mask): NaN and ±inf carry through it.
+        if not all(bool(torch.isfinite(p.sum(dtype=torch.float64))) for p in parts):
+            return dataclasses.replace(outcome, error=NON_FINITE)
+        n = len(task.indices)
+        running.add_parts(parts, coefficient=settings.fold_weight(n, outcome.steps), num_examples=n,
+                          steps=outcome.steps)  # fmt: skip
+        return outcome
 
     def _load_head(self, head: torch.Tensor) -> None:
         """Overwrite the trailing `head.numel()` weights of the flat order (the final layer)."""
@@ -462,14 +511,33 @@ class ClientTrainer:
         return TaskOutcome(task, result.steps, result.loss, history)
 
 
-class InProcessTrainer:
-    """Trains clients one after another in this process, with all of torch's threads."""
+def result_rows(slots: int, num_params: int, *, folding: bool, shared: bool) -> torch.Tensor:
+    """The (slots, P) result buffer. A trainer whose rounds are folded (`FoldingTrainer`) writes no
+    row: every slot is then a view of one row (stride 0), so 10,000 slots cost P values, not 10,000·P."""
+    rows = torch.zeros(1 if folding else slots, num_params)
+    if shared:
+        rows.share_memory_()
+    return rows.expand(slots, num_params) if folding else rows
 
-    def __init__(self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int) -> None:
+
+class InProcessTrainer:
+    """Trains clients one after another in this process, with all of torch's threads. `folding`: the
+    run streams (`engine.streaming`), its clients are folded into `take_sum`'s sum, not result rows."""
+
+    def __init__(
+        self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int, *, folding: bool = False
+    ) -> None:
         self.trainer = ClientTrainer(data.train_x, data.train_y, settings)
-        self.results = torch.empty(slots, num_params)
+        self.trainer.running = RunningSum(num_params)
+        self.results = result_rows(slots, num_params, folding=folding, shared=False)
         self.corrections = torch.zeros(slots, num_params) if settings.corrections else None
         self.live = Live(slots)
+
+    def take_sum(self) -> RunningSum:
+        running = self.trainer.running
+        taken = RunningSum(running.num_params, values=running.values.clone())
+        running.reset()
+        return taken
 
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         corrections = self.corrections
@@ -496,12 +564,15 @@ def _worker_main(
     live: Live,
     tasks: Any,
     replies: Any,
+    sums: torch.Tensor,
 ) -> None:
-    """A client trainer process: one thread, reads shared data, writes its result row."""
+    """A client trainer process: one thread, reads shared data, writes its result row (or folds the
+    client into its own row of the shared `sums`)."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     parent = os.getppid()
     trainer = ClientTrainer(train_x, train_y, settings)
+    trainer.running = RunningSum(global_weights.numel(), values=sums[worker_index])
     _warm_up(trainer.model, train_x[: settings.batch_size], train_y[: settings.batch_size])
     replies.put(("ready", worker_index, None))
     while (task := _next_task(tasks, parent)) is not None:
@@ -540,13 +611,17 @@ class ProcessPoolTrainer:
     """
 
     def __init__(
-        self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int, num_workers: int
-    ) -> None:
+        self, data: FederatedData, settings: TrainSettings, num_params: int, slots: int, num_workers: int, *,
+        folding: bool = False,
+    ) -> None:  # fmt: skip
         context = mp.get_context(START_METHOD)
         if START_METHOD != "fork":
             data.share_memory()  # spawned trainers map it instead of receiving copies
         self.global_weights = torch.zeros(num_params).share_memory_()
-        self.results = torch.zeros(slots, num_params).share_memory_()
+        self.results = result_rows(slots, num_params, folding=folding, shared=True)
+        # One running sum per worker (`folding`): each folds its clients into its own row, the server adds them.
+        self.sums = torch.zeros(num_workers, num_params + len(streaming.SCALARS), dtype=torch.float64)
+        self.sums.share_memory_()
         self.corrections = torch.zeros(slots, num_params).share_memory_() if settings.corrections else None
         self.live = Live(slots, shared=True)
         self.tasks = context.Queue()
@@ -556,7 +631,7 @@ class ProcessPoolTrainer:
                 target=_worker_main,
                 args=(
                     i, data.train_x, data.train_y, settings, self.global_weights, self.results, self.corrections,
-                    self.live, self.tasks, self.replies,
+                    self.live, self.tasks, self.replies, self.sums,
                 ),  # fmt: skip
                 daemon=True,
                 name=f"fpl-client-trainer-{i}",
@@ -584,6 +659,12 @@ class ProcessPoolTrainer:
                 raise RuntimeError(f"client {by_slot[slot].client_id} failed in a trainer process: {payload}")
             done[slot] = payload
         return [done[slot] for slot in sorted(done)]
+
+    def take_sum(self) -> RunningSum:
+        """The workers' sums added up (read after `train` returned: every task has replied), and reset."""
+        taken = RunningSum(self.global_weights.numel(), values=self.sums.sum(dim=0))
+        self.sums.zero_()
+        return taken
 
     def _reply(self, timeout: float | None) -> tuple[str, int, Any]:
         """The next message from a worker; raises if a worker died or none answered in time."""

@@ -3,11 +3,13 @@
 A client's upload is its update, a flat (P,) float32 tensor (its new weights − the global
 weights). The server reconstructs a dense (P,) update from what was sent; `compressed_bytes`
 counts what went over the wire. Pure functions plus one small class, `Compressor`, that holds
-the only state the algorithms need: each client's top-k residual for error feedback.
+the only state the algorithms need: each client's top-k residual for error feedback (and, with
+Deep Gradient Compression's momentum correction, its velocity), one tensor per client.
 
-    compressor = Compressor("topk", fraction=0.01)
+    compressor = Compressor("topk", fraction=0.01, momentum=0.5, warmup_rounds=4)
     generator = torch.Generator().manual_seed(seed)
-    received, bytes_up = compressor.compress(client_id, local_weights - global_weights, generator)
+    received, bytes_up = compressor.compress(client_id, local_weights - global_weights, generator,
+                                             round_number=round_number)
     # received: (P,) float32, what the server adds up; bytes_up: int, what the client sent
 
 `outgoing_update` is a client's whole upload step (a simulated attacker's poisoning, then
@@ -44,6 +46,15 @@ def _check_fraction(fraction: float) -> None:
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"QSGD bits must be an integer in {MIN_BITS}..{MAX_BITS}; got {bits!r}")
+
+
+def _check_dgc(momentum: float, warmup_rounds: int, error_feedback: bool) -> None:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"top-k momentum must be in [0, 1); got {momentum!r}")
+    if isinstance(warmup_rounds, bool) or not isinstance(warmup_rounds, int) or warmup_rounds < 0:
+        raise ValueError(f"top-k warm-up rounds must be a non-negative integer; got {warmup_rounds!r}")
+    if momentum > 0 and not error_feedback:
+        raise ValueError("top-k momentum correction accumulates the velocity locally: it needs error feedback")
 
 
 def _check_vector(vector: Tensor) -> None:
@@ -112,67 +123,114 @@ def compressed_bytes(num_params: int, method: str, *, fraction: float = 0.01, bi
 
 
 class Compressor:
-    """Compresses each client's upload, keeping per-client residual memory for error feedback (top-k).
+    """Compresses each client's upload, keeping per-client memory for error feedback (top-k).
 
-    Residuals are kept only with method "topk" and `error_feedback=True`, and only for clients
-    that have uploaded: {client_id: (P,) float32}. QSGD is unbiased and needs no memory.
+    Memory is kept only with method "topk" and `error_feedback=True`, and only for clients that
+    have uploaded: {client_id: (P,) residual}, or with momentum correction {client_id: (2, P)}
+    (row 0 the residual, row 1 the velocity). One tensor per client, so it travels unchanged
+    wherever the residual goes (a checkpoint, a Flower node's state). QSGD is unbiased and needs
+    no memory.
+
+    Two options from Deep Gradient Compression (Lin et al. 2018) narrow top-k's accuracy cost:
+    `momentum` > 0 is momentum correction with momentum factor masking, and `warmup_rounds` > 0
+    ramps the density from dense to `fraction` over the first rounds.
     """
 
-    def __init__(self, method: str, *, fraction: float = 0.01, bits: int = 8, error_feedback: bool = True) -> None:
+    def __init__(
+        self, method: str, *, fraction: float = 0.01, bits: int = 8, error_feedback: bool = True,
+        momentum: float = 0.0, warmup_rounds: int = 0,
+    ) -> None:  # fmt: skip
         _check_method(method)
         _check_fraction(fraction)
         _check_bits(bits)
+        _check_dgc(momentum, warmup_rounds, error_feedback)
         self.method = method
         self.fraction = fraction
         self.bits = bits
         self.error_feedback = error_feedback
-        self._residuals: dict[int, Tensor] = {}
+        self.momentum = float(momentum)
+        self.warmup_rounds = warmup_rounds
+        self._memory: dict[int, Tensor] = {}
 
-    def compress(self, client_id: int, update: Tensor, generator: torch.Generator) -> tuple[Tensor, int]:
+    def fraction_at(self, round_number: int | None) -> float:
+        """The top-k density of `round_number` (1-based; None: after any warm-up).
+
+        DGC's exponential warm-up: round r ≤ W of W warm-up rounds sends fraction**(r/(W+1)) of
+        the coordinates (e.g. 1%, W = 3: 31.6%, 10%, 3.2%), then `fraction`, so the first,
+        largest updates are barely delayed by the residual."""
+        if round_number is None or round_number > self.warmup_rounds:
+            return self.fraction
+        if round_number < 1:
+            raise ValueError(f"round_number must be at least 1; got {round_number}")
+        return self.fraction ** (round_number / (self.warmup_rounds + 1))
+
+    def compress(
+        self, client_id: int, update: Tensor, generator: torch.Generator, *, round_number: int | None = None
+    ) -> tuple[Tensor, int]:
         """(the dense (P,) update the server reconstructs, bytes sent) for one client's (P,) update.
 
         topk with error feedback (Stich et al. 2018; Karimireddy et al. 2019): u = update +
         residual[client]; send top_k(u); residual[client] = u − sent, so nothing is lost, only
-        delayed. Without error feedback residuals are not kept. 'none' returns `update` itself
-        unchanged. `generator` drives QSGD's rounding and is unused by the other methods.
+        delayed. With momentum correction (DGC) the velocity is accumulated instead: v = m·v +
+        update, u = residual + v, send top_k(u), and both u and v are zeroed where sent (momentum
+        factor masking: a sent coordinate's stale momentum would push it on for rounds). Without
+        error feedback nothing is kept. `round_number` picks the warm-up density. 'none' returns
+        `update` itself unchanged. `generator` drives QSGD's rounding only.
         """
         _check_vector(update)
         num_params = update.numel()
-        sent_bytes = compressed_bytes(num_params, self.method, fraction=self.fraction, bits=self.bits)
+        fraction = self.fraction_at(round_number) if self.method == "topk" else self.fraction
+        sent_bytes = compressed_bytes(num_params, self.method, fraction=fraction, bits=self.bits)
         if self.method == "none":
             return update, sent_bytes
         if self.method == "qsgd":
             return quantize(update, self.bits, generator), sent_bytes
-        accumulated = update.to(torch.float32)
-        residual = self._residuals.get(client_id) if self.error_feedback else None
-        if residual is not None:
-            if residual.shape != accumulated.shape:
-                raise ValueError(
-                    f"client {client_id} uploaded {num_params} parameters but its residual has {residual.numel()}"
-                )
-            accumulated = accumulated + residual
-        indices, values = top_k(accumulated, self.fraction)
+        residual, velocity = self._client_memory(client_id, num_params)
+        velocity = update.to(torch.float32) if velocity is None else velocity * self.momentum + update
+        accumulated = velocity if residual is None else residual + velocity
+        indices, values = top_k(accumulated, fraction)
         sent = torch.zeros_like(accumulated)
         sent[indices] = values
         if self.error_feedback:
             # u − sent, written as a masked copy so sent coordinates are exactly zero.
             remainder = accumulated.clone()
             remainder[indices] = 0
-            self._residuals[client_id] = remainder
+            if self.momentum > 0:
+                velocity = velocity.clone()
+                velocity[indices] = 0
+                remainder = torch.stack([remainder, velocity])  # (2, P)
+            self._memory[client_id] = remainder
         return sent, sent_bytes
+
+    def _client_memory(self, client_id: int, num_params: int) -> tuple[Tensor | None, Tensor | None]:
+        """(residual (P,), velocity (P,)) kept for `client_id`, each None if not kept."""
+        memory = self._memory.get(client_id) if self.error_feedback else None
+        if memory is None:
+            return None, None
+        if memory.shape[-1] != num_params:
+            raise ValueError(f"client {client_id} uploaded {num_params} parameters but its residual has "
+                             f"{memory.shape[-1]}")  # fmt: skip
+        if memory.dim() == 1:  # a residual kept without momentum (or before it was turned on)
+            return memory, None
+        return memory[0], memory[1] if self.momentum > 0 else None
 
     def residual_norm(self, client_id: int) -> float:
         """‖residual[client]‖₂ (same units as the update); 0 if none is kept for that client."""
-        residual = self._residuals.get(client_id)
-        return 0.0 if residual is None else float(torch.linalg.vector_norm(residual))
+        memory = self._memory.get(client_id)
+        if memory is None:
+            return 0.0
+        return float(torch.linalg.vector_norm(memory if memory.dim() == 1 else memory[0]))
 
     def state_dict(self) -> dict[int, Tensor]:
-        """The residuals kept for error feedback ({client_id: (P,)}), for a checkpoint."""
-        return dict(self._residuals)
+        """The memory kept for error feedback ({client_id: (P,) or (2, P)}), for a checkpoint."""
+        return dict(self._memory)
 
-    def load_state_dict(self, residuals: dict[int, Tensor]) -> None:
+    def load_state_dict(self, memory: dict[int, Tensor]) -> None:
         """Restore what `state_dict` returned."""
-        self._residuals = {int(client): residual.to(torch.float32) for client, residual in residuals.items()}
+        for client, tensor in memory.items():
+            if tensor.dim() not in (1, 2) or (tensor.dim() == 2 and tensor.shape[0] != 2):
+                raise ValueError(f"client {client}'s compression memory must be (P,) or (2, P); got {tuple(tensor.shape)}")
+        self._memory = {int(client): tensor.to(torch.float32) for client, tensor in memory.items()}
 
 
 def make_compressor(config: ExperimentConfig) -> Compressor:
@@ -180,7 +238,8 @@ def make_compressor(config: ExperimentConfig) -> Compressor:
     communication = config.communication
     return Compressor(
         communication.compression, fraction=communication.topk_fraction, bits=communication.quantization_bits,
-        error_feedback=communication.error_feedback,
+        error_feedback=communication.error_feedback, momentum=communication.topk_momentum,
+        warmup_rounds=communication.topk_warmup_rounds,
     )  # fmt: skip
 
 
@@ -200,7 +259,7 @@ def outgoing_update(
                                generator=generator)  # fmt: skip
     body = update.numel() - head_size
     generator = torch.Generator().manual_seed(stream_seed(seed, round_number, client, COMPRESSION_TAG))
-    sent, num_bytes = compressor.compress(client, update[:body].contiguous(), generator)
+    sent, num_bytes = compressor.compress(client, update[:body].contiguous(), generator, round_number=round_number)
     if head_size:
         sent = torch.cat([sent, update[body:]])
     return sent, num_bytes

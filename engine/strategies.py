@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import experiment_config
+from engine.streaming import RunningSum, by_examples, by_examples_per_step, fednova_from_sum
 from experiment_config import check_integer, check_number, check_one_of
 
 F64 = torch.float64
@@ -285,6 +286,21 @@ class Strategy(ABC):
     uses_corrections: bool = False
     # Whether `aggregate` reads each update's `global_loss` F_k (q-FedAvg): the round loop then fills it.
     needs_global_losses: bool = False
+    # Streaming (`engine.streaming`): a rule whose result needs only Σ c_k·y_k over the round's updates
+    # says how to weigh client k, c_k = fold_weight(num_examples, steps) (a module-level function: trainer
+    # processes call it), and implements `aggregate_sum`; the round loop may then fold each update into a
+    # float64 running sum as it arrives instead of holding every one. None: the rule reads every update.
+    fold_weight: Callable[[int, int], float] | None = None
+
+    @property
+    def streams(self) -> bool:
+        """Whether `aggregate_sum` can replace `aggregate` (see `fold_weight`)."""
+        return self.fold_weight is not None
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        """`aggregate` from the round's running sum (folded with `fold_weight`), equal to it on the same
+        updates up to float64 rounding; only for a rule that `streams`."""
+        raise NotImplementedError(f"{self.name} reads every update: it cannot aggregate a running sum")
 
     def state_dict(self) -> dict[str, Any]:
         """The state carried between rounds (`state_fields`), for a checkpoint."""
@@ -327,9 +343,13 @@ class FedAvg(Strategy):
     """McMahan et al. 2017: average of client weights, weighted by their example counts."""
 
     name = "fedavg"
+    fold_weight = staticmethod(by_examples)
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         return fedavg(global_weights, updates).to(global_weights.dtype)
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        return summed.mean().to(global_weights.dtype)
 
 
 class FedProx(FedAvg):
@@ -346,6 +366,7 @@ class FedAvgM(Strategy):
 
     name = "fedavgm"
     state_fields = ("velocity",)
+    fold_weight = staticmethod(by_examples)
 
     def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
         self.server_learning_rate = _positive("server_learning_rate", server_learning_rate)
@@ -353,7 +374,13 @@ class FedAvgM(Strategy):
         self.velocity: torch.Tensor | None = None  # v (P,) float64
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        delta = pseudo_gradient(global_weights, updates)
+        return self._step(global_weights, pseudo_gradient(global_weights, updates))
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        return self._step(global_weights, summed.mean() - global_weights.to(F64))
+
+    def _step(self, global_weights: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The momentum step on the pseudo-gradient Δ (P,) float64."""
         self.velocity = delta if self.velocity is None else self.server_momentum * self.velocity + delta
         return (global_weights.to(F64) + self.server_learning_rate * self.velocity).to(global_weights.dtype)
 
@@ -366,6 +393,7 @@ class _AdaptiveServerOptimizer(Strategy):
 
     second_moment: SecondMoment
     state_fields = ("first_moment", "second_moment_estimate")
+    fold_weight = staticmethod(by_examples)
 
     def __init__(self, *, server_learning_rate: float, beta1: float = 0.9, beta2: float = 0.99,
                  tau: float = 1e-3) -> None:
@@ -377,7 +405,13 @@ class _AdaptiveServerOptimizer(Strategy):
         self.second_moment_estimate: torch.Tensor | None = None  # v (P,) float64
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        delta = pseudo_gradient(global_weights, updates)
+        return self._step(global_weights, pseudo_gradient(global_weights, updates))
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        return self._step(global_weights, summed.mean() - global_weights.to(F64))
+
+    def _step(self, global_weights: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """One server-optimiser step on the pseudo-gradient Δ (P,) float64."""
         m = torch.zeros_like(delta) if self.first_moment is None else self.first_moment
         v = torch.zeros_like(delta) if self.second_moment_estimate is None else self.second_moment_estimate
         self.first_moment = self.beta1 * m + (1 - self.beta1) * delta
@@ -466,9 +500,13 @@ class FedNova(Strategy):
     """Wang et al. 2020: normalised averaging for clients that took different numbers of local steps."""
 
     name = "fednova"
+    fold_weight = staticmethod(by_examples_per_step)
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         return fednova(global_weights, updates).to(global_weights.dtype)
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        return fednova_from_sum(global_weights, summed).to(global_weights.dtype)
 
 
 def _stack(global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
@@ -554,17 +592,25 @@ class AdaptiveWeighting(Strategy):
 
 class QFedAvg(Strategy):
     """Li et al. 2020: q-FedAvg minimises Σ p_k F_k^(q+1)/(q+1), weighting clients with a high loss of the
-    global model more as q grows (a fairer spread of accuracy); q = 0 is FedAvg. Needs `global_loss`."""
+    global model more as q grows (a fairer spread of accuracy); q = 0 is FedAvg. Needs `global_loss`.
+
+    `lipschitz` is L, the Lipschitz estimate of ∇F_k that sets the step (0: the paper's L = 1/η, η the
+    clients' SGD step). For q > 0 the step shrinks by about 1 + q·L·‖w − w̄_k‖²/F_k against FedAvg's, so
+    with many local steps L = 1/η barely moves the model; the paper tunes L (its step size) per q.
+    """
 
     name = "qfedavg"
     needs_global_losses = True
 
-    def __init__(self, *, q: float, client_learning_rate: float) -> None:
+    def __init__(self, *, q: float, client_learning_rate: float, lipschitz: float = 0.0) -> None:
         self.q = check_number("federation.qffl_q", q, low=0.0)
-        self.client_learning_rate = _positive("learning_rate", client_learning_rate)  # L = 1/η
+        self.client_learning_rate = _positive("learning_rate", client_learning_rate)
+        lipschitz = check_number("federation.qffl_lipschitz", lipschitz, low=0.0)
+        self.lipschitz = lipschitz or 1.0 / self.client_learning_rate
 
     def aggregate(self, global_weights: torch.Tensor, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        result = qfedavg(global_weights, updates, q=self.q, learning_rate=self.client_learning_rate)
+        # `qfedavg` takes L as 1/learning_rate, the form of the paper's Algorithm 3.
+        result = qfedavg(global_weights, updates, q=self.q, learning_rate=1.0 / self.lipschitz)
         return result.to(global_weights.dtype)
 
 
@@ -595,7 +641,8 @@ _FACTORIES: dict[str, Callable[[Any], Strategy]] = {
     "multi_krum": lambda fed: MultiKrum(byzantine_clients=fed.byzantine_clients, keep=fed.multi_krum_keep),
     "bulyan": lambda fed: Bulyan(byzantine_clients=fed.byzantine_clients),
     "adaptive_weighting": lambda fed: AdaptiveWeighting(exponent=fed.weighting_exponent),
-    "qfedavg": lambda fed: QFedAvg(q=fed.qffl_q, client_learning_rate=fed.learning_rate),
+    "qfedavg": lambda fed: QFedAvg(q=fed.qffl_q, client_learning_rate=fed.learning_rate,
+                                   lipschitz=getattr(fed, "qffl_lipschitz", 0.0)),
 }
 # The registry, in the order of experiment_config.STRATEGIES (the names' one home): a name there
 # without a factory here fails at import; a test checks that no factory is left out.

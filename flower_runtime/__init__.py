@@ -64,9 +64,9 @@ Each SuperNode makes its own upload (a simulated attacker's poisoning, then comp
 its own top-k residual), keeps its FedPer head, answers power-of-choice's loss question and
 computes its personalization on its own held-out split: residuals and heads never leave it.
 A node trains with torch or, with `system.backend = "mlx"`, with MLX. Secure aggregation runs
-with the nodes as messages (`secure_sum`). Not on Flower yet (refused by
-`messages.check_supported`, which says why): secure aggregation with central DP; imported NGSS
-responses need `data.partition = "natural"`.
+with the nodes as messages (`secure_sum`); with central DP every node, sampled or not, adds its
+own share of the noise to its input there. The one limit (refused by `messages.check_supported`,
+which says why): imported NGSS responses at the sites need `data.partition = "natural"`.
 """
 
 import os

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.constant import ErrorCode
 
 from experiment_config import ExperimentConfig
@@ -30,12 +30,12 @@ SITE, TOKENIZER = "site", "tokenizer"  # data at the sites: the run's labels and
 SENT = "sent"  # a client's upload: its update as the server receives it (top-k: only the coordinates sent)
 EVALUATION = "evaluation"  # an `evaluate` message's question ("candidate-loss" | "personalize") and answer
 RESIDUAL, HEAD = "residual", "head"  # a node's own state: its top-k residual and FedPer head, by round
+SECAGG_ACTION = "secagg"  # secure aggregation's steps travel as messages of type "train.secagg"
 # Replies the SuperLink makes up when a SuperNode is gone: the client's update never arrived.
 UNREACHABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
 
 # -- what travels: the config, the weights, the accountant history -----------------------
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -70,20 +70,15 @@ class RunOptions:
 
 
 def check_supported(config: ExperimentConfig) -> None:
-    """Raise ValueError naming every setting the Flower runtime does not run yet, and why.
+    """Raise ValueError naming every setting the Flower runtime cannot run, and why.
 
-    Simulated dropouts and deadlines run on top of real faults (a real one is recorded with
-    the reason in the client's `error`); simulated attackers are the engine's, as in-process.
-    Each node makes its own upload (attack, compression with its own top-k residual), keeps its
-    FedPer head, computes its power-of-choice loss and its personalization on its own data."""
-    federation = config.federation
-    unsupported = [
-        (federation.secure_aggregation and config.privacy.mode == "central",
-         "federation.secure_aggregation with privacy.mode = 'central': the clients' distributed noise shares do not "
-         "travel as Flower messages yet (secure aggregation alone does)"),
-    ]  # fmt: skip
-    reasons = [reason for bad, reason in unsupported if bad] + site_reasons(config)
-    if reasons:
+    Every engine setting runs on Flower: simulated dropouts and deadlines run on top of real
+    faults (a real one is recorded with the reason in the client's `error`); simulated attackers
+    are the engine's, as in-process. Each node makes its own upload (attack, compression with its
+    own top-k residual), keeps its FedPer head, computes its power-of-choice loss and its
+    personalization on its own data, and takes part in secure aggregation (with central DP, with
+    its own noise share). What is left are the limits of data at the sites (`site_reasons`)."""
+    if reasons := site_reasons(config):
         raise ValueError("the Flower runtime cannot run this config: " + "; ".join(reasons))
 
 
@@ -158,3 +153,39 @@ def dense_sent(record: ArrayRecord, num_params: int) -> torch.Tensor:
     if dense.shape != (num_params,):
         raise ValueError(f"an upload of shape {tuple(dense.shape)}, the model has {num_params} values")
     return dense
+
+
+# -- a SuperNode's own settings (its --node-config, deployment.py writes them) -----------
+
+
+def node_partition(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(partition id, number of partitions) from a SuperNode's `--node-config`."""
+    try:
+        partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as missing:
+        raise ValueError(f"this SuperNode has no {missing} in its --node-config") from None
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is not in [0, num-partitions = {num_partitions})")
+    return partition_id, num_partitions
+
+
+def node_run_config(context: Context) -> tuple[ExperimentConfig, int]:
+    """The run's config (with this site's `data-dir`, if it names one) and this node's client id."""
+    config = RunOptions.from_run_config(context.run_config).config()
+    client_id, num_partitions = node_partition(context.node_config)
+    if num_partitions != config.federation.num_clients:
+        raise ValueError(
+            f"this SuperNode has num-partitions = {num_partitions}, the run federation.num_clients = "
+            f"{config.federation.num_clients}"
+        )
+    if data_dir := str(context.node_config.get("data-dir", "")):
+        config = config.replace("data", data_dir=data_dir)
+    return config, client_id
+
+
+def site_data_path(context: Context) -> str:
+    """This site's own training file (`--node-config data-path=...`)."""
+    if not (path := str(context.node_config.get("data-path", ""))):
+        raise ValueError("this SuperNode has no data-path in its --node-config: with data.dataset 'csv' each site "
+                         "trains on its own school's CSV file")  # fmt: skip
+    return path

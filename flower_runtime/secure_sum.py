@@ -19,8 +19,10 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from engine.secure_aggregation import (
     EncryptedShare, KeyAdvertisement, MaskedInput, Roster, SecAggClient, SecAggConfig, UnmaskRequest, UnmaskResponse,
 )  # fmt: skip
+from flower_runtime.messages import SECAGG_ACTION
+from privacy.dp_fedavg import DistributedNoise
 
-ACTION = "secagg"  # messages of type "train.secagg"
+ACTION = SECAGG_ACTION  # messages of type "train.secagg"
 STEPS = ("advertise", "share", "mask", "unmask")
 SECAGG = "secagg"  # a step's question and answer
 SECRETS = "secagg-secrets"  # a node's protocol secrets between steps: never sent
@@ -75,6 +77,26 @@ def response_from(record: Mapping[str, Any]) -> UnmaskResponse:
                           {int(o): bytes(s) for o, s in keys})  # fmt: skip
 
 
+NOISE_FIELDS = ("clip_norm", "length", "update_std", "count_std", "secure", "seed", "round_number")
+
+
+def input_record(client: int, noise: DistributedNoise | None, held: frozenset[int]) -> dict[str, Any]:
+    """What the "mask" step tells `client` of its input under central DP: the round's noise
+    shares and whether it inputs its held upload or, not sampled, only its share ({} without)."""
+    if noise is None:
+        return {}
+    return {**{f"noise-{name}": getattr(noise, name) for name in NOISE_FIELDS}, "input": "held" if client in held else "cover"}
+
+
+def noise_from(record: Mapping[str, Any]) -> DistributedNoise | None:
+    """The `DistributedNoise` a "mask" question carries, or None (no central DP)."""
+    if "input" not in record:
+        return None
+    kinds = {"clip_norm": float, "length": int, "update_std": float, "count_std": float, "secure": bool, "seed": int,
+             "round_number": int}  # fmt: skip
+    return DistributedNoise(**{name: kinds[name](record[f"noise-{name}"]) for name in NOISE_FIELDS})
+
+
 # -- the node's side ----------------------------------------------------------------------
 
 
@@ -112,14 +134,24 @@ def _answer(
     if step == "share":
         return shares_record(client.share_keys(roster_from(question)))
     if step == "mask":
-        held = state.array_records.get(HELD)
-        tensors = held.to_torch_state_dict() if held is not None else {}
-        if not tensors or int(tensors["round"][0]) != round_number:
-            raise ValueError(f"client {client.client_id} holds no upload of round {round_number}")
-        update = tensors["update"].double().numpy()
-        masked = client.masked_input(shares_from(question), update, float(tensors["weight"][0]))
+        if (noise := noise_from(question)) is not None:  # central DP: clipped (or no) upload + a noise share
+            update = _held(client, state, round_number)[0] if question["input"] == "held" else None
+            vector, weight = noise.input(client.client_id, update), 1.0
+        else:
+            held, weight = _held(client, state, round_number)
+            vector = held.double().numpy()
+        masked = client.masked_input(shares_from(question), vector, weight)
         return {"client": masked.client_id, "masked": masked.masked}
     return response_record(client.unmask(UnmaskRequest(tuple(int(s) for s in question["survivors"]))))
+
+
+def _held(client: SecAggClient, state: RecordDict, round_number: int) -> tuple[torch.Tensor, float]:
+    """The upload (and its weight) this node holds for round `round_number`'s protocol."""
+    held = state.array_records.get(HELD)
+    tensors = held.to_torch_state_dict() if held is not None else {}
+    if not tensors or int(tensors["round"][0]) != round_number:
+        raise ValueError(f"client {client.client_id} holds no upload of round {round_number}")
+    return tensors["update"], float(tensors["weight"][0])
 
 
 def masked_from(record: Mapping[str, Any]) -> MaskedInput:

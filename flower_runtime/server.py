@@ -29,7 +29,7 @@ import telemetry
 from data_handler import FederatedData
 from engine.analysis import personalization_summary
 from engine.client_trainers import TaskOutcome, TrainTask
-from engine.secure_aggregation import SecAggConfig, SecAggResult, SecAggServer
+from engine.secure_aggregation import SecAggConfig, SecAggError, SecAggResult, SecAggServer
 from experiment_config import ExperimentConfig
 from federated_learning import FederatedRun
 from flower_runtime.messages import (
@@ -37,10 +37,12 @@ from flower_runtime.messages import (
     UNREACHABLE, WEIGHTS, RunOptions, dense_sent, history_from, history_record, weights_record,
 )  # fmt: skip
 from flower_runtime.secure_sum import (
-    ACTION, SECAGG, advert_from, masked_from, request_record, response_from, roster_record, shares_from, shares_record,
+    ACTION, SECAGG, advert_from, input_record, masked_from, request_record, response_from, roster_record, shares_from,
+    shares_record,
 )  # fmt: skip
 from flower_runtime.site_data import SiteSummary, at_sites, check_site, server_data, shipped_tokenizer
 from model import get_parameters
+from privacy.dp_fedavg import DistributedNoise, noise_floor
 
 
 NO_NODE = "no SuperNode serves this client (real fault)"
@@ -134,6 +136,7 @@ class FlowerTrainer:
         self.malicious = [profile.malicious for profile in run.profiles]
         self.round_number = 0  # the round being trained (secure aggregation's steps name it)
         self.noise_multiplier = float(run.privacy.noise_multiplier)
+        self.noise_floor = noise_floor(run.config)  # central DP under secure aggregation: the inputs a sum needs
         num_params, slots = run.state.weights.numel(), run.config.federation.clients_per_round
         self.results = torch.empty(slots, num_params)
         self.corrections = torch.zeros(slots, num_params) if run.state.strategy.uses_corrections else None
@@ -206,21 +209,30 @@ class FlowerTrainer:
         return [float(answers[c]["loss"]) if c in answers else float("-inf") for c in clients]
 
     def secure_sum(
-        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int]
-    ) -> SecAggResult:
+        self, weights: dict[int, float], config: SecAggConfig, *, drop_after_sharing: frozenset[int],
+        noise: DistributedNoise | None = None, held: frozenset[int] = frozenset(),
+    ) -> SecAggResult:  # fmt: skip
         """Secure aggregation with the nodes that hold this round's uploads: the protocol's four
         steps as `train.secagg` messages (`secure_sum.client_step` on each node). A node that does
         not answer a step in time has left (a real fault): the protocol goes on without it, its
         masks removed through the others' shares; `drop_after_sharing` are told nothing after
-        sharing (simulated). Raises SecAggError when too few are left to unmask."""
+        sharing (simulated). With central DP (`noise`) every node in `weights` inputs its clipped
+        upload (`held`) or nothing, plus its noise share, and the sum is not unmasked unless at
+        least the noise floor's inputs came. Raises SecAggError when too few are left to unmask."""
         started, step = time.perf_counter(), self._secagg_step
-        server = SecAggServer(config, self.results.shape[1])
+        if noise is not None:  # a round can sample no one: the protocol still runs, with cover clients only
+            self.round_number = noise.round_number
+        server = SecAggServer(config, self.results.shape[1] + (noise is not None))
         adverts = step("advertise", sorted(weights), lambda c: {})
         rosters = server.receive_keys([advert_from(a) for a in adverts.values()])
         shares = step("share", sorted(rosters), lambda c: roster_record(rosters[c]))
         inboxes = server.route_shares([s for answer in shares.values() for s in shares_from(answer)])
         maskers = sorted(c for c in shares if c not in drop_after_sharing)
-        for answer in step("mask", maskers, lambda c: shares_record(inboxes.get(c, []))).values():
+        masked = step("mask", maskers, lambda c: {**shares_record(inboxes.get(c, [])), **input_record(c, noise, held)})
+        if noise is not None and len(masked) < (floor := self.noise_floor):
+            raise SecAggError(f"only {len(masked)} masked inputs arrived; the distributed noise needs {floor} "
+                              "(federation.secagg_threshold): nothing was unmasked")  # fmt: skip
+        for answer in masked.values():
             server.receive_masked_input(masked_from(answer))
         request = server.unmask_request()
         answers = step("unmask", list(request.survivors), lambda c: request_record(request))

@@ -407,3 +407,14 @@ def would_exceed(
     combined = normalize_history(history) + normalize_history(next_steps)
     return epsilon_from_history(combined, delta, accountant) > max_epsilon
 
+
+
+def zcdp_epsilon(*, rho: float, delta: float) -> float:
+    """ε of a ρ-zCDP mechanism at `delta`, by the standard conversion (Bun & Steinke 2016, Prop. 1.3):
+    ρ-zCDP implies (ρ + 2·√(ρ·ln(1/δ)), δ)-DP. DP-FTRL's tree (privacy/ftrl.py) is accounted this way,
+    as Kairouz et al. (2021) do. ρ = 0: 0.0; ρ = inf: inf."""
+    delta = check_delta(delta)
+    if rho == math.inf:  # σ = 0
+        return math.inf
+    rho = check_number("rho", rho, low=0.0)
+    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))

@@ -6,6 +6,7 @@ under secure aggregation.
     epsilon = central_epsilon_after(plan, rounds=r)   # ε of r rounds, for the scheme clients are sampled by
     total = CentralSum(config, plan, global_weights, r, clip_norm=c)  # the server sees each clipped update
     total = DistributedNoiseSum(config, plan, global_weights, r, clip_norm=c, profiles=p)  # only the noised sum
+    total = TreeSum(config, plan, global_weights, r, clip_norm=c, tree=t)  # DP-FTRL's tree noise (privacy/ftrl.py)
     total.add(client, update); ...; summed = total.result(statuses)   # RoundSum: weights, skipped, next C
 
 Under secure aggregation the server never holds an individual update, so it cannot add
@@ -32,8 +33,13 @@ import numpy as np
 import torch
 
 from engine.client_population import ClientProfile, client_seed, dropouts, stream_seed
+from engine.client_trainers import RemoteClients
 from engine.secure_aggregation import SecAggConfig, SecAggError, secure_aggregate
 from experiment_config import ExperimentConfig
+from privacy.ftrl import (
+    TREE_ACCOUNTANT, TREE_RELATION, TreeAggregator, calibrate_tree_noise, ftrl_weights, node_noise,
+    participation_schedule, server_step, tree_epsilon, tree_squared_sensitivities,
+)  # fmt: skip
 
 # |x| bound per coordinate of a masked input (a clipped update or the count, plus a noise
 # share); with 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
@@ -58,6 +64,8 @@ class PrivacyPlan:
     num_clients: int = 0
     neighbouring_relation: str = ""  # what ε protects (accounting.NEIGHBOURING_RELATIONS); "" without privacy
     secure_noise: bool = False  # central: noise (and client sampling) from os.urandom, not the seed
+    mechanism: str = "dp-fedavg"  # central: dp-fedavg | dp-ftrl (privacy/ftrl.py)
+    tree_sensitivities: tuple[float, ...] = ()  # dp-ftrl: Δ²/C² of the tree after each round 1…R
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,9 @@ class RoundSum:
     skipped: str
     next_clip_norm: float
     secure_aggregation: dict[str, Any] | None = None
+    # Under secure aggregation, the clients whose masked input is in the sum (a remote client
+    # that is not left mid-protocol, a real fault); None without it.
+    survivors: tuple[int, ...] | None = None
 
 
 def noise_floor(config: ExperimentConfig) -> int:
@@ -129,12 +140,79 @@ class CentralSum:
         return RoundSum(weights, "", next_clip_norm)
 
 
+class TreeSum(CentralSum):
+    """DP-FTRL's server side for one round (privacy/ftrl.py): the clipped updates summed as
+    DP-FedAvg's, no fresh noise of the round's own; `result` adds the sum to the run's tree
+    (`tree`, which it moves on: the round is released), with the noise of the node that
+    completes now, and sets w_t = w_0 + η_s·Ŝ_t/k. C never moves (no adaptive clipping)."""
+
+    def __init__(
+        self, config: ExperimentConfig, plan: PrivacyPlan, global_weights: torch.Tensor, round_number: int, *,
+        clip_norm: float, tree: TreeAggregator,
+    ) -> None:  # fmt: skip
+        super().__init__(config, plan, global_weights, round_number, clip_norm=clip_norm)
+        self.tree = tree
+
+    def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
+        """Always released, as DP-FedAvg's: the tree's noise does not depend on who arrived."""
+        if self.tree.count != self.round_number - 1:
+            raise RuntimeError(
+                f"the DP-FTRL tree holds {self.tree.count} rounds, not the {self.round_number - 1} before this one"
+            )
+        std = self.plan.noise_multiplier * self.clip_norm
+        self.tree.add(self.clipped_sum, node_noise(self.config, self.round_number, self.clipped_sum.shape, std=std))
+        weights = ftrl_weights(self.tree, server_learning_rate=server_step(self.config),
+                               clients_per_round=self.plan.clients_per_round)  # fmt: skip
+        return RoundSum(weights.to(self.global_weights.dtype), "", self.clip_norm)
+
+
+@dataclass(frozen=True)
+class DistributedNoise:
+    """What each client of one DP-FedAvg round under secure aggregation feeds the protocol
+    (module docstring): its clipped update and unclipped indicator − ½ (`clipped_input`; zeros
+    for a client that was not sampled), plus its share of the noise. The same arithmetic runs
+    in-process (`DistributedNoiseSum`) and on a Flower node, so both give the same sum."""
+
+    clip_norm: float
+    length: int  # the update's coordinates + the unclipped indicator
+    update_std: float  # one share's standard deviation on the update's coordinates
+    count_std: float  # ... and on the indicator (0 without adaptive clipping)
+    secure: bool  # shares from the OS's CSPRNG, not the seed's stream
+    seed: int
+    round_number: int
+
+    def input(self, client: int, update: torch.Tensor | None) -> np.ndarray:
+        """`client`'s vector: its clipped input (`update` None: a cover client's zeros) plus its share."""
+        return (0.0 if update is None else clipped_input(update, self.clip_norm)) + self.share(client)
+
+    def share(self, client: int) -> np.ndarray:
+        """`client`'s share of the round's noise, (length,)."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+        if self.secure:  # each client's share from its own OS's CSPRNG
+            share = dp.secure_normal((self.length,), std=1.0).numpy()
+        else:
+            generator = np.random.default_rng(stream_seed(self.seed, self.round_number, client, NOISE_SHARE_TAG))
+            share = generator.normal(0.0, 1.0, self.length)
+        share[:-1] *= self.update_std
+        share[-1] *= self.count_std
+        return share
+
+
+def clipped_input(update: torch.Tensor, clip_norm: float) -> np.ndarray:
+    """A client's update clipped to `clip_norm`, with its unclipped indicator centred at ½ (as
+    `adapt_clip_norm`'s: one client moves the sum by ½) as one more coordinate."""
+    import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+    clipped, norm = dp.clip_update(update, clip_norm)
+    return np.append(clipped.double().numpy(), float(norm <= clip_norm) - 0.5)
+
+
 class DistributedNoiseSum:
     """DP-FedAvg under secure aggregation, the noise added by the clients (module docstring).
 
-    Each input is the client's clipped update (zeros if it was not sampled or ran out of
-    time) with one extra coordinate, its unclipped indicator − ½ (adaptive clipping), plus its
-    noise share; weights are all 1 and the unmasked sum is divided by q·n as in `CentralSum`.
+    Each input is `DistributedNoise.input`; weights are all 1 and the unmasked sum is divided
+    by q·n as in `CentralSum`. In-process the inputs are made here (`add`); clients that hold
+    their upload where they are (`add_held`, Flower nodes) make their own, and the protocol runs
+    with them (`result(..., remote=...)`), cover clients included.
     """
 
     def __init__(
@@ -144,23 +222,27 @@ class DistributedNoiseSum:
         self.config, self.plan, self.global_weights, self.round_number = config, plan, global_weights, round_number
         self.clip_norm, self.profiles = clip_norm, profiles
         self.inputs: dict[int, np.ndarray] = {}  # client → clipped update and its unclipped indicator
+        self.held: set[int] = set()  # clients whose upload waits at their node for the protocol
         self.lost: set[int] = set()
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
         """The clipped input of a sampled client that trained; `lost`: it vanished after the
         key exchange, so the server unmasks it away through its shares."""
-        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
-        clipped, norm = dp.clip_update(update, self.clip_norm)
-        # The unclipped indicator centred at ½, as `adapt_clip_norm`'s: one client moves the sum by ½.
-        self.inputs[client] = np.append(clipped.double().numpy(), float(norm <= self.clip_norm) - 0.5)
+        self.inputs[client] = clipped_input(update, self.clip_norm)
         if lost:
             self.lost.add(client)
 
-    def result(self, statuses: Mapping[int, tuple[str, int]]) -> RoundSum:
-        """The released sum, or the old weights and why nothing was released."""
-        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
-        config, plan = self.config, self.plan
-        federation, privacy = config.federation, config.privacy
+    def add_held(self, client: int, *, lost: bool = False) -> None:
+        """A sampled client that trained and holds its upload at its node (`TaskOutcome.held`)."""
+        self.held.add(client)
+        if lost:
+            self.lost.add(client)
+
+    def result(self, statuses: Mapping[int, tuple[str, int]], *, remote: RemoteClients | None = None) -> RoundSum:
+        """The released sum, or the old weights and why nothing was released; `remote`: the
+        clients take part from where they are (each makes its own input and share)."""
+        config = self.config
+        federation = config.federation
         population = range(federation.num_clients)
         gone = dropouts(config, self.round_number, population, self.profiles)  # the same draws _plan_round used
         if federation.dropout_stage == "before":
@@ -168,7 +250,7 @@ class DistributedNoiseSum:
         else:  # they join the key exchange, then vanish
             participants = list(population)
             self.lost |= gone - statuses.keys()
-        floor, expected = noise_floor(config), plan.client_sample_rate * federation.num_clients
+        floor = noise_floor(config)
         survivors = len(participants) - len(self.lost & set(participants))
         stats: dict[str, Any] = {
             "distributed_noise": True, "noise_floor": floor, "cover_clients": len(set(participants) - statuses.keys()),
@@ -178,30 +260,37 @@ class DistributedNoiseSum:
                 f"only {survivors} of {federation.num_clients} clients stayed for secure aggregation; the "
                 f"distributed noise needs {floor} (federation.secagg_threshold): nothing was released"
             ), self.clip_norm, stats)  # fmt: skip
-        length = self.global_weights.numel() + 1
-        update_std = plan.update_noise_multiplier * self.clip_norm / math.sqrt(floor)
-        count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if privacy.adaptive_clipping else 0.0
-        vectors = {}
-        for client in participants:
-            if plan.secure_noise:  # each client's share from its own OS's CSPRNG
-                share = dp.secure_normal((length,), std=1.0).numpy()
-            else:
-                generator = np.random.default_rng(stream_seed(config.system.seed, self.round_number, client, NOISE_SHARE_TAG))
-                share = generator.normal(0.0, 1.0, length)
-            share[:-1] *= update_std
-            share[-1] *= count_std
-            vectors[client] = self.inputs.get(client, 0.0) + share
+        noise, dropped = self._noise(), frozenset(self.lost & set(participants))
         try:
-            secure = secure_aggregate(
-                vectors, dict.fromkeys(participants, 1.0),
-                SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
-                             clip_range=SECAGG_CLIP_RANGE),
-                drop_after_sharing=frozenset(self.lost & set(participants)),
-            )  # fmt: skip
+            if remote is not None:
+                secure = remote.secure_sum(dict.fromkeys(participants, 1.0), secagg_protocol(config),
+                                           drop_after_sharing=dropped, noise=noise, held=frozenset(self.held))  # fmt: skip
+            else:
+                vectors = {client: self.inputs.get(client, 0.0) + noise.share(client) for client in participants}
+                secure = secure_aggregate(vectors, dict.fromkeys(participants, 1.0), secagg_protocol(config),
+                                          drop_after_sharing=dropped)  # fmt: skip
         except SecAggError as error:  # too few neighbours left somewhere: nothing is revealed
             return RoundSum(self.global_weights, f"secure aggregation failed: {error}", self.clip_norm, stats)
         stats.update(secagg_statistics(secure))
-        total = secure.weighted_sum
+        return self._released(secure.weighted_sum, stats, secure.survivors)
+
+    def _noise(self) -> DistributedNoise:
+        """This round's noise shares: each of the m = noise floor shares carries 1/m of the variance."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+        plan, floor = self.plan, noise_floor(self.config)
+        expected = plan.client_sample_rate * self.config.federation.num_clients
+        count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if self.config.privacy.adaptive_clipping else 0.0
+        return DistributedNoise(
+            clip_norm=self.clip_norm, length=self.global_weights.numel() + 1,
+            update_std=plan.update_noise_multiplier * self.clip_norm / math.sqrt(floor), count_std=count_std,
+            secure=plan.secure_noise, seed=self.config.system.seed, round_number=self.round_number,
+        )  # fmt: skip
+
+    def _released(self, total: np.ndarray, stats: dict[str, Any], survivors: tuple[int, ...]) -> RoundSum:
+        """The new weights from the unmasked sum, and C moved by its noised unclipped count."""
+        import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+        privacy = self.config.privacy
+        expected = self.plan.client_sample_rate * self.config.federation.num_clients
         next_clip_norm = self.clip_norm
         if privacy.adaptive_clipping:
             next_clip_norm = dp.next_clip_norm(
@@ -209,7 +298,8 @@ class DistributedNoiseSum:
                 learning_rate=privacy.clip_learning_rate,
             )  # fmt: skip
         mean = torch.from_numpy(total[:-1] / expected)
-        return RoundSum((self.global_weights.double() + mean).to(self.global_weights.dtype), "", next_clip_norm, stats)
+        weights = (self.global_weights.double() + mean).to(self.global_weights.dtype)
+        return RoundSum(weights, "", next_clip_norm, stats, survivors)
 
 
 def secagg_statistics(result: Any) -> dict[str, Any]:
@@ -250,6 +340,8 @@ def plan_privacy(
     )  # fmt: skip
     if privacy.mode == "none":
         return plan
+    if privacy.mode == "central" and privacy.mechanism == "dp-ftrl":
+        return _tree_plan(config, plan)
     import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
 
     relation = dp.LOCAL_NEIGHBOURING_RELATION
@@ -264,6 +356,21 @@ def plan_privacy(
         count_stddev = dp.count_noise_stddev(rate * federation.num_clients)
         update_noise = dp.adaptive_update_noise(noise_multiplier=plan.noise_multiplier, count_stddev=count_stddev)
     return dataclasses.replace(plan, update_noise_multiplier=update_noise)
+
+
+def _tree_plan(config: ExperimentConfig, plan: PrivacyPlan) -> PrivacyPlan:
+    """DP-FTRL's plan: the tree's Δ²/C² after each round, from the seeded schedule of who takes part,
+    and σ (the configured one, or calibrated so that round R ends at <= target ε), accounted by zCDP."""
+    privacy, rounds = config.privacy, config.federation.rounds
+    squared = tree_squared_sensitivities(participation_schedule(config), rounds=rounds)
+    sigma = privacy.noise_multiplier
+    if privacy.target_epsilon > 0:
+        sigma = calibrate_tree_noise(target_epsilon=privacy.target_epsilon, delta=privacy.delta,
+                                     squared_sensitivity=float(squared[-1]))  # fmt: skip
+    return dataclasses.replace(
+        plan, mechanism="dp-ftrl", accountant=TREE_ACCOUNTANT, neighbouring_relation=TREE_RELATION,
+        noise_multiplier=sigma, update_noise_multiplier=sigma, tree_sensitivities=tuple(float(s) for s in squared),
+    )  # fmt: skip
 
 
 def _calibrated_noise(
@@ -305,11 +412,15 @@ def _calibrated_noise(
 def central_epsilon_after(plan: PrivacyPlan, *, rounds: int) -> float:
     """Central DP's ε after `rounds` noised rounds of `plan`, accounted for how its clients are
     sampled: Poisson at q (`central_epsilon`, add/remove one client) or exactly k of n
-    (`fixed_size_epsilon`, replace one client). σ is the accounted one (`noise_multiplier`)."""
+    (`fixed_size_epsilon`, replace one client); DP-FTRL: the tree's zCDP over the run's schedule
+    (`ftrl.tree_epsilon`, zero-out one client). σ is the accounted one (`noise_multiplier`)."""
     import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
 
     if plan.mode != "central":
         raise ValueError(f"central_epsilon_after needs a central DP plan, got mode {plan.mode!r}")
+    if plan.mechanism == "dp-ftrl":  # the tree's zCDP over the schedule (privacy/ftrl.py), no sampling assumed
+        squared = plan.tree_sensitivities[rounds - 1] if rounds > 0 else 0.0
+        return tree_epsilon(noise_multiplier=plan.noise_multiplier, squared_sensitivity=squared, delta=plan.delta)
     if plan.client_sampling == "fixed":
         return dp.fixed_size_epsilon(
             noise_multiplier=plan.noise_multiplier, clients_per_round=plan.clients_per_round,

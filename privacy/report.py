@@ -47,6 +47,16 @@ ACCOUNTANT_NAMES = {
     "pld": "PLD (privacy loss distributions; Google's `dp_accounting`)",
 }
 FIXED_RDP_NAME = "RDP for sampling without replacement (dp_accounting `RdpAccountant`, replace one)"
+# DP-FTRL (privacy.mechanism = "dp-ftrl", privacy/ftrl.py): its mechanism and accountant, as the report names them.
+TREE_MECHANISM = (
+    "central differential privacy: DP-FTRL (Kairouz et al. 2021): clipped client updates summed by the server, "
+    "the running sum released with the correlated noise of a binary tree (each node N(0, σ²C²)), no sampling "
+    "assumed"
+)
+TREE_ACCOUNTANT_NAME = (
+    "zCDP of the tree over the run's participation schedule, ρ = Δ²/(2σ²C²), converted by ε = ρ + 2√(ρ·ln(1/δ)) "
+    "(Bun & Steinke 2016)"
+)
 # The neighbouring relation of runs recorded before the ledger stated it (central DP then sampled by Poisson).
 OLD_RELATIONS = {"local": "add/remove one example", "central": "add/remove one client"}
 # Why the membership audit's members and non-members may differ even without memorisation, per dataset.
@@ -96,6 +106,7 @@ class _Facts:
     accountant: str
     client_sampling: str  # central: poisson | fixed
     neighbouring_relation: str
+    mechanism: str = ""  # central: dp-fedavg | dp-ftrl
 
 
 def _num(value: float) -> str:
@@ -116,6 +127,7 @@ def _facts(experiment: ExperimentSummary, rounds: pd.DataFrame) -> _Facts:
     sampling = str(experiment.config.get("federation", {}).get("client_sampling", "poisson"))
     if not relation and mode == "central":
         relation = "replace one client" if sampling == "fixed" else OLD_RELATIONS["central"]
+    tree = mode == "central" and privacy.get("mechanism") == "dp-ftrl"
     return _Facts(
         mode=mode,
         rounds_run=len(rounds),
@@ -126,9 +138,10 @@ def _facts(experiment: ExperimentSummary, rounds: pd.DataFrame) -> _Facts:
         clip_norms=tuple(clip_norms),
         sample_rate=float(rounds["sample_rate"].max()) if ran else 0.0,
         privacy_steps=int(rounds["privacy_steps"].max()) if ran else 0,  # local: cumulative, max over clients
-        accountant=str(privacy.get("accountant", "rdp")),
+        accountant="zcdp" if tree else str(privacy.get("accountant", "rdp")),
         client_sampling=sampling,
         neighbouring_relation=relation or OLD_RELATIONS.get(mode, ""),
+        mechanism=str(privacy.get("mechanism", "dp-fedavg")) if mode == "central" else "",
     )
 
 
@@ -171,6 +184,8 @@ def _summary_table(experiment: ExperimentSummary, facts: _Facts) -> str:
     mechanism = MECHANISMS.get(facts.mode, facts.mode)
     if facts.mode == "central" and experiment.config.get("federation", {}).get("secure_aggregation"):
         mechanism = DISTRIBUTED_MECHANISM
+    if facts.mechanism == "dp-ftrl":
+        mechanism = TREE_MECHANISM
     rows = [*_data_rows(experiment), ("Mechanism", mechanism), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
     if facts.mode == "none":
         rows.append(("Guarantee", "**no formal privacy guarantee**"))
@@ -232,6 +247,8 @@ def _data_rows(experiment: ExperimentSummary) -> list[tuple[str, str]]:
 
 
 def _accountant_name(facts: _Facts) -> str:
+    if facts.mechanism == "dp-ftrl":
+        return TREE_ACCOUNTANT_NAME
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return FIXED_RDP_NAME
     return ACCOUNTANT_NAMES.get(facts.accountant, facts.accountant)
@@ -241,6 +258,8 @@ def _epsilons_text(facts: _Facts) -> str:
     """ε from every accountant that applies, the one the run used marked: its ε is the ledger's;
     the others are computed from the ledger's (σ, q, steps). Fixed-size client sampling has RDP only."""
     used = f"{facts.accountant.upper()} {_num(facts.epsilon)} (**used**, the ledger's)"
+    if facts.mechanism == "dp-ftrl":
+        return f"{used}; RDP, PRV and PLD do not apply: they account DP-FedAvg's sampled Gaussian, not the tree"
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return f"{used}; PRV and PLD do not apply: they have no bound for sampling without replacement"
     if facts.privacy_steps <= 0 or facts.sample_rate <= 0 or facts.noise_multiplier <= 0:
@@ -298,6 +317,12 @@ def _client_sizes(experiment: ExperimentSummary) -> list[int]:
 
 def _sampling_text(experiment: ExperimentSummary, facts: _Facts) -> str:
     federation = experiment.config.get("federation", {})
+    if facts.mechanism == "dp-ftrl":
+        return (
+            f"exactly {federation.get('clients_per_round')} of the {federation.get('num_clients')} clients each "
+            "round, from a seeded schedule fixed before the run; DP-FTRL takes no amplification from it: each "
+            f"client is charged for every round it took part in; {facts.privacy_steps} released prefix sums accounted"
+        )
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return (
             f"fixed-size client sampling: each round exactly {federation.get('clients_per_round')} of the "
@@ -355,6 +380,8 @@ def _meaning(experiment: ExperimentSummary, facts: _Facts) -> str:
     change = f"Adding or removing any one {unit}"
     if facts.neighbouring_relation == "replace one client":
         change = "Replacing any one client's whole dataset by any other (the number of clients is public)"
+    if facts.neighbouring_relation == "zero-out one client":
+        change = "Replacing every update of any one client by zeros (who takes part in each round is public)"
     factor = math.exp(facts.epsilon) if facts.epsilon < 700 else math.inf
     text = (
         f"## What this means\n\n"
@@ -503,11 +530,15 @@ def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
         )
         return [secure], []
     seed = experiment.config.get("system", {}).get("seed", "?")
+    advice = (
+        "A deployment should set `privacy.secure_noise` (central DP: noise and client sampling from `os.urandom`)."
+    )
+    if experiment.config.get("privacy", {}).get("mechanism") == "dp-ftrl":
+        advice = "DP-FTRL has no `privacy.secure_noise` yet: its accountant reads the seeded schedule before the run."
     seeded = (
         f"Cryptographic strength of the noise: it is drawn from a seeded, non-cryptographic generator "
         f"(torch, seed {seed}) so runs are reproducible; someone who knows the seed could reproduce the "
-        "noise and the sampling. A deployment should set `privacy.secure_noise` (central DP: noise and "
-        "client sampling from `os.urandom`)."
+        f"noise and the sampling. {advice}"
     )
     return [], [seeded]
 
@@ -552,6 +583,11 @@ def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
         not_covered.append(
             "The server: it sees every participating client's individual, un-noised update. The guarantee "
             "holds only if the server is trusted to clip and add the noise as stated."
+        )
+    if facts.mechanism == "dp-ftrl":
+        not_covered.append(
+            "Who took part in which round: DP-FTRL's schedule is seeded and treated as public. The server's "
+            "checkpoints hold the tree's exact (un-noised) partial sums and must be kept as private as the server."
         )
     if facts.mode != "none":
         noise_covered, noise_not_covered = _noise_items(experiment)

@@ -22,6 +22,7 @@ build the model once for its parameter count (torch, which the run loads right a
 from __future__ import annotations
 
 import math
+import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ IDX1_MAGIC = 2049  # an IDX file of unsigned bytes, one dimension: big-endian ma
 SHARDS_PER_CLIENT = 2  # data_handler.partition_shards' default: each client gets two label-sorted shards
 
 FLOAT32_BYTES = 4
-# Every update of a round is held until aggregation. Per client of the round the peak holds ROUND_COPIES
+# A round whose rule reads every update (`engine.streaming.round_streams` false) holds each until
+# aggregation (a streamed round holds none: `streamed_round_bytes`). Per client of the round the peak holds ROUND_COPIES
 # float32 copies of the model: the trainer's result row and the update the server takes from it. Measured
 # (peak RSS of one-round runs minus that of a 10-client run, over clients × P × 4 bytes): MLP 1.97 at
 # 500 and 1.99 at 2,000 clients a round; CNN 1.65 at 100 and 1.89 at 300.
@@ -205,7 +207,7 @@ class RoundCost:
     """What one round of a config costs, estimated before it runs (`estimate_round`)."""
 
     num_params: int  # P, the exchanged parameters of the model
-    clients_held: int  # updates held until aggregation: clients_per_round
+    clients_held: int  # updates held until aggregation: clients_per_round, or 0 when the round streams
     memory_bytes: int  # peak memory of the run during a round
     secagg_participants: int = 0  # clients in the secure-aggregation protocol (0: none)
     secagg_neighbours: int = 0  # k each participant masks and shares with (n − 1: the full graph)
@@ -245,6 +247,10 @@ def _memory_refusal(config: ExperimentConfig, cost: RoundCost, available: int, l
     """The one line refusing a round over the memory limit: the estimate, the limit, and the most
     clients a round (or, when the whole population joins secure aggregation, the federation) fits."""
     per_value = FLOAT32_BYTES * cost.num_params
+    if not cost.clients_held:  # a streamed round holds no update: the process itself does not fit
+        return (f"a streamed round of {config.model.name} ({cost.num_params:,} parameters) needs about "
+                f"{_gb(cost.memory_bytes)} of memory, over the limit of {_gb(limit)} ({MEMORY_SHARE:.0%} of the "
+                f"{_gb(available)} available)")  # fmt: skip
     if cost.secagg_participants > cost.clients_held:  # central DP: the population holds the protocol's copies
         field, count, per_client = "federation.num_clients", cost.secagg_participants, SECAGG_COPIES * per_value
     else:
@@ -263,11 +269,13 @@ def estimate_round(config: ExperimentConfig, *, num_params: int | None = None) -
     its own parameter count unless `num_params` is given. Under central DP with secure aggregation the
     whole population joins each round's protocol (the sampled clients with their update, the others
     with zeros, for the distributed noise)."""
-    federation = config.federation
+    federation, exact = config.federation, num_params is None
     if num_params is None:
         num_params = model_parameter_count(config.model.name, **config.data.image_options())
     memory = PROCESS_BYTES + ROUND_COPIES * FLOAT32_BYTES * num_params * federation.clients_per_round
     if not federation.secure_aggregation:
+        if exact and _streams(config, num_params):  # (the quick bound, with every update held, is above it)
+            return RoundCost(num_params, 0, PROCESS_BYTES + _streamed_bytes(config, num_params))
         return RoundCost(num_params, federation.clients_per_round, memory)
     central = config.privacy.mode == "central"
     participants = federation.num_clients if central else federation.clients_per_round
@@ -275,6 +283,22 @@ def estimate_round(config: ExperimentConfig, *, num_params: int | None = None) -
     memory += SECAGG_COPIES * FLOAT32_BYTES * num_params * participants
     seconds = secagg_round_seconds(participants, federation.secagg_neighbours, num_params, federation.secagg_threshold)
     return RoundCost(num_params, federation.clients_per_round, memory, participants, neighbours, seconds)
+
+
+def _streams(config: ExperimentConfig, num_params: int) -> bool:
+    """Whether the run's rounds fold each update into a running sum (`engine.streaming`): a round then
+    holds no update, whatever its number of clients."""
+    from engine.strategies import make_strategy  # torch: the model was just built, so it is loaded
+    from engine.streaming import round_streams
+
+    return round_streams(config, strategy_streams=make_strategy(config.federation).streams, num_params=num_params)
+
+
+def _streamed_bytes(config: ExperimentConfig, num_params: int) -> int:
+    from engine.streaming import streamed_round_bytes
+
+    workers = config.system.num_workers or os.cpu_count() or 1  # 0: one per core
+    return streamed_round_bytes(num_params, min(workers, config.federation.clients_per_round))
 
 
 def model_parameter_count(name: str, **image_options: int) -> int:

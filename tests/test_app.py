@@ -26,7 +26,7 @@ import cli
 from app_pages.common import rounds_csv, strategy_text
 from app_pages.config_fields import labelled
 from database import ExperimentStore
-from experiment_config import ExperimentConfig
+from experiment_config import BOUNDS, ExperimentConfig
 from runs import workers
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,19 +39,22 @@ NUMBER_KEYS = [
     "noise_multiplier", "max_grad_norm", "target_epsilon", "max_epsilon", "delta", "audit_examples",
     "target_quantile", "clip_learning_rate",
 ]  # fmt: skip
-SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant", "client_sampling"]
+SELECT_KEYS = ["dataset", "model", "partition", "strategy", "privacy_mode", "accountant", "client_sampling", "mechanism"]
 # The scenario expanders: widget key -> the config key it sets.
 SCENARIO_KEYS = {
     **{key: ("federation", key) for key in [
         "proximal_mu", "server_learning_rate", "server_momentum", "beta1", "beta2", "tau", "trim_fraction",
-        "byzantine_clients", "multi_krum_keep", "weighting_exponent", "qffl_q", "selection", "selection_candidates",
+        "byzantine_clients", "multi_krum_keep", "weighting_exponent", "qffl_q", "qffl_lipschitz", "selection",
+        "selection_candidates", "server_ema",
         "dropout_probability", "dropout_stage", "dropout_heterogeneous", "min_clients", "speed_spread",
         "round_deadline", "straggler_policy", "client_holdout", "personalization", "finetune_epochs",
-        "secure_aggregation", "secagg_threshold", "secagg_neighbours", "exclusion",
+        "secure_aggregation", "secagg_threshold", "secagg_neighbours", "exclusion", "exclusion_flags",
+        "exclusion_window",
     ]},
     **{f"attack_{key}": ("attack", key) for key in ["fraction", "behaviour", "scale", "noise_std"]},
     **{key: ("communication", key) for key in [
-        "compression", "topk_fraction", "error_feedback", "quantization_bits", "bandwidth_mbps",
+        "compression", "topk_fraction", "error_feedback", "quantization_bits", "topk_momentum",
+        "topk_warmup_rounds", "bandwidth_mbps",
         "bandwidth_spread", "latency_ms", "latency_spread",
     ]},
 }  # fmt: skip
@@ -251,6 +254,38 @@ def test_scenario_settings_reach_the_stored_config(store, no_workers):
     )  # fmt: skip
     assert ExperimentConfig.from_dict(experiment.config) == expected
     assert len(no_workers) == 1 and not app.sidebar.error
+
+
+def test_exclusion_window_dgc_and_qffl_settings_reach_the_stored_config(store, no_workers):
+    app = page()
+    fill(app, {
+        "strategy": "qfedavg", "qffl_q": 0.5, "qffl_lipschitz": 2.0, "exclusion": "flagged", "exclusion_flags": 2,
+        "exclusion_window": 3, "compression": "topk", "topk_momentum": 0.5, "topk_warmup_rounds": 4,
+    })  # fmt: skip
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    expected = (
+        ExperimentConfig()
+        .replace("federation", strategy="qfedavg", qffl_q=0.5, qffl_lipschitz=2.0, exclusion="flagged",
+                 exclusion_flags=2, exclusion_window=3)
+        .replace("communication", compression="topk", topk_momentum=0.5, topk_warmup_rounds=4)
+    )  # fmt: skip
+    assert ExperimentConfig.from_dict(experiment.config) == expected
+    assert len(no_workers) == 1 and not app.sidebar.error
+
+
+def test_more_flags_than_the_window_shows_the_error_and_starts_nothing(store, no_workers):
+    app = page()
+    fill(app, {"exclusion": "flagged", "exclusion_flags": 3, "exclusion_window": 2})
+
+    app.button(key="start").click().run()
+
+    assert store.list_experiments() == [] and no_workers == []
+    assert any("**Flags k** (3) must be <= **Window m**" in error.value for error in app.sidebar.error)
+    low, high = BOUNDS["federation.exclusion_window"]  # the range the help states comes from experiment_config
+    assert f"Allowed: between {low} and {high:,}." in app.number_input(key="exclusion_window").help
 
 
 def test_krum_with_too_many_byzantine_clients_shows_the_error_and_starts_nothing(store, no_workers):

@@ -12,6 +12,7 @@ ClientApp process per client (torch import, data load) and Flower polls every fe
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -33,16 +34,18 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import differential_privacy as dp  # noqa: E402
 from flower_runtime import client_app as flower_app  # noqa: E402
+from flower_runtime import client_work  # noqa: E402
 from flower_runtime import messages as flower_messages  # noqa: E402
 from flower_runtime import server_app  # noqa: E402
 from flower_runtime import site_data as flower_data  # noqa: E402
 from flower_runtime import deployment as flower_deployment  # noqa: E402
-from engine.client_population import client_seed  # noqa: E402
+from engine.client_population import client_seed, stream_seed  # noqa: E402
 from engine.client_trainers import InProcessTrainer, TrainTask  # noqa: E402
 from database import ExperimentStore  # noqa: E402
 from experiment_config import ExperimentConfig  # noqa: E402
 from federated_learning import FederatedRun, train_settings  # noqa: E402
 from model import flatten, get_parameters  # noqa: E402
+from privacy.dp_fedavg import NOISE_SHARE_TAG  # noqa: E402
 
 
 def small_config(**federation: object) -> ExperimentConfig:
@@ -103,7 +106,7 @@ def test_each_client_computes_the_engines_partition(partition: str) -> None:
     run = FederatedRun(config)
 
     for client in range(3):
-        indices, holdout = flower_app.client_examples(config, run.data, client)
+        indices, holdout = client_work.client_examples(config, run.data, client)
 
         assert np.array_equal(indices, run.partitions[client])
         assert np.array_equal(holdout, run.holdouts[client]) and len(holdout) > 0
@@ -129,9 +132,9 @@ def test_the_client_app_trains_like_the_engines_trainer() -> None:
 
 def test_a_process_loads_a_runs_data_once_and_never_serves_another_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    real_load = flower_app.load_data
-    monkeypatch.setattr(flower_app, "load_data", lambda config: loads.append(config) or real_load(config))
-    flower_app.shared_client_data.cache_clear()
+    real_load = client_work.load_data
+    monkeypatch.setattr(client_work, "load_data", lambda config: loads.append(config) or real_load(config))
+    client_work.shared_client_data.cache_clear()
     config = small_config()
     smaller = config.replace("data", max_train_examples=2400)  # 800 examples per client, other indices
     run, smaller_run = FederatedRun(config), FederatedRun(smaller)
@@ -139,8 +142,8 @@ def test_a_process_loads_a_runs_data_once_and_never_serves_another_configs(monke
     replies = [flower_app.client_app(train_message(run, client=c, round_number=1), node_context(config, c))
                for c in (0, 1, 2)]  # fmt: skip
     other = flower_app.client_app(train_message(smaller_run, client=1, round_number=1), node_context(smaller, 1))
-    _, smaller_train, _ = flower_app.shared_client_data(smaller)
-    flower_app.shared_client_data.cache_clear()
+    _, smaller_train, _ = client_work.shared_client_data(smaller)
+    client_work.shared_client_data.cache_clear()
 
     assert loads == [config, smaller]  # once per config, not once per message
     assert [r.content.config_records[flower_app.RESULT]["num-examples"] for r in replies] == [1000, 1000, 1000]
@@ -214,17 +217,12 @@ def test_a_local_deployment_gives_each_site_the_users_privacy_settings() -> None
     assert flower_deployment.site_privacy_config(fixed) == "delta=1e-05 min-noise-multiplier=1.1"
     assert flower_deployment.site_privacy_config(target) == "delta=1e-05 max-epsilon=3.0300000000000002"
     assert flower_deployment.site_privacy_config(small_config()) == ""
-    assert flower_app.site_privacy({"min-noise-multiplier": 1.1, "delta": 1e-05}) == (1.1, 0.0, 1e-05)
+    assert client_work.site_privacy({"min-noise-multiplier": 1.1, "delta": 1e-05}) == (1.1, 0.0, 1e-05)
     with pytest.raises(ValueError, match="delta in"):
-        flower_app.site_privacy({"delta": 2.0})
+        client_work.site_privacy({"delta": 2.0})
 
 
 def test_settings_flower_cannot_run_are_refused_before_anything_starts(db_url: str) -> None:
-    secure = small_config(num_clients=4, clients_per_round=2, secure_aggregation=True).replace(
-        "privacy", mode="central", noise_multiplier=0.5)
-
-    with pytest.raises(ValueError, match="federation.secure_aggregation with privacy.mode = 'central'"):
-        flower_deployment.run_local_deployment(secure, db_url=db_url)
     with pytest.raises(ValueError, match="each SuperNode is one school, so data.partition must be 'natural'"):
         flower_app.check_supported(text_config("task_train.csv", model="minilm-lora").replace("data", partition="iid"))
     with pytest.raises(ValueError, match="one SuperNode per client"):
@@ -614,6 +612,8 @@ PARITY = {
     "sign-flip attackers": small_config().replace("attack", fraction=0.34, behaviour="sign_flip"),
     "label-flip attackers": small_config().replace("attack", fraction=0.34, behaviour="label_flip"),
     "top-k with error feedback": small_config(rounds=3).replace("communication", compression="topk", topk_fraction=0.05),
+    "top-k with DGC momentum + warm-up": small_config(rounds=3).replace(
+        "communication", compression="topk", topk_fraction=0.05, topk_momentum=0.5, topk_warmup_rounds=1),
     "QSGD": small_config().replace("communication", compression="qsgd", quantization_bits=4),
     "top-k + sign-flip attackers": small_config(rounds=3).replace("communication", compression="topk", topk_fraction=0.1)
                                    .replace("attack", fraction=0.34, behaviour="sign_flip"),
@@ -625,6 +625,11 @@ PARITY = {
     "secure aggregation + dropout + sign-flip": small_config(
         rounds=3, num_clients=4, clients_per_round=4, secure_aggregation=True, secagg_threshold=0.5,
         dropout_probability=0.3, dropout_stage="during").replace("attack", fraction=0.25, behaviour="sign_flip"),
+    # Every node takes part each round, sampled or not (cover clients), each adding its noise share.
+    "secure aggregation + central DP": small_config(
+        rounds=3, num_clients=4, clients_per_round=2, secure_aggregation=True, secagg_threshold=0.5,
+        dropout_probability=0.2, dropout_stage="during").replace(
+        "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True),
 }  # fmt: skip
 SAME_CLIENT_FIELDS = ["client_id", "num_examples", "steps", "status", "malicious", "bytes_up", "bytes_down", "epsilon"]
 
@@ -824,3 +829,57 @@ def test_secure_aggregation_on_flower_survives_a_node_lost_mid_protocol(db_url: 
                               atol=1e-6)  # fmt: skip
     # What the server saw of each upload: never the upload itself.
     assert not any("sent" in r.content.array_records for r in grid.received)
+
+
+def central_secagg(threshold: float) -> ExperimentConfig:
+    """4 nodes, all sampled (q = 1), secure aggregation with the noise added by the clients."""
+    return small_config(num_clients=4, clients_per_round=4, secure_aggregation=True, secagg_threshold=threshold).replace(
+        "privacy", mode="central", noise_multiplier=0.5, max_grad_norm=1.0)
+
+
+def run_leaving(config: ExperimentConfig, db_url: str) -> tuple[LeavesDuringMasking, ExperimentStore, int]:
+    store, grid = ExperimentStore(db_url), LeavesDuringMasking(config, leaver=2)
+    experiment_id = store.create_experiment(config.to_dict(), runtime=flower_app.RUNTIME)
+    options = flower_app.RunOptions(experiment=config.to_json(), round_timeout_s=5.0, connect_timeout_s=10.0)
+    assert server_app.record_experiment(grid, config, options, store, experiment_id).status == "completed"
+    return grid, store, experiment_id
+
+
+def test_central_dp_under_secure_aggregation_sums_each_nodes_own_noise_share(db_url: str, serverapp_identity: None) -> None:
+    # Client 2's node leaves after sharing its keys: the released sum holds the other three nodes'
+    # clipped uploads and noise shares, each made on its node, and the record calls 2 lost.
+    config = central_secagg(0.5)
+    grid, store, experiment_id = run_leaving(config, db_url)
+
+    first = store.client_rounds_frame(experiment_id).query("round == 1").set_index("client_id")
+    assert first.loc[2, "status"] == "lost" and "left during secure aggregation" in first.loc[2, "error"]
+    assert set(first.drop(index=2).status) == {"ok"}
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    start, after = (flatten(m.content.array_records["weights"].to_torch_state_dict()) for m in (train[0], train[4]))
+    # Independently: clip each held upload to C = 1 by hand, add its seeded N(0, (σC)²/m) share, divide by q·n = 4.
+    floor, total = 2, np.zeros(start.numel() + 1)
+    for client in (0, 1, 3):
+        update = grid.held[100 + client]["update"].double().numpy()
+        norm = np.linalg.norm(update)
+        clipped = np.append(update * min(1.0, 1.0 / norm), float(norm <= 1.0) - 0.5)
+        rng = np.random.default_rng(stream_seed(config.system.seed, 1, client, NOISE_SHARE_TAG))
+        share = rng.normal(0.0, 1.0, start.numel() + 1)
+        share[:-1] *= 0.5 / math.sqrt(floor)  # σ_Δ·C/√m; the indicator's share is 0 without adaptive clipping
+        share[-1] = 0.0
+        total += clipped + share
+    np.testing.assert_allclose(after.double().numpy(), start.double().numpy() + total[:-1] / 4, atol=1e-6)
+    # What the server saw of each upload: never the upload itself.
+    assert not any("sent" in r.content.array_records for r in grid.received)
+
+
+def test_too_few_noise_shares_under_secure_aggregation_are_never_unmasked(db_url: str, serverapp_identity: None) -> None:
+    # All 4 shares are needed (threshold 1.0): with one node gone before masking, the server stops
+    # before the unmasking step, so it never learns a sum with less noise than the accountant assumes.
+    grid, store, experiment_id = run_leaving(central_secagg(1.0), db_url)
+
+    rounds = store.rounds_frame([experiment_id])
+    assert rounds.skipped[0].startswith("secure aggregation failed: only 3 masked inputs arrived")
+    steps = [(int(m.content.config_records["secagg"]["round"]), m.content.config_records["secagg"]["step"])
+             for m in grid.sent if "secagg" in m.content]  # fmt: skip
+    assert (1, "mask") in steps and (1, "unmask") not in steps and (2, "unmask") in steps
+    assert rounds.skipped[1] == ""

@@ -4,16 +4,19 @@ and a PostgreSQL statement stuck behind a lock fails at the statement timeout in
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 
 import cli
 from database import (
+    ANSWER_DEADLINE_SECONDS,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE_SECONDS,
     KEEPALIVE_INTERVAL_SECONDS,
@@ -133,6 +136,30 @@ def test_a_statement_stuck_behind_a_lock_fails_at_the_statement_timeout(every_db
     assert exit_code == cli.EXIT_BAD_CONFIG
     assert err.count("\n") == 1 and "canceling statement due to statement timeout" in err
     print(f"\nthe locked query failed after {elapsed:.1f} s (statement_timeout {STATEMENT_TIMEOUT_SECONDS} s)")
+
+
+def test_a_frozen_server_whose_kernel_still_answers_fails_within_the_deadline(every_db_url):
+    """The backend serving the store's connection is stopped (SIGSTOP): its kernel still ACKs, so
+    neither keepalives nor the server's statement_timeout can end the query. The client's own
+    deadline does, within ANSWER_DEADLINE_SECONDS (≤ 10 s), and the next call gets a fresh connection."""
+    if not every_db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    assert ANSWER_DEADLINE_SECONDS <= 10
+    store = ExperimentStore(every_db_url)
+    with store.engine.connect() as connection:  # the pool's one connection, reused by the next call
+        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match=f"did not answer within {ANSWER_DEADLINE_SECONDS} s"):
+            store.list_experiments()
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert ANSWER_DEADLINE_SECONDS - 0.5 <= elapsed < ANSWER_DEADLINE_SECONDS + 3
+    assert store.list_experiments() == []  # the closed connection was dropped; a fresh one answers
+    store.engine.dispose()
+    print(f"\nthe frozen server's query failed after {elapsed:.1f} s (deadline {ANSWER_DEADLINE_SECONDS} s)")
 
 
 def test_postgresql_connections_carry_keepalives_that_a_url_can_override(every_db_url):

@@ -276,7 +276,8 @@ def test_image_options_reach_the_model_only_for_a_folder():
 
 
 def test_round_cost_counts_the_model_built_for_the_folder(tmp_path):
-    config = folder_config(tmp_path, "data.image_size=64")
+    # A rule that reads every update: FedAvg would stream 3 such updates (100 MB; engine.streaming) and hold none.
+    config = folder_config(tmp_path, "data.image_size=64", "federation.strategy=median")
     built = parameter_count(get_parameters(create_model("cnn", channels=3, image_size=64)))
     assert estimate_round(config).num_params == built > preflight.IMAGE_MODEL_MAX_PARAMS  # MNIST's bound is not one
     # Memory that fits MNIST's largest model for 3 clients, but not this one's 8.4M parameters.

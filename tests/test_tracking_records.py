@@ -4,12 +4,14 @@ values; the config file that an export writes reads back as the same config."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import pandas as pd
 import pytest
 
 from experiment_config import ExperimentConfig, check_tracking_uri
-from tracking.records import config_params, config_toml, round_metrics, rounds_csv, run_key
+from engine.results import RoundResult
+from tracking.records import ROUND_METRICS, config_params, config_toml, round_metrics, rounds_csv, run_key
 
 
 def hand_row() -> dict:
@@ -55,6 +57,25 @@ def test_a_diverged_round_drops_its_nan_loss_and_keeps_the_rest():
     metrics = round_metrics(row)
 
     assert "loss" not in metrics and metrics["accuracy"] == 0.75 and metrics["clients_arrived"] == 0.0
+
+
+def test_fairness_across_clients_is_logged_in_the_rounds_that_measured_it():
+    fair = {"client_accuracy_mean": 0.625, "client_accuracy_worst10": 0.125, "client_accuracy_variance": 0.0859375,
+            "client_accuracy_gini": 0.25}  # fmt: skip
+
+    measured, unmeasured = round_metrics({**hand_row(), **fair}), round_metrics(hand_row())
+
+    assert {name: measured[name] for name in fair} == fair
+    assert not any(name.startswith("client_accuracy_") for name in unmeasured)  # no holdout: None, not logged
+
+
+def test_every_numeric_field_of_a_round_is_logged():
+    """A number added to the round record is exported too (the fairness metrics once were not)."""
+    numeric = {field.name for field in fields(RoundResult)
+               if str(field.type).replace(" | None", "") in ("int", "float")}  # fmt: skip
+
+    assert numeric - {"round"} <= set(ROUND_METRICS)  # the round is the step, not a metric
+    assert numeric >= {"client_accuracy_worst10", "client_accuracy_gini", "bytes_up", "accuracy"}
 
 
 def test_params_are_the_config_flattened():

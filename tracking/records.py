@@ -33,6 +33,9 @@ from runs.workers import shown_url
 ROUND_METRICS = (
     "accuracy", "loss", "epsilon", "delta", "bytes_up", "bytes_down", "seconds", "eval_seconds",
     "simulated_seconds", "noise_multiplier", "max_grad_norm", "sample_rate", "privacy_steps",
+    # Fairness across clients (`engine.fairness`, every round with a client holdout): the global model's
+    # accuracy on each client's held-out split, its unweighted mean, worst-10% mean, variance and Gini.
+    "client_accuracy_mean", "client_accuracy_worst10", "client_accuracy_variance", "client_accuracy_gini",
 )  # fmt: skip
 # A client's numbers in a round it trained in, under `client/<id>/<name>`.
 CLIENT_METRICS = ("loss", "epsilon", "num_examples", "steps", "bytes_up", "bytes_down", "validation_accuracy")
