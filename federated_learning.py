@@ -39,13 +39,14 @@ from engine.client_population import (
     ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
 )  # fmt: skip
 from engine.client_trainers import (
-    FOLD_DROP, FOLD_SUM, NON_FINITE, ROW, FoldingTrainer, InProcessTrainer, Live, ProcessPoolTrainer, RemoteClients,
-    TaskOutcome, Trainer, TrainTask,
+    FOLD_DROP, FOLD_SUM, NON_FINITE, ROW, FoldingTrainer, InProcessTrainer, Live, RemoteClients, TaskOutcome, Trainer,
+    TrainTask,
     candidate_loss, full_steps, train_settings,
 )  # fmt: skip
 from engine.compression import Compressor, compressed_bytes, make_compressor, outgoing_update
 from engine.fairness import client_accuracies, with_client_accuracies
 from engine.objectives import predict_logits
+from engine.process_pool import ProcessPoolTrainer
 from engine.results import ClientResult, RoundResult
 from engine.secure_aggregation import SecAggError, secure_aggregate
 from engine.strategies import ClientUpdate, Strategy, make_strategy, with_global_losses

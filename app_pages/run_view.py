@@ -48,6 +48,9 @@ from privacy import report as privacy_report
 from privacy.audit import advantage_bound, advantage_chance_level
 from runs.comparisons import centralized_config, suggested_centralized_lr, without_privacy
 
+# What Stop does (`FederatedRun.abandon_round`): the round in progress is not recorded, and Resume runs it again.
+STOP_HELP = ("Stop now: the running round is given up at each client's next step, not recorded, and run again by "
+             "Resume. Under local DP it finishes first: each client's accountant must see every step it took.")
 METRIC_WIDTH = 170  # px: "Per-label accuracy" and "91.67%" fit; five cards fill a 1000 px wide main area
 # The backbones of the text models: (name, parameters). Only LoRA + head travel; this is what a full copy would be.
 FULL_MODELS = {"tinyllama-lora": ("TinyLLama-v0", 4_621_376), "minilm-lora": ("all-MiniLM-L6-v2", 22_713_216)}
@@ -86,7 +89,7 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
     active = experiment.status in ACTIVE_STATUSES
     if active and not experiment.stop_requested:
         stop.button(
-            "Stop", icon=":material/stop:", key=f"{where}-stop", help="Stop after the current round.",
+            "Stop", icon=":material/stop:", key=f"{where}-stop", help=STOP_HELP,
             width="stretch", on_click=store.request_stop, args=(experiment.id,),
         )  # fmt: skip
     st.progress(run_fraction(experiment, total_rounds(experiment)), progress_text(experiment, rounds))
@@ -103,7 +106,8 @@ def render_status(store: ExperimentStore, experiment: ExperimentSummary, rounds:
     if (refused := st.session_state.get("resume_error")) and refused[0] == experiment.id:
         st.error(f"Could not resume: {refused[1]}", icon=":material/error:")
     if experiment.stop_requested and active:
-        st.info("Stop requested: the run ends after the current round.", icon=":material/stop_circle:")
+        st.info("Stop requested: the running round is given up at each client's next step (under local DP it "
+                "finishes first).", icon=":material/stop_circle:")  # fmt: skip
     if experiment.status == "failed":
         st.error(f"The run failed: {experiment.error or 'no error was recorded'}", icon=":material/error:")
     elif experiment.status == "interrupted":

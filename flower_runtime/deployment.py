@@ -150,10 +150,12 @@ class LocalDeployment:
         return subprocess.run([flower_command("flwr"), *args], capture_output=True, text=True, env=self.env,
                               cwd=self.work_dir, timeout=timeout_s, check=False)  # fmt: skip
 
-    def start_run(self, options: RunOptions, *, app_dir: Path = REPO) -> int:
-        """`flwr run` this repository's app with `options` as its run config; returns the run id."""
+    def start_run(self, options: RunOptions, *, app_dir: Path | None = None) -> int:
+        """`flwr run` this repository's app (`staged_app`, unless `app_dir`) with `options` as its run
+        config; returns the run id."""
         import tomli_w  # a dependency of flwr
 
+        app_dir = app_dir or staged_app(REPO, self.work_dir / "app")
         run_config = self.work_dir / "run-config.toml"
         run_config.write_text(tomli_w.dumps(options.to_run_config()))
         simulation = ["--federation-config", f"num-supernodes={self.num_supernodes}"] if self.simulation else []
@@ -375,6 +377,25 @@ def _record_unfinished(
         return
     logs = deployment.flwr("log", str(run_id), "local", "--show", timeout_s=30.0).stdout[-3000:]
     store.finish(summary.id, "failed", error=f"the Flower run ended ({status}): {logs}")
+
+
+def staged_app(repo: Path, folder: Path) -> Path:
+    """A copy of what pyproject.toml's `fab-include` names (and pyproject.toml) in `folder`, for `flwr
+    run` to bundle; flwr still applies `fab-exclude`, which must match a file. `flwr` walks every
+    file under the app directory it is given to match those patterns, a `.venv` in the checkout
+    included: 4.2 s of a run's start-up here against 0.9 s for the copy (measured with `flwr build`)."""
+    import tomllib
+
+    app = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    shutil.rmtree(folder, ignore_errors=True)
+    for pattern in app["fab-include"]:
+        for path in repo.glob(pattern.lstrip("/")):  # patterns name folders: the walk stays inside them
+            if path.is_file():
+                target = folder / path.relative_to(repo)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    shutil.copy2(repo / "pyproject.toml", folder / "pyproject.toml")
+    return folder
 
 
 def _wait_for_experiment(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -201,3 +202,51 @@ def fill(page, key: str, value: int) -> None:
     field = page.locator(f".st-key-{key} input")
     field.fill(str(value))
     field.press("Tab")  # commit the value (Enter would submit the form)
+
+
+PROGRESS = re.compile(r"Round 1/10 · \d+ of 9 clients trained · \d+/\d+ batches")
+
+
+def test_an_ngss_rounds_progress_moves_on_the_page_at_least_every_10_s(server_url: str, tmp_path: Path) -> None:
+    """The NGSS recipe (MiniLM + LoRA, nine schools, B = 4, E = 3: minutes a round on 2 cores) started
+    from the page: while round 1 runs, the live view's progress line changes at least every 10 s.
+    Then Stop ends the run within the round (nothing recorded) and its worker exits."""
+    from database import ExperimentStore
+
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'experiments.db'}")
+    try:
+        changes, gaps = watch_ngss_progress(server_url)
+    finally:  # a run left behind would train for many minutes: its worker is stopped by PID
+        for experiment in store.list_experiments():
+            if experiment.worker_pid and experiment.status in ("queued", "running"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(experiment.worker_pid, signal.SIGKILL)
+    assert len(changes) >= 4 and max(gaps) <= 10, f"changes at {changes} s"
+    print(f"\nprogress line changed {len(changes)} times in 40 s; longest gap {max(gaps):.1f} s")
+    [experiment] = store.list_experiments()
+    assert experiment.status == "stopped" and store.rounds_frame([experiment.id]).empty
+
+
+def watch_ngss_progress(server_url: str) -> tuple[list[float], list[float]]:
+    """Start the NGSS recipe from the page, read the progress line for 40 s of round 1, press Stop:
+    (seconds at which the line changed, the gaps between changes, start and end included)."""
+    from playwright.sync_api import expect
+
+    with browser_page(server_url) as page:
+        expect(page.locator(".st-key-start button")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="NGSS recipe").click()
+        expect(page.locator(".st-key-batch_size input")).to_have_value("4", timeout=15_000)
+        page.locator(".st-key-start button").click()
+        line = page.get_by_text(PROGRESS)
+        expect(line).to_be_visible(timeout=120_000)  # the model and the synthetic schools load first
+        seen, changes, started = line.inner_text(), [], time.monotonic()
+        while (now := time.monotonic()) - started < 40:
+            text = line.inner_text() if line.count() else seen
+            if text != seen:
+                changes.append(now)
+                seen = text
+            page.wait_for_timeout(250)
+        page.get_by_role("button", name="Stop").first.click()
+        expect(page.get_by_text(re.compile(r"stopped on request during round 1"))).to_be_visible(timeout=60_000)
+    gaps = [later - earlier for earlier, later in zip([started, *changes], [*changes, now])]
+    return [round(change - started, 1) for change in changes], gaps

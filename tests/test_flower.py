@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -883,3 +884,24 @@ def test_too_few_noise_shares_under_secure_aggregation_are_never_unmasked(db_url
              for m in grid.sent if "secagg" in m.content]  # fmt: skip
     assert (1, "mask") in steps and (1, "unmask") not in steps and (2, "unmask") in steps
     assert rounds.skipped[1] == ""
+
+
+def test_the_staged_app_bundles_the_same_fab_as_the_checkout(tmp_path: Path) -> None:
+    # flwr walks every file of the folder it bundles (a .venv in the checkout too): a local deployment
+    # hands it a copy of what fab-include names instead. Same files, same content, same FAB hash.
+    import zipfile
+
+    app = flower_deployment.staged_app(flower_messages.REPO, tmp_path / "app")
+    fabs = []
+    for name, folder in (("staged", app), ("checkout", flower_messages.REPO)):
+        out = tmp_path / name
+        out.mkdir()
+        done = subprocess.run([flower_deployment.flower_command("flwr"), "build", "--app", str(folder)], cwd=out,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        [fab] = out.glob("*.fab")
+        fabs.append(fab)
+    staged, checkout = (zipfile.ZipFile(fab) for fab in fabs)
+    assert staged.namelist() and sorted(staged.namelist()) == sorted(checkout.namelist())
+    assert "flower_runtime/client_work.py" in staged.namelist() and "main.py" not in staged.namelist()
+    assert fabs[0].name == fabs[1].name  # the name carries the hash of the content

@@ -7,18 +7,16 @@ import pytest
 import torch
 
 import experiment_config
+from engine.robust_rules import bulyan_selection, krum_scores, pairwise_squared_distances
 from engine.strategies import (
     STRATEGIES,
-    bulyan_selection,
     ClientUpdate,
     FedAvg,
     FedAvgM,
     FedNova,
     FedProx,
     Scaffold,
-    krum_scores,
     make_strategy,
-    pairwise_squared_distances,
     weighted_average,
 )
 

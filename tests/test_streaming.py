@@ -17,10 +17,10 @@ from engine.client_trainers import (
     ROW,
     ClientTrainer,
     InProcessTrainer,
-    ProcessPoolTrainer,
     TrainTask,
     train_settings,
 )  # fmt: skip
+from engine.process_pool import ProcessPoolTrainer
 from engine.strategies import STRATEGIES, ClientUpdate, make_strategy
 from engine.streaming import HELD_ROUND_BYTES, RunningSum, round_streams, stream_slots, trainer_folds
 from experiment_config import ExperimentConfig
