@@ -154,7 +154,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Local DP (per-client accountants across rounds) with SCAFFOLD (control variates) in 2 trainer processes.
 KILLED_RUN = [
     "model.name=mlp", "data.max_train_examples=4000", "data.max_test_examples=500", "federation.num_clients=4",
-    "federation.clients_per_round=2", "federation.rounds=5", "federation.batch_size=50",
+    "federation.clients_per_round=2", "federation.rounds=5", "federation.batch_size=50", "federation.local_epochs=3",
     "federation.strategy=scaffold", "privacy.mode=local", "privacy.noise_multiplier=1.0", "privacy.audit_examples=0",
     "system.num_workers=2", "system.seed=11",
 ]  # fmt: skip
@@ -183,10 +183,9 @@ def test_a_worker_killed_mid_round_shows_interrupted_and_resumes_to_the_same_wei
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
     )  # fmt: skip
     try:
-        for line in worker.stdout:  # wait for round 2, then kill the worker during round 3
+        for line in worker.stdout:  # wait for round 2, then kill the worker at once: round 3 has begun
             if json.loads(line).get("round") == 2:
                 break
-        time.sleep(0.3)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
         killed_at = time.monotonic()
