@@ -60,10 +60,9 @@ import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -80,6 +79,7 @@ from sqlalchemy import (
     event,
     false,
     func,
+    insert,
     make_url,
     null,
     or_,
@@ -92,6 +92,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 from engine.results import CLIENT_FIELDS, ROUND_FIELDS
 from migrations import upgrade_to_head
+
+if TYPE_CHECKING:
+    import pandas as pd  # (~0.4 s to import) loads when a frame is first read, not with the page's sidebar
 
 DEFAULT_URL = "sqlite:///experiments.db"
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "interrupted")
@@ -267,6 +270,7 @@ class ClientRound(Base):
     global_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # the round's global model, its holdout
     suspicion: Mapped[float | None] = mapped_column(Float, nullable=True)  # engine.suspicion's score; NULL: not scored
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    staleness: Mapped[int | None] = mapped_column(Integer, nullable=True)  # async: server steps it missed; NULL: sync
 
 
 class ModelWeights(Base):
@@ -590,11 +594,14 @@ class ExperimentStore:
                 num_selected=len(clients),
                 **_columns(Round, result, ROUND_FIELDS),
             )
-            row.clients = [
-                ClientRound(client_id=int(client["id"]), **_columns(ClientRound, client, CLIENT_FIELDS[1:]))
-                for client in clients
-            ]
             session.add(row)
+            session.flush()  # its id, for the client rows
+            if clients:  # one executemany, no ORM object per client (10,000 clients a round: ~50 MB less at peak)
+                session.execute(insert(ClientRound), [
+                    {"round_id": row.id, "client_id": int(client["id"]),
+                     **_columns(ClientRound, client, CLIENT_FIELDS[1:])}
+                    for client in clients
+                ])  # fmt: skip
             if checkpoint is not None:
                 state = bytes(checkpoint)
                 session.merge(Checkpoint(
@@ -884,6 +891,8 @@ class ExperimentStore:
 
     def rounds_frame(self, experiment_ids: list[int]) -> pd.DataFrame:
         """One row per round: experiment_id, round, accuracy, loss, epsilon, ..."""
+        import pandas as pd
+
         columns = ["experiment_id", *ROUND_FIELDS, "num_clients", "num_selected", "created_at"]
         experiment_ids = [i for i in experiment_ids if self._fits(i)]
         with self.sessions() as session:
@@ -914,6 +923,8 @@ class ExperimentStore:
         """One row per client per round: round, client_id, num_examples, steps, loss, epsilon,
         sample_rate, status, malicious, bytes_up, bytes_down, simulated_seconds, validation_accuracy, error,
         global_accuracy."""
+        import pandas as pd
+
         columns = ["round", "client_id", *CLIENT_FIELDS[1:]]
         if not self._fits(experiment_id):
             return pd.DataFrame([], columns=columns)

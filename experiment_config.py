@@ -64,6 +64,9 @@ NGSS_TASKS = (
 NGSS_SCHOOLS = 9  # the synthetic generator's schools: partition = "natural" makes each a client
 BACKENDS = ("torch", "mlx")
 RUNTIMES = ("in-process", "flower")  # flower: a SuperLink and one SuperNode per client on loopback
+# Local training's arithmetic: fp32, or bf16 autocast of the forward pass (weights, optimizer, updates,
+# aggregation, noise and accounting stay fp32/float64; engine/client_trainers.py says why).
+PRECISIONS = ("fp32", "bf16")
 # engine/strategies.py registers one factory per name, in this order (a test checks they match).
 STRATEGIES = (
     "fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fednova",
@@ -86,12 +89,19 @@ PERSONALIZATIONS = ("none", "fedper", "finetune")
 ATTACKS = ("sign_flip", "gaussian", "scale", "label_flip")
 # Byzantine clients caught by their suspicion score (engine.suspicion): none (scored only) | flagged (left out)
 EXCLUSIONS = ("none", "flagged")
+# sync: each round waits for its cohort. async: FedBuff (Nguyen et al. 2022, engine/fedbuff.py): one round is one
+# server step, taken once federation.buffer_size updates have arrived from clients training at their own pace.
+FEDERATION_MODES = ("sync", "async")
 COMPRESSIONS = ("none", "topk", "qsgd")
 PRIVACY_MODES = ("none", "local", "central")
 # Central DP's mechanism. dp-fedavg: clipped updates + fresh Gaussian noise each round, accounted with
 # amplification by client sampling. dp-ftrl: the noise of a binary tree on the running sum of clipped updates
 # (Kairouz et al. 2021), accounted without any sampling assumption (zCDP; privacy/ftrl.py).
 CENTRAL_MECHANISMS = ("dp-fedavg", "dp-ftrl")
+# DP-FedAvg's noise under secure aggregation, added in shares by the clients. gaussian: real shares, the
+# inputs on the protocol's 2^-24 fixed-point grid, accounted as a continuous Gaussian. skellam: integer
+# shares in the protocol's ring, accounted for the discrete mechanism (Agarwal et al. 2021; privacy/skellam.py).
+DISTRIBUTED_NOISES = ("gaussian", "skellam")
 # The empirical audit after the run (privacy/audit.py, privacy/one_run_audit.py). loss: the quick
 # loss-threshold membership attack on privacy.audit_examples trained-on and held-out examples. one_run:
 # privacy.audit_canaries random-label canaries, half trained on, and the ε lower bound their guesses imply.
@@ -117,9 +127,10 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "federation.dropout_stage": DROPOUT_STAGES,
     "federation.straggler_policy": STRAGGLER_POLICIES, "federation.personalization": PERSONALIZATIONS,
     "privacy.mode": PRIVACY_MODES, "privacy.accountant": ACCOUNTANTS, "privacy.audit": AUDITS,
-    "privacy.mechanism": CENTRAL_MECHANISMS,
-    "system.backend": BACKENDS, "system.runtime": RUNTIMES,
+    "privacy.mechanism": CENTRAL_MECHANISMS, "privacy.distributed_noise": DISTRIBUTED_NOISES,
+    "system.backend": BACKENDS, "system.runtime": RUNTIMES, "system.precision": PRECISIONS,
     "attack.behaviour": ATTACKS, "communication.compression": COMPRESSIONS, "federation.exclusion": EXCLUSIONS,
+    "federation.mode": FEDERATION_MODES,
 }  # fmt: skip
 
 # The allowed range [low, high] of every numeric key (ints for int keys, floats for float keys):
@@ -144,6 +155,8 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "federation.finetune_epochs": (1, 100), "federation.secagg_threshold": (0.01, 1.0),
     "federation.secagg_neighbours": (0, 100_000),
     "federation.exclusion_flags": (1, 1_000), "federation.exclusion_window": (1, 1_000),
+    "federation.buffer_size": (1, 100_000), "federation.max_concurrency": (1, 100_000),
+    "federation.staleness_exponent": (0.0, 10.0),
     "privacy.noise_multiplier": (0.0, 1e4), "privacy.max_grad_norm": (1e-8, 1e6), "privacy.target_epsilon": (0.0, 1e4),
     "privacy.delta": (0.0, 1.0), "privacy.audit_examples": (0, 100_000), "privacy.max_epsilon": (0.0, 1e4),
     "privacy.target_quantile": (0.01, 0.99), "privacy.clip_learning_rate": (1e-4, 10.0),
@@ -279,6 +292,11 @@ class FederationConfig:
     exclusion: str = "none"  # none | flagged
     exclusion_flags: int = 1  # k
     exclusion_window: int = 1  # m (this round included)
+    # Asynchronous FL (FedBuff, engine/fedbuff.py): under mode = "async" federation.rounds counts server steps.
+    mode: str = "sync"  # sync | async
+    buffer_size: int = 5  # async: K, the updates each server step applies (the earliest to arrive)
+    max_concurrency: int = 10  # async: clients training at once
+    staleness_exponent: float = 0.5  # async: an update s versions stale weighs (1 + s)^(-a); 0.5 = 1/sqrt(1 + s)
 
     def validate(self) -> None:
         check_fields("federation", self)
@@ -415,6 +433,8 @@ class PrivacyConfig:
     # instead of the seed: nobody who knows the seed can reproduce them; runs with the same seed differ.
     # Central DP only (local DP-SGD supports it, `DPSGDModel.train`, but the client trainers do not pass it yet).
     secure_noise: bool = False
+    # central DP under secure aggregation: gaussian | skellam (DISTRIBUTED_NOISES), the clients' noise shares
+    distributed_noise: str = "gaussian"
 
     def canary_count(self) -> int:
         """How many canaries join the run's training data: audit_canaries with the one-run audit, else 0."""
@@ -431,6 +451,12 @@ class PrivacyConfig:
         check_number("privacy.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.adaptive_clipping and self.mode != "central":
             raise ValueError(f"privacy.adaptive_clipping needs privacy.mode = 'central', got {self.mode!r}")
+        if self.distributed_noise == "skellam" and (self.mode, self.mechanism) != ("central", "dp-fedavg"):
+            raise ValueError("privacy.distributed_noise = 'skellam' needs privacy.mode = 'central' and "
+                             f"privacy.mechanism = 'dp-fedavg', got {self.mode!r} and {self.mechanism!r}")  # fmt: skip
+        if self.distributed_noise == "skellam" and self.adaptive_clipping:
+            raise ValueError("privacy.distributed_noise = 'skellam' needs privacy.adaptive_clipping = false: the "
+                             "noised unclipped count is not accounted for the discrete mechanism")  # fmt: skip
         if self.mode != "none" and self.target_epsilon == 0 and self.noise_multiplier == 0:
             raise ValueError(
                 "privacy.noise_multiplier must be > 0 with privacy.mode = "
@@ -452,10 +478,14 @@ class SystemConfig:
     runtime: str = "in-process"  # in-process | flower (a local Flower deployment: flower_deployment.py)
     # An MLflow tracking server the run logs to as it goes (tracking/); "" = none (MLFLOW_TRACKING_URI still applies).
     mlflow_uri: str = ""
+    precision: str = "fp32"  # fp32 | bf16 (the clients' forward pass under bf16 autocast; torch backend only)
 
     def validate(self) -> None:
         check_fields("system", self)
         check_tracking_uri("system.mlflow_uri", self.mlflow_uri)
+        if self.precision != "fp32" and self.backend != "torch":
+            raise ValueError(f"system.precision = {self.precision!r} is torch autocast: it needs system.backend = "
+                             f"'torch', got {self.backend!r}")  # fmt: skip
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -526,6 +556,7 @@ class ExperimentConfig:
         self._check_audit()
         self._check_secure_aggregation()
         self._check_exclusion()
+        self._check_async()
 
     def _check_privacy(self) -> None:
         """The privacy mode must fit the local optimizer, the rule, personalization and client selection."""
@@ -538,6 +569,11 @@ class ExperimentConfig:
             raise ValueError(
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
                 f"got {self.federation.strategy!r}"
+            )
+        if self.privacy.mode == "local" and self.system.precision != "fp32":
+            raise ValueError(
+                f"privacy.mode = 'local' bounds each example's gradient norm, which system.precision = "
+                f"{self.system.precision!r} would compute in reduced precision: set system.precision = 'fp32'"
             )
         if self.privacy.mode == "local" and self.federation.strategy == "qfedavg":
             raise ValueError(
@@ -555,6 +591,7 @@ class ExperimentConfig:
                 f"as its accountant assumes: federation.selection must be 'uniform', got {self.federation.selection!r}"
             )
         self._check_tree_mechanism()
+        self._check_distributed_noise()
         fixed = self.privacy.mode == "central" and self.federation.client_sampling == "fixed"
         if fixed and self.privacy.accountant not in FIXED_SIZE_ACCOUNTANTS:
             raise ValueError(
@@ -583,6 +620,19 @@ class ExperimentConfig:
         for unmet, need in needs:
             if unmet:
                 raise ValueError(f"privacy.mechanism = 'dp-ftrl' needs {need}")
+
+    def _check_distributed_noise(self) -> None:
+        """Skellam noise is the clients' shares in secure aggregation's ring, accounted for Poisson client
+        sampling only (privacy/skellam.py: its subsampling bound is Zhu & Wang's, for Poisson)."""
+        if self.privacy.distributed_noise != "skellam":
+            return
+        if not self.federation.secure_aggregation:
+            raise ValueError("privacy.distributed_noise = 'skellam' needs federation.secure_aggregation = true: the "
+                             "clients add the noise in the protocol's integer ring")  # fmt: skip
+        if self.federation.client_sampling != "poisson":
+            raise ValueError("privacy.distributed_noise = 'skellam' needs federation.client_sampling = 'poisson': its "
+                             "accountant has no bound for fixed-size sampling, got "
+                             f"{self.federation.client_sampling!r}")  # fmt: skip
 
     def _check_audit(self) -> None:
         """The one-run audit's canaries: random wrong classes (single-label data), relabelled test examples
@@ -614,6 +664,31 @@ class ExperimentConfig:
                 f"federation.exclusion = {self.federation.exclusion!r} scores each client's update, which the server "
                 f"never sees under {hidden}: set federation.exclusion = 'none'"
             )
+
+    def _check_async(self) -> None:
+        """FedBuff applies a buffer of updates trained from different global versions: what needs one synchronous
+        cohort per round (the same model, sampled together, within a deadline) cannot run under it."""
+        federation = self.federation
+        if federation.mode != "async":
+            return
+        if not federation.buffer_size <= federation.max_concurrency <= federation.num_clients:
+            raise ValueError(
+                f"federation.mode = 'async' needs buffer_size <= max_concurrency <= num_clients, got "
+                f"{federation.buffer_size}, {federation.max_concurrency} and {federation.num_clients}"
+            )
+        conflicts = [text for text, on in (
+            ("privacy.mode = 'central' (DP-FedAvg accounts one sampled cohort per round)", self.privacy.mode == "central"),
+            ("federation.secure_aggregation (its masks cancel within one cohort)", federation.secure_aggregation),
+            ((f"federation.strategy = {federation.strategy!r} (it needs one cohort from one global model; "
+              f"use one of {', '.join(SUM_STRATEGIES)})"), federation.strategy not in SUM_STRATEGIES),
+            ("federation.exclusion = 'flagged' (suspicion compares one round's updates)", federation.exclusion != "none"),
+            (f"federation.selection = {federation.selection!r} (use 'uniform')", federation.selection != "uniform"),
+            ("federation.round_deadline > 0 (slow clients arrive stale instead)", federation.round_deadline > 0),
+            ("federation.dropout_probability > 0 (not simulated under async)", federation.dropout_probability > 0),
+            ("federation.personalization = 'fedper'", federation.personalization == "fedper"),
+        ) if on]  # fmt: skip
+        if conflicts:
+            raise ValueError(f"federation.mode = 'async' (FedBuff) does not support {'; '.join(conflicts)}")
 
     def _check_secure_aggregation(self) -> None:
         """Secure aggregation masks dense, whole updates."""

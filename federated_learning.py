@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,7 +34,7 @@ from torch import nn
 
 import telemetry
 from data_handler import FederatedData, client_partitions, insert_canaries, label_counts, split_holdout, subset
-from engine import analysis, objectives
+from engine import analysis, fedbuff, objectives
 from engine.client_population import (
     ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
 )  # fmt: skip
@@ -51,7 +51,9 @@ from engine.results import ClientResult, RoundResult
 from engine.secure_aggregation import SecAggError, secure_aggregate
 from engine.strategies import ClientUpdate, Strategy, make_strategy, with_global_losses
 from engine.streaming import RunningSum, round_streams, stream_slots, trainer_folds
-from engine.suspicion import FlagHistory, record_flags, score_updates, to_exclude
+from engine.suspicion import (
+    DirectionHistory, FlagHistory, leading_sizes, record_directions, record_flags, score_updates, to_exclude,
+)  # fmt: skip
 from engine.ema import released, update_ema
 from engine.scattering import with_scattering
 from engine.workloads import build_model, load_data
@@ -121,8 +123,10 @@ class RunState:
     tally: ParticipationTally = field(default_factory=ParticipationTally)
     trained_clients: set[int] = field(default_factory=set)  # every client that has trained in some round
     flagged_rounds: FlagHistory = field(default_factory=dict)  # suspicion: client → the rounds it was flagged in
+    directions: DirectionHistory = field(default_factory=dict)  # suspicion: client → running relative direction h
     ema: torch.Tensor | None = None  # federation.server_ema: (P,) float64 average of the global weights, released
     tree: TreeAggregator | None = None  # DP-FTRL (privacy.mechanism = "dp-ftrl"): w_0 and the noised tree
+    buffer: fedbuff.Buffer | None = None  # federation.mode = "async": the updates in flight, the simulated clock
 
     def to_bytes(self, config: ExperimentConfig) -> bytes:
         """The state serialized with its config (tensors and plain values only: `load` reads it
@@ -136,7 +140,9 @@ class RunState:
             "arrived": dict(self.tally.arrived), "trained_clients": sorted(self.trained_clients),
             "clip_norm": float(self.clip_norm),
             "flagged_rounds": {c: list(rounds) for c, rounds in self.flagged_rounds.items()}, "ema": self.ema,
+            "directions": dict(self.directions),
             "tree": self.tree.state_dict() if self.tree is not None else None,
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
         }  # fmt: skip
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -169,12 +175,17 @@ class RunState:
         self.trained_clients = set(state["trained_clients"])
         flagged = state.get("flagged_rounds", {})  # absent from checkpoints written before suspicion scores
         self.flagged_rounds = {int(c): tuple(int(r) for r in rounds) for c, rounds in flagged.items()}
+        self.directions = {int(c): float(h) for c, h in state.get("directions", {}).items()}  # absent: older
         self.clip_norm = state["clip_norm"]
         self.ema = state.get("ema")  # absent from checkpoints written before federation.server_ema; None when off
         if self.tree is not None:  # DP-FTRL resumes from its tree, or not at all
             if state.get("tree") is None:
                 raise ValueError("the checkpoint holds no DP-FTRL tree")
             self.tree.load_state_dict(state["tree"])
+        if self.buffer is not None:  # async: resumes with the updates in flight, or not at all
+            if state.get("buffer") is None:
+                raise ValueError("the checkpoint holds no asynchronous buffer")
+            self.buffer = fedbuff.Buffer.from_state(state["buffer"])
         self.completed_rounds = int(state["round"])
 
 
@@ -201,6 +212,7 @@ class RoundWork:
     held: bool = False  # the clients hold their uploads: secure aggregation runs with them (`RemoteClients`)
     suspicion: dict[int, tuple[float, bool]] = field(default_factory=dict)  # client → (score, flagged), if scored
     excluded: set[int] = field(default_factory=set)  # arrived, left out as suspicious (federation.exclusion)
+    buffered: tuple[list[ClientResult], float] | None = None  # async: the applied updates' records, simulated seconds
 
 
 class RoundAbandoned(Exception):
@@ -285,9 +297,12 @@ class FederatedRun:
         )  # fmt: skip
         if config.privacy.mode == "central" and config.privacy.mechanism == "dp-ftrl":
             self.state.tree = TreeAggregator(self.state.weights)
+        self.asynchronous = federation.mode == "async"  # FedBuff: one round is one server step (`engine.fedbuff`)
+        if self.asynchronous:
+            self.state.buffer = fedbuff.Buffer()
         # Rounds fold each update into a running sum instead of holding every one (`engine.streaming`).
-        self.streams = round_streams(config, strategy_streams=self.state.strategy.streams,
-                                     num_params=self.state.weights.numel())  # fmt: skip
+        self.streams = not self.asynchronous and round_streams(  # async: updates wait in the buffer
+            config, strategy_streams=self.state.strategy.streams, num_params=self.state.weights.numel())
         self.privacy: PrivacyPlan = plan_privacy(
             config, partition_sizes=[len(p) for p in self.partitions], participation=self._planned_participation()
         )
@@ -301,7 +316,7 @@ class FederatedRun:
         config = self.config
         if config.privacy.mode != "local" or config.privacy.target_epsilon <= 0:
             return None
-        if config.federation.selection != "uniform":
+        if config.federation.selection != "uniform" or self.asynchronous:  # async: who starts depends on arrivals
             return None
         return dict(Counter(c for r in range(1, config.federation.rounds + 1) for c in self.sample_clients(r)))
 
@@ -380,11 +395,7 @@ class FederatedRun:
     def _run_round(self, trainer: Trainer, round_number: int, clients: list[int]) -> RoundResult:
         state, started = self.state, time.perf_counter()
         work = self._train(trainer, round_number, self._plan_round(round_number, clients))
-        self._screen(work, round_number)
-        if state.strategy.needs_global_losses:  # q-FedAvg: F_k of the round-start global model
-            work.updates = with_global_losses(work.updates, self._global_losses(trainer, round_number, work.updates))
-        with telemetry.span("aggregate", round=round_number, updates=len(work.updates)):
-            new_weights = self._aggregate(work, trainer)
+        new_weights = self._server_step(work, trainer, round_number)
         seconds = time.perf_counter() - started
         for client in clients:
             state.tally.record(client, client in work.arrivals)
@@ -409,6 +420,40 @@ class FederatedRun:
         result = with_client_accuracies(result, accuracies)
         self.round_progress = None
         return result
+
+    def _server_step(self, work: RoundWork, trainer: Trainer, round_number: int) -> torch.Tensor:
+        """The next global weights: the round's aggregate, or under async FedBuff's step (`_buffer_step`)."""
+        if not self.asynchronous:
+            self._screen(work, round_number)
+        if self.state.strategy.needs_global_losses:  # q-FedAvg: F_k of the round-start global model
+            work.updates = with_global_losses(work.updates, self._global_losses(trainer, round_number, work.updates))
+        with telemetry.span("aggregate", round=round_number, updates=len(work.updates)):
+            return self._buffer_step(work, round_number) if self.asynchronous else self._aggregate(work, trainer)
+
+    def _buffer_step(self, work: RoundWork, round_number: int) -> torch.Tensor:
+        """FedBuff (`engine.fedbuff`): the updates trained this step join the pool, arriving after their
+        simulated download, compute and upload; the buffer_size earliest are averaged, each discounted by its
+        staleness, and the strategy takes that mean as its one pseudo-update. Failed clients are recorded now."""
+        state, federation, weights = self.state, self.config.federation, self.state.weights
+        records = {c.id: c for c in self._client_results(work)[0]}
+        arrivals = []
+        for update in work.updates:
+            record = records[update.client_id]
+            seconds = fedbuff.client_seconds(self.profiles[update.client_id], steps=update.steps,
+                                             bytes_down=record.bytes_down, bytes_up=record.bytes_up)  # fmt: skip
+            arrivals.append(fedbuff.Pending(update.client_id, round_number - 1, state.buffer.clock + seconds,
+                                            update.weights - weights, replace(record, simulated_seconds=seconds)))
+        step = fedbuff.server_step(state.buffer, arrivals, version=round_number - 1,
+                                   buffer_size=federation.buffer_size, exponent=federation.staleness_exponent)
+        state.buffer = step.buffer
+        work.buffered = (step.applied + [records[c] for c in work.failures], step.seconds)
+        if step.delta is None:
+            work.skipped = "no update is in flight: every client of this step failed"
+            return weights
+        applied = step.applied
+        mean = ClientUpdate(-1, (weights.double() + step.delta).to(weights.dtype), sum(c.num_examples for c in applied),
+                            sum(c.steps for c in applied), float(np.mean([c.loss for c in applied])))  # fmt: skip
+        return state.strategy.aggregate(weights, [mean])
 
     def _plan_round(self, round_number: int, clients: list[int]) -> Statuses:
         """Per selected client: (status, local step limit). `dropped` never starts, `late`
@@ -460,7 +505,7 @@ class FederatedRun:
         progress = self.round_progress = RoundProgress(
             round_number, {t.client_id: t.max_steps or self.full_steps[t.client_id] for t in tasks})
         central = self.privacy.mode == "central"
-        if not central and not self.streams and len(tasks) > slots:
+        if not central and not self.streams and not self.asynchronous and len(tasks) > slots:  # async: rows cloned
             raise AssertionError("more clients than result slots outside central DP and streamed rounds")
         aggregator: CentralSum | DistributedNoiseSum | None = None
         if central and self.config.federation.secure_aggregation:
@@ -548,7 +593,8 @@ class FederatedRun:
             coefficient = self.state.strategy.fold_weight(examples, steps)
             work.running.add(row, coefficient=coefficient, num_examples=examples, steps=steps)
             return
-        work.updates.append(ClientUpdate(client, row, len(outcome.task.indices), outcome.steps, outcome.loss,
+        kept = row.clone() if self.asynchronous else row  # async: it waits in the buffer past this chunk
+        work.updates.append(ClientUpdate(client, kept, len(outcome.task.indices), outcome.steps, outcome.loss,
                                          validation_score=outcome.validation_accuracy))  # fmt: skip
 
     def _receive_folded(self, work: RoundWork, outcome: TaskOutcome) -> None:
@@ -588,16 +634,19 @@ class FederatedRun:
 
     def _screen(self, work: RoundWork, round_number: int) -> None:
         """Score every arrived update for suspicion (`engine.suspicion`; FedPer: the shared body only),
-        add who was flagged to the run's history, and under federation.exclusion = "flagged" leave out
+        add who was flagged and each client's running direction to the run's histories (layer-wise:
+        `segments`), and under federation.exclusion = "flagged" leave out
         the clients flagged in exclusion_flags of the last exclusion_window rounds. Nothing where the
         server never sees single updates (central DP's sum, secure aggregation)."""
         if work.aggregator is not None or work.held or self.config.federation.secure_aggregation or not work.updates:
             return
         body = self.state.weights.numel() - self.head_size
         stack = torch.stack([u.weights[:body] - self.state.weights[:body] for u in work.updates]).numpy()  # (n, P)
-        scores = score_updates(stack, [u.client_id for u in work.updates])
-        work.suspicion = {s.client_id: (s.score, s.flagged) for s in scores}
         state, federation = self.state, self.config.federation
+        layers = leading_sizes([t.numel() for t in get_parameters(self.model).values()], body)
+        scores = score_updates(stack, [u.client_id for u in work.updates], history=state.directions, segments=layers)
+        state.directions = record_directions(state.directions, scores)
+        work.suspicion = {s.client_id: (s.score, s.flagged) for s in scores}
         flagged = [s.client_id for s in scores if s.flagged]
         state.flagged_rounds = record_flags(state.flagged_rounds, round_number, flagged)
         if federation.exclusion != "flagged":
@@ -699,7 +748,12 @@ class FederatedRun:
     def sample_clients(self, round_number: int, trainer: Trainer | None = None) -> list[int]:
         """This round's selected clients (`client_population.select_clients`); power-of-choice
         ranks candidates by the current global model's loss on a sample of their data, computed
-        where their data is (`RemoteClients`: on their nodes)."""
+        where their data is (`RemoteClients`: on their nodes). Async: the clients that start (`fedbuff`)."""
+        if self.asynchronous:
+            return fedbuff.start_clients(
+                seed=self.config.system.seed, step=round_number, num_clients=self.config.federation.num_clients,
+                max_concurrency=self.config.federation.max_concurrency, busy=self.state.buffer.busy(),
+            )  # fmt: skip
         return select_clients(
             self.config, round_number, profiles=self.profiles, tally=self.state.tally,
             losses_of=functools.partial(self._candidate_losses, trainer, round_number),
@@ -792,7 +846,11 @@ class FederatedRun:
 
     def _client_results(self, work: RoundWork) -> tuple[list[ClientResult], float]:
         """One `ClientResult` per selected client, and the round's simulated duration (the
-        slowest arrival, or the deadline when late clients were dropped)."""
+        slowest arrival, or the deadline when late clients were dropped). Async: the applied updates' records
+        (their ε now: a client in flight never trains again before its update is applied) and the step's seconds."""
+        if work.buffered is not None:
+            applied, seconds = work.buffered
+            return [replace(c, epsilon=self.state.client_epsilons.get(c.id, 0.0)) for c in applied], seconds
         federation, local = self.config.federation, self.privacy.mode == "local"
         down_bytes = parameter_bytes(get_parameters(self.model)) - 4 * self.head_size  # FedPer: the body only
         by_client = {o.task.client_id: o for o in work.outcomes}

@@ -753,3 +753,36 @@ def fairness_figure(
     _style(figure, title=title, x_title="round", y_title="client accuracy", empty=measured.empty)
     figure.update_yaxes(tickformat=".0%", rangemode="tozero")
     return figure
+
+
+def staleness_figure(
+    rounds: pd.DataFrame, clients: pd.DataFrame, *, title: str = "Asynchronous updates over simulated time"
+) -> go.Figure:
+    """An async run (federation.mode = "async", FedBuff): each applied update's staleness (server steps the
+    model moved on while it trained) as a dot at the simulated second it was applied, and the global model's
+    version (the server steps taken) as a step line on the right axis. `rounds`: round, simulated_seconds;
+    `clients`: round, client_id, staleness (NULL for synchronous rows, which are left out)."""
+    steps = rounds.sort_values("round")[["round", "simulated_seconds"]]
+    clock = pd.Series(steps["simulated_seconds"].cumsum().to_numpy(), index=steps["round"].to_numpy())
+    stale = clients.dropna(subset=["staleness"]) if "staleness" in clients else clients.iloc[0:0]
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=clock.reindex(stale["round"]).to_numpy(), y=stale["staleness"].to_numpy(dtype=float), mode="markers",
+            name="update staleness", marker={"size": 7, "color": "#2563eb", "opacity": 0.6},
+            customdata=np.stack([stale["client_id"].to_numpy(), stale["round"].to_numpy()], axis=-1),
+            hovertemplate="client %{customdata[0]}, step %{customdata[1]}: %{y:d} stale<extra></extra>",
+        )
+    )  # fmt: skip
+    figure.add_trace(
+        go.Scatter(
+            x=[0.0, *clock.to_numpy()], y=[0, *clock.index], mode="lines", line={"shape": "hv", "color": "#f97316"},
+            name="model version", yaxis="y2", hovertemplate="%{x:.1f} s: version %{y}<extra></extra>",
+        )
+    )  # fmt: skip
+    _style(figure, title=title, x_title="simulated seconds", y_title="staleness (server steps)", empty=stale.empty,
+           x_is_round=False)  # fmt: skip
+    figure.update_layout(yaxis2={"title": {"text": "model version"}, "overlaying": "y", "side": "right",
+                                 "showgrid": False, "rangemode": "tozero"})  # fmt: skip
+    figure.update_layout(yaxis={"rangemode": "tozero"})
+    return figure

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import make_url
 
@@ -19,6 +19,9 @@ from ngss.data import TASKS
 from runs import service
 from runs import workers as processes
 from runs.intake import settle_workers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ACTIVE_STATUSES = ("queued", "running")
 STATUS_ICONS = {

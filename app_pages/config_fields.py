@@ -220,6 +220,9 @@ ADVANCED_FIELDS = (
           "accountant; secure aggregation runs between the nodes, with central DP each adding its own noise share."),
     Field("system", "backend", "Backend", "torch, or mlx (Apple's MLX; on Linux the slower mlx[cpu]) for "
           "local training of the CNN, MLP and TinyLLama-v0 + LoRA; MLX has no DP-SGD."),
+    Field("system", "precision", "Precision", "fp32, or bf16: the clients' forward pass under bfloat16 autocast "
+          "(faster on CPUs with AVX-512 bf16 or AMX); weights, updates, aggregation and noise stay fp32. Torch "
+          "backend only; not with local DP."),
     Field("privacy", "audit", "Audit", "After the run, measure leakage empirically. loss: a membership-inference "
           "attack on trained-on vs held-out examples (quick). one_run: Steinke et al. 2023's one-run audit — "
           "canaries with random labels, half trained on at random, guessed from their losses, give a 95% lower "
@@ -295,6 +298,13 @@ CLIENT_FIELDS = (
           format="%.2f"),
     Field("federation", "straggler_policy", "Stragglers", "partial: a straggler sends what it trained by the "
           "deadline (fewer local steps). drop: it is dropped (late)."),
+    Field("federation", "mode", "Round mode", "sync: each round waits for its clients. async (FedBuff): clients train at "
+          "their own speed from whichever model they fetched; the server steps once the buffer is full, and "
+          "'Rounds' counts server steps.", key="federation_mode"),
+    Field("federation", "buffer_size", "Buffer K", "async: updates applied per server step (the earliest to arrive)."),
+    Field("federation", "max_concurrency", "Concurrency", "async: clients training at once (≥ K, ≤ clients)."),
+    Field("federation", "staleness_exponent", "Staleness exponent", "async: an update s server steps stale weighs "
+          "(1 + s)^(−a); 0.5 = 1/√(1 + s), 0 = no discount.", step=0.1, format="%.2f"),
 )  # fmt: skip
 PERSONALIZATION_FIELDS = (
     Field("federation", "client_holdout", "Client holdout", "Share of each client's examples held out as its own "
@@ -360,6 +370,11 @@ SECURE_AGGREGATION_FIELDS = (
           step=0.05, format="%.2f"),
     Field("federation", "secagg_neighbours", "Neighbours k", "SecAgg+: each client masks with k (even) random "
           "neighbours instead of all, so cost grows as n·k, not n²; 0 = everyone."),
+    Field("privacy", "distributed_noise", "Distributed noise (central DP)", "The clients' noise shares under "
+          "secure aggregation. gaussian: real shares, inputs rounded to a 2^-24 fixed-point grid, accounted as a "
+          "continuous Gaussian. skellam (Agarwal et al. 2021): each client scales its clipped update to integers "
+          "and adds integer Skellam noise, the protocol sums integers exactly, and ε is the discrete mechanism's "
+          "(Poisson client sampling, no adaptive clipping)."),
 )  # fmt: skip
 # The folded groups under the privacy settings: (title, icon, a note above the fields or "", fields).
 SCENARIO_GROUPS = (

@@ -295,6 +295,8 @@ def render_charts(experiment: ExperimentSummary, rounds: pd.DataFrame, clients: 
         figures["client-accuracy"] = viz.client_accuracy_figure(clients, client_names=names)
     if "client_accuracy_worst10" in rounds and rounds["client_accuracy_worst10"].notna().any():  # fairness
         figures["fairness"] = viz.fairness_figure(rounds)
+    if "staleness" in clients and clients["staleness"].notna().any():  # async (FedBuff)
+        figures["staleness"] = viz.staleness_figure(rounds, clients)
     figures |= {
         "labels": viz.label_heatmap(experiment.label_counts, label_names=rubric_labels(experiment), client_names=names),
         "bytes": viz.bytes_figure(rounds, title="Bytes per round (LoRA + head only)") if rubric

@@ -1,12 +1,14 @@
 """Load check of the REST API: readers polling and streaming while two runs train.
 
-    python -m bench.api_load [--readers 50] [--rounds 20] [--train-examples 1200] [--pause 1.0] [--json]
+    python -m bench.api_load [--readers 50] [--rounds 20] [--train-examples 1200] [--pause 1.0] [--lockstep] [--json]
 
 Starts `cli.py serve` on a free 127.0.0.1 port over a temporary SQLite database, creates two runs
 through the API (MNIST MLP, small subsets; each trains in its own worker process), and while they
 train runs `--readers` concurrent readers. Each holds one event stream (of run 1 or run 2,
 alternately) and polls every `--pause` seconds (the page redraws every 1.5 s): the list, one run,
-its rounds after the last it saw. Prints the requests, errors, read latency in ms (p50, p95, max,
+its rounds after the last it saw. The pollers start spread over one pause, as tabs opened at
+different moments do; `--lockstep` starts them together, so every second brings a burst of 50
+requests that the server answers one after another (the worst case: the last waits for the rest). Prints the requests, errors, read latency in ms (p50, p95, max,
 as the client sees it, its own scheduling included; `server_`: from the request reaching the app to
 its response headers, `Server-Timing`), the CPU seconds of server and client, the load average,
 and whether every stream saw every round exactly once (against the rounds stored at the end).
@@ -132,10 +134,12 @@ async def read_stream(client: httpx.AsyncClient, experiment_id: int) -> dict[str
 
 
 async def poll(client: httpx.AsyncClient, experiment_ids: list[int], done: asyncio.Event, pause: float,
-               latencies: list[float], server_seconds: list[float], errors: list[str]) -> None:  # fmt: skip
-    """Read in a loop until `done`: the list, one run, its rounds after the last seen; each request's
-    latency in seconds into `latencies` (the server's own, from `Server-Timing`, into `server_seconds`),
-    anything but 200 into `errors`."""
+               latencies: list[float], server_seconds: list[float], errors: list[str],
+               offset: float = 0.0) -> None:  # fmt: skip
+    """After `offset` seconds, read in a loop until `done`: the list, one run, its rounds after the last
+    seen; each request's latency in seconds into `latencies` (the server's own, from `Server-Timing`,
+    into `server_seconds`), anything but 200 into `errors`."""
+    await asyncio.sleep(offset)
     seen = dict.fromkeys(experiment_ids, 0)
     step = 0
     while not done.is_set():
@@ -162,10 +166,13 @@ async def poll(client: httpx.AsyncClient, experiment_ids: list[int], done: async
 
 
 async def load(
-    base_url: str, *, readers: int, rounds: int, train_examples: int, pause: float, deadline: float
-) -> dict[str, Any]:
+    base_url: str, *, readers: int, rounds: int, train_examples: int, pause: float, deadline: float,
+    lockstep: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Create two runs, then `readers` streams and pollers until both runs end (or `deadline` seconds
-    pass: the streams still open then count as not having seen every round); the figures."""
+    pass: the streams still open then count as not having seen every round); the figures. The pollers
+    start spread evenly over one `pause`, as tabs opened at different moments poll; `lockstep`: all
+    at once, so each second brings one burst of `readers` requests (the worst case)."""
     limits = httpx.Limits(max_connections=3 * readers + 10, max_keepalive_connections=3 * readers + 10)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
         experiment_ids = []
@@ -177,8 +184,9 @@ async def load(
         server_seconds: list[float] = []
         errors: list[str] = []
         done = asyncio.Event()
-        pollers = [asyncio.create_task(poll(client, experiment_ids, done, pause, latencies, server_seconds, errors))
-                   for _ in range(readers)]  # fmt: skip
+        pollers = [asyncio.create_task(poll(client, experiment_ids, done, pause, latencies, server_seconds, errors,
+                                            offset=0.0 if lockstep else index * pause / readers))
+                   for index in range(readers)]  # fmt: skip
         started = time.perf_counter()
         tasks = [asyncio.create_task(read_stream(client, experiment_ids[i % 2])) for i in range(readers)]
         finished, unfinished = await asyncio.wait(tasks, timeout=deadline)
@@ -221,6 +229,7 @@ def main() -> int:
     parser.add_argument("--train-examples", type=int, default=1200)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between a poller's requests")
     parser.add_argument("--deadline", type=float, default=150.0, help="seconds the streams may take")
+    parser.add_argument("--lockstep", action="store_true", help="every poller at once (bursts), not spread over a pause")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` still stops the server and workers
@@ -230,7 +239,7 @@ def main() -> int:
         with api_server(db_url, log=Path(folder) / "server.log") as (base_url, server_pid):
             result = asyncio.run(load(base_url, readers=args.readers, rounds=args.rounds,
                                       train_examples=args.train_examples, pause=args.pause,
-                                      deadline=args.deadline))  # fmt: skip
+                                      deadline=args.deadline, lockstep=args.lockstep))  # fmt: skip
             server_cpu = sum(psutil.Process(server_pid).cpu_times()[:2])
             result["server_cpu_seconds"] = round(server_cpu, 1)  # its start-up (imports) included
             result["client_cpu_seconds"] = round(sum(psutil.Process().cpu_times()[:2]), 1)

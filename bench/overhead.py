@@ -58,19 +58,21 @@ def federated_round_seconds(data, model_name: str, rounds: int, num_workers: int
 
 
 def small_clients_overhead(data, model_name: str, rounds: int, num_workers: int) -> list[tuple[float, float]]:
-    """(round seconds, pure gradient-step seconds of its clients ÷ workers) per round of 1,000 × 60, 100 a round."""
+    """(round seconds, pure gradient-step seconds of its clients ÷ workers) per round of 1,000 × 60, 100 a round.
+
+    Each round's pure steps are timed right after it (the trainer processes wait idle meanwhile), so a
+    load that comes and goes on a shared machine hits both sides of each ratio alike."""
     config = ExperimentConfig.from_dict({
         "model": {"name": model_name}, "data": {"max_train_examples": 60_000},
         "federation": {"num_clients": 1_000, "clients_per_round": 100, "rounds": rounds},
         "system": {"num_workers": num_workers},
     })  # fmt: skip
     run = FederatedRun(config, data=data)
-    results = list(run.rounds())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker trains
     model, pairs = create_model(model_name, seed=0), []
-    try:
-        for result in results:
+    for result in run.rounds():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each worker trains
+        try:
             started = time.perf_counter()
             for client in result.clients:
                 train_client(
@@ -78,8 +80,8 @@ def small_clients_overhead(data, model_name: str, rounds: int, num_workers: int)
                     local_epochs=1, batch_size=50, learning_rate=0.05, seed=client.id,
                 )  # fmt: skip
             pairs.append((result.seconds, (time.perf_counter() - started) / num_workers))
-    finally:
-        torch.set_num_threads(threads)
+        finally:
+            torch.set_num_threads(threads)
     return pairs
 
 

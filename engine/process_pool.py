@@ -2,10 +2,13 @@
 the engine's `Trainer` when `system.num_workers` > 1).
 
 The training set and both weight buffers are shared with the workers (copy-on-write after
-fork, or shared memory when spawning): a task message carries only the client's example
-indices, seed and (local DP) accountant history, and a reply only its step count, loss and
-updated history. In a streamed round each worker folds its clients into its own row of a
-shared float64 sum instead of writing result rows (`engine.streaming`).
+fork, or shared memory when spawning): a task carries only the client's example indices, seed
+and (local DP) accountant history, and its reply only its step count, loss and updated history.
+Tasks travel in batches that shrink as the round goes (`guided_batches`): with 60-example
+clients, a message per client each way made a round 1.3–1.5× the workers' own training time
+(the server process shares the cores with them); batched, 1.05–1.1×. In a streamed round each
+worker folds its clients into its own row of a shared float64 sum instead of writing result
+rows (`engine.streaming`).
 
     trainer = ProcessPoolTrainer(data, settings, num_params, slots=10, num_workers=2)
     outcomes = trainer.train(global_weights, tasks)   # trainer.results[task.slot]: (P,)
@@ -14,6 +17,7 @@ shared float64 sum instead of writing result rows (`engine.streaming`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -37,6 +41,28 @@ WORKER_START_SECONDS = 120.0  # a worker that has not reported ready by then has
 # copy-on-write (about 0.5 GB less per trainer than spawn, and no re-import). They
 # run with one thread, so no OpenMP pool is used after the fork. macOS must spawn.
 START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+# Guided self-scheduling: each batch holds up to the remaining work / (BATCH_DIVISOR × workers), so a round
+# of n clients takes O(workers · log n) messages and ends with single clients (no worker idles long).
+BATCH_DIVISOR = 2
+
+
+def guided_batches(tasks: Sequence[TrainTask], num_workers: int) -> list[list[TrainTask]]:
+    """`tasks` in order, cut into batches whose examples (a client's work) add up to at most the remaining
+    examples / (BATCH_DIVISOR · num_workers), and at least one task: big batches first (few messages),
+    then smaller, down to one client each at the end, so the workers, taking batches as they become free,
+    finish within about one client of each other, even when client sizes differ. 100 clients of 60
+    examples on 2 workers: 17 batches (25, 18, 14, 10, 8, 6, 4, 3, 3, 2, then single clients)."""
+    remaining = sum(len(task.indices) for task in tasks)
+    batches, start = [], 0
+    while start < len(tasks):
+        quota, work, end = remaining / (BATCH_DIVISOR * num_workers), len(tasks[start].indices), start + 1
+        while end < len(tasks) and work + len(tasks[end].indices) <= quota:
+            work += len(tasks[end].indices)
+            end += 1
+        batches.append(list(tasks[start:end]))
+        remaining -= work
+        start = end
+    return batches
 
 
 def _worker_main(
@@ -61,14 +87,27 @@ def _worker_main(
     trainer.running = RunningSum(global_weights.numel(), values=sums[worker_index])
     _warm_up(trainer.model, train_x[: settings.batch_size], train_y[: settings.batch_size])
     replies.put(("ready", worker_index, None))
-    while (task := _next_task(tasks, parent)) is not None:
+    while (batch := _next_task(tasks, parent)) is not None:
+        replies.put(_run_batch(trainer, batch, global_weights, results, corrections, live))
+    telemetry.shutdown()  # this process's spans: its exporter's thread would die unflushed with it
+
+
+def _run_batch(
+    trainer: ClientTrainer, batch: list[TrainTask], global_weights: torch.Tensor, results: torch.Tensor,
+    corrections: torch.Tensor | None, live: Live,
+) -> tuple[str, int, Any]:
+    """Train a batch's tasks in order; the reply is ("done", count, [(slot, outcome without its task), ...])
+    (the server holds the tasks: sending them back would pickle every client's indices twice), or
+    ("error", slot, message) for the first task that raised (the server then fails the run)."""
+    outcomes = []
+    for task in batch:
         try:
             correction = None if corrections is None else corrections[task.slot]
             outcome = trainer.run(task, global_weights, results[task.slot], correction, live.at(task.slot))
-            replies.put(("done", task.slot, outcome))
         except Exception as error:  # reported to the server, which fails the run
-            replies.put(("error", task.slot, f"{type(error).__name__}: {error}"))
-    telemetry.shutdown()  # this process's spans: its exporter's thread would die unflushed with it
+            return "error", task.slot, f"{type(error).__name__}: {error}"
+        outcomes.append((task.slot, dataclasses.replace(outcome, task=None)))
+    return "done", len(outcomes), outcomes
 
 
 def _warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -78,8 +117,8 @@ def _warm_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def _next_task(tasks: Any, parent: int) -> TrainTask | None:
-    """The next task, or None when told to stop or when the server process is gone."""
+def _next_task(tasks: Any, parent: int) -> list[TrainTask] | None:
+    """The next batch of tasks, or None when told to stop or when the server process is gone."""
     while True:
         try:
             return tasks.get(timeout=5.0)
@@ -136,14 +175,16 @@ class ProcessPoolTrainer:
     def train(self, global_weights: torch.Tensor, tasks: Sequence[TrainTask]) -> list[TaskOutcome]:
         self.global_weights.copy_(global_weights)
         by_slot = {task.slot: task for task in tasks}
-        for task in tasks:
-            self.tasks.put(task)
+        batches = guided_batches(tasks, len(self.processes))
+        for batch in batches:
+            self.tasks.put(batch)
         done: dict[int, TaskOutcome] = {}
-        while len(done) < len(tasks):
+        while len(done) < len(tasks):  # one reply per batch, in the order the workers finish them
             kind, slot, payload = self._reply(None)
             if kind == "error":
                 raise RuntimeError(f"client {by_slot[slot].client_id} failed in a trainer process: {payload}")
-            done[slot] = payload
+            for task_slot, outcome in payload:
+                done[task_slot] = dataclasses.replace(outcome, task=by_slot[task_slot])
         return [done[slot] for slot in sorted(done)]
 
     def take_sum(self) -> RunningSum:

@@ -38,6 +38,9 @@ class ClientResult:
     # None / False where the server did not score it (it sent nothing, secure aggregation, central DP, < 3 updates).
     suspicion: float | None = None
     flagged: bool = False
+    # Asynchronous FL (federation.mode = "async"): how many server steps the global model moved on while this
+    # update trained (0 = fresh); None under synchronous rounds.
+    staleness: int | None = None
 
 
 @dataclass(frozen=True)

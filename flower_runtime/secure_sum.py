@@ -77,7 +77,7 @@ def response_from(record: Mapping[str, Any]) -> UnmaskResponse:
                           {int(o): bytes(s) for o, s in keys})  # fmt: skip
 
 
-NOISE_FIELDS = ("clip_norm", "length", "update_std", "count_std", "secure", "seed", "round_number")
+NOISE_FIELDS = ("clip_norm", "length", "update_std", "count_std", "secure", "seed", "round_number", "mechanism")
 
 
 def input_record(client: int, noise: DistributedNoise | None, held: frozenset[int]) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def noise_from(record: Mapping[str, Any]) -> DistributedNoise | None:
     if "input" not in record:
         return None
     kinds = {"clip_norm": float, "length": int, "update_std": float, "count_std": float, "secure": bool, "seed": int,
-             "round_number": int}  # fmt: skip
+             "round_number": int, "mechanism": str}  # fmt: skip
     return DistributedNoise(**{name: kinds[name](record[f"noise-{name}"]) for name in NOISE_FIELDS})
 
 

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import func, select
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent
 MIGRATION_LOCK_KEY = 0x46504C_4D494752  # PostgreSQL advisory lock id: "FPL", "MIGR"
@@ -25,19 +26,41 @@ MIGRATION_LOCK_KEY = 0x46504C_4D494752  # PostgreSQL advisory lock id: "FPL", "M
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for `migrations/`, handing it `connection` to migrate."""
+    from alembic.config import Config  # Alembic (~0.2 s to import) loads only to migrate
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
 
+def newest_revision() -> str:
+    """The head revision, read from the file names alone: revisions are numbered (`--rev-id
+    NNNN`, database.py's docstring) in one chain, so the highest number is the head
+    (tests/test_database.py checks this against Alembic's own reading of `versions/`)."""
+    return max(path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def stored_revision(connection: Connection) -> str | None:
+    """The revision the database is at (Alembic's `alembic_version` table); None for a new one."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade_to_head(engine: Engine) -> None:
     """Apply the revisions the database lacks, all in one transaction under
-    `migration_lock`; a quick read first, so a database already at head is left alone."""
+    `migration_lock`; a quick read first, so a database already at head is left alone
+    without importing Alembic (the page opens a store as it starts)."""
+    with engine.connect() as connection:
+        current = stored_revision(connection)
+    if current == newest_revision():
+        return
+    from alembic import command  # Alembic (~0.2 s to import) loads only to migrate
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
     if current == head:
         return
     if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:

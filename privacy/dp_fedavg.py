@@ -18,6 +18,9 @@ m = ⌈secagg_threshold · num_clients⌉ inputs are in it, so any released sum 
 least the N(0, σ_Δ²C²) the accountant assumes; whether a round is released depends only
 on which clients dropped out, which does not depend on the data or on the sampling.
 The price is noise: with s > m inputs the sum carries s/m times the variance.
+With `privacy.distributed_noise = "skellam"` the shares are integers: each client scales its
+clipped update by γ, rounds it to integers and adds Skellam noise, the protocol sums integers
+exactly, and ε comes from the discrete mechanism's own accountant (privacy/skellam.py).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from privacy.ftrl import (
 # share); with 24 fractional bits, 2^20 leaves room for 2^18 clients in 64-bit arithmetic.
 SECAGG_CLIP_RANGE = 2.0**20
 NOISE_SHARE_TAG = 0xD15C0  # each client's share of the distributed noise (stream_seed tag)
+ROUNDING_TAG = 0xD15C1  # skellam: each client's stochastic rounding of its scaled update (stream_seed tag)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class PrivacyPlan:
     secure_noise: bool = False  # central: noise (and client sampling) from os.urandom, not the seed
     mechanism: str = "dp-fedavg"  # central: dp-fedavg | dp-ftrl (privacy/ftrl.py)
     tree_sensitivities: tuple[float, ...] = ()  # dp-ftrl: Δ²/C² of the tree after each round 1…R
+    distributed_noise: str = "gaussian"  # under secure aggregation: gaussian | skellam (privacy/skellam.py)
 
 
 @dataclass(frozen=True)
@@ -180,14 +185,29 @@ class DistributedNoise:
     secure: bool  # shares from the OS's CSPRNG, not the seed's stream
     seed: int
     round_number: int
+    # gaussian: real shares N(0, update_std²), the input on the protocol's 2^-24 grid. skellam: integers,
+    # the clipped update scaled by γ and rounded plus Sk(update_std²) (update_std in integer units).
+    mechanism: str = "gaussian"
 
     def input(self, client: int, update: torch.Tensor | None) -> np.ndarray:
         """`client`'s vector: its clipped input (`update` None: a cover client's zeros) plus its share."""
+        if self.mechanism == "skellam":  # integers; the indicator stays 0 (no adaptive clipping)
+            rounded = np.zeros(self.length)
+            if update is not None:
+                from privacy import skellam  # scipy and opacus load only with privacy on
+                scaled = clipped_input(update, self.clip_norm)[:-1] * skellam.scale(self.clip_norm)
+                rounded[:-1] = skellam.conditional_round(scaled, generator=self._generator(client, ROUNDING_TAG))
+            return rounded + self.share(client)
         return (0.0 if update is None else clipped_input(update, self.clip_norm)) + self.share(client)
 
     def share(self, client: int) -> np.ndarray:
         """`client`'s share of the round's noise, (length,)."""
         import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
+        if self.mechanism == "skellam":
+            from privacy import skellam
+            generator = self._generator(client, NOISE_SHARE_TAG)
+            share = skellam.skellam_share(self.length - 1, variance=self.update_std**2, generator=generator)
+            return np.append(share, 0.0)  # the indicator: no adaptive clipping
         if self.secure:  # each client's share from its own OS's CSPRNG
             share = dp.secure_normal((self.length,), std=1.0).numpy()
         else:
@@ -196,6 +216,14 @@ class DistributedNoise:
         share[:-1] *= self.update_std
         share[-1] *= self.count_std
         return share
+
+    def _generator(self, client: int, tag: int) -> np.random.Generator:
+        """The Skellam path's randomness: `client`'s seeded stream for `tag`, or under secure noise
+        a generator keyed from the OS's CSPRNG (`skellam.secure_generator` says what that means)."""
+        from privacy import skellam
+        if self.secure:
+            return skellam.secure_generator()
+        return np.random.default_rng(stream_seed(self.seed, self.round_number, client, tag))
 
 
 def clipped_input(update: torch.Tensor, clip_norm: float) -> np.ndarray:
@@ -221,14 +249,14 @@ class DistributedNoiseSum:
     ) -> None:  # fmt: skip
         self.config, self.plan, self.global_weights, self.round_number = config, plan, global_weights, round_number
         self.clip_norm, self.profiles = clip_norm, profiles
-        self.inputs: dict[int, np.ndarray] = {}  # client → clipped update and its unclipped indicator
+        self.updates: dict[int, torch.Tensor] = {}  # client → its update, made into its input by `DistributedNoise`
         self.held: set[int] = set()  # clients whose upload waits at their node for the protocol
         self.lost: set[int] = set()
 
     def add(self, client: int, update: torch.Tensor, *, lost: bool = False) -> None:
-        """The clipped input of a sampled client that trained; `lost`: it vanished after the
+        """The update of a sampled client that trained; `lost`: it vanished after the
         key exchange, so the server unmasks it away through its shares."""
-        self.inputs[client] = clipped_input(update, self.clip_norm)
+        self.updates[client] = update
         if lost:
             self.lost.add(client)
 
@@ -266,7 +294,7 @@ class DistributedNoiseSum:
                 secure = remote.secure_sum(dict.fromkeys(participants, 1.0), secagg_protocol(config),
                                            drop_after_sharing=dropped, noise=noise, held=frozenset(self.held))  # fmt: skip
             else:
-                vectors = {client: self.inputs.get(client, 0.0) + noise.share(client) for client in participants}
+                vectors = {client: noise.input(client, self.updates.get(client)) for client in participants}
                 secure = secure_aggregate(vectors, dict.fromkeys(participants, 1.0), secagg_protocol(config),
                                           drop_after_sharing=dropped)  # fmt: skip
         except SecAggError as error:  # too few neighbours left somewhere: nothing is revealed
@@ -275,9 +303,18 @@ class DistributedNoiseSum:
         return self._released(secure.weighted_sum, stats, secure.survivors)
 
     def _noise(self) -> DistributedNoise:
-        """This round's noise shares: each of the m = noise floor shares carries 1/m of the variance."""
+        """This round's noise shares: each of the m = noise floor shares carries 1/m of the variance
+        (skellam: of μ = (σ_Δ·c)² in integer units, privacy/skellam.py)."""
         import differential_privacy as dp  # opacus (~1.4 s to import) loads only with privacy on
         plan, floor = self.plan, noise_floor(self.config)
+        if plan.distributed_noise == "skellam":
+            from privacy.skellam import SCALED_NORM
+            return DistributedNoise(
+                clip_norm=self.clip_norm, length=self.global_weights.numel() + 1,
+                update_std=plan.update_noise_multiplier * SCALED_NORM / math.sqrt(floor), count_std=0.0,
+                secure=plan.secure_noise, seed=self.config.system.seed, round_number=self.round_number,
+                mechanism="skellam",
+            )  # fmt: skip
         expected = plan.client_sample_rate * self.config.federation.num_clients
         count_std = dp.count_noise_stddev(expected) / math.sqrt(floor) if self.config.privacy.adaptive_clipping else 0.0
         return DistributedNoise(
@@ -297,6 +334,9 @@ class DistributedNoiseSum:
                 self.clip_norm, noised_fraction=total[-1] / expected + 0.5, target_quantile=privacy.target_quantile,
                 learning_rate=privacy.clip_learning_rate,
             )  # fmt: skip
+        if self.plan.distributed_noise == "skellam":  # the integer sum back in the update's units: Σ/γ
+            from privacy.skellam import scale
+            total = total / scale(self.clip_norm)
         mean = torch.from_numpy(total[:-1] / expected)
         weights = (self.global_weights.double() + mean).to(self.global_weights.dtype)
         return RoundSum(weights, "", next_clip_norm, stats, survivors)
@@ -348,6 +388,8 @@ def plan_privacy(
     if privacy.mode == "central":
         relation = dp.NEIGHBOURING_RELATIONS[federation.client_sampling]
     plan = dataclasses.replace(plan, neighbouring_relation=relation)
+    if privacy.mode == "central" and privacy.distributed_noise == "skellam":
+        return _skellam_plan(config, plan)
 
     if privacy.target_epsilon > 0:
         plan = dataclasses.replace(plan, noise_multiplier=_calibrated_noise(config, partition_sizes, participation))
@@ -370,6 +412,24 @@ def _tree_plan(config: ExperimentConfig, plan: PrivacyPlan) -> PrivacyPlan:
     return dataclasses.replace(
         plan, mechanism="dp-ftrl", accountant=TREE_ACCOUNTANT, neighbouring_relation=TREE_RELATION,
         noise_multiplier=sigma, update_noise_multiplier=sigma, tree_sensitivities=tuple(float(s) for s in squared),
+    )  # fmt: skip
+
+
+def _skellam_plan(config: ExperimentConfig, plan: PrivacyPlan) -> PrivacyPlan:
+    """Distributed Skellam noise's plan (privacy/skellam.py): σ (the configured one, or calibrated to
+    the target ε by the Skellam accountant), checked to sum exactly in the protocol's ring."""
+    from privacy import skellam  # scipy and opacus load only with privacy on
+    privacy, federation = config.privacy, config.federation
+    sigma = privacy.noise_multiplier
+    if privacy.target_epsilon > 0:
+        sigma = skellam.calibrate_skellam_noise(
+            target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=plan.client_sample_rate,
+            rounds=federation.rounds,
+        )  # fmt: skip
+    skellam.ring_bounds(noise_multiplier=sigma, noise_floor=noise_floor(config), num_clients=federation.num_clients)
+    return dataclasses.replace(
+        plan, accountant=skellam.SKELLAM_ACCOUNTANT, distributed_noise="skellam", noise_multiplier=sigma,
+        update_noise_multiplier=sigma,
     )  # fmt: skip
 
 
@@ -421,6 +481,10 @@ def central_epsilon_after(plan: PrivacyPlan, *, rounds: int) -> float:
     if plan.mechanism == "dp-ftrl":  # the tree's zCDP over the schedule (privacy/ftrl.py), no sampling assumed
         squared = plan.tree_sensitivities[rounds - 1] if rounds > 0 else 0.0
         return tree_epsilon(noise_multiplier=plan.noise_multiplier, squared_sensitivity=squared, delta=plan.delta)
+    if plan.distributed_noise == "skellam":  # the discrete mechanism's RDP, Poisson-subsampled (privacy/skellam.py)
+        from privacy.skellam import skellam_epsilon
+        return skellam_epsilon(noise_multiplier=plan.noise_multiplier, sample_rate=plan.client_sample_rate,
+                               rounds=rounds, delta=plan.delta)  # fmt: skip
     if plan.client_sampling == "fixed":
         return dp.fixed_size_epsilon(
             noise_multiplier=plan.noise_multiplier, clients_per_round=plan.clients_per_round,
@@ -433,8 +497,13 @@ def central_epsilon_after(plan: PrivacyPlan, *, rounds: int) -> float:
 
 
 def secagg_protocol(config: ExperimentConfig) -> SecAggConfig:
-    """The secure-aggregation parameters of a run without central DP (the server and every
-    client, in-process or on Flower, use these)."""
+    """The secure-aggregation parameters of a run (the server and every client, in-process or on
+    Flower, use these): fixed point on a 2^-24 grid, or with Skellam noise integers (f = 0) of
+    |value| ≤ 2^40 each, which n < 2^23 clients sum in the 64-bit ring without wrapping."""
     federation = config.federation
+    if config.privacy.mode == "central" and config.privacy.distributed_noise == "skellam":  # integers, exactly
+        from privacy.skellam import SKELLAM_RANGE
+        return SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
+                            clip_range=SKELLAM_RANGE, fractional_bits=0)  # fmt: skip
     return SecAggConfig(threshold=federation.secagg_threshold, neighbours=federation.secagg_neighbours,
                         clip_range=SECAGG_CLIP_RANGE)  # fmt: skip

@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from database import ExperimentSummary
 from privacy.audit import advantage_bound, advantage_chance_level, auc_chance_sd
 from privacy.one_run_audit import METHOD as ONE_RUN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["render_markdown", "report_filename"]
 
@@ -35,6 +36,18 @@ MECHANISMS = {
 DISTRIBUTED_MECHANISM = (
     "central differential privacy under secure aggregation: DP-FedAvg with clipped client updates, the "
     "Gaussian noise added in shares by the clients (distributed noise); the server sees only the noised sum"
+)
+# privacy.distributed_noise = "skellam" (privacy/skellam.py): the discrete mechanism and its accountant.
+SKELLAM_MECHANISM = (
+    "central differential privacy under secure aggregation: DP-FedAvg with clipped client updates scaled to "
+    "integers and stochastically rounded, integer Skellam noise added in shares by the clients (Agarwal et al. "
+    "2021), summed exactly in the protocol's integer ring; the server sees only the noised sum"
+)
+SKELLAM_ACCOUNTANT = "skellam-rdp"
+SKELLAM_ACCOUNTANT_NAME = (
+    "RDP of the Skellam mechanism (Agarwal et al. 2021, with the L2 and L1 sensitivities after conditional "
+    "rounding), Poisson client sampling by Zhu & Wang's (2019) general bound, composed over rounds, converted as "
+    "Opacus's RDP accountant does"
 )
 UNITS = {
     "none": "none (no formal guarantee)",
@@ -138,11 +151,18 @@ def _facts(experiment: ExperimentSummary, rounds: pd.DataFrame) -> _Facts:
         clip_norms=tuple(clip_norms),
         sample_rate=float(rounds["sample_rate"].max()) if ran else 0.0,
         privacy_steps=int(rounds["privacy_steps"].max()) if ran else 0,  # local: cumulative, max over clients
-        accountant="zcdp" if tree else str(privacy.get("accountant", "rdp")),
+        accountant=("zcdp" if tree else SKELLAM_ACCOUNTANT if _skellam(experiment)
+                    else str(privacy.get("accountant", "rdp"))),  # fmt: skip
         client_sampling=sampling,
         neighbouring_relation=relation or OLD_RELATIONS.get(mode, ""),
         mechanism=str(privacy.get("mechanism", "dp-fedavg")) if mode == "central" else "",
     )
+
+
+def _skellam(experiment: ExperimentSummary) -> bool:
+    """Whether the run's distributed noise was the discrete Skellam mechanism (privacy/skellam.py)."""
+    privacy = experiment.config.get("privacy", {})
+    return privacy.get("mode") == "central" and privacy.get("distributed_noise", "gaussian") == "skellam"
 
 
 def render_markdown(experiment: ExperimentSummary, rounds: pd.DataFrame) -> str:
@@ -183,7 +203,7 @@ def _header(experiment: ExperimentSummary, facts: _Facts) -> str:
 def _summary_table(experiment: ExperimentSummary, facts: _Facts) -> str:
     mechanism = MECHANISMS.get(facts.mode, facts.mode)
     if facts.mode == "central" and experiment.config.get("federation", {}).get("secure_aggregation"):
-        mechanism = DISTRIBUTED_MECHANISM
+        mechanism = SKELLAM_MECHANISM if _skellam(experiment) else DISTRIBUTED_MECHANISM
     if facts.mechanism == "dp-ftrl":
         mechanism = TREE_MECHANISM
     rows = [*_data_rows(experiment), ("Mechanism", mechanism), ("Unit of privacy", UNITS.get(facts.mode, "?"))]
@@ -249,6 +269,8 @@ def _data_rows(experiment: ExperimentSummary) -> list[tuple[str, str]]:
 def _accountant_name(facts: _Facts) -> str:
     if facts.mechanism == "dp-ftrl":
         return TREE_ACCOUNTANT_NAME
+    if facts.accountant == SKELLAM_ACCOUNTANT:
+        return SKELLAM_ACCOUNTANT_NAME
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return FIXED_RDP_NAME
     return ACCOUNTANT_NAMES.get(facts.accountant, facts.accountant)
@@ -260,6 +282,8 @@ def _epsilons_text(facts: _Facts) -> str:
     used = f"{facts.accountant.upper()} {_num(facts.epsilon)} (**used**, the ledger's)"
     if facts.mechanism == "dp-ftrl":
         return f"{used}; RDP, PRV and PLD do not apply: they account DP-FedAvg's sampled Gaussian, not the tree"
+    if facts.accountant == SKELLAM_ACCOUNTANT:
+        return f"{used}; RDP, PRV and PLD do not apply: they account a continuous Gaussian, not integer Skellam noise"
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return f"{used}; PRV and PLD do not apply: they have no bound for sampling without replacement"
     if facts.privacy_steps <= 0 or facts.sample_rate <= 0 or facts.noise_multiplier <= 0:
@@ -520,6 +544,44 @@ def _audit_bound(facts: _Facts) -> str:
     )
 
 
+def _distributed_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
+    """(covered, not covered) of central DP under secure aggregation: the clients' noise shares, Gaussian
+    on the fixed-point grid or integer Skellam noise (privacy/skellam.py)."""
+    covered: list[str] = []
+    not_covered: list[str] = []
+    federation = experiment.config.get("federation", {})
+    share = "N(0, σ²C²/m)"
+    if _skellam(experiment):
+        share = "integer Skellam noise Sk(μ/m), μ = (σ·γC)² (σ²C² once decoded)"
+    covered.append(
+        "Each client's whole dataset, against anyone who sees the released global models, the server "
+        "included: under secure aggregation the server sees only the sum, and the clients add the noise "
+        f"themselves (distributed noise). Every client of the population takes part in each round (those "
+        f"not sampled send zeros), each adding {share} with m = ⌈secagg_threshold · num_clients⌉ = "
+        f"⌈{federation.get('secagg_threshold')} · {federation.get('num_clients')}⌉; a sum with fewer than m "
+        "inputs is never released, so every released sum carries at least the noise the accountant assumes, "
+        "and the server does not learn who was sampled."
+    )
+    not_covered.append(
+        "Clients that collude with the server: each client's noise share alone is too small, so a client "
+        "that reveals its share (or a server that controls clients) weakens the guarantee. Clipping is done "
+        "by each client's own software, which must be trusted to clip."
+    )
+    if _skellam(experiment):
+        covered.append(
+            "Rounding: each client scales its clipped update by γ = 2^20/C and rounds it to integers, redrawing "
+            "until its L2 norm is within the conditional-rounding bound; the protocol sums integers exactly, and "
+            "the accountant is the discrete mechanism's, with the sensitivities after rounding."
+        )
+    else:
+        not_covered.append(
+            "Fixed-point rounding: each masked input is rounded to a 2^-24 grid before summing; the accountant "
+            "treats the noise as a continuous Gaussian (`privacy.distributed_noise = \"skellam\"` closes this "
+            "gap with integer noise accounted for the discrete mechanism)."
+        )
+    return covered, not_covered
+
+
 def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
     """(covered, not covered): what the noise's source protects against."""
     if experiment.config.get("privacy", {}).get("secure_noise"):
@@ -528,6 +590,12 @@ def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
             "operating system's cryptographically secure generator (`os.urandom`; `privacy.secure_noise`), "
             "each normal as the sum of four draws against floating-point attacks, as Opacus's secure mode."
         )
+        if _skellam(experiment):  # privacy/skellam.py: secure_generator
+            secure = (
+                "Someone who knows the seed: which clients each round sampled came from `os.urandom`, and each "
+                "client's Skellam noise and rounding from numpy's PCG64DXSM keyed with 128 bits from the operating "
+                "system's cryptographically secure generator (`privacy.secure_noise`): a keyed PRNG, not a CSPRNG."
+            )
         return [secure], []
     seed = experiment.config.get("system", {}).get("seed", "?")
     advice = (
@@ -558,26 +626,9 @@ def _coverage(experiment: ExperimentSummary, facts: _Facts) -> str:
             "k examples is protected only at roughly k·ε (group privacy)."
         )
     elif experiment.config.get("federation", {}).get("secure_aggregation"):
-        federation = experiment.config.get("federation", {})
-        covered.append(
-            "Each client's whole dataset, against anyone who sees the released global models, the server "
-            "included: under secure aggregation the server sees only the sum, and the clients add the noise "
-            f"themselves (distributed noise). Every client of the population takes part in each round (those "
-            f"not sampled send zeros), each adding N(0, σ²C²/m) with m = ⌈secagg_threshold · num_clients⌉ = "
-            f"⌈{federation.get('secagg_threshold')} · {federation.get('num_clients')}⌉; a sum with fewer than m "
-            "inputs is never released, so every released sum carries at least the noise the accountant assumes, "
-            "and the server does not learn who was sampled."
-        )
-        not_covered.append(
-            "Clients that collude with the server: each client's noise share alone is too small, so a client "
-            "that reveals its share (or a server that controls clients) weakens the guarantee. Clipping is done "
-            "by each client's own software, which must be trusted to clip."
-        )
-        not_covered.append(
-            "Fixed-point rounding: each masked input is rounded to a 2^-24 grid before summing; the accountant "
-            "treats the noise as a continuous Gaussian (the discrete Gaussian of Kairouz et al. 2021 would close "
-            "this gap)."
-        )
+        distributed_covered, distributed_not_covered = _distributed_items(experiment)
+        covered += distributed_covered
+        not_covered += distributed_not_covered
     else:
         covered.append("Each client's whole dataset, against anyone who sees the released global models.")
         not_covered.append(

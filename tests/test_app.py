@@ -49,9 +49,11 @@ SCENARIO_KEYS = {
         "dropout_probability", "dropout_stage", "dropout_heterogeneous", "min_clients", "speed_spread",
         "round_deadline", "straggler_policy", "client_holdout", "personalization", "finetune_epochs",
         "secure_aggregation", "secagg_threshold", "secagg_neighbours", "exclusion", "exclusion_flags",
-        "exclusion_window",
+        "exclusion_window", "buffer_size", "max_concurrency", "staleness_exponent",
     ]},
+    "federation_mode": ("federation", "mode"),
     **{f"attack_{key}": ("attack", key) for key in ["fraction", "behaviour", "scale", "noise_std"]},
+    "distributed_noise": ("privacy", "distributed_noise"),
     **{key: ("communication", key) for key in [
         "compression", "topk_fraction", "error_feedback", "quantization_bits", "topk_momentum",
         "topk_warmup_rounds", "bandwidth_mbps",
@@ -60,7 +62,7 @@ SCENARIO_KEYS = {
 }  # fmt: skip
 SCENARIO_SELECT_KEYS = [
     "selection", "dropout_stage", "straggler_policy", "personalization", "attack_behaviour", "compression",
-    "exclusion",
+    "exclusion", "distributed_noise", "federation_mode",
 ]  # fmt: skip
 SCENARIO_CHECKBOX_KEYS = ["dropout_heterogeneous", "error_feedback", "secure_aggregation"]
 SELECT_KEYS += SCENARIO_SELECT_KEYS
@@ -72,6 +74,7 @@ NGSS_KEYS = {
                                          "lora_targets", "pooling"]},
 }  # fmt: skip
 SELECT_KEYS += ["ngss_task", "pooling", "runtime", "backend", "client_optimizer"]  # all but ngss_task and pooling: under Advanced
+SELECT_KEYS += ["precision"]  # Advanced: system.precision
 NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
 NUMBER_KEYS += ["audit_canaries", "image_size", "image_channels", "sweep_parallel"]  # Advanced, Your own images, Sweep
 SELECT_KEYS += ["audit", "sweep_objective"]
@@ -218,8 +221,10 @@ def test_scenario_widgets_sit_in_folded_groups_with_config_defaults(store):
         assert shown.help, key
     assert {w.key for w in groups["Aggregation strategy"].number_input} >= {"trim_fraction", "byzantine_clients"}
     assert {w.key for w in groups["Attack"].selectbox} == {"attack_behaviour", "exclusion"}
-    assert {w.key for w in groups["Advanced"].selectbox} == {"client_optimizer", "runtime", "backend", "audit"}
+    assert {w.key for w in groups["Advanced"].selectbox} == {"client_optimizer", "runtime", "backend", "precision", "audit"}
     assert app.selectbox(key="client_optimizer").value == defaults.federation.client_optimizer
+    precision = app.selectbox(key="precision")
+    assert precision.value == "fp32" and precision.options == ["fp32", "bf16"]
     assert app.selectbox(key="strategy").options == ["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam",
         "fedyogi", "scaffold", "fednova", "median", "trimmed_mean", "krum", "multi_krum", "bulyan",
         "adaptive_weighting", "qfedavg"]  # fmt: skip
@@ -272,6 +277,19 @@ def test_exclusion_window_dgc_and_qffl_settings_reach_the_stored_config(store, n
                  exclusion_flags=2, exclusion_window=3)
         .replace("communication", compression="topk", topk_momentum=0.5, topk_warmup_rounds=4)
     )  # fmt: skip
+    assert ExperimentConfig.from_dict(experiment.config) == expected
+    assert len(no_workers) == 1 and not app.sidebar.error
+
+
+def test_async_settings_reach_the_stored_config(store, no_workers):
+    app = page()
+    fill(app, {"federation_mode": "async", "buffer_size": 3, "max_concurrency": 5, "staleness_exponent": 1.0})
+
+    app.button(key="start").click().run()
+
+    (experiment,) = store.list_experiments()
+    expected = ExperimentConfig().replace("federation", mode="async", buffer_size=3, max_concurrency=5,
+                                          staleness_exponent=1.0)  # fmt: skip
     assert ExperimentConfig.from_dict(experiment.config) == expected
     assert len(no_workers) == 1 and not app.sidebar.error
 
@@ -806,6 +824,15 @@ def test_page_imports_no_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_sidebar_imports_neither_pandas_nor_alembic():
+    """main.py draws the sidebar before it imports the tabs: what the sidebar needs must not pull in
+    pandas (~0.4 s) or Alembic (~0.2 s; a store at head opens without it), or Start shows later."""
+    script = "import sys, app_pages.sidebar; print(sorted(m for m in ('pandas', 'alembic') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_secure_aggregation_runs_show_their_protocol_cost_and_are_marked(store):

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ from database import (
     resolve_url,
 )
 from experiment_config import ExperimentConfig
-from migrations import alembic_config, migration_lock
+from migrations import alembic_config, migration_lock, newest_revision
 
 POSTGRES_URL = os.environ.get("FPL_TEST_POSTGRES_URL")
 
@@ -187,6 +188,18 @@ def test_a_new_database_is_created_at_the_newest_revision(db_url):
     }  # fmt: skip
     engine.dispose()
     assert schema_differences(db_url) == []  # the models are exactly what the migrations build
+
+
+def test_the_head_read_from_file_names_is_alembics_and_a_store_at_head_opens_without_alembic(tmp_path):
+    script = ScriptDirectory.from_config(alembic_config())
+    for revision in script.walk_revisions():  # the numbering newest_revision relies on: NNNN_*.py, one chain
+        assert Path(revision.path).name.split("_", 1)[0] == revision.revision
+    assert len(script.get_heads()) == 1 and newest_revision() == head_revision()
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    ExperimentStore(url)  # created and migrated here
+    code = f"import sys; from database import ExperimentStore; ExperimentStore({url!r}); print('alembic' in sys.modules)"
+    opened = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert opened.stdout.strip() == "False"
 
 
 def rows_left_after_deleting_experiment(store: ExperimentStore, experiment_id: int) -> tuple[int, int]:

@@ -62,12 +62,14 @@ BAD_VALUES = {
     "privacy.max_epsilon": [-1.0, "2", float("inf")],
     "privacy.adaptive_clipping": [1, "yes", None],
     "privacy.secure_noise": [1, "yes", None],
+    "privacy.distributed_noise": ["discrete", "Skellam", None],
     "privacy.target_quantile": [0.0, 1.0, "0.5"],
     "privacy.clip_learning_rate": [0.0, -0.2, 100.0],
     "system.seed": [-1, 2**32, 1.5, "0"],
     "system.num_workers": [-1, 1000, "2"],
     "system.backend": ["cuda", 1],
     "system.runtime": ["ray", None],
+    "system.precision": ["fp16", "BF16", 16],
     "system.mlflow_uri": [3, None, "mlruns", "ftp://host", "http://a b", "http://user:secret@127.0.0.1:5000"],
     "federation.proximal_mu": [-0.1, "0.01"],
     "federation.server_learning_rate": [-1.0, 1000.0],
@@ -115,6 +117,10 @@ BAD_VALUES = {
     "federation.exclusion": ["all", True, ""],
     "federation.exclusion_flags": [0, 1.5, 1001],
     "federation.exclusion_window": [0, "3"],
+    "federation.mode": ["asynchronous", 1, ""],
+    "federation.buffer_size": [0, 2.5, 100_001],
+    "federation.max_concurrency": [0, "4"],
+    "federation.staleness_exponent": [-0.5, 11.0, "half"],
 }
 
 

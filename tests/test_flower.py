@@ -621,6 +621,8 @@ PARITY = {
     "FedPer": small_config(rounds=3, personalization="fedper", client_holdout=0.1),
     "fine-tuning": small_config(personalization="finetune", client_holdout=0.1),
     "power-of-choice": small_config(rounds=3, clients_per_round=2, selection="power_of_choice", selection_candidates=3),
+    # FedBuff: steps of 2 updates from 3 clients in flight; the slowest arrive stale (tests/test_fedbuff.py).
+    "async (FedBuff)": small_config(rounds=3, mode="async", buffer_size=2, max_concurrency=3, speed_spread=1.0),
     "MLX": small_config(strategy="fedprox", proximal_mu=0.1).replace("system", backend="mlx"),
     "secure aggregation": small_config(secure_aggregation=True),
     "secure aggregation + dropout + sign-flip": small_config(
@@ -631,6 +633,11 @@ PARITY = {
         rounds=3, num_clients=4, clients_per_round=2, secure_aggregation=True, secagg_threshold=0.5,
         dropout_probability=0.2, dropout_stage="during").replace(
         "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, adaptive_clipping=True),
+    # The same with integer Skellam shares (privacy/skellam.py): each node rounds and draws them itself.
+    "secure aggregation + central DP, skellam": small_config(
+        rounds=2, num_clients=4, clients_per_round=2, secure_aggregation=True, secagg_threshold=0.5,
+        dropout_probability=0.2, dropout_stage="during").replace(
+        "privacy", mode="central", noise_multiplier=0.03, max_grad_norm=2.0, distributed_noise="skellam"),
 }  # fmt: skip
 SAME_CLIENT_FIELDS = ["client_id", "num_examples", "steps", "status", "malicious", "bytes_up", "bytes_down", "epsilon"]
 
