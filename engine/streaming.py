@@ -94,9 +94,8 @@ class RunningSum:
             offset += size
         if offset != self.num_params:
             raise ValueError(f"the parts hold {offset} values, the running sum {self.num_params}")
-        scalars = (coefficient, num_examples, num_examples * steps, 1, steps < 1)
-        for index, value in enumerate(scalars):
-            self.values[self.num_params + index] += float(value)
+        scalars = (coefficient, num_examples, num_examples * steps, 1, steps < 1)  # one add, not five indexed ones
+        self.values[self.num_params : self.num_params + len(scalars)] += torch.tensor(scalars, dtype=torch.float64)
 
     def __add__(self, other: RunningSum) -> RunningSum:
         return RunningSum(self.num_params, values=self.values + other.values)
