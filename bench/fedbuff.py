@@ -18,11 +18,12 @@ a step at speed 1) + upload over its simulated link (`fedbuff.client_seconds`); 
 its slowest arrival (or the deadline, when a client was dropped). The sync runs' own `simulated_seconds`
 price a step at this machine's measured training time instead; they are printed alongside.
 
-Measured (2026-12-07, 2 shared CPU cores): the CNN run did not fit there (one CNN step took about a second
-under load), so `--model mlp --learning-rate 0.1 --target 0.95 --max-rounds 200` stood in, simulated s to 95%:
-sync 160.6 (40 rounds), deadline 79.9 (46 rounds; 151.5 on its measured-step clock), FedBuff K = 10 of 20:
-55.7 (53 steps, mean staleness 0.98), K = 10 of 30: 43.4 (64 steps, 1.94), K = 5 of 20: 38.2 (78 steps,
-2.91) = 4.2x sooner than sync and 2.09x sooner than sync with the deadline. The CNN to 97% is still to run.
+Measured (2026-12-07, 2 CPU cores, the defaults: CNN, lr 0.05, FedBuff K = 5 of 20 in flight), simulated s
+to 97% on the common clock: sync 330.9 (24 rounds), deadline 258.5 (24 rounds), FedBuff 106.3 (52 steps, 260
+updates, mean staleness 2.86, 97.15%) = 3.11x sooner than sync and 2.43x sooner than sync with the deadline.
+The MLP stand-in (`--model mlp --learning-rate 0.1 --target 0.95 --max-rounds 200`), to 95%: sync 160.6 (40
+rounds), deadline 79.9 (46 rounds), FedBuff K = 10 of 20: 55.7 (53 steps, mean staleness 0.98), K = 10 of 30:
+43.4 (64 steps, 1.94), K = 5 of 20: 38.2 (78 steps, 2.91) = 4.2x and 2.09x sooner.
 """
 
 from __future__ import annotations
