@@ -38,6 +38,8 @@ SCATTER_MODELS = ("scatter-linear", "scatter-cnn")  # a fixed scattering transfo
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
 MODELS = IMAGE_MODELS + TEXT_MODELS
 # What a text model's head reads (model.pooling), its default first; text_models.py explains each.
+# Transformer layers of each text backbone: model.lora_layers counts from the top of these.
+TEXT_LAYERS = {"tinyllama-lora": 8, "minilm-lora": 6}
 TEXT_POOLINGS = {"tinyllama-lora": ("last", "mean"), "minilm-lora": ("mean", "cls")}
 POOLINGS = ("mean", "cls", "last")
 
@@ -139,6 +141,7 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "data.dirichlet_alpha": (1e-3, 1e4), "data.max_train_examples": (0, 10_000_000),
     "data.max_test_examples": (0, 10_000_000), "data.image_size": (16, 128), "data.image_channels": (1, 3),
     "model.lora_rank": (1, 256), "model.lora_alpha": (0.01, 1e4), "model.lora_dropout": (0.0, 0.9),
+    "model.lora_layers": (0, 64),
     "model.max_length": (8, 2048),
     "federation.num_clients": (1, 100_000), "federation.clients_per_round": (1, 100_000),
     "federation.rounds": (1, 100_000), "federation.local_epochs": (1, 1_000), "federation.batch_size": (1, 100_000),
@@ -225,9 +228,15 @@ class ModelConfig:
     lora_targets: str = ""  # comma-separated module names; "" = the backbone's default (q_proj,v_proj / query,value)
     max_length: int = 128  # tokens per response at most; batches are padded to their longest response
     pooling: str = ""  # what the head reads: mean | cls (minilm) | last (tinyllama); "" = the model's default
+    lora_layers: int = 0  # LoRA on the top N transformer layers only, the frozen ones below cached; 0 = every layer
 
     def validate(self) -> None:
         check_fields("model", self)
+        if self.name in TEXT_LAYERS and self.lora_layers > TEXT_LAYERS[self.name]:
+            raise ValueError(
+                f"model.lora_layers must be at most {self.name}'s {TEXT_LAYERS[self.name]} layers (0: every layer); "
+                f"got {self.lora_layers}"
+            )
 
     def text_options(self) -> dict[str, Any]:
         """The keyword arguments `model.create_model` takes for a text model."""
@@ -235,6 +244,7 @@ class ModelConfig:
         return {
             "pretrained": self.pretrained, "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout, "lora_targets": targets, "pooling": self.pooling,
+            "lora_layers": self.lora_layers,
         }  # fmt: skip
 
 
@@ -247,6 +257,7 @@ class FederationConfig:
     batch_size: int = 50
     learning_rate: float = 0.05
     client_optimizer: str = "sgd"  # sgd | adamw (fresh each round: no optimizer state across rounds)
+    bucket_by_length: bool = False  # text: each batch of responses of similar length (less padding to compute)
     strategy: str = "fedavg"
     # Strategy parameters (each read only by the strategies named).
     proximal_mu: float = 0.01  # fedprox: μ of the proximal term μ/2·‖w − w_global‖²
@@ -420,7 +431,7 @@ class PrivacyConfig:
     mechanism: str = "dp-fedavg"
     accountant: str = "rdp"
     # > 0: after the run, a membership-inference audit of the final model on this many
-    # trained-on and as many held-out examples (privacy_audit.py); 0: no audit.
+    # trained-on and as many held-out examples (privacy/audit.py); 0: no audit.
     audit_examples: int = 1000
     audit: str = "loss"  # loss | one_run: which audit (AUDITS); each one's size 0 = no audit
     audit_canaries: int = 1000  # one_run: m canaries taken from the test split, each trained on with probability 1/2
@@ -429,9 +440,9 @@ class PrivacyConfig:
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
-    # Draw the DP noise, and which clients a round samples, from the operating system's CSPRNG (os.urandom)
-    # instead of the seed: nobody who knows the seed can reproduce them; runs with the same seed differ.
-    # Central DP only (local DP-SGD supports it, `DPSGDModel.train`, but the client trainers do not pass it yet).
+    # Draw the DP noise from the operating system's CSPRNG (os.urandom) instead of the seed, and the sampling
+    # with it (central DP: which clients a round takes; local DP: DP-SGD's Poisson batches, from a generator
+    # seeded with 64 bits of os.urandom): nobody who knows the seed can reproduce them; runs with the same seed differ.
     secure_noise: bool = False
     # central DP under secure aggregation: gaussian | skellam (DISTRIBUTED_NOISES), the clients' noise shares
     distributed_noise: str = "gaussian"
@@ -570,6 +581,18 @@ class ExperimentConfig:
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
                 f"got {self.federation.strategy!r}"
             )
+        if self.federation.bucket_by_length and self.model.name not in TEXT_MODELS:
+            raise ValueError(
+                "federation.bucket_by_length batches responses by their token count: it needs a text model "
+                f"({', '.join(TEXT_MODELS)}), not {self.model.name!r}"
+            )
+        if self.federation.bucket_by_length and self.privacy.mode == "local":
+            raise ValueError(
+                "federation.bucket_by_length orders the batches, which privacy.mode = 'local' draws at random "
+                "(Poisson sampling, as its accountant assumes): turn one of them off"
+            )
+        if self.federation.bucket_by_length and self.system.backend != "torch":
+            raise ValueError("federation.bucket_by_length needs system.backend = 'torch' (MLX trains its own batches)")
         if self.privacy.mode == "local" and self.system.precision != "fp32":
             raise ValueError(
                 f"privacy.mode = 'local' bounds each example's gradient norm, which system.precision = "
@@ -737,6 +760,11 @@ class ExperimentConfig:
                 )
             if text and pooling != "last":
                 raise ValueError(f"system.backend = 'mlx' reads the last token (model.pooling = 'last'), not {pooling!r}")
+            if text and model.lora_layers:
+                raise ValueError(
+                    f"system.backend = 'mlx' puts LoRA on every layer: model.lora_layers = {model.lora_layers} "
+                    "needs system.backend = 'torch' (or 0)"
+                )
             if self.privacy.mode == "local":
                 raise ValueError(
                     "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"

@@ -177,7 +177,7 @@ def create_model(name: str, *, num_classes: int = 10, seed: int | None = None, *
     """A fresh model by config name; `seed` makes its initial weights reproducible.
 
     `options`: for image models `channels` and `image_size` (the input (B, channels, size, size));
-    for text models pretrained, lora_rank, lora_alpha, lora_dropout, lora_targets, pooling
+    for text models pretrained, lora_rank, lora_alpha, lora_dropout, lora_targets, pooling, lora_layers
     (see `text_models.TextModelOptions`).
     """
     if name in TEXT_MODELS:

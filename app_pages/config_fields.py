@@ -145,6 +145,12 @@ NGSS_FIELDS = (
     Field("model", "max_length", "Max tokens", "Tokens per response at most; longer responses are cut."),
     Field("model", "lora_targets", "LoRA targets", "Modules that get adapters, comma-separated; empty = the "
           "backbone's default (q_proj, v_proj for TinyLLama; query, value for MiniLM)."),
+    Field("model", "lora_layers", "LoRA layers", "Adapters on the top N transformer layers only; the frozen layers "
+          "below run once per response and are cached, so a step costs about N/6 of MiniLM's full depth. "
+          "0 = every layer. The scoring recipe uses 2."),
+    Field("federation", "bucket_by_length", "Batch by length", "Each local batch takes responses of similar "
+          "length (sorted within pools of 16 batches, then the batches shuffled), so less padding is computed. "
+          "Not with local DP, whose batches are drawn at random."),
     Field("model", "pooling", "Pooling", "What the head reads of a response: mean, the average over its tokens "
           "(MiniLM's default: it was pretrained as a sentence encoder this way, and learns far faster with it); "
           "cls, BERT's pooler over [CLS] (MiniLM only; runs stored before this option used it); last, the last "
@@ -154,6 +160,7 @@ NGSS_FIELDS = (
 # The measured rubric-scoring recipe (README, "NGSS rubric scoring"): (widget key, value), applied by a button.
 NGSS_RECIPE = (
     ("dataset", "ngss"), ("model", "minilm-lora"), ("pretrained", True), ("pooling", ""), ("partition", "natural"),
+    ("lora_layers", 2), ("lora_targets", "query,key,value"), ("bucket_by_length", True),
     ("num_clients", 9), ("clients_per_round", 9), ("rounds", 10), ("local_epochs", 3), ("batch_size", 4),
     ("learning_rate", 0.003), ("client_optimizer", "adamw"), ("strategy", "fedavg"),
 )  # fmt: skip
@@ -234,9 +241,10 @@ ADVANCED_FIELDS = (
     Field("privacy", "adaptive_clipping", "Adaptive clipping (central DP)", "Move the clip norm C each round towards "
           "the target quantile of client update norms (Andrew et al. 2021). The count it uses is noised too, and "
           "the reported ε covers both; needs enough clients per round."),
-    Field("privacy", "secure_noise", "Secure noise (central DP)", "Draw the noise and which clients each round "
-          "samples from the operating system's cryptographically secure generator (os.urandom), not from the seed: "
-          "nobody who knows the seed can reproduce them, and the run cannot be repeated exactly."),
+    Field("privacy", "secure_noise", "Secure noise", "Draw the DP noise from the operating system's "
+          "cryptographically secure generator (os.urandom), not from the seed, and the sampling with it (central DP: "
+          "which clients each round takes; local DP: DP-SGD's batches): nobody who knows the seed can reproduce "
+          "them, and the run cannot be repeated exactly."),
     Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
           "should fit under C unclipped.", step=0.05, format="%.2f"),
     Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "
@@ -444,3 +452,14 @@ def widget_values(config: ExperimentConfig) -> dict[str, Any]:
     """The value of every form widget (by key) that shows `config`: what "Load into sidebar" sets."""
     values = {field.widget_key: getattr(getattr(config, field.section), field.name) for field in ALL_FIELDS}
     return values | {"data_dir": config.data.data_dir}
+
+
+def ngss_recipe_sections() -> dict[str, dict[str, Any]]:
+    """`NGSS_RECIPE` as config sections ({"model": {"name": "minilm-lora", ...}, ...}): what the button sets,
+    for `ExperimentConfig.from_dict` (bench.ngss runs the recipe from here)."""
+    by_key = {field.widget_key: field for field in ALL_FIELDS}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in NGSS_RECIPE:
+        field = by_key[key]
+        sections.setdefault(field.section, {})[field.name] = value
+    return sections

@@ -256,6 +256,7 @@ def train_client(
     optimizer_name: str = "sgd",
     live: Live | None = None,
     precision: str = "fp32",
+    lengths: torch.Tensor | None = None,
 ) -> tuple[int, float]:
     """Local training on the client's examples, batches taken by index; returns (steps, mean loss).
 
@@ -264,7 +265,8 @@ def train_client(
     afresh for this call: its moments start at zero every round and never leave the client.
     `max_steps` > 0 stops early (partial work); `objective` adds FedProx/SCAFFOLD terms; `live`
     counts the steps as they are taken and stops them when its abort flag is set; `precision` "bf16"
-    runs the forward pass and loss under bf16 autocast (`autocast_for`)."""
+    runs the forward pass and loss under bf16 autocast (`autocast_for`); `lengths` (tokens per example of
+    `train_x`) makes batches of similar length (`epoch_batches`)."""
     generator = torch.Generator().manual_seed(seed)
     index_tensor = torch.from_numpy(np.asarray(indices, dtype=np.int64))
     optimizer = make_optimizer(optimizer_name, model, learning_rate)
@@ -274,11 +276,9 @@ def train_client(
     model.train()
     steps, loss_sum, seen = 0, 0.0, 0
     for _epoch in range(local_epochs):
-        order = index_tensor[torch.randperm(len(index_tensor), generator=generator)]
-        for start in range(0, len(order), batch_size):
+        for batch in epoch_batches(index_tensor, batch_size, generator, lengths):
             if (max_steps and steps >= max_steps) or (live is not None and live.aborted()):
                 return steps, loss_sum / max(seen, 1)
-            batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(precision, train_x.device):
                 loss = criterion(model(train_x[batch]), train_y[batch])
@@ -296,6 +296,26 @@ def train_client(
             if live is not None:
                 live.step()
     return steps, loss_sum / max(seen, 1)
+
+
+# federation.bucket_by_length: batches of similar length are formed within pools of this many batches.
+BUCKET_POOL = 16
+
+
+def epoch_batches(
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator, lengths: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """One epoch's batches of `indices`: a random order cut into batches of `batch_size` (the last may be
+    short). With `lengths` (tokens per example, by index) the random order is cut into pools of
+    `BUCKET_POOL` batches, each pool sorted by length (stable) and cut into batches, and the batches are
+    shuffled: every example still comes once an epoch, in as many batches, with less padding."""
+    order = indices[torch.randperm(len(indices), generator=generator)]
+    if lengths is None:
+        return list(order.split(batch_size))
+    batches = []
+    for pool in order.split(batch_size * BUCKET_POOL):
+        batches += pool[torch.sort(lengths[pool], stable=True).indices].split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
 def all_finite(values: torch.Tensor) -> bool:
@@ -351,6 +371,7 @@ class TrainSettings:
     # c_k of a folded client (`Strategy.fold_weight`, a module-level function); None: the strategy never streams
     fold_weight: Callable[[int, int], float] | None = None
     precision: str = "fp32"  # local training's forward pass: fp32, or bf16 autocast (`autocast_for`)
+    bucket_by_length: bool = False  # text: batches of responses of similar length (`epoch_batches`)
 
 
 def train_settings(
@@ -381,7 +402,14 @@ def train_settings(
         secure_noise=privacy.secure_noise,
         fold_weight=strategy.fold_weight,
         precision=config.system.precision,
+        bucket_by_length=federation.bucket_by_length,
     )
+
+
+def token_lengths(token_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """(N,) each right-padded row's length: the position after its last non-pad token."""
+    positions = torch.arange(1, token_ids.shape[1] + 1)
+    return ((token_ids != pad_token_id) * positions).amax(dim=1)
 
 
 class ClientTrainer:
@@ -405,6 +433,7 @@ class ClientTrainer:
             settings.model_name, num_classes=settings.num_classes, seed=settings.model_seed, **settings.model_options
         )
         self.params = get_parameters(self.model)
+        self.lengths = token_lengths(train_x, self.model.pad_token_id) if settings.bucket_by_length else None
         self.dp_model: Any = None
         self._flipped_y: torch.Tensor | None = None
         # Where FOLD_SUM tasks go (set by the trainer that owns this one; this process's row of its sums).
@@ -458,6 +487,7 @@ class ClientTrainer:
                     local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     learning_rate=settings.learning_rate, seed=task.seed, max_steps=task.max_steps,
                     objective=objective, optimizer_name=settings.optimizer, live=live, precision=settings.precision,
+                    lengths=self.lengths,
                 )  # fmt: skip
             except Exception as error:  # a faulty client: the server excludes it and goes on
                 if task.fold == ROW:

@@ -18,7 +18,8 @@ Backbones (NGSS.md "TinyLLama-v0", DESIGN.md "Data on this machine"):
 
 Trainable: LoRA A and B on the attention projections (q_proj/v_proj, query/value by default) and
 the classification head (`score`, 64·K values without bias; `classifier`, 384·K + K). All else
-is frozen, so backward computes no weight gradients for it.
+is frozen, so backward computes no weight gradients for it. `lora_layers` = N puts LoRA on the top N
+layers only; the layers below are then computed once per response and cached (`frozen_layers`).
 
 Pooling (`pooling`), what the head sees of a response:
 - `mean`: the mean of the last hidden states over the response's tokens (padding left out).
@@ -68,6 +69,7 @@ from transformers import (
 )
 
 from experiment_config import text_pooling
+from ngss.frozen_layers import LayerSplit
 
 TINYLLAMA_REPO = "Maykeye/TinyLLama-v0"
 MULTI_LABEL = "multi_label_classification"
@@ -168,6 +170,7 @@ class TextModelOptions:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ()  # () → the backbone's default
     pooling: str = ""  # "" → the backbone's default; see the module docstring
+    lora_layers: int = 0  # LoRA on the top N layers only, the frozen ones below cached (ngss/frozen_layers.py); 0: all
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> TextModelOptions:
@@ -192,7 +195,10 @@ class TextModelOptions:
         pooling = values["pooling"]
         if not isinstance(pooling, str):
             raise ValueError(f"pooling must be a string, e.g. 'mean'; got {pooling!r}")
-        return cls(bool(values["pretrained"]), rank, float(alpha), float(dropout), tuple(targets), pooling)
+        top = values["lora_layers"]
+        if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+            raise ValueError(f"lora_layers must be an integer ≥ 0 (0: every layer); got {top!r}")
+        return cls(bool(values["pretrained"]), rank, float(alpha), float(dropout), tuple(targets), pooling, top)
 
 
 class TextScorer(nn.Module):
@@ -202,14 +208,20 @@ class TextScorer(nn.Module):
     so padding to a dataset-wide length costs nothing and never changes a row's logits.
     `mean_pooling`: the head reads the mean of the last hidden states over each row's tokens
     instead of what the Hugging Face model's own head reads ([CLS] or the last token).
+    `split`: LoRA sits on the top layers only, and the frozen ones below come from a cache
+    (`ngss/frozen_layers.py`).
     """
 
-    def __init__(self, backbone: PeftModel, *, pad_token_id: int, head: str, mean_pooling: bool = False) -> None:
+    def __init__(
+        self, backbone: PeftModel, *, pad_token_id: int, head: str, mean_pooling: bool = False,
+        split: LayerSplit | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.pad_token_id = pad_token_id
         self.head = head
         self.mean_pooling = mean_pooling
+        self.split = split
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # input_ids: (B, L) int64
         if input_ids.shape[0] == 0:
@@ -221,10 +233,15 @@ class TextScorer(nn.Module):
         positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
         length = max(int((not_pad * positions).amax()), 1)  # end of the longest row
         input_ids, not_pad = input_ids[:, :length], not_pad[:, :length]  # views, no copy
-        if not self.mean_pooling:
+        if not self.mean_pooling and self.split is None:
             return self.backbone(input_ids=input_ids, attention_mask=not_pad.long()).logits  # (B, K)
         model = self.backbone.base_model.model  # the Hugging Face classifier, with peft's LoRA layers
-        hidden = model.base_model(input_ids=input_ids, attention_mask=not_pad.long())[0]  # (B, L, H)
+        if self.split is None:
+            hidden = model.base_model(input_ids=input_ids, attention_mask=not_pad.long())[0]  # (B, L, H)
+        else:
+            hidden = self.split.last_hidden(input_ids, not_pad)
+            if not self.mean_pooling:
+                return self.split.head_logits(hidden, not_pad, getattr(model, self.head))
         weights = not_pad.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1); every row has ≥ 1 token
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # (B, H)
         dropout = getattr(model, "dropout", None)  # BERT's, before its classifier; Llama has none
@@ -242,9 +259,11 @@ def with_lora(
     alpha: float = 32.0,
     dropout: float = 0.1,
     mean_pooling: bool = False,
+    top_layers: int = 0,
 ) -> TextScorer:
     """Wrap a Hugging Face sequence classifier: freeze it, add LoRA to `targets`, train `head`;
-    `mean_pooling` feeds the head the mean hidden state instead of the model's own choice.
+    `mean_pooling` feeds the head the mean hidden state instead of the model's own choice;
+    `top_layers` > 0 puts LoRA on that many top layers only and caches the frozen ones below.
 
     LoRA B starts at zero, so the result computes exactly what `model` did. Modifies `model`.
     """
@@ -259,13 +278,24 @@ def with_lora(
         raise ValueError(f"lora_targets must not include the head {head!r}: it trains in full")
     if model.config.pad_token_id is None:
         raise ValueError(f"{type(model).__name__} has no pad_token_id; batches need one")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    split = LayerSplit(model, top_layers) if top_layers else None  # checks the count
+    on_layers = {}
+    if split is not None:
+        on_layers = {
+            "layers_to_transform": list(range(split.frozen, len(split.layers))),
+            "layers_pattern": "layers" if split.llama else "layer",
+        }
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none", **on_layers
+    )
     # No task_type: peft's SEQ_CLS mode would keep a frozen second copy of the head.
     with warnings.catch_warnings():  # peft 0.21 calls a property transformers 5 deprecates; not ours to act on
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         peft_model = get_peft_model(model, config)  # freezes everything but LoRA
     getattr(peft_model.base_model.model, head).requires_grad_(True)
-    return TextScorer(peft_model, pad_token_id=model.config.pad_token_id, head=head, mean_pooling=mean_pooling)
+    return TextScorer(
+        peft_model, pad_token_id=model.config.pad_token_id, head=head, mean_pooling=mean_pooling, split=split
+    )
 
 
 def create_text_model(name: str, *, num_classes: int, seed: int | None = None, **options: Any) -> TextScorer:
@@ -291,6 +321,7 @@ def create_text_model(name: str, *, num_classes: int, seed: int | None = None, *
             alpha=opts.lora_alpha,
             dropout=opts.lora_dropout,
             mean_pooling=pooling == "mean",
+            top_layers=opts.lora_layers,
         )
     return scorer.train()  # from_pretrained returns eval mode; a fresh model trains, like the CNN
 

@@ -1,4 +1,4 @@
-"""Privacy accounting: ε from what was done, never from a formula of our own.
+"""Privacy accounting: ε from what was done, by a published accountant called on the run's history.
 
 What DP-SGD or DP-FedAvg did is a history of `(noise_multiplier, sample_rate, steps)`, as
 Opacus keeps it. The accountants turn a history into ε: Opacus's `RDPAccountant` and

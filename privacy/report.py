@@ -585,10 +585,13 @@ def _distributed_items(experiment: ExperimentSummary) -> tuple[list[str], list[s
 def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
     """(covered, not covered): what the noise's source protects against."""
     if experiment.config.get("privacy", {}).get("secure_noise"):
+        sampled = "which clients each round sampled were"
+        if experiment.config.get("privacy", {}).get("mode") == "local":
+            sampled = "DP-SGD's Poisson batches (a generator seeded with 64 bits of `os.urandom`) were"
         secure = (
-            "Someone who knows the seed: the noise and which clients each round sampled were drawn from the "
-            "operating system's cryptographically secure generator (`os.urandom`; `privacy.secure_noise`), "
-            "each normal as the sum of four draws against floating-point attacks, as Opacus's secure mode."
+            f"Someone who knows the seed: the noise was drawn from the operating system's cryptographically secure "
+            f"generator (`os.urandom`; `privacy.secure_noise`), each normal as the sum of four draws against "
+            f"floating-point attacks, as Opacus's secure mode, and {sampled} unseeded too."
         )
         if _skellam(experiment):  # privacy/skellam.py: secure_generator
             secure = (
@@ -599,7 +602,7 @@ def _noise_items(experiment: ExperimentSummary) -> tuple[list[str], list[str]]:
         return [secure], []
     seed = experiment.config.get("system", {}).get("seed", "?")
     advice = (
-        "A deployment should set `privacy.secure_noise` (central DP: noise and client sampling from `os.urandom`)."
+        "A deployment should set `privacy.secure_noise` (the noise from `os.urandom`, and the sampling unseeded)."
     )
     if experiment.config.get("privacy", {}).get("mechanism") == "dp-ftrl":
         advice = "DP-FTRL has no `privacy.secure_noise` yet: its accountant reads the seeded schedule before the run."

@@ -70,3 +70,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_opacus_per_sample_gradients(model, batch, labels, pad_token_id: int = 0) -> None:
+    """Opacus's per-example gradients of a text model's trainable parameters (LoRA and head) equal each
+    example's own gradient, computed alone on its unpadded row."""
+    import torch
+    from opacus import GradSampleModule
+
+    from model import clean_name, get_parameters
+
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    torch.nn.functional.binary_cross_entropy_with_logits(wrapped(batch), labels).backward()
+    per_sample = {clean_name(n): p.grad_sample for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert per_sample.keys() == get_parameters(model).keys()
+    wrapped.disable_hooks()
+    for i in range(len(batch)):
+        model.zero_grad(set_to_none=True)
+        row = batch[i][batch[i] != pad_token_id][None]
+        torch.nn.functional.binary_cross_entropy_with_logits(model(row), labels[i : i + 1]).backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(per_sample[clean_name(name)][i], p.grad, rtol=1e-4, atol=1e-6)

@@ -71,14 +71,15 @@ NUMBER_KEYS += [key for key in SCENARIO_KEYS if key not in SCENARIO_SELECT_KEYS 
 NGSS_KEYS = {
     "ngss_task": ("data", "ngss_task"),
     **{key: ("model", key) for key in ["pretrained", "lora_rank", "lora_alpha", "lora_dropout", "max_length",
-                                         "lora_targets", "pooling"]},
+                                         "lora_targets", "pooling", "lora_layers"]},
+    "bucket_by_length": ("federation", "bucket_by_length"),
 }  # fmt: skip
 SELECT_KEYS += ["ngss_task", "pooling", "runtime", "backend", "client_optimizer"]  # all but ngss_task and pooling: under Advanced
 SELECT_KEYS += ["precision"]  # Advanced: system.precision
-NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length"]
+NUMBER_KEYS += ["lora_rank", "lora_alpha", "lora_dropout", "max_length", "lora_layers"]
 NUMBER_KEYS += ["audit_canaries", "image_size", "image_channels", "sweep_parallel"]  # Advanced, Your own images, Sweep
 SELECT_KEYS += ["audit", "sweep_objective"]
-CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained"]
+CHECKBOX_KEYS = SCENARIO_CHECKBOX_KEYS + ["pretrained", "bucket_by_length"]
 TEXT_KEYS = ["lora_targets", "data_dir"]
 TINY = {
     "model": "mlp", "num_clients": 2, "clients_per_round": 2, "rounds": 2,
@@ -880,8 +881,8 @@ def test_ngss_group_has_the_task_titles_text_model_options_and_a_csv_upload(stor
 
     group = {expander.label: expander for expander in app.sidebar.expander}["NGSS rubric scoring"]
     assert {w.key for w in group.selectbox} == {"ngss_task", "pooling"}
-    assert {w.key for w in group.checkbox} == {"pretrained"}
-    assert {w.key for w in group.number_input} == {"lora_rank", "lora_alpha", "lora_dropout", "max_length"}
+    assert {w.key for w in group.checkbox} == {"pretrained", "bucket_by_length"}
+    assert {w.key for w in group.number_input} == {"lora_rank", "lora_alpha", "lora_dropout", "max_length", "lora_layers"}
     assert app.selectbox(key="ngss_task").options == [task.title for task in TASKS.values()]
     assert app.file_uploader(key="csv_upload").allowed_type == [".csv"]
     assert any("synthetic responses — not real student data" in c.value for c in group.caption)
@@ -1210,9 +1211,10 @@ def test_the_scoring_recipe_button_sets_the_measured_recipe_and_starts_it(store,
     (experiment,) = store.list_experiments()
     expected = ExperimentConfig.from_dict({
         "data": {"dataset": "ngss", "partition": "natural", "ngss_task": "layers_in_test_tube"},
-        "model": {"name": "minilm-lora", "lora_rank": 4},  # what the recipe does not name stays as it was
+        "model": {"name": "minilm-lora", "lora_rank": 4,  # what the recipe does not name stays as it was
+                  "lora_layers": 2, "lora_targets": "query,key,value"},
         "federation": {"num_clients": 9, "clients_per_round": 9, "rounds": 10, "local_epochs": 3, "batch_size": 4,
-                       "learning_rate": 0.003, "client_optimizer": "adamw"},
+                       "learning_rate": 0.003, "client_optimizer": "adamw", "bucket_by_length": True},
     })  # fmt: skip
     assert ExperimentConfig.from_dict(experiment.config) == expected
     assert no_workers == [(experiment.id,)] and not app.sidebar.error

@@ -40,6 +40,7 @@ BAD_VALUES = {
     "model.lora_dropout": [-0.1, 0.95, None],
     "model.lora_targets": [3, None],
     "model.max_length": [4, 4096, "128"],
+    "model.lora_layers": [-1, 65, 2.0, "2", True],
     "model.pooling": ["max", "CLS", None, 1],
     "federation.num_clients": [0, -3, 2.0, "10", True],
     "federation.clients_per_round": [0, 11, 1.0],
@@ -48,6 +49,7 @@ BAD_VALUES = {
     "federation.batch_size": [0, -50, "50"],
     "federation.learning_rate": [0.0, -0.1, float("inf"), "fast"],
     "federation.client_optimizer": ["adam", "SGD", "", None, 1],
+    "federation.bucket_by_length": ["yes", 1, None],
     "federation.strategy": ["fedsomething", 1],
     "privacy.mode": ["sometimes", 0],
     "privacy.noise_multiplier": [-1.0, "1", float("nan")],
@@ -309,7 +311,7 @@ def test_an_ngss_config_and_its_text_options():
     })  # fmt: skip
     assert config.model.text_options() == {
         "pretrained": False, "lora_rank": 8, "lora_alpha": 32.0, "lora_dropout": 0.1,
-        "lora_targets": ("q_proj", "k_proj", "v_proj"), "pooling": "",
+        "lora_targets": ("q_proj", "k_proj", "v_proj"), "pooling": "", "lora_layers": 0,
     }  # fmt: skip
     assert ExperimentConfig.from_json(config.to_json()) == config
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_opacus_per_sample_gradients
 from model import (
     clean_name,
     create_model,
@@ -442,21 +443,9 @@ def test_tinyllama_can_mean_pool_and_refuses_cls(token_ids, text_models):
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")  # layer 0's LoRA input needs no grad
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_opacus_computes_per_sample_gradients_for_lora_and_head(token_ids, pooling):
-    from opacus import GradSampleModule
     from opacus.validators import ModuleValidator
 
     model = tinyllama(lora_dropout=0.0, pooling=pooling)  # Opacus needs train mode; no dropout keeps the reference exact
     assert ModuleValidator.validate(model, strict=False) == []
-    batch, labels = token_ids[:3], torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1]])
-    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    torch.nn.functional.binary_cross_entropy_with_logits(wrapped(batch), labels).backward()
-    per_sample = {clean_name(n): p.grad_sample for n, p in wrapped.named_parameters() if p.requires_grad}
-    assert per_sample.keys() == get_parameters(model).keys()
-    wrapped.disable_hooks()
-    for i in range(3):  # reference: each example's own gradient
-        model.zero_grad(set_to_none=True)
-        row = batch[i][batch[i] != 0][None]
-        torch.nn.functional.binary_cross_entropy_with_logits(model(row), labels[i : i + 1]).backward()
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                torch.testing.assert_close(per_sample[clean_name(name)][i], p.grad, rtol=1e-4, atol=1e-6)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 1]])
+    assert_opacus_per_sample_gradients(model, token_ids[:3], labels)

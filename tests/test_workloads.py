@@ -135,3 +135,34 @@ def test_local_dp_trains_the_lora_parameters_of_a_text_model(ngss_run_data):
     trained = [c for c in result.clients if c.steps > 0]
     assert trained and all(c.epsilon > 0 for c in trained)
     assert not torch.equal(flatten(get_parameters(run.model)), before)
+
+
+def test_lora_on_the_top_layers_exchanges_only_theirs_and_runs_alike_in_any_trainer_process(ngss_run_data):
+    # model.lora_layers = 2: adapters on TinyLLama's layers 6 and 7; layers 0–5 are computed once per response
+    # and cached in whichever process trains or evaluates (ngss/frozen_layers.py).
+    config = ngss_config(clients_per_round=3)
+    weights = []
+    for workers in (1, 2):
+        run = FederatedRun(config.replace("model", lora_layers=2).replace("system", num_workers=workers),
+                           data=ngss_run_data)  # fmt: skip
+        names = get_parameters(run.model).keys()
+        assert flatten(get_parameters(run.model)).numel() == 2 * 2 * 8 * (64 + 64) + 64 * 3
+        assert {n.split(".layers.")[1].split(".")[0] for n in names if ".lora_" in n} == {"6", "7"}
+        (result,) = list(run.rounds())
+        assert result.accuracy > 0 and all(c.bytes_down == 4 * (4096 + 192) for c in result.clients)
+        weights.append(flatten(get_parameters(run.model)))
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-6)
+    every_layer = FederatedRun(config, data=ngss_run_data)
+    list(every_layer.rounds())
+    assert not torch.allclose(flatten(get_parameters(every_layer.model))[-192:], weights[0][-192:])  # another model
+
+
+def test_local_dp_trains_lora_on_the_top_layers(ngss_run_data):
+    config = ngss_config(clients_per_round=2, batch_size=8).replace("data", max_train_examples=90)
+    config = config.replace("privacy", mode="local", noise_multiplier=1.0, max_grad_norm=1.0)
+    run = FederatedRun(config.replace("model", lora_layers=1), data=ngss_run_data)
+    before = flatten(get_parameters(run.model)).clone()
+    (result,) = list(run.rounds())
+    assert result.epsilon > 0 and any(c.steps > 0 for c in result.clients)
+    after = flatten(get_parameters(run.model))
+    assert after.numel() == 2 * 8 * (64 + 64) + 64 * 3 and not torch.equal(after, before)
