@@ -83,8 +83,10 @@ SELECTIONS = ("uniform", "power_of_choice", "availability")
 # q = clients_per_round / num_clients (add/remove one client). fixed: exactly clients_per_round of
 # num_clients, uniformly without replacement (replace one client). Other modes always take exactly
 # clients_per_round (federation.selection) and account no client sampling, so there "fixed" says what
-# happens and "poisson" (the default) changes nothing.
-CLIENT_SAMPLINGS = ("poisson", "fixed")
+# happens and "poisson" (the default) changes nothing. cyclic (DP-FTRL only): the clients in one seeded
+# order, each round the next clients_per_round of it, so each client takes part once every
+# num_clients / clients_per_round rounds (Kairouz et al. 2021's schedule; zero-out one client).
+CLIENT_SAMPLINGS = ("poisson", "fixed", "cyclic")
 DROPOUT_STAGES = ("before", "during")
 STRAGGLER_POLICIES = ("partial", "drop")
 PERSONALIZATIONS = ("none", "fedper", "finetune")
@@ -279,7 +281,7 @@ class FederationConfig:
     # Client selection among the available clients.
     selection: str = "uniform"  # uniform | power_of_choice | availability
     selection_candidates: int = 0  # power_of_choice: d candidates sampled; 0 = 2 × clients_per_round
-    client_sampling: str = "poisson"  # central DP: poisson | fixed (exactly clients_per_round); CLIENT_SAMPLINGS
+    client_sampling: str = "poisson"  # central DP: poisson | fixed (exactly clients_per_round) | cyclic (DP-FTRL)
     # Unreliable clients.
     dropout_probability: float = 0.0  # each selected client drops out of a round with this probability
     dropout_stage: str = "before"  # before: never starts; during: trains, its update never arrives
@@ -581,18 +583,7 @@ class ExperimentConfig:
                 "privacy.mode = 'central' runs DP-FedAvg: federation.strategy must be 'fedavg', "
                 f"got {self.federation.strategy!r}"
             )
-        if self.federation.bucket_by_length and self.model.name not in TEXT_MODELS:
-            raise ValueError(
-                "federation.bucket_by_length batches responses by their token count: it needs a text model "
-                f"({', '.join(TEXT_MODELS)}), not {self.model.name!r}"
-            )
-        if self.federation.bucket_by_length and self.privacy.mode == "local":
-            raise ValueError(
-                "federation.bucket_by_length orders the batches, which privacy.mode = 'local' draws at random "
-                "(Poisson sampling, as its accountant assumes): turn one of them off"
-            )
-        if self.federation.bucket_by_length and self.system.backend != "torch":
-            raise ValueError("federation.bucket_by_length needs system.backend = 'torch' (MLX trains its own batches)")
+        self._check_length_buckets()
         if self.privacy.mode == "local" and self.system.precision != "fp32":
             raise ValueError(
                 f"privacy.mode = 'local' bounds each example's gradient norm, which system.precision = "
@@ -623,18 +614,43 @@ class ExperimentConfig:
                 f"{' or '.join(FIXED_SIZE_ACCOUNTANTS)}, got {self.privacy.accountant!r}"
             )
 
+    def _check_length_buckets(self) -> None:
+        """federation.bucket_by_length orders a text client's batches by length, in the torch trainers."""
+        if not self.federation.bucket_by_length:
+            return
+        if self.model.name not in TEXT_MODELS:
+            raise ValueError(
+                "federation.bucket_by_length batches responses by their token count: it needs a text model "
+                f"({', '.join(TEXT_MODELS)}), not {self.model.name!r}"
+            )
+        if self.privacy.mode == "local":
+            raise ValueError(
+                "federation.bucket_by_length orders the batches, which privacy.mode = 'local' draws at random "
+                "(Poisson sampling, as its accountant assumes): turn one of them off"
+            )
+        if self.system.backend != "torch":
+            raise ValueError("federation.bucket_by_length needs system.backend = 'torch' (MLX trains its own batches)")
+
     def _check_tree_mechanism(self) -> None:
         """DP-FTRL (privacy.mechanism = 'dp-ftrl') runs under central DP, on the server's own sum of a seeded,
         fixed-size schedule that its accountant reads before the run, with one clip norm C throughout."""
         privacy, federation = self.privacy, self.federation
+        if federation.client_sampling == "cyclic" and not (privacy.mode == "central" and privacy.mechanism == "dp-ftrl"):
+            raise ValueError(
+                "federation.client_sampling = 'cyclic' (the next clients_per_round of one seeded order each round) is "
+                "DP-FTRL's schedule: it needs privacy.mode = 'central' and privacy.mechanism = 'dp-ftrl' (DP-FedAvg's "
+                f"accountants assume random sampling), got privacy.mode = {privacy.mode!r}, privacy.mechanism = "
+                f"{privacy.mechanism!r}"
+            )
         if privacy.mechanism != "dp-ftrl":
             return
         needs = [
             (privacy.mode != "central", f"privacy.mode = 'central' (got {privacy.mode!r})"),
             (federation.secure_aggregation, "federation.secure_aggregation = false: the server adds the tree's "
              "noise to its own running sum of the clipped updates"),
-            (federation.client_sampling != "fixed", "federation.client_sampling = 'fixed' (exactly clients_per_round "
-             f"a round; all clients when it equals num_clients), got {federation.client_sampling!r}"),
+            (federation.client_sampling not in ("fixed", "cyclic"), "federation.client_sampling = 'fixed' (exactly "
+             "clients_per_round a round; all clients when it equals num_clients) or 'cyclic', got "
+             f"{federation.client_sampling!r}"),
             (privacy.secure_noise, "privacy.secure_noise = false: its accountant reads the seeded participation "
              "schedule before the run, which os.urandom sampling would hide"),
             (privacy.adaptive_clipping, "privacy.adaptive_clipping = false: the tree's sensitivity assumes one clip "

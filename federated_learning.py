@@ -50,7 +50,7 @@ from engine.process_pool import ProcessPoolTrainer
 from engine.results import ClientResult, RoundResult
 from engine.secure_aggregation import SecAggError, secure_aggregate
 from engine.strategies import ClientUpdate, Strategy, make_strategy, with_global_losses
-from engine.streaming import RunningSum, round_streams, stream_slots, trainer_folds
+from engine.streaming import RunningSum, round_streams, squared_distance, stream_slots, trainer_folds
 from engine.suspicion import (
     DirectionHistory, FlagHistory, leading_sizes, record_directions, record_flags, score_updates, to_exclude,
 )  # fmt: skip
@@ -207,6 +207,7 @@ class RoundWork:
     # stays empty), and whether the trainer folds its clients itself (`FoldingTrainer.take_sum`).
     running: RunningSum | None = None
     folded: bool = False
+    fold_factors: dict[int, tuple[float, float]] = field(default_factory=dict)  # client → `Strategy.fold_factors`
     skipped: str = ""  # why the global model was not updated
     secure_aggregation: dict[str, Any] | None = None  # the protocol's statistics, when it ran
     held: bool = False  # the clients hold their uploads: secure aggregation runs with them (`RemoteClients`)
@@ -425,7 +426,7 @@ class FederatedRun:
         """The next global weights: the round's aggregate, or under async FedBuff's step (`_buffer_step`)."""
         if not self.asynchronous:
             self._screen(work, round_number)
-        if self.state.strategy.needs_global_losses:  # q-FedAvg: F_k of the round-start global model
+        if self.state.strategy.needs_global_losses and work.running is None:  # q-FedAvg held: F_k of the round-start
             work.updates = with_global_losses(work.updates, self._global_losses(trainer, round_number, work.updates))
         with telemetry.span("aggregate", round=round_number, updates=len(work.updates)):
             return self._buffer_step(work, round_number) if self.asynchronous else self._aggregate(work, trainer)
@@ -478,9 +479,14 @@ class FederatedRun:
                 plan[client] = ("partial", steps) if steps < full else ("ok", 0)
         return plan
 
-    def _tasks(self, round_number: int, statuses: Statuses, slots: int, *, fold: bool = False) -> list[TrainTask]:
+    def _tasks(
+        self, round_number: int, statuses: Statuses, slots: int, *, fold: bool = False,
+        factors: dict[int, tuple[float, float]] | None = None,
+    ) -> list[TrainTask]:  # fmt: skip
         """The training tasks of the clients that start, slot i % slots each; `fold`: each is folded
-        into the trainer's running sum (FOLD_SUM), or dropped there if its update is lost (FOLD_DROP)."""
+        into the trainer's running sum (FOLD_SUM), or dropped there if its update is lost (FOLD_DROP),
+        weighted with its `factors` (q-FedAvg's, `Strategy.fold_factors`)."""
+        factors = factors or {}
         seed, malicious_labels = self.config.system.seed, self.config.attack.behaviour == "label_flip"
         starting = [(c, limit, status) for c, (status, limit) in statuses.items() if status not in ABSENT]
         context = telemetry.inject()  # the round's span: each client's training joins it, in any process
@@ -492,6 +498,7 @@ class FederatedRun:
                 head=self.state.heads.get(client) if self.head_size else None,
                 holdout=self.holdouts[client] if len(self.holdouts[client]) else None, round_number=round_number,
                 trace_context=context, fold=(FOLD_DROP if status == "lost" else FOLD_SUM) if fold else ROW,
+                fold_factor=factors.get(client, (1.0, 0.0))[0], distance_factor=factors.get(client, (1.0, 0.0))[1],
             )  # fmt: skip
             for slot, (client, limit, status) in enumerate(starting)
         ]
@@ -501,7 +508,8 @@ class FederatedRun:
         samples can be larger), and receive each outcome as it comes."""
         state, slots = self.state, trainer.results.shape[0]
         folded = self.streams and isinstance(trainer, FoldingTrainer) and trainer_folds(self.config)
-        tasks = self._tasks(round_number, statuses, slots, fold=folded)
+        factors = self._fold_factors(trainer, round_number, statuses) if self.streams else {}
+        tasks = self._tasks(round_number, statuses, slots, fold=folded, factors=factors)
         progress = self.round_progress = RoundProgress(
             round_number, {t.client_id: t.max_steps or self.full_steps[t.client_id] for t in tasks})
         central = self.privacy.mode == "central"
@@ -518,7 +526,7 @@ class FederatedRun:
             aggregator = CentralSum(self.config, self.privacy, state.weights, round_number, clip_norm=state.clip_norm)
         work = RoundWork(dict(statuses), aggregator, state.clip_norm)
         if self.streams:
-            work.running, work.folded = RunningSum(state.weights.numel()), folded
+            work.running, work.folded, work.fold_factors = RunningSum(state.weights.numel()), folded, factors
             if folded:
                 trainer.take_sum()  # nothing left from a round given up midway
         for start in range(0, len(tasks), slots):
@@ -590,8 +598,10 @@ class FederatedRun:
         row.copy_(weights + update)  # what the server reconstructs
         if work.running is not None:  # a streamed round: folded now, never held
             examples, steps = len(outcome.task.indices), outcome.steps
-            coefficient = self.state.strategy.fold_weight(examples, steps)
-            work.running.add(row, coefficient=coefficient, num_examples=examples, steps=steps)
+            scale, distance = work.fold_factors.get(client, (1.0, 0.0))
+            coefficient = self.state.strategy.fold_weight(examples, steps) * scale
+            aux = distance * squared_distance([row], weights) if distance else 0.0
+            work.running.add(row, coefficient=coefficient, num_examples=examples, steps=steps, aux=aux)
             return
         kept = row.clone() if self.asynchronous else row  # async: it waits in the buffer past this chunk
         work.updates.append(ClientUpdate(client, kept, len(outcome.task.indices), outcome.steps, outcome.loss,
@@ -788,6 +798,16 @@ class FederatedRun:
             ):  # fmt: skip
                 return f"privacy budget: round {round_number} would take client {client} past ε = {plan.max_epsilon}"
         return None
+
+    def _fold_factors(self, trainer: Trainer, round_number: int, statuses: Statuses) -> dict[int, tuple[float, float]]:
+        """A streamed round's `Strategy.fold_factors` of each client that starts; q-FedAvg's need F_k, the
+        round-start model's loss (`_global_losses`' numbers), so they are asked for before training."""
+        strategy = self.state.strategy
+        if not strategy.needs_global_losses:
+            return {}
+        starting = [c for c, (status, _) in statuses.items() if status not in ABSENT]
+        losses = self._candidate_losses(trainer, round_number, starting)
+        return {c: strategy.fold_factors(len(self.partitions[c]), loss) for c, loss in zip(starting, losses)}
 
     def _global_losses(self, trainer: Trainer, round_number: int, updates: list[ClientUpdate]) -> list[float]:
         """q-FedAvg's F_k per update: the round-start global model's (`self.model` still holds it) mean loss

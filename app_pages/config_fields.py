@@ -193,12 +193,13 @@ PRIVACY_FIELDS = (
           "or prv (tighter numerical bound)."),
     Field("federation", "client_sampling", "Client sampling", "Central DP: poisson takes each client with "
           "probability clients per round / clients (the count varies), ε for adding or removing one client. fixed "
-          "takes exactly clients per round, ε for replacing one client's data (RDP accountant only). Other modes "
-          "always take exactly clients per round."),
+          "takes exactly clients per round, ε for replacing one client's data (RDP accountant only). cyclic "
+          "(DP-FTRL only) takes the next clients per round of one seeded order, so each client comes back once every "
+          "clients / clients per round rounds. Other modes always take exactly clients per round."),
     Field("privacy", "mechanism", "Central mechanism", "Central DP: dp-fedavg adds fresh noise to each round's sum "
           "(ε amplified by client sampling). dp-ftrl (Kairouz et al. 2021) adds tree-correlated noise to the running "
-          "sum, needs no sampling assumption (fixed client sampling; zCDP accounting); it pays for clients that "
-          "take part in many rounds."),
+          "sum, needs no sampling assumption (fixed or cyclic client sampling; zCDP accounting); it pays for clients "
+          "that take part in many rounds, so cyclic, which brings each back once a pass, costs least."),
     Field("privacy", "noise_multiplier", "Noise σ", "Noise standard deviation as a multiple of the clip norm C. "
           "Ignored when a target ε is set.", step=0.1, format="%.3f"),
     Field("privacy", "max_grad_norm", "Clip norm C", "Local: bound on each example's gradient. Central: bound on "

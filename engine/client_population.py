@@ -25,6 +25,7 @@ from experiment_config import ExperimentConfig
 
 # Each seeded choice draws from its own stream: default_rng([seed, round, TAG]).
 PROFILE_TAG, DROPOUT_TAG, SELECTION_TAG = 0x5EED01, 0x5EED02, 0x5EED03
+CYCLIC_TAG = 0x5EED04  # cyclic participation's one order for the run: default_rng([seed, CYCLIC_TAG])
 POWER_OF_CHOICE_EXAMPLES = 500  # examples per candidate used to estimate its loss
 
 
@@ -100,7 +101,8 @@ def select_clients(
 
     - central DP, `client_sampling` "poisson": each client independently with q =
       clients_per_round / num_clients (the sampling the accountant assumes; the count varies
-      and may be 0); "fixed": exactly clients_per_round distinct clients, uniformly (as uniform,
+      and may be 0); "cyclic": the next clients_per_round of one seeded order (`cyclic_clients`,
+      DP-FTRL's schedule); "fixed": exactly clients_per_round distinct clients, uniformly (as uniform,
       below; accounted as k of n). With `privacy.secure_noise` the draw comes from the OS's
       CSPRNG instead of the seed: amplification by sampling needs the sample kept secret, so
       who took part must be as unpredictable as the noise;
@@ -114,6 +116,8 @@ def select_clients(
     n, m = federation.num_clients, federation.clients_per_round
     generator = np.random.default_rng([config.system.seed, round_number])
     if config.privacy.mode == "central":
+        if federation.client_sampling == "cyclic":
+            return cyclic_clients(config.system.seed, n, m, round_number)
         return _central_sample(config, generator)
     if federation.selection == "power_of_choice":
         if losses_of is None:
@@ -128,6 +132,15 @@ def select_clients(
     else:
         chosen = generator.choice(n, size=m, replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def cyclic_clients(seed: int, num_clients: int, clients_per_round: int, round_number: int) -> list[int]:
+    """Cyclic participation (DP-FTRL's schedule), sorted: the clients in one order drawn from `seed`, round r
+    (from 1) taking its next `clients_per_round` (wrapping round), so each client takes part once every
+    num_clients / clients_per_round rounds."""
+    order = np.random.default_rng([seed, CYCLIC_TAG]).permutation(num_clients)
+    start = (round_number - 1) * clients_per_round
+    return sorted(int(order[(start + i) % num_clients]) for i in range(clients_per_round))
 
 
 def _central_sample(config: ExperimentConfig, generator: np.random.Generator) -> list[int]:

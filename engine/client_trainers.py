@@ -31,7 +31,7 @@ from engine.client_population import loss_sample
 from engine.secure_aggregation import SecAggConfig, SecAggResult
 from data_handler import FederatedData
 from engine.strategies import Strategy, make_strategy
-from engine.streaming import RunningSum
+from engine.streaming import RunningSum, squared_distance
 from engine.workloads import is_text, model_options
 from experiment_config import CLIENT_OPTIMIZERS, PRECISIONS, ExperimentConfig, check_one_of
 from model import create_model, get_parameters, unflatten
@@ -60,6 +60,9 @@ class TrainTask:
     round_number: int = 0  # the round it belongs to (a remote client seeds its own upload with it)
     trace_context: dict[str, str] | None = None  # the round's span (`telemetry.inject`): its client span joins it
     fold: str = ROW  # ROW, FOLD_SUM or FOLD_DROP (a `FoldingTrainer` only)
+    # A folded client's (f_k, d_k) (`Strategy.fold_factors`): coefficient × f_k, aux d_k·‖x − y_k‖² (q-FedAvg)
+    fold_factor: float = 1.0
+    distance_factor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -499,15 +502,16 @@ class ClientTrainer:
         if task.fold == ROW:
             torch.cat([p.reshape(-1) for p in self.params.values()], out=out)
         else:
-            outcome = self._fold(outcome)
+            outcome = self._fold(outcome, global_weights)
         validation = None
         if task.holdout is not None:
             validation = accuracy_on(self.model, self.train_x, self.train_y, task.holdout)
         return dataclasses.replace(outcome, seconds=time.perf_counter() - started, validation_accuracy=validation)
 
-    def _fold(self, outcome: TaskOutcome) -> TaskOutcome:
+    def _fold(self, outcome: TaskOutcome, global_weights: torch.Tensor) -> TaskOutcome:
         """A streamed client's new weights (the model's parameters) into `self.running`, unless its
-        update is lost (FOLD_DROP) or not finite (then it fails, as the round loop fails such a row)."""
+        update is lost (FOLD_DROP) or not finite (then it fails, as the round loop fails such a row);
+        weighted by the strategy's `fold_weight` × the task's `fold_factor`, with aux d_k·‖x − y_k‖²."""
         task, settings, running = outcome.task, self.settings, self.running
         if running is None or settings.fold_weight is None:
             raise RuntimeError("a folded task reached a trainer without a running sum or a fold weight")
@@ -517,8 +521,9 @@ class ClientTrainer:
         if not all(all_finite(p) for p in parts):
             return dataclasses.replace(outcome, error=NON_FINITE)
         n = len(task.indices)
-        running.add_parts(parts, coefficient=settings.fold_weight(n, outcome.steps), num_examples=n,
-                          steps=outcome.steps)  # fmt: skip
+        aux = task.distance_factor * squared_distance(parts, global_weights) if task.distance_factor else 0.0
+        running.add_parts(parts, coefficient=settings.fold_weight(n, outcome.steps) * task.fold_factor,
+                          num_examples=n, steps=outcome.steps, aux=aux)  # fmt: skip
         return outcome
 
     def _load_head(self, head: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ import torch
 
 import experiment_config
 from engine.robust_rules import F64, bulyan, coordinate_median, krum, multi_krum, trimmed_mean
-from engine.streaming import RunningSum, by_examples, by_examples_per_step, fednova_from_sum
+from engine.streaming import RunningSum, by_examples, by_examples_per_step, fednova_from_sum, qfedavg_from_sum
 from experiment_config import check_integer, check_number, check_one_of
 
 
@@ -214,6 +214,11 @@ class Strategy(ABC):
         """`aggregate` from the round's running sum (folded with `fold_weight`), equal to it on the same
         updates up to float64 rounding; only for a rule that `streams`."""
         raise NotImplementedError(f"{self.name} reads every update: it cannot aggregate a running sum")
+
+    def fold_factors(self, num_examples: int, global_loss: float | None) -> tuple[float, float]:
+        """(f_k, d_k) of a streamed client, known before it trains: its coefficient is fold_weight(n_k, τ_k)·f_k
+        and its `aux` scalar d_k·‖x − y_k‖² (`global_loss`: F_k, for a rule that `needs_global_losses`)."""
+        return 1.0, 0.0
 
     def state_dict(self) -> dict[str, Any]:
         """The state carried between rounds (`state_fields`), for a checkpoint."""
@@ -514,6 +519,7 @@ class QFedAvg(Strategy):
 
     name = "qfedavg"
     needs_global_losses = True
+    fold_weight = staticmethod(by_examples)  # × F_k^q (`fold_factors`)
 
     def __init__(self, *, q: float, client_learning_rate: float, lipschitz: float = 0.0) -> None:
         self.q = check_number("federation.qffl_q", q, low=0.0)
@@ -525,6 +531,16 @@ class QFedAvg(Strategy):
         # `qfedavg` takes L as 1/learning_rate, the form of the paper's Algorithm 3.
         result = qfedavg(global_weights, updates, q=self.q, learning_rate=1.0 / self.lipschitz)
         return result.to(global_weights.dtype)
+
+    def fold_factors(self, num_examples: int, global_loss: float | None) -> tuple[float, float]:
+        """c_k = n_k·F_k^q and a_k = n_k·q·F_k^(q−1)·‖x − y_k‖² (`streaming.qfedavg_from_sum`)."""
+        if global_loss is None or not global_loss >= 0:
+            raise ValueError(f"qfedavg needs each client's loss of the global model (global_loss >= 0), got {global_loss}")
+        loss = float(global_loss) + QFFL_LOSS_FLOOR
+        return loss**self.q, num_examples * self.q * loss ** (self.q - 1)
+
+    def aggregate_sum(self, global_weights: torch.Tensor, summed: RunningSum) -> torch.Tensor:
+        return qfedavg_from_sum(global_weights, summed, lipschitz=self.lipschitz).to(global_weights.dtype)
 
 
 def _server_lr(federation: Any, default: float) -> float:

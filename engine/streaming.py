@@ -1,10 +1,12 @@
 """Streaming aggregation: each client's update folded into a float64 running sum as it arrives.
 
-A rule whose result needs only an example-weighted sum of the round's updates (FedAvg, FedProx,
-FedAvgM, FedAdagrad/Adam/Yogi, FedNova; `Strategy.fold_weight`) never needs the updates
+A rule whose result needs only a weighted sum of the round's updates (FedAvg, FedProx, FedAvgM,
+FedAdagrad/Adam/Yogi, FedNova, q-FedAvg; `Strategy.fold_weight`) never needs the updates
 themselves: the round's memory is one (P,) float64 sum per trainer process, whatever the number
-of clients in it. Rules that read every update (median, trimmed mean, Krum, Bulyan, SCAFFOLD's
-control variates, q-FedAvg's per-client losses, adaptive weighting), secure aggregation's masked
+of clients in it. q-FedAvg weighs client k by its loss F_k of the round-start model, known before
+it trains (`Strategy.fold_factors`), and adds a scalar of its own per client (`aux`, from
+‖x − y_k‖²). Rules that read every update (median, trimmed mean, Krum, Bulyan, SCAFFOLD's
+control variates, adaptive weighting), secure aggregation's masked
 vectors, central DP's clipped sum (`privacy.dp_fedavg.CentralSum`, which sums as it goes on its
 own) and suspicion scoring keep the round's updates, as before.
 
@@ -35,8 +37,8 @@ F64 = torch.float64
 # rule needs only the sum streams and records no suspicion scores (as under central DP).
 HELD_ROUND_BYTES = 64 * 2**20
 FLOAT32_BYTES = 4
-# The scalars kept after the (P,) vector, in this order.
-SCALARS = ("weight", "examples", "example_steps", "clients", "stepless")
+# The scalars kept after the (P,) vector, in this order; aux: Σ a_k, a strategy's own per-client scalar.
+SCALARS = ("weight", "examples", "example_steps", "clients", "stepless", "aux")
 
 
 def by_examples(num_examples: int, steps: int) -> float:
@@ -77,13 +79,15 @@ class RunningSum:
     def clients(self) -> int:
         return int(self.scalar("clients"))
 
-    def add(self, weights: torch.Tensor, *, coefficient: float, num_examples: int, steps: int) -> None:
+    def add(
+        self, weights: torch.Tensor, *, coefficient: float, num_examples: int, steps: int, aux: float = 0.0
+    ) -> None:
         """Fold one client's new weights (P,) in: c·y is added in float64 (torch computes a float32
-        operand of a float64 in-place add in float64), with no copy of y."""
-        self.add_parts([weights], coefficient=coefficient, num_examples=num_examples, steps=steps)
+        operand of a float64 in-place add in float64), with no copy of y; `aux`: its strategy's own scalar."""
+        self.add_parts([weights], coefficient=coefficient, num_examples=num_examples, steps=steps, aux=aux)
 
     def add_parts(
-        self, parts: Sequence[torch.Tensor], *, coefficient: float, num_examples: int, steps: int
+        self, parts: Sequence[torch.Tensor], *, coefficient: float, num_examples: int, steps: int, aux: float = 0.0
     ) -> None:
         """`add` for weights given as consecutive pieces of the flat vector (a model's parameters,
         in `model.get_parameters` order), so a trainer folds its model without flattening it."""
@@ -94,7 +98,7 @@ class RunningSum:
             offset += size
         if offset != self.num_params:
             raise ValueError(f"the parts hold {offset} values, the running sum {self.num_params}")
-        scalars = (coefficient, num_examples, num_examples * steps, 1, steps < 1)  # one add, not five indexed ones
+        scalars = (coefficient, num_examples, num_examples * steps, 1, steps < 1, aux)  # one add, not six indexed
         self.values[self.num_params : self.num_params + len(scalars)] += torch.tensor(scalars, dtype=torch.float64)
 
     def __add__(self, other: RunningSum) -> RunningSum:
@@ -128,6 +132,29 @@ def fednova_from_sum(global_weights: torch.Tensor, summed: RunningSum) -> torch.
     effective_steps = summed.scalar("example_steps") / examples
     direction = (x * summed.scalar("weight") - summed.vector) / examples  # Σ p_k d_k
     return x - effective_steps * direction
+
+
+def squared_distance(parts: Sequence[torch.Tensor], flat: torch.Tensor) -> float:
+    """‖y − x‖² in float64, y given as consecutive pieces of the flat order (a model's parameters) and x (P,)."""
+    total, offset = 0.0, 0
+    for part in parts:
+        size = part.numel()
+        total += float((part.detach().reshape(-1).to(F64) - flat[offset : offset + size].to(F64)).square().sum())
+        offset += size
+    return total
+
+
+def qfedavg_from_sum(global_weights: torch.Tensor, summed: RunningSum, *, lipschitz: float) -> torch.Tensor:
+    """q-FedAvg (`strategies.qfedavg`) from a sum folded with c_k = n_k·F_k^q and a_k = n_k·q·F_k^(q−1)·‖x − y_k‖²
+    (F_k with its floor), float64 (P,): with W = Σ c_k, S = Σ c_k·y_k, A = Σ a_k, N = Σ n_k,
+
+    Σ p_k Δ_k = L·(W·x − S)/N,  Σ p_k h_k = (L²·A + L·W)/N,  so x ← x − (W·x − S)/(L·A + W).
+    """
+    weight, aux = summed.scalar("weight"), summed.scalar("aux")
+    if summed.clients < 1 or summed.scalar("examples") <= 0:
+        raise ValueError(f"qfedavg needs a positive total of num_examples, got {summed.clients} client(s) folded")
+    x = global_weights.to(F64)
+    return x - (x * weight - summed.vector) / (lipschitz * aux + weight)
 
 
 def round_streams(config: ExperimentConfig, *, strategy_streams: bool, num_params: int) -> bool:

@@ -342,10 +342,14 @@ def _client_sizes(experiment: ExperimentSummary) -> list[int]:
 def _sampling_text(experiment: ExperimentSummary, facts: _Facts) -> str:
     federation = experiment.config.get("federation", {})
     if facts.mechanism == "dp-ftrl":
+        k, n = federation.get("clients_per_round"), federation.get("num_clients")
+        schedule = f"exactly {k} of the {n} clients each round, from a seeded schedule fixed before the run"
+        if facts.client_sampling == "cyclic":
+            schedule = (f"cyclic participation: the {n} clients in one seeded order, each round the next {k} of it, "
+                        f"so each client once every {_num(n / k)} rounds")  # fmt: skip
         return (
-            f"exactly {federation.get('clients_per_round')} of the {federation.get('num_clients')} clients each "
-            "round, from a seeded schedule fixed before the run; DP-FTRL takes no amplification from it: each "
-            f"client is charged for every round it took part in; {facts.privacy_steps} released prefix sums accounted"
+            f"{schedule}; DP-FTRL takes no amplification from it: each client is charged for every round it took "
+            f"part in; {facts.privacy_steps} released prefix sums accounted"
         )
     if facts.mode == "central" and facts.client_sampling == "fixed":
         return (

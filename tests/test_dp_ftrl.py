@@ -188,11 +188,12 @@ def test_a_short_run_learns(mnist):
     assert 0 < results[0].epsilon < results[-1].epsilon
 
 
-def test_the_privacy_report_names_the_mechanism_and_its_accountant(mnist, db_url):
+@pytest.mark.parametrize("sampling", ["fixed", "cyclic"])
+def test_the_privacy_report_names_the_mechanism_and_its_accountant(mnist, db_url, sampling):
     from database import ExperimentStore
     from privacy.report import render_markdown
 
-    cfg = config(*FTRL)
+    cfg = config(*FTRL, f"federation.client_sampling={sampling}")
     results = list(FederatedRun(cfg, data=mnist).rounds())
     store = ExperimentStore(db_url)
     experiment_id = store.create_experiment(cfg.to_dict(), name="dp-ftrl")
@@ -209,3 +210,52 @@ def test_the_privacy_report_names_the_mechanism_and_its_accountant(mnist, db_url
     mechanism_row = next(line for line in text.splitlines() if line.startswith("| Mechanism |"))
     assert "DP-FTRL" in mechanism_row and "DP-FedAvg" not in mechanism_row
     assert "RDP, PRV and PLD do not apply" in text
+    schedule = {"fixed": "exactly 3 of the 6 clients each round, from a seeded schedule",
+                "cyclic": "cyclic participation: the 6 clients in one seeded order, each round the next 3 of it, so "
+                          "each client once every 2 rounds"}  # fmt: skip
+    assert schedule[sampling] in text and schedule["fixed" if sampling == "cyclic" else "cyclic"] not in text
+
+
+# -- cyclic participation: each client once every n/k rounds (federation.client_sampling = "cyclic") --------
+
+CYCLIC = [*FTRL[:-3], "federation.client_sampling=cyclic", "privacy.noise_multiplier=0.3", "privacy.max_grad_norm=0.5"]
+
+
+def test_cyclic_rounds_take_each_client_once_per_pass_in_one_seeded_order(mnist):
+    run = FederatedRun(config(*CYCLIC, "federation.rounds=8"), data=mnist)
+    schedule = [run.sample_clients(r) for r in range(1, 9)]
+    assert all(len(chosen) == 3 for chosen in schedule)
+    for start in (0, 2, 4, 6):  # 6 clients, 3 a round: every pass of two rounds takes each client once
+        assert sorted(schedule[start] + schedule[start + 1]) == list(range(6))
+    assert schedule[0] == schedule[2] == schedule[4] and schedule[1] == schedule[3]  # the same order each pass
+    order = np.random.default_rng([3, 0x5EED04]).permutation(6)  # seed 3 and the cyclic stream, by hand
+    assert schedule[0] == sorted(order[:3].tolist()) and schedule[1] == sorted(order[3:].tolist())
+    # k that does not divide n wraps round: 4 clients, 3 a round → positions 0-2, 3,0,1, 2,3,0, ...
+    wrap = FederatedRun(config(*CYCLIC, "federation.num_clients=4"), data=mnist)
+    order = np.random.default_rng([3, 0x5EED04]).permutation(4).tolist()
+    expected = [sorted(order[i % 4] for i in range(3 * r, 3 * r + 3)) for r in range(4)]
+    assert [wrap.sample_clients(r) for r in range(1, 5)] == expected
+
+
+def test_cyclic_participation_is_accounted_from_its_schedule_and_costs_less_than_random_draws(mnist):
+    cyclic = FederatedRun(config(*CYCLIC, "federation.rounds=8"), data=mnist)
+    schedule = [cyclic.sample_clients(r) for r in range(1, 9)]
+    assert list(cyclic.privacy.tree_sensitivities) == [brute_force_squared_sensitivity(schedule, r) for r in range(1, 9)]
+    # By hand: a client in rounds 1, 3, 5, 7 (or 2, 4, 6, 8): 4 leaves, 2 level-1 nodes with one round each,
+    # the two level-2 nodes (1-4, 5-8) with two each, the level-3 node with four: 4 + 4·1 + 2·4 + 16 = 32.
+    assert cyclic.privacy.tree_sensitivities[-1] == 4 + 4 + 2 * 4 + 16
+    drawn = FederatedRun(config(*FTRL, "federation.rounds=8"), data=mnist)
+    assert drawn.privacy.tree_sensitivities[-1] >= cyclic.privacy.tree_sensitivities[-1]
+    assert central_epsilon_after(cyclic.privacy, rounds=8) <= central_epsilon_after(drawn.privacy, rounds=8)
+    results = list(cyclic.rounds())
+    assert [sorted(c.id for c in r.clients) for r in results] == schedule  # the engine trained exactly those
+    assert results[-1].epsilon == pytest.approx(central_epsilon_after(cyclic.privacy, rounds=8), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["privacy.mechanism=dp-fedavg"], ["privacy.mode=none", "privacy.mechanism=dp-fedavg"], ["privacy.mode=local"]],
+)
+def test_cyclic_sampling_outside_dp_ftrl_is_refused(overrides):
+    with pytest.raises(ValueError, match="client_sampling = 'cyclic'.*DP-FTRL's schedule|dp-ftrl' needs"):
+        config(*CYCLIC, *overrides)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import process_pool
+from engine import process_pool, streaming
 from engine.client_trainers import FOLD_DROP, FOLD_SUM, InProcessTrainer, TrainTask, all_finite, train_settings
 from engine.process_pool import ProcessPoolTrainer, guided_batches
 from experiment_config import ExperimentConfig
@@ -129,8 +129,9 @@ def test_a_folded_batched_round_sums_what_this_process_sums(mnist):
 
     outcomes, _, pooled_sum = pool_round(run, tasks, folding=True)
     assert [(o.steps, o.loss) for o in outcomes] == [(o.steps, o.loss) for o in expected]
-    assert pooled_sum[-5:].tolist() == local_sum[-5:].tolist()  # weight, examples, example·steps, clients=10, 0
-    assert pooled_sum[-2] == 10
+    scalars = len(streaming.SCALARS)  # weight, examples, example·steps, clients = 10, stepless 0, aux 0
+    assert pooled_sum[-scalars:].tolist() == local_sum[-scalars:].tolist()
+    assert pooled_sum[-scalars + streaming.SCALARS.index("clients")] == 10
     # Which worker folds which client decides the order of float64 additions (as with one task a message).
     torch.testing.assert_close(pooled_sum, local_sum, rtol=1e-12, atol=1e-9)
 

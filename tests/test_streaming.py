@@ -37,12 +37,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-STREAMING = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fednova")
+STREAMING = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fednova", "qfedavg")
 P = 50
 
 
 def federation(strategy: str):
-    return ExperimentConfig.from_dict({"federation": {"strategy": strategy, "client_holdout": 0.1}}).federation
+    return ExperimentConfig.from_dict(
+        {"federation": {"strategy": strategy, "client_holdout": 0.1, "qffl_q": 2.0, "qffl_lipschitz": 3.0}}
+    ).federation
 
 
 def random_updates(seed: int, count: int = 7) -> tuple[torch.Tensor, list[ClientUpdate]]:
@@ -51,18 +53,20 @@ def random_updates(seed: int, count: int = 7) -> tuple[torch.Tensor, list[Client
     global_weights = torch.randn(P, generator=generator)
     updates = [
         ClientUpdate(k, global_weights + 0.1 * torch.randn(P, generator=generator), num_examples=10 + 13 * k,
-                     steps=1 + k % 3, loss=0.5)
+                     steps=1 + k % 3, loss=0.5, global_loss=0.2 + 0.3 * k)  # F_k: q-FedAvg weighs by it
         for k in range(count)
     ]  # fmt: skip
     return global_weights, updates
 
 
-def folded(strategy, updates: list[ClientUpdate], split: int = 3) -> RunningSum:
+def folded(strategy, updates: list[ClientUpdate], global_weights: torch.Tensor, split: int = 3) -> RunningSum:
     """The updates folded as two trainer processes would, into two sums added up."""
     sums = [RunningSum(P), RunningSum(P)]
     for k, u in enumerate(updates):
-        coefficient = strategy.fold_weight(u.num_examples, u.steps)
-        sums[k >= split].add(u.weights, coefficient=coefficient, num_examples=u.num_examples, steps=u.steps)
+        scale, distance = strategy.fold_factors(u.num_examples, u.global_loss)
+        coefficient = strategy.fold_weight(u.num_examples, u.steps) * scale
+        aux = distance * float((u.weights.double() - global_weights.double()).square().sum())
+        sums[k >= split].add(u.weights, coefficient=coefficient, num_examples=u.num_examples, steps=u.steps, aux=aux)
     return sums[0] + sums[1]
 
 
@@ -72,7 +76,7 @@ def test_a_streamed_round_equals_the_held_round_on_the_same_updates(name):
     held, streamed = make_strategy(federation(name)), make_strategy(federation(name))
     for _round in range(3):  # the server optimisers' state moves the same way
         expected = held.aggregate(global_weights, updates)
-        result = streamed.aggregate_sum(global_weights, folded(streamed, updates))
+        result = streamed.aggregate_sum(global_weights, folded(streamed, updates, global_weights))
         torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
         global_weights = expected
     for field in held.state_fields:
@@ -80,9 +84,9 @@ def test_a_streamed_round_equals_the_held_round_on_the_same_updates(name):
 
 
 def test_fedavg_of_a_sum_is_numpys_example_weighted_average():
-    _, updates = random_updates(5)
+    global_weights, updates = random_updates(5)
     strategy = make_strategy(federation("fedavg"))
-    summed = folded(strategy, updates)
+    summed = folded(strategy, updates, global_weights)
     reference = np.average(np.stack([u.weights.numpy() for u in updates]), axis=0,
                            weights=[u.num_examples for u in updates])  # fmt: skip
     np.testing.assert_allclose(summed.mean().numpy(), reference, rtol=0, atol=1e-12)
@@ -96,7 +100,25 @@ def test_fednova_refuses_a_client_without_a_step_streamed_as_held():
     with pytest.raises(ValueError, match="steps >= 1"):
         strategy.aggregate(global_weights, updates)
     with pytest.raises(ValueError, match="steps >= 1"):
-        strategy.aggregate_sum(global_weights, folded(strategy, updates))
+        strategy.aggregate_sum(global_weights, folded(strategy, updates, global_weights))
+
+
+def test_qfedavg_of_a_sum_is_the_papers_step_by_hand():
+    # Li et al. 2020, Algorithm 3 with L = 3, q = 2, p_k = n_k/N, in numpy: the reference the held rule is too.
+    global_weights, updates = random_updates(8)
+    x = global_weights.double().numpy()
+    total = sum(u.num_examples for u in updates)
+    step, h = np.zeros_like(x), 0.0
+    for u in updates:
+        p, loss = u.num_examples / total, u.global_loss + 1e-10
+        delta_w = 3.0 * (x - u.weights.double().numpy())
+        step += p * loss**2 * delta_w
+        h += p * (2 * loss * float(delta_w @ delta_w) + 3.0 * loss**2)
+    strategy = make_strategy(federation("qfedavg"))
+    result = strategy.aggregate_sum(global_weights, folded(strategy, updates, global_weights)).double().numpy()
+    np.testing.assert_allclose(result, (x - step / h).astype(np.float32), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="global_loss >= 0"):
+        strategy.fold_factors(10, None)
 
 
 def test_an_empty_sum_is_refused_like_zero_updates():
@@ -156,7 +178,10 @@ def final_weights_and_rows(run: FederatedRun) -> tuple[torch.Tensor, list, list[
     {"federation": {"dropout_probability": 0.2, "dropout_stage": "during"}},  # lost clients: trained, not summed
     {"federation": {"strategy": "fednova", "speed_spread": 1.0, "round_deadline": 1.0, "straggler_policy": "partial"}},
     {"attack": {"fraction": 0.2, "behaviour": "sign_flip"}, "communication": {"compression": "qsgd"}},  # rows folded
-], ids=["fedavg", "lost", "fednova-partial", "server-side-uploads"])  # fmt: skip
+    {"federation": {"strategy": "qfedavg", "qffl_q": 1.0, "qffl_lipschitz": 2.0}},  # F_k asked before training
+    {"federation": {"strategy": "qfedavg", "qffl_q": 1.0, "qffl_lipschitz": 2.0},
+     "communication": {"compression": "qsgd"}},  # q-FedAvg's rows folded by the round loop
+], ids=["fedavg", "lost", "fednova-partial", "server-side-uploads", "qfedavg", "qfedavg-rows"])  # fmt: skip
 def test_a_streamed_run_equals_the_held_run(mnist, changes):
     streamed = FederatedRun(config(**changes), data=mnist)
     held = FederatedRun(config(**changes), data=mnist)
@@ -186,7 +211,8 @@ def test_the_pool_folds_in_its_workers_as_this_process_does(mnist):
     run = FederatedRun(cfg, data=mnist)
     settings = train_settings(cfg, 10, noise_multiplier=0.0)
     num_params = run.state.weights.numel()
-    tasks = [TrainTask(k, k, run.partitions[k], seed=k, fold=FOLD_SUM if k % 5 else FOLD_DROP) for k in range(12)]
+    tasks = [TrainTask(k, k, run.partitions[k], seed=k, fold=FOLD_SUM if k % 5 else FOLD_DROP,
+                       fold_factor=1 + k / 10, distance_factor=k / 3) for k in range(12)]  # q-FedAvg's, say
     local = InProcessTrainer(run.data, settings, num_params, slots=12, folding=True)
     pool = ProcessPoolTrainer(run.data, settings, num_params, slots=12, num_workers=2, folding=True)
     try:
@@ -198,6 +224,8 @@ def test_the_pool_folds_in_its_workers_as_this_process_does(mnist):
     assert [(o.steps, o.loss) for o in pool_outcomes] == [(o.steps, o.loss) for o in local_outcomes]
     assert local_sum.clients == pool_sum.clients == 9  # 0, 5 and 10 were lost on the way
     torch.testing.assert_close(pool_sum.values, local_sum.values, rtol=1e-12, atol=1e-9)
+    assert pool_sum.scalar("aux") > 0 and pool_sum.scalar("weight") == pytest.approx(
+        sum(len(t.indices) * t.fold_factor for t in tasks if t.fold == FOLD_SUM), rel=1e-12)
     assert pool.take_sum().clients == 0  # taken means reset
     assert local.results.untyped_storage().nbytes() == 4 * num_params  # one row stands for all 12
 
