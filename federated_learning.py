@@ -498,9 +498,10 @@ class FederatedRun:
                 head=self.state.heads.get(client) if self.head_size else None,
                 holdout=self.holdouts[client] if len(self.holdouts[client]) else None, round_number=round_number,
                 trace_context=context, fold=(FOLD_DROP if status == "lost" else FOLD_SUM) if fold else ROW,
-                fold_factor=factors.get(client, (1.0, 0.0))[0], distance_factor=factors.get(client, (1.0, 0.0))[1],
+                fold_factor=scale, distance_factor=distance,
             )  # fmt: skip
             for slot, (client, limit, status) in enumerate(starting)
+            for scale, distance in [factors.get(client, (1.0, 0.0))]
         ]
 
     def _train(self, trainer: Trainer, round_number: int, statuses: Statuses) -> RoundWork:
