@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ from privacy.accounting import (
     normalize_history,
     would_exceed,
 )
+from privacy.augmentation import MAX_SHIFT, random_shifts
 from privacy.per_example_clipping import BookkeepingClipper, UnsupportedLayerError
 
 __all__ = [
@@ -123,6 +124,7 @@ __all__ = [
 # per-sample gradients materialised (~10x non-DP).
 GRAD_SAMPLE_MODES = ("bookkeeping", "ghost", "hooks")
 DEFAULT_GRAD_SAMPLE_MODE = "bookkeeping"  # ~1.7x non-DP for the CNN on one CPU thread, ghost ~2.8x
+AUGMENTATION_TAG = 0xA0C3  # mixed with a client's seed for its augmentation draws (`DPSGDModel._augmenter`)
 
 
 # Harmless torch warning from Opacus's backward hooks when the input needs no grad.
@@ -295,6 +297,7 @@ class DPSGDModel:
         max_steps: int = 0,
         objective: Any = None,
         secure_noise: bool = False,
+        augmentations: int = 0,
     ) -> DPTrainResult:
         """DP-SGD over the client's examples `train_x[indices]` (N,1,28,28), `train_y[indices]` (N,).
 
@@ -306,7 +309,10 @@ class DPSGDModel:
         adds data-independent terms (FedProx, SCAFFOLD) after the gradient was privatised.
         `seed` fixes batch sampling and noise (pseudo-random, for reproducible experiments);
         `secure_noise`: noise and batch sampling from the OS's CSPRNG (`secure_normal`,
-        a generator seeded from `os.urandom`), unseeded and unrepeatable.
+        a generator seeded from `os.urandom`), unseeded and unrepeatable. `augmentations` K > 0
+        (image models, bookkeeping clipping): each example is seen as K random shifts of up to
+        `augmentation.MAX_SHIFT` pixels and its gradient is their mean (augmentation multiplicity),
+        the shifts drawn from the seed too.
         """
         noise_multiplier = check_noise_multiplier(noise_multiplier)
         index_tensor = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -314,7 +320,9 @@ class DPSGDModel:
         total_steps = check_count("local_epochs", local_epochs, low=1) * steps_per_epoch(sample_rate)
         if check_count("max_steps", max_steps, low=0):
             total_steps = min(total_steps, max_steps)
-        sampling, noise = _generators(int.from_bytes(os.urandom(8)) if secure_noise else seed)
+        seed = int.from_bytes(os.urandom(8)) if secure_noise else seed
+        sampling, noise = _generators(seed)
+        augment = self._augmenter(augmentations, seed)
         optimizer, criterion = self._optimizer(
             learning_rate=_positive("learning_rate", learning_rate),
             noise_multiplier=noise_multiplier,
@@ -326,7 +334,7 @@ class DPSGDModel:
         optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
         self.module.train()
         batches = poisson_batches(index_tensor, sample_rate=sample_rate, steps=total_steps, generator=sampling)
-        loss_sum, seen = self._take_steps(optimizer, criterion, batches, train_x, train_y, objective)
+        loss_sum, seen = self._take_steps(optimizer, criterion, batches, train_x, train_y, objective, augment)
         recorded = _recorded_steps(accountant) - recorded_before
         if recorded != total_steps:  # fail closed: every step taken must be accounted
             raise PrivacyError(f"accountant recorded {recorded} of {total_steps} DP-SGD steps")
@@ -340,14 +348,19 @@ class DPSGDModel:
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         objective: Any,
+        augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]] | None = None,
     ) -> tuple[float, int]:
-        """One DP optimizer step per batch; returns (Σ batch loss × batch size, examples seen)."""
+        """One DP optimizer step per batch; returns (Σ batch loss × batch size, examples seen).
+        `augment`: (x, y) → (K copies of each, their labels, K), for augmentation multiplicity."""
         loss_sum, seen = 0.0, 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_HOOK_WARNING)
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
-                loss = self._backward(criterion, train_x[batch], train_y[batch])
+                x, y, multiplicity = (train_x[batch], train_y[batch], 1) if augment is None else augment(
+                    train_x[batch], train_y[batch]
+                )
+                loss = self._backward(criterion, x, y, multiplicity)
                 if objective is not None:
                     objective.pre_step()
                 optimizer.step()  # also empty batches: a noise-only step, as accounted
@@ -359,12 +372,30 @@ class DPSGDModel:
         optimizer.zero_grad(set_to_none=True)
         return loss_sum, seen
 
-    def _backward(self, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _augmenter(
+        self, copies: int, seed: int
+    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]] | None:
+        """(x, y) → (`copies` random shifts of each image, their labels, copies); None for copies 0."""
+        if check_count("augmentations", copies, low=0) == 0:
+            return None
+        if self._bookkeeping is None:
+            raise PrivacyError(f"augmentation multiplicity needs grad_sample_mode 'bookkeeping', not {self.grad_sample_mode!r}")
+        state = np.random.SeedSequence((int(seed), AUGMENTATION_TAG)).generate_state(1, dtype=np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0]))
+
+        def augment(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+            shifted = random_shifts(x, copies=copies, max_shift=MAX_SHIFT, generator=generator)
+            return shifted, y.repeat_interleave(copies), copies
+
+        return augment
+
+    def _backward(self, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, multiplicity: int = 1) -> torch.Tensor:
         """Forward and backward on one batch, leaving what the optimizer clips or noises;
-        returns the mean loss. Bookkeeping leaves the clipped sum in `.grad` itself."""
+        returns the mean loss. Bookkeeping leaves the clipped sum in `.grad` itself; it alone
+        takes `multiplicity` > 1 rows per example (`_augmenter` makes sure)."""
         if self._bookkeeping is not None:
             try:
-                return self._bookkeeping.backward(x, y)
+                return self._bookkeeping.backward(x, y, multiplicity)
             except UnsupportedLayerError as error:  # e.g. a layer called twice: no bound holds
                 raise PrivacyError(str(error)) from None
         loss = criterion(self.module(x), y)

@@ -35,6 +35,7 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # natural: one client pe
 IMAGE_CHANNELS = (1, 3)  # data.image_channels of a folder: grey or RGB
 IMAGE_MODELS = ("cnn", "mlp", "cnn-dp", "scatter-linear", "scatter-cnn")
 SCATTER_MODELS = ("scatter-linear", "scatter-cnn")  # a fixed scattering transform + a trained head (model.py)
+AUGMENTABLE_MODELS = tuple(name for name in IMAGE_MODELS if name not in SCATTER_MODELS)  # they train on pixels
 TEXT_MODELS = ("tinyllama-lora", "minilm-lora")  # rubric scoring: a backbone with LoRA + a multi-label head
 MODELS = IMAGE_MODELS + TEXT_MODELS
 # What a text model's head reads (model.pooling), its default first; text_models.py explains each.
@@ -165,7 +166,7 @@ BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "privacy.noise_multiplier": (0.0, 1e4), "privacy.max_grad_norm": (1e-8, 1e6), "privacy.target_epsilon": (0.0, 1e4),
     "privacy.delta": (0.0, 1.0), "privacy.audit_examples": (0, 100_000), "privacy.max_epsilon": (0.0, 1e4),
     "privacy.target_quantile": (0.01, 0.99), "privacy.clip_learning_rate": (1e-4, 10.0),
-    "privacy.audit_canaries": (0, 100_000),
+    "privacy.audit_canaries": (0, 100_000), "privacy.augmentations": (0, 64),
     "system.seed": (0, 2**32 - 1), "system.num_workers": (0, 256),
     "attack.fraction": (0.0, 1.0), "attack.scale": (0.0, 1e6), "attack.noise_std": (0.0, 1e6),
     "communication.topk_fraction": (1e-6, 1.0), "communication.quantization_bits": (2, 16),
@@ -448,6 +449,9 @@ class PrivacyConfig:
     secure_noise: bool = False
     # central DP under secure aggregation: gaussian | skellam (DISTRIBUTED_NOISES), the clients' noise shares
     distributed_noise: str = "gaussian"
+    # local DP on image models: K > 0 sees each example as K random shifts and clips the mean of their
+    # gradients (augmentation multiplicity, De et al. 2022); 0 = off. ε is unchanged, each step costs ~K×.
+    augmentations: int = 0
 
     def canary_count(self) -> int:
         """How many canaries join the run's training data: audit_canaries with the one-run audit, else 0."""
@@ -462,6 +466,9 @@ class PrivacyConfig:
         if self.secure_noise and self.mode == "none":
             raise ValueError("privacy.secure_noise needs privacy.mode = 'local' or 'central': there is no noise to draw")
         check_number("privacy.delta", self.delta, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.augmentations and self.mode != "local":
+            raise ValueError("privacy.augmentations averages each example's gradient over its shifts before DP-SGD "
+                             f"clips it: it needs privacy.mode = 'local', got {self.mode!r}")  # fmt: skip
         if self.adaptive_clipping and self.mode != "central":
             raise ValueError(f"privacy.adaptive_clipping needs privacy.mode = 'central', got {self.mode!r}")
         if self.distributed_noise == "skellam" and (self.mode, self.mechanism) != ("central", "dp-fedavg"):
@@ -565,6 +572,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(section).__name__}")
             section.validate()
         self._check_workload()
+        self._check_augmentations()
         self._check_privacy()
         self._check_audit()
         self._check_secure_aggregation()
@@ -785,6 +793,15 @@ class ExperimentConfig:
                 raise ValueError(
                     "system.backend = 'mlx' has no DP-SGD: privacy.mode = 'local' needs system.backend = 'torch'"
                 )
+
+    def _check_augmentations(self) -> None:
+        """Augmentation multiplicity shifts images: not scattering features (computed once, when the data
+        loads) nor text."""
+        if self.privacy.augmentations and self.model.name not in AUGMENTABLE_MODELS:
+            raise ValueError(
+                f"privacy.augmentations shifts the images a model trains on: model.name must be one of "
+                f"{', '.join(AUGMENTABLE_MODELS)}, got {self.model.name!r}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:

@@ -69,7 +69,6 @@ from privacy.ftrl import TreeAggregator
 __all__ = ["ExperimentConfig", "FederatedRun", "RoundResult", "ClientResult", "RunState", "run_experiment",
            "client_partitions", "train_settings"]
 
-EVAL_BATCH = 1000
 CHECKPOINT_FORMAT = 1  # RunState.to_bytes's layout; a reader refuses any other
 ABSENT = ("dropped", "late")  # selected clients that never start training
 History = tuple[tuple[float, float, int], ...]  # local DP: a client's accountant, (σ, q, steps) per entry
@@ -86,7 +85,7 @@ class StopEvent(Protocol):
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, mean loss) of `model` on (x, y) (`objectives`: cross-entropy and accuracy,
     or for multi-label targets BCE and per-label accuracy)."""
-    return objectives.scores(predict_logits(model, x, EVAL_BATCH), y)
+    return objectives.scores(predict_logits(model, x), y)
 
 
 def resolve_workers(config: ExperimentConfig) -> int:
@@ -820,7 +819,7 @@ class FederatedRun:
     def evaluate_global(self) -> tuple[float, float, dict[str, Any] | None]:
         """(accuracy, loss, rubric metrics or None) of the current global model on the test split."""
         data = self.data
-        logits = predict_logits(self.model, data.test_x, EVAL_BATCH)
+        logits = predict_logits(self.model, data.test_x)
         accuracy, loss = objectives.scores(logits, data.test_y)
         if not data.multilabel:
             return accuracy, loss, None

@@ -246,6 +246,10 @@ ADVANCED_FIELDS = (
           "cryptographically secure generator (os.urandom), not from the seed, and the sampling with it (central DP: "
           "which clients each round takes; local DP: DP-SGD's batches): nobody who knows the seed can reproduce "
           "them, and the run cannot be repeated exactly."),
+    Field("privacy", "augmentations", "Augmentation multiplicity (local DP)", "K > 0: DP-SGD sees each example "
+          "as K random shifts of up to 2 pixels and clips the mean of their gradients (De et al. 2022). ε is "
+          "unchanged; each step costs about K times as much. CNN, CNN-DP and MLP (not the scatter models, whose "
+          "features are computed once). 0 = off."),
     Field("privacy", "target_quantile", "Target quantile", "Adaptive clipping: the share of client updates that "
           "should fit under C unclipped.", step=0.05, format="%.2f"),
     Field("privacy", "clip_learning_rate", "Clip learning rate", "Adaptive clipping: how fast C moves, "

@@ -14,6 +14,12 @@ training set cut to clients × N). Streaming aggregation (`engine.streaming`) ke
 flat: 10,000 MLP clients × 6 examples, all in a round, at the memory of 100. `--tree DIR` runs
 another copy of the code (e.g. `git archive HEAD | tar -x -C /tmp/base`: the code before a change)
 with this interpreter, for a before/after on the same machine.
+
+    python -m bench.memory --clients 10000 --round-sizes 100 10000 --examples 6 --model mlp --rounds 2
+
+`--round-sizes` keeps one population (the largest of `--clients`, the same data) and varies only how
+many of its clients a round takes: what a round's size costs, with the training set held equal
+(with `--examples`, 10,000 clients hold 100× the images of 100, ~186 MB more on their own).
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
-    """(PSS summed over the process tree, RSS of the root) in bytes; 0 for vanished processes."""
-    pss, rss = 0, 0
+def tree_memory_bytes(root: psutil.Process) -> tuple[int, int, int]:
+    """(PSS summed over the process tree, RSS of the root, PSS of the root) in bytes; 0 for vanished processes."""
+    pss, rss, root_pss = 0, 0, 0
     for process in [root, *root.children(recursive=True)]:
         try:
             info = process.memory_full_info()
@@ -41,8 +47,8 @@ def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
             continue
         pss += info.pss
         if process.pid == root.pid:
-            rss = info.rss
-    return pss, rss
+            rss, root_pss = info.rss, info.pss
+    return pss, rss, root_pss
 
 
 def measure(
@@ -65,10 +71,10 @@ def measure(
         out_file, err_file = open(f"{folder}/out.jsonl", "w+"), open(f"{folder}/err.txt", "w+")  # noqa: SIM115
         process = subprocess.Popen(command, stdout=out_file, stderr=err_file, text=True, cwd=tree)
         root = psutil.Process(process.pid)
-        peak_pss, peak_rss = 0, 0
+        peak_pss, peak_rss, peak_children = 0, 0, 0
         while process.poll() is None:
-            pss, rss = tree_memory_bytes(root)
-            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+            pss, rss, root_pss = tree_memory_bytes(root)
+            peak_pss, peak_rss, peak_children = max(peak_pss, pss), max(peak_rss, rss), max(peak_children, pss - root_pss)
             time.sleep(0.2)
         process.wait()
         out, err = Path(out_file.name).read_text(), Path(err_file.name).read_text()
@@ -81,6 +87,7 @@ def measure(
             "seconds": time.perf_counter() - started,
             "peak_pss_mb": peak_pss / 2**20,
             "peak_main_rss_mb": peak_rss / 2**20,
+            "peak_trainers_pss_mb": peak_children / 2**20,
             "final_accuracy": lines[-1]["accuracy"],
             "round_seconds": [line["seconds"] for line in lines if "round" in line],
         }
@@ -96,25 +103,33 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=0, help="training examples per client (0: all of MNIST)")
     parser.add_argument("--tree", type=Path, default=REPO, help="the copy of the code to run (default: this one)")
     parser.add_argument("--set", action="append", default=[], help="more config settings, as cli.py's --set")
+    parser.add_argument("--round-sizes", type=int, nargs="+", default=[],
+                        help="one population (the largest --clients), these many clients a round each")
     args = parser.parse_args()
 
+    population = max(args.clients)
+    runs = [(population, size) for size in args.round_sizes] or [
+        (clients, clients if args.all else args.per_round) for clients in args.clients
+    ]
     results = {}
-    for clients in args.clients:
-        per_round = clients if args.all else args.per_round
-        results[clients] = measure(clients, per_round, args.rounds, args.model, examples=args.examples,
-                                   tree=args.tree.resolve(), extra=tuple(args.set))  # fmt: skip
-        r = results[clients]
+    for clients, per_round in runs:
+        key = per_round if args.round_sizes else clients
+        results[key] = measure(clients, per_round, args.rounds, args.model, examples=args.examples,
+                               tree=args.tree.resolve(), extra=tuple(args.set))  # fmt: skip
+        r = results[key]
         print(
             f"{clients:>6} clients, {per_round} per round, {args.rounds} rounds: peak PSS of the run "
-            f"{r['peak_pss_mb']:.0f} MB (main process RSS {r['peak_main_rss_mb']:.0f} MB), "
+            f"{r['peak_pss_mb']:.0f} MB (main process RSS {r['peak_main_rss_mb']:.0f} MB, "
+            f"its child processes' PSS {r['peak_trainers_pss_mb']:.0f} MB), "
             f"{r['seconds']:.1f} s (rounds {', '.join(f'{s:.1f}' for s in r['round_seconds'])} s), "
             f"accuracy {100 * r['final_accuracy']:.2f}%",
             flush=True,
         )
     smallest, largest = min(results), max(results)
     ratio = results[largest]["peak_pss_mb"] / results[smallest]["peak_pss_mb"]
+    what = "clients a round" if args.round_sizes else "clients"
     print(
-        f"peak with {largest} clients / with {smallest}: {ratio:.3f} (target within 0.90-1.10); "
+        f"peak with {largest} {what} / with {smallest}: {ratio:.3f} (target within 0.90-1.10); "
         f"peak {results[largest]['peak_pss_mb'] / 1024:.2f} GB (target <= 1.5 GB)"
     )
 

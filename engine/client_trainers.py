@@ -371,6 +371,7 @@ class TrainSettings:
     grad_sample_mode: str = ""  # DP-SGD's per-example clipping (`differential_privacy.GRAD_SAMPLE_MODES`); "" = default
     optimizer: str = "sgd"  # the clients' local optimizer (`experiment_config.CLIENT_OPTIMIZERS`); DP-SGD steps with SGD
     secure_noise: bool = False  # local DP: DP-SGD's noise and batch sampling from the OS's CSPRNG
+    augmentations: int = 0  # local DP: each example's gradient averaged over this many random shifts (0: off)
     # c_k of a folded client (`Strategy.fold_weight`, a module-level function); None: the strategy never streams
     fold_weight: Callable[[int, int], float] | None = None
     precision: str = "fp32"  # local training's forward pass: fp32, or bf16 autocast (`autocast_for`)
@@ -403,6 +404,7 @@ def train_settings(
         corrections=strategy.uses_corrections,
         optimizer=federation.client_optimizer,
         secure_noise=privacy.secure_noise,
+        augmentations=privacy.augmentations,
         fold_weight=strategy.fold_weight,
         precision=config.system.precision,
         bucket_by_length=federation.bucket_by_length,
@@ -411,8 +413,7 @@ def train_settings(
 
 def token_lengths(token_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """(N,) each right-padded row's length: the position after its last non-pad token."""
-    positions = torch.arange(1, token_ids.shape[1] + 1)
-    return ((token_ids != pad_token_id) * positions).amax(dim=1)
+    return objectives.row_lengths(token_ids != pad_token_id)
 
 
 class ClientTrainer:
@@ -556,7 +557,7 @@ class ClientTrainer:
             local_epochs=settings.local_epochs, batch_size=settings.batch_size,
             learning_rate=settings.learning_rate, noise_multiplier=settings.noise_multiplier,
             accountant=accountant, seed=task.seed, max_steps=task.max_steps, objective=objective,
-            secure_noise=settings.secure_noise,
+            secure_noise=settings.secure_noise, augmentations=settings.augmentations,
         )  # fmt: skip
         history = tuple((float(s), float(q), int(n)) for s, q, n in accountant.history)
         return TaskOutcome(task, result.steps, result.loss, history)

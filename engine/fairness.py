@@ -25,7 +25,6 @@ from engine import objectives
 from engine.results import RoundResult
 
 WORST_FRACTION = 0.1  # the paper's "worst 10%" of devices
-EVAL_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def client_accuracies(
     if not clients:
         return {}
     indices = torch.from_numpy(np.concatenate([holdouts[c] for c in clients]).astype(np.int64))
-    logits = objectives.predict_logits(model, x[indices], EVAL_BATCH)  # (Σ holdout sizes, outputs)
+    logits = objectives.predict_logits(model, x[indices])  # (Σ holdout sizes, outputs)
     targets, result, start = y[indices], {}, 0
     for client in clients:
         end = start + len(holdouts[client])

@@ -75,6 +75,13 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((hits.sum(0)[present].double() / per_label_total[present]).mean())
 
 
+def row_lengths(not_pad: torch.Tensor) -> torch.Tensor:
+    """(B,) for a right-padded (B, L) mask of real tokens: each row's length, the position after its
+    last real token (0 for a row of padding only). Text models cut batches and read states by it."""
+    positions = torch.arange(1, not_pad.shape[1] + 1, device=not_pad.device)
+    return (not_pad * positions).amax(dim=1)
+
+
 def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, mean loss) of whole-set logits; (0, 0) for an empty set."""
     if len(y) == 0:
@@ -82,8 +89,14 @@ def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return accuracy(logits, y), float(batch_loss(logits, y))
 
 
+# Examples per forward pass when evaluating. Small batches stay in the CPU's caches: the CNN scores MNIST's
+# 10,000 test images in 1.6–2.1 s at 128 against 2.9 s at 1,000 (2 threads), and its activations (conv1's
+# output alone is 100 KB an image: 100 MB at 1,000) no longer set the run's peak memory between rounds.
+EVAL_BATCH = 128
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """(N, outputs) logits of `model` on x in evaluation mode, `batch_size` examples at a time."""
     model.eval()
     if len(x) == 0:

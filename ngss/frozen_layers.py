@@ -32,6 +32,8 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+from engine.objectives import row_lengths
+
 CACHE_BYTES = 512 * 2**20  # per process: MiniLM's states for ~9,000 responses of 38 tokens
 
 
@@ -137,8 +139,7 @@ class LayerSplit:
 
     def last_hidden(self, input_ids: torch.Tensor, not_pad: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden): what the Hugging Face base model returns as its last hidden states."""
-        positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
-        lengths = [max(int(n), 1) for n in (not_pad * positions).amax(dim=1)]
+        lengths = [max(int(n), 1) for n in row_lengths(not_pad)]
         hidden = self.cached_states(input_ids.cpu(), lengths).to(input_ids.device)
         hidden = self._run(hidden, not_pad.long(), list(self.layers[self.frozen :]))
         return self.base.norm(hidden) if self.llama else hidden

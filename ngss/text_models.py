@@ -69,6 +69,7 @@ from transformers import (
 )
 
 from experiment_config import text_pooling
+from engine.objectives import row_lengths
 from ngss.frozen_layers import LayerSplit
 
 TINYLLAMA_REPO = "Maykeye/TinyLLama-v0"
@@ -230,8 +231,7 @@ class TextScorer(nn.Module):
             # parameter a zero gradient (and Opacus a per-sample one), as the CNN does.
             return self.forward(input_ids.new_full((1, 1), self.pad_token_id + 1))[:0]
         not_pad = input_ids != self.pad_token_id  # (B, L)
-        positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
-        length = max(int((not_pad * positions).amax()), 1)  # end of the longest row
+        length = max(int(row_lengths(not_pad).amax()), 1)  # end of the longest row
         input_ids, not_pad = input_ids[:, :length], not_pad[:, :length]  # views, no copy
         if not self.mean_pooling and self.split is None:
             return self.backbone(input_ids=input_ids, attention_mask=not_pad.long()).logits  # (B, K)

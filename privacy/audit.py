@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 ATTACK = "loss threshold (Yeom et al. 2018)"
-AUDIT_BATCH = 1000  # examples per forward pass
 
 
 def _scores(name: str, values: Any) -> np.ndarray:
@@ -120,7 +119,7 @@ def advantage_bound(epsilon: float, delta: float) -> float:
     return min((math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1), 1.0)
 
 
-def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = AUDIT_BATCH) -> np.ndarray:
+def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 0) -> np.ndarray:
     """Per-example loss (nats; `objectives.example_losses`: cross-entropy, or mean BCE over the
     scored labels) of `model` on x: (N, ...) and y: (N,) int64 or (N, K) → (N,) float64.
 
@@ -132,6 +131,7 @@ def example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
 
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    batch_size = batch_size or objectives.EVAL_BATCH  # 0: as the rounds evaluate
     was_training = model.training
     model.eval()
     losses = []

@@ -11,6 +11,11 @@ which `differential_privacy` turns into a refusal to train.
 
     clipper = BookkeepingClipper(model, max_grad_norm=1.0)
     mean_loss = clipper.backward(x, y)   # each parameter's .grad = Σ_i c_i ∇ℓ_i (no noise yet)
+
+Augmentation multiplicity (De et al. 2022, `privacy.augmentations`): with `multiplicity` = K the
+batch holds K augmented copies of each example, example-major (rows i·K … i·K + K − 1), and the
+gradient clipped is each example's mean over its copies, (1/K) Σ_k ∇ℓ_ik: one example still moves
+the sum by at most C, so the accounting is unchanged.
 """
 
 from __future__ import annotations
@@ -62,17 +67,26 @@ def supported_layers(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]
     return layers
 
 
-def _layer_gradients(layer: nn.Linear | nn.Conv2d, inputs: torch.Tensor, grads: torch.Tensor) -> _LayerGradients:
-    """Per-example gradients of `layer` from its input (B, ...) and the per-example loss
-    gradients w.r.t. its output (B, ...): ghost norms for Linear, materialised for Conv2d."""
+def _layer_gradients(
+    layer: nn.Linear | nn.Conv2d, inputs: torch.Tensor, grads: torch.Tensor, multiplicity: int = 1
+) -> _LayerGradients:
+    """Per-example gradients of `layer` from its input (B·K, ...) and the per-row loss gradients
+    w.r.t. its output (B·K, ...), each example's the mean over its K rows (`multiplicity`): ghost
+    norms for Linear, materialised for Conv2d. Norms and clip factors are per example, (B,)."""
+    k = multiplicity
     if isinstance(layer, nn.Linear):
         if inputs.dim() != 2:
             raise UnsupportedLayerError(f"bookkeeping clipping needs (B, features) inputs to Linear, got {tuple(inputs.shape)}")
-        weight_norms = inputs.square().sum(1) * grads.square().sum(1)  # ‖g_i a_iᵀ‖² = ‖a_i‖²‖g_i‖²
-        bias_grads = grads  # (B, out)
+        if k == 1:
+            weight_norms = inputs.square().sum(1) * grads.square().sum(1)  # ‖g_i a_iᵀ‖² = ‖a_i‖²‖g_i‖²
+        else:  # ‖(1/K) Σ_k g_ik a_ikᵀ‖² = (1/K²) Σ_k,l (g_ik·g_il)(a_ik·a_il): two (B, K, K) Gram matrices
+            a, g = inputs.view(-1, k, inputs.shape[1]), grads.view(-1, k, grads.shape[1])
+            weight_norms = ((g @ g.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum((1, 2)) / k**2
+        bias_grads = grads.view(-1, k, grads.shape[1]).mean(1)  # (B, out)
 
         def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
-            return (grads * factors[:, None]).T @ inputs  # (out, in) = Σ_i c_i g_i a_iᵀ
+            rows = factors.repeat_interleave(k) / k if k > 1 else factors
+            return (grads * rows[:, None]).T @ inputs  # (out, in) = Σ_i c_i (1/K) Σ_k g_ik a_ikᵀ
     else:
         # Per-example weight gradients as one convolution's weight gradient with the batch as
         # groups: (1, B·C, H, W) input, (1, B·C_out, h, w) output gradient. On CPU this is
@@ -83,14 +97,14 @@ def _layer_gradients(layer: nn.Linear | nn.Conv2d, inputs: torch.Tensor, grads: 
             (batch * out_channels, *layer.weight.shape[1:]),
             grads.reshape(1, -1, *grads.shape[2:]),
             stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=batch,
-        ).view(batch, -1)  # (B, C_out·C·k·k)
+        ).view(batch // k, k, -1).mean(1)  # (B, C_out·C·kh·kw), each example's mean over its K rows
         weight_norms = torch.linalg.vector_norm(per_example, dim=1).square()
-        bias_grads = grads.sum((2, 3))  # (B, C_out)
+        bias_grads = grads.sum((2, 3)).view(batch // k, k, -1).mean(1)  # (B, C_out)
 
         def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
             return (factors @ per_example).view_as(layer.weight)  # Σ_i c_i ∇W_i
 
-    terms, norms = [], torch.zeros(len(inputs), dtype=grads.dtype)
+    terms, norms = [], torch.zeros(len(inputs) // k, dtype=grads.dtype)
     if layer.weight.requires_grad:
         terms.append((layer.weight, clipped_weight))
         norms = norms + weight_norms
@@ -119,11 +133,15 @@ class BookkeepingClipper:
             raise UnsupportedLayerError(f"bookkeeping clipping: {type(layer).__name__} is called twice in one forward pass")
         self._captured[layer] = (inputs[0].detach(), output)
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def backward(self, x: torch.Tensor, y: torch.Tensor, multiplicity: int = 1) -> torch.Tensor:
         """Set each trainable parameter's `.grad` to Σ_i c_i ∇ℓ_i (not yet noised or averaged),
-        c_i = min(1, C / (‖∇ℓ_i‖ + 1e-6)); return the batch's mean loss (0 for an empty batch)."""
+        c_i = min(1, C / (‖∇ℓ_i‖ + 1e-6)); return the batch's mean loss (0 for an empty batch).
+        `multiplicity` K: `x` holds K rows per example, example-major, and ℓ_i is the mean of its
+        rows' losses (augmentation multiplicity); `y` then has one label per row."""
         for parameter in self.parameters:  # only what this batch sets may reach the optimizer
             parameter.grad = None
+        if multiplicity < 1 or len(x) % multiplicity or len(y) != len(x):
+            raise ValueError(f"{len(x)} rows and {len(y)} labels are not {multiplicity} rows of each example")
         if len(x) == 0:
             self._fill_missing_grads()
             return torch.zeros(())
@@ -138,8 +156,10 @@ class BookkeepingClipper:
         output_grads = torch.autograd.grad(
             loss, [output for _, _, output in used], allow_unused=True, materialize_grads=True
         )  # per-example: the loss is a sum over examples
-        gradients = [_layer_gradients(layer, inputs, g) for (layer, inputs, _), g in zip(used, output_grads)]
-        norms = sum((layer_norms for layer_norms, _ in gradients), torch.zeros(len(x))).sqrt()  # (B,) whole model
+        gradients = [
+            _layer_gradients(layer, inputs, g, multiplicity) for (layer, inputs, _), g in zip(used, output_grads)
+        ]
+        norms = sum((n for n, _ in gradients), torch.zeros(len(x) // multiplicity)).sqrt()  # (B,) whole model
         factors = (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
         for _, clipped_sums in gradients:
             for parameter, clipped in clipped_sums(factors):

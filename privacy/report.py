@@ -332,6 +332,10 @@ def _clip_text(experiment: ExperimentSummary, facts: _Facts) -> str:
             f"towards the {_num(float(privacy.get('target_quantile', 0.5)))} quantile of update norms "
             f"(Andrew et al. 2021); ranged {_num(low)} to {_num(high)}, last {_num(facts.clip_norms[-1])}"
         )
+    copies = int(privacy.get("augmentations", 0))
+    if copies:  # the clipped quantity changes, its bound does not
+        what += (f", of each example's gradient averaged over {copies} random shifts of it (augmentation "
+                 "multiplicity, De et al. 2022; one example still moves the sum by at most C)")  # fmt: skip
     return f"{_num(facts.clip_norms[-1])} ({what})"
 
 

@@ -657,7 +657,10 @@ def test_write_csv_then_load_csv_gives_the_same_dataset(dataset):
 
 
 def python_files() -> list[Path]:
+    """The project's Python files: not caches, nor any virtual environment (a folder with `pyvenv.cfg`,
+    whatever its name: a benchmark's venv holds other Python versions' syntax)."""
     skip = {".git", "__pycache__", ".venv", "node_modules", ".hypothesis", ".pytest_cache", ".ruff_cache"}
+    skip |= {p.parent.name for p in REPO.glob("*/pyvenv.cfg")}
     return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts))
 
 

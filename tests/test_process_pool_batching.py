@@ -150,6 +150,28 @@ def test_a_task_that_raises_in_a_worker_fails_the_round_naming_its_client(mnist)
     assert all(not p.is_alive() for p in pool.processes)
 
 
+@pytest.mark.skipif(process_pool.START_METHOD != "fork", reason="only forked trainers share this process's pages")
+def test_objects_alive_at_the_fork_stay_unscanned_while_the_trainers_share_them(mnist):
+    """A collection in this process must not touch the objects it shares with the forked trainers (each touched
+    page is copied): they are frozen from the fork until `close`, and a collection then leaves them frozen."""
+    import gc
+
+    run = small_run(mnist)
+    marker = [object()]  # alive at the fork
+    before = gc.get_freeze_count()
+    settings = train_settings(run.config, 10, noise_multiplier=0.0)
+    pool = ProcessPoolTrainer(run.data, settings, run.state.weights.numel(), slots=3, num_workers=2)
+    try:
+        frozen = gc.get_freeze_count()
+        gc.collect()
+        assert frozen > before + 1000 and gc.get_freeze_count() == frozen
+        assert not any(o is marker for o in gc.get_objects())  # frozen objects are outside every generation
+        pool.train(run.state.weights, tasks_of(run, range(3)))
+    finally:
+        pool.close()
+    assert gc.get_freeze_count() == 0 and any(o is marker for o in gc.get_objects())
+
+
 @pytest.mark.parametrize(
     "values",
     [

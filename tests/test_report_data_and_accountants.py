@@ -151,3 +151,15 @@ def test_the_noise_source_is_stated(db_url):
     assert "seed 7" in cell(seeded_text, "Noise source") and "non-cryptographic" in seeded_text
     assert "os.urandom" in cell(secure_text, "Noise source") and "non-cryptographic" not in secure_text
     assert "Releases outside training" in seeded_text and "Releases outside training" in secure_text
+
+
+def test_augmentation_multiplicity_is_stated_beside_the_clip_norm(db_url):
+    overrides = ["privacy.mode=local", "model.name=cnn-dp"]
+    ledger = [{**row, "neighbouring_relation": "add/remove one example"} for row in central_ledger(1.0)]
+    plain, plain_rounds = stored_run(db_url, overrides, ledger)
+    copies, copies_rounds = stored_run(db_url, [*overrides, "privacy.augmentations=4"], ledger)
+
+    plain_text, copies_text = render_markdown(plain, plain_rounds), render_markdown(copies, copies_rounds)
+
+    assert "per-example gradient" in plain_text and "random shifts" not in plain_text
+    assert "averaged over 4 random shifts" in copies_text
