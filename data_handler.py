@@ -247,10 +247,30 @@ def split_holdout(
     return train, held_out
 
 
+POPULATION_TAG = 0x909  # data.examples_per_client's own random stream
+
+
+def synthetic_population(num_examples: int, *, num_clients: int, per_client: int, seed: int) -> list[np.ndarray]:
+    """`num_clients` sorted index arrays of `per_client` distinct examples each out of `num_examples`, each
+    client drawn independently (seeded): examples repeat across clients, so the clients may outnumber them."""
+    if not 1 <= per_client <= num_examples:
+        raise ValueError(f"data.examples_per_client = {per_client} must be between 1 and the {num_examples} "
+                         "training examples")  # fmt: skip
+    generator = np.random.default_rng([seed, POPULATION_TAG])
+    draws = np.sort(generator.integers(0, num_examples, size=(num_clients, per_client)), axis=1)
+    for row in np.flatnonzero((np.diff(draws, axis=1) == 0).any(axis=1)):  # a repeat within a client: redraw it
+        draws[row] = np.sort(generator.choice(num_examples, size=per_client, replace=False))
+    return list(draws)
+
+
 def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
     """Each client's example indices (before its held-out split): one per school with the natural
-    partition, else the seeded iid / dirichlet / shards split of `data` (after `subset`)."""
+    partition, a `synthetic_population` with data.examples_per_client, else the seeded iid / dirichlet /
+    shards split of `data` (after `subset`)."""
     federation = config.federation
+    if config.data.examples_per_client:
+        return synthetic_population(len(data.train_y), num_clients=federation.num_clients,
+                                    per_client=config.data.examples_per_client, seed=config.system.seed)  # fmt: skip
     if config.data.partition == "natural":
         return partition_natural(data.train_groups, num_clients=federation.num_clients, group_names=data.group_names)
     return partition(

@@ -83,7 +83,8 @@ def _check_sizes(config: ExperimentConfig) -> None:
     reason, naming the file). Checks, in order: `data.data_dir` and `data.csv_path` hold no NUL,
     control character or lone surrogate; a CSV imports (validated whole, not stored); `natural`
     has one client per school of the data; `federation.num_clients` is at most the training
-    examples after `data.max_train_examples` (twice that many for `shards`).
+    examples after `data.max_train_examples` (twice that many for `shards`), or with
+    `data.examples_per_client` each client's draw fits in them.
     """
     data = config.data
     _check_path("data.data_dir", data.data_dir)
@@ -94,6 +95,11 @@ def _check_sizes(config: ExperimentConfig) -> None:
     size = _training_size(config)
     examples = min(size.examples, data.max_train_examples) if data.max_train_examples > 0 else size.examples
     clients = config.federation.num_clients
+    if data.examples_per_client:  # a synthetic population: clients draw their examples, repeats allowed
+        if data.examples_per_client > examples:
+            raise ValueError(f"data.examples_per_client = {data.examples_per_client} is more than the {examples} "
+                             f"training examples{_subset_note(config)}")  # fmt: skip
+        return
     if data.partition == "natural":
         _check_natural(config, size)
         return

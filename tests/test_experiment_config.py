@@ -62,6 +62,7 @@ BAD_VALUES = {
     "privacy.audit": ["none", "ONE_RUN", None, 1],
     "privacy.audit_canaries": [-1, 100_001, 10.0, "1000", True],
     "privacy.augmentations": [-1, 65, 2.0, "4", True],
+    "data.examples_per_client": [-1, 100_001, 6.0, "6", True],
     "privacy.max_epsilon": [-1.0, "2", float("inf")],
     "privacy.adaptive_clipping": [1, "yes", None],
     "privacy.secure_noise": [1, "yes", None],

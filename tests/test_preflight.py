@@ -105,3 +105,10 @@ def test_a_control_character_or_surrogate_in_a_data_path_is_refused(tmp_path, ke
         check_data(chosen)
     message = str(raised.value)
     assert "\x00" not in message and "\n" not in message and "\x1b" not in message
+
+
+def test_a_synthetic_population_may_outnumber_the_examples_but_not_draw_more_than_there_are():
+    population = ("federation.num_clients=100000", "federation.clients_per_round=10")
+    check_data(config(*population, "data.examples_per_client=6"))
+    with pytest.raises(ValueError, match=r"data.examples_per_client = 601 is more than the 600 training examples"):
+        check_data(config(*population, "data.examples_per_client=601", "data.max_train_examples=600"))
