@@ -142,7 +142,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 # validation and the sidebar's number inputs read them here. privacy.delta is further kept inside (0, 1).
 BOUNDS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "data.dirichlet_alpha": (1e-3, 1e4), "data.max_train_examples": (0, 10_000_000),
-    "data.max_test_examples": (0, 10_000_000), "data.examples_per_client": (0, 100_000), "data.image_size": (16, 128), "data.image_channels": (1, 3),
+    "data.max_test_examples": (0, 10_000_000), "data.examples_per_client": (0, 100_000),
+    "data.image_size": (16, 128), "data.image_channels": (1, 3),
     "model.lora_rank": (1, 256), "model.lora_alpha": (0.01, 1e4), "model.lora_dropout": (0.0, 0.9),
     "model.lora_layers": (0, 64),
     "model.max_length": (8, 2048),

@@ -67,6 +67,12 @@ def supported_layers(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]
     return layers
 
 
+def _example_means(rows: torch.Tensor, multiplicity: int) -> torch.Tensor:
+    """(B, ...) each example's mean over its `multiplicity` consecutive rows of (B·K, ...); the rows
+    themselves, uncopied, when K = 1 (every DP-SGD step without augmentation)."""
+    return rows if multiplicity == 1 else rows.view(-1, multiplicity, *rows.shape[1:]).mean(1)
+
+
 def _layer_gradients(
     layer: nn.Linear | nn.Conv2d, inputs: torch.Tensor, grads: torch.Tensor, multiplicity: int = 1
 ) -> _LayerGradients:
@@ -82,7 +88,7 @@ def _layer_gradients(
         else:  # ‖(1/K) Σ_k g_ik a_ikᵀ‖² = (1/K²) Σ_k,l (g_ik·g_il)(a_ik·a_il): two (B, K, K) Gram matrices
             a, g = inputs.view(-1, k, inputs.shape[1]), grads.view(-1, k, grads.shape[1])
             weight_norms = ((g @ g.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum((1, 2)) / k**2
-        bias_grads = grads.view(-1, k, grads.shape[1]).mean(1)  # (B, out)
+        bias_grads = _example_means(grads, k)  # (B, out)
 
         def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
             rows = factors.repeat_interleave(k) / k if k > 1 else factors
@@ -97,9 +103,10 @@ def _layer_gradients(
             (batch * out_channels, *layer.weight.shape[1:]),
             grads.reshape(1, -1, *grads.shape[2:]),
             stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=batch,
-        ).view(batch // k, k, -1).mean(1)  # (B, C_out·C·kh·kw), each example's mean over its K rows
+        ).view(batch, -1)  # (B·K, C_out·C·kh·kw)
+        per_example = _example_means(per_example, k)  # (B, ...): each example's mean over its K rows
         weight_norms = torch.linalg.vector_norm(per_example, dim=1).square()
-        bias_grads = grads.sum((2, 3)).view(batch // k, k, -1).mean(1)  # (B, C_out)
+        bias_grads = _example_means(grads.sum((2, 3)), k)  # (B, C_out)
 
         def clipped_weight(factors: torch.Tensor) -> torch.Tensor:
             return (factors @ per_example).view_as(layer.weight)  # Σ_i c_i ∇W_i
