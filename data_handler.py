@@ -12,9 +12,10 @@ clients, seeded, disjoint and covering every example.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -214,26 +215,30 @@ def partition(labels: np.ndarray, scheme: str, *, num_clients: int, seed: int, a
     raise ValueError(f"unknown partition {scheme!r}")
 
 
-def label_counts(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
+def label_counts(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(clients, classes) matrix of example counts, for the label-distribution heatmap;
     multi-label (N, K): per client, how many of its examples earned each label."""
     if labels.ndim == 2:
         return np.stack([(labels[p] > 0).sum(0) for p in parts]).astype(np.int64) if parts else np.zeros(
             (0, num_classes), dtype=np.int64
         )
-    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts]) if parts else np.zeros(
-        (0, num_classes), dtype=np.int64
-    )
+    # One bincount over (client, label) pairs: no array a client (100,000 of them for a synthetic population).
+    sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    flat = parts.rows.reshape(-1) if isinstance(parts, IndexRows) else np.concatenate([*parts, np.zeros(0, np.int64)])
+    pairs = np.repeat(np.arange(len(parts), dtype=np.int64), sizes) * num_classes + labels[flat.astype(np.int64)]
+    return np.bincount(pairs, minlength=len(parts) * num_classes).reshape(len(parts), num_classes)
 
 
 def split_holdout(
-    partitions: list[np.ndarray], fraction: float, *, seed: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    partitions: Sequence[np.ndarray], fraction: float, *, seed: int
+) -> tuple[Sequence[np.ndarray], list[np.ndarray]]:
     """Each client's examples split into (training, held-out): a seeded ⌊fraction·N⌋ of
     them held out as the client's own test split (personalization, validation scores).
     With fraction 0 the held-out parts are empty and the training parts unchanged."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    if int(fraction * max(map(len, partitions), default=0)) == 0:  # nothing held out: one empty array for all
+        return partitions, [np.zeros(0, dtype=np.int64)] * len(partitions)
     train, held_out = [], []
     for client, indices in enumerate(partitions):
         count = int(fraction * len(indices))
@@ -250,7 +255,7 @@ def split_holdout(
 POPULATION_TAG = 0x909  # data.examples_per_client's own random stream
 
 
-def synthetic_population(num_examples: int, *, num_clients: int, per_client: int, seed: int) -> list[np.ndarray]:
+def synthetic_population(num_examples: int, *, num_clients: int, per_client: int, seed: int) -> IndexRows:
     """`num_clients` sorted index arrays of `per_client` distinct examples each out of `num_examples`, each
     client drawn independently (seeded): examples repeat across clients, so the clients may outnumber them."""
     if not 1 <= per_client <= num_examples:
@@ -260,10 +265,27 @@ def synthetic_population(num_examples: int, *, num_clients: int, per_client: int
     draws = np.sort(generator.integers(0, num_examples, size=(num_clients, per_client)), axis=1)
     for row in np.flatnonzero((np.diff(draws, axis=1) == 0).any(axis=1)):  # a repeat within a client: redraw it
         draws[row] = np.sort(generator.choice(num_examples, size=per_client, replace=False))
-    return list(draws)
+    return IndexRows(draws)
 
 
-def client_partitions(config: ExperimentConfig, data: FederatedData) -> list[np.ndarray]:
+class IndexRows(Sequence[np.ndarray]):
+    """Equal-length index arrays kept as one (clients, n) array, each client's a view made when asked
+    for: 100,000 clients hold one array, not 100,000 array objects (`synthetic_population`)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return IndexRows(self.rows[index]) if isinstance(index, slice) else self.rows[index]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.rows)
+
+
+def client_partitions(config: ExperimentConfig, data: FederatedData) -> Sequence[np.ndarray]:
     """Each client's example indices (before its held-out split): one per school with the natural
     partition, a `synthetic_population` with data.examples_per_client, else the seeded iid / dirichlet /
     shards split of `data` (after `subset`)."""
@@ -294,8 +316,8 @@ class Canaries:
 
 
 def insert_canaries(
-    data: FederatedData, partitions: list[np.ndarray], *, count: int, seed: int
-) -> tuple[FederatedData, list[np.ndarray], Canaries | None]:
+    data: FederatedData, partitions: Sequence[np.ndarray], *, count: int, seed: int
+) -> tuple[FederatedData, Sequence[np.ndarray], Canaries | None]:
     """`count` canaries for the one-run audit (Steinke et al. 2023): a seeded sample of test
     examples, each relabelled with a uniformly random *wrong* class (only memorising it fits that
     label), appended to the training tensors and taken out of the test split (so accuracy is never

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -57,6 +58,7 @@ import socket
 import sqlite3
 import time
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,6 +76,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -468,10 +471,41 @@ def storable_text(text: str | None) -> str | None:
     return "".join("\ufffd" if unicodedata.category(char) == "Cs" else char for char in kept)
 
 
+class JSONText(str):
+    """A value the JSON columns store as it is: JSON already written by `json_list`."""
+
+
 def json_dumps(value: Any) -> str:
     """Standard JSON for the JSON columns: NaN and ±infinity become null. PostgreSQL rejects
-    them, and SQLite gets the same, so a run stores the same whatever the backend."""
-    return json.dumps(_finite(value))
+    them, and SQLite gets the same, so a run stores the same whatever the backend. A value
+    with none is written as it is, without first being copied."""
+    if isinstance(value, JSONText):
+        return str(value)
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # a non-finite float somewhere
+        return json.dumps(_finite(value))
+
+
+JSON_CHUNK = 1_000  # items `json_list` holds as Python objects at once
+
+
+def json_columns(columns: Mapping[str, Sequence[Any]]) -> JSONText:
+    """{"columns": {name: [values]}} as JSON, one column (a list or a numpy array) turned into Python values at
+    a time; `profile_rows` reads it back as rows. The columns must be of one length."""
+    if len({len(column) for column in columns.values()}) > 1:
+        raise ValueError("the columns are not all of one length")
+    pieces = [f"{json.dumps(str(name))}: {json_dumps(np.asarray(column).tolist())}" for name, column in columns.items()]
+    return JSONText('{"columns": {' + ", ".join(pieces) + "}}")
+
+
+def json_list(items: Iterable[Any]) -> JSONText:
+    """The JSON array of `items` (as `json_dumps` writes each), built `JSON_CHUNK` items at a time: storing
+    100,000 clients' profiles never holds 100,000 dicts at once."""
+    iterator, pieces = iter(items), []
+    while chunk := list(itertools.islice(iterator, JSON_CHUNK)):
+        pieces.append(json_dumps(chunk)[1:-1])
+    return JSONText("[" + ",".join(pieces) + "]")
 
 
 def _finite(value: Any) -> Any:
@@ -501,6 +535,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _bound_update(values: dict[str, Any], *where: Any) -> tuple[Any, dict[str, Any]]:
+    """(statement, parameters) of an UPDATE of `values` on the experiments matching `where`, the values bound
+    at execution rather than written into the statement: SQLAlchemy's compiled-statement cache keeps the
+    first statement of each shape alive, and with it whatever it carries (a 100,000-client profile list)."""
+    columns = Experiment.__table__.columns
+    statement = update(Experiment).where(*where).values(
+        {name: bindparam(f"new_{name}", type_=columns[name].type) for name in values})
+    return statement, {f"new_{name}": value for name, value in values.items()}
 
 
 class ExperimentStore:
@@ -562,8 +606,9 @@ class ExperimentStore:
         """Record the process that will run a queued experiment (to detect if it dies)."""
         self._update(experiment_id, worker_pid=pid, worker_host=socket.gethostname())
 
-    def set_label_counts(self, experiment_id: int, label_counts: list[list[int]]) -> None:
-        self._update(experiment_id, label_counts=label_counts)
+    def set_label_counts(self, experiment_id: int, label_counts: Iterable[Sequence[int]]) -> None:
+        """Store the (clients, classes) example counts, a row a client (lists or a numpy array's rows)."""
+        self._update(experiment_id, label_counts=json_list([int(count) for count in row] for row in label_counts))
 
     def heartbeat(self, experiment_id: int) -> None:
         self._update(experiment_id, heartbeat_at=utcnow())
@@ -708,9 +753,17 @@ class ExperimentStore:
         """Record the σ the run uses (the calibrated one when a target ε was set)."""
         self._update(experiment_id, noise_multiplier=noise_multiplier)
 
-    def set_client_profiles(self, experiment_id: int, profiles: list[dict[str, Any]]) -> None:
-        """Store the federation as set up (one JSON-able dict per client)."""
-        self._update(experiment_id, client_profiles=profiles)
+    def set_client_profiles(
+        self, experiment_id: int, profiles: Iterable[dict[str, Any]] | Mapping[str, Sequence[Any]]
+    ) -> None:
+        """Store the federation as set up: one JSON-able dict per client (an iterable is read a chunk at a time),
+        or columns, {field: one value per client} (`ClientProfiles.table`), stored as columns: 100,000 clients'
+        profiles are 8 MB of JSON written from 7 lists, instead of 17 MB from 100,000 dicts. Read back as one
+        dict per client either way (`profile_rows`)."""
+        if isinstance(profiles, Mapping):
+            self._update(experiment_id, client_profiles=json_columns(profiles))
+        else:
+            self._update(experiment_id, client_profiles=json_list(profiles))
 
     def set_personalization(self, experiment_id: int, personalization: dict[str, Any]) -> None:
         """Store the per-client personalized vs global accuracy (JSON-able dict)."""
@@ -805,9 +858,7 @@ class ExperimentStore:
         if not self._fits(experiment_id):
             return False
         with self.sessions.begin() as session:
-            result = session.execute(
-                update(Experiment).where(Experiment.id == experiment_id, *self._claimed_by(worker_pid)).values(**values)
-            )
+            result = session.execute(*_bound_update(values, Experiment.id == experiment_id, *self._claimed_by(worker_pid)))
             return bool(result.rowcount)
 
     def request_stop(self, experiment_id: int) -> None:
@@ -865,7 +916,7 @@ class ExperimentStore:
         if not self._fits(experiment_id):
             raise KeyError(f"no experiment with id {experiment_id}")
         with self.sessions.begin() as session:
-            result = session.execute(update(Experiment).where(Experiment.id == experiment_id).values(**values))
+            result = session.execute(*_bound_update(values, Experiment.id == experiment_id))
             if result.rowcount == 0:
                 raise KeyError(f"no experiment with id {experiment_id}")
 
@@ -1007,6 +1058,14 @@ def _columns(table: type[Base], values: dict[str, Any], names: tuple[str, ...]) 
     return out
 
 
+def profile_rows(stored: Any) -> list[dict[str, Any]] | None:
+    """Stored client profiles as one dict per client: columns (`json_columns`) turned into rows, a list of
+    dicts (as runs before columns stored them) as it is."""
+    if isinstance(stored, dict) and isinstance(columns := stored.get("columns"), dict):
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return stored
+
+
 def _csv_path(config: dict[str, Any] | None) -> str:
     """The data file or folder a stored config imports: its CSV, or its image folder ("" for MNIST, the
     synthetic NGSS data or no config)."""
@@ -1022,6 +1081,7 @@ def _summary(experiment: Experiment, rounds_done: int) -> ExperimentSummary:
     values = {f.name: getattr(experiment, f.name) for f in fields(ExperimentSummary) if f.name != "rounds_done"}
     values["config"] = json.loads(json.dumps(experiment.config))
     values["tags"] = list(experiment.tags or [])
+    values["client_profiles"] = profile_rows(experiment.client_profiles)
     return ExperimentSummary(**values, rounds_done=rounds_done)
 
 

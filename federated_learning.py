@@ -36,7 +36,7 @@ import telemetry
 from data_handler import FederatedData, client_partitions, insert_canaries, label_counts, split_holdout, subset
 from engine import analysis, fedbuff, objectives
 from engine.client_population import (
-    ClientProfile, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
+    ClientProfiles, ParticipationTally, allowed_steps, client_seed, dropouts, make_profiles, select_clients,
 )  # fmt: skip
 from engine.client_trainers import (
     FOLD_DROP, FOLD_SUM, NON_FINITE, ROW, FoldingTrainer, InProcessTrainer, Live, RemoteClients, TaskOutcome, Trainer,
@@ -282,7 +282,7 @@ class FederatedRun:
         )
         self.model = build_model(config, self.data.num_classes, seed=seed)
         self.num_workers = resolve_workers(config)
-        self.profiles: list[ClientProfile] = make_profiles(config, [len(p) for p in self.partitions])
+        self.profiles: ClientProfiles = make_profiles(config, [len(p) for p in self.partitions])
         self.full_steps = [
             full_steps(len(p), local_epochs=federation.local_epochs, batch_size=federation.batch_size)
             for p in self.partitions

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,7 +68,46 @@ class ParticipationTally:
         return (self.arrived.get(client, 0) + 1) / (self.selected.get(client, 0) + 2)
 
 
-def make_profiles(config: ExperimentConfig, sizes: Sequence[int]) -> list[ClientProfile]:
+class ClientProfiles(Sequence[ClientProfile]):
+    """The federation's profiles as columns, one array a field, each `ClientProfile` built when asked
+    for: 100,000 clients take 4 MB instead of 30 MB of objects (`data.examples_per_client`)."""
+
+    FIELDS = ("num_examples", "speed", "dropout_probability", "bandwidth_mbps", "latency_ms", "malicious")
+
+    def __init__(self, **columns: np.ndarray) -> None:
+        if set(columns) != set(self.FIELDS) or len({len(c) for c in columns.values()}) != 1:
+            raise ValueError(f"profiles need the columns {', '.join(self.FIELDS)}, all of one length")
+        self.columns = {name: np.asarray(columns[name]) for name in self.FIELDS}
+
+    def __len__(self) -> int:
+        return len(self.columns["speed"])
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        k = operator.index(index)
+        k = k + len(self) if k < 0 else k
+        if not 0 <= k < len(self):
+            raise IndexError(f"client {index} is not in the federation of {len(self)}")
+        row = {name: column[k].item() for name, column in self.columns.items()}
+        return ClientProfile(id=k, **row)
+
+    def __iter__(self) -> Iterator[ClientProfile]:
+        return (self[k] for k in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientProfiles):
+            return NotImplemented
+        return all(np.array_equal(self.columns[n], other.columns[n]) for n in self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Every field as a column, the id first, in `ClientProfile`'s order (what the store keeps)."""
+        return {"id": np.arange(len(self)), **self.columns}
+
+
+def make_profiles(config: ExperimentConfig, sizes: Sequence[int]) -> ClientProfiles:
     """One profile per client, seeded: lognormal speeds (median 1), bandwidths and
     latencies (medians from the config), dropout probabilities (all p, or uniform in
     [0, 2p] if heterogeneous) and the malicious set (`attacks.choose_malicious`)."""
@@ -79,14 +119,12 @@ def make_profiles(config: ExperimentConfig, sizes: Sequence[int]) -> list[Client
     latencies = network.latency_ms * generator.lognormal(0.0, network.latency_spread, n)
     p = federation.dropout_probability
     drops = np.minimum(generator.uniform(0.0, 2 * p, n), 1.0) if federation.dropout_heterogeneous else np.full(n, p)
-    malicious = choose_malicious(n, config.attack.fraction, seed)
-    return [
-        ClientProfile(
-            id=k, num_examples=int(sizes[k]), speed=float(speeds[k]), dropout_probability=float(drops[k]),
-            bandwidth_mbps=float(bandwidths[k]), latency_ms=float(latencies[k]), malicious=k in malicious,
-        )  # fmt: skip
-        for k in range(n)
-    ]
+    malicious = np.zeros(n, dtype=bool)
+    malicious[sorted(choose_malicious(n, config.attack.fraction, seed))] = True
+    return ClientProfiles(
+        num_examples=np.asarray(sizes, dtype=np.int64)[:n], speed=speeds.astype(float), dropout_probability=drops,
+        bandwidth_mbps=bandwidths, latency_ms=latencies, malicious=malicious,
+    )  # fmt: skip
 
 
 def select_clients(

@@ -240,9 +240,9 @@ def _run_rounds(
         reporter.note(f"resuming after round {done}")
     else:
         if "label_counts" not in refused:
-            store.set_label_counts(experiment_id, run.label_counts.tolist())
+            store.set_label_counts(experiment_id, run.label_counts)
         store.set_dataset_info(experiment_id, run.data.info)
-        store.set_client_profiles(experiment_id, [p.to_dict() for p in run.profiles])
+        store.set_client_profiles(experiment_id, run.profiles.table())
         if run.privacy.mode != "none":
             store.set_noise_multiplier(experiment_id, run.privacy.noise_multiplier)
     last = last_round(store, experiment_id)

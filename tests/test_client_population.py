@@ -26,6 +26,25 @@ def test_profiles_are_seeded_and_follow_the_config():
     assert [p.speed for p in other] != [p.speed for p in profiles]
 
 
+def test_profiles_are_columns_and_each_profile_is_built_when_asked_for():
+    cfg = config(speed_spread=0.5, dropout_probability=0.2, dropout_heterogeneous=True).replace("attack", fraction=0.3)
+    profiles = make_profiles(cfg, sizes=list(range(100, 120)))
+    columns = profiles.columns
+    assert len(profiles) == 20 and [p.id for p in profiles] == list(range(20))
+    assert profiles[3] == ClientProfile(
+        id=3, num_examples=103, speed=float(columns["speed"][3]), dropout_probability=float(columns["dropout_probability"][3]),
+        bandwidth_mbps=float(columns["bandwidth_mbps"][3]), latency_ms=float(columns["latency_ms"][3]),
+        malicious=bool(columns["malicious"][3]),
+    )  # fmt: skip
+    assert profiles[-1].id == 19 and [p.id for p in profiles[2:5]] == [2, 3, 4]
+    assert type(profiles[0].malicious) is bool and type(profiles[0].num_examples) is int
+    with pytest.raises(IndexError, match="client 20 is not in the federation of 20"):
+        profiles[20]
+    assert profiles != make_profiles(cfg, sizes=list(range(101, 121)))  # any column differing
+    large = make_profiles(config(num_clients=100_000, clients_per_round=10), sizes=[6] * 100_000)
+    assert sum(c.nbytes for c in large.columns.values()) == 100_000 * 41  # 5 × 8 bytes and a bool a client
+
+
 def test_no_spread_means_everyone_equally_fast_and_heterogeneous_dropout_averages_p():
     assert all(p.speed == 1.0 for p in make_profiles(config(), sizes=[10] * 20))
     cfg = ExperimentConfig.from_dict(

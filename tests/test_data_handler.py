@@ -11,6 +11,7 @@ from data_handler import (
     MNIST_STD,
     DataNotFoundError,
     label_counts,
+    synthetic_population,
     load_mnist,
     partition,
     subset,
@@ -104,9 +105,15 @@ def test_shards_give_each_client_about_two_labels():
     assert len({len(p) for p in parts}) == 1  # equal shard sizes
 
 
-def test_label_counts_match_numpy():
-    parts = partition(LABELS, "dirichlet", num_clients=5, seed=0, alpha=1.0)
+@pytest.mark.parametrize("kind", ["dirichlet", "population", "with an empty client", "none"])
+def test_label_counts_match_numpy(kind):
+    if kind == "population":  # one (clients, n) array (data.examples_per_client)
+        parts = synthetic_population(len(LABELS), num_clients=300, per_client=7, seed=2)
+    else:
+        parts = [] if kind == "none" else partition(LABELS, "dirichlet", num_clients=5, seed=0, alpha=1.0)
+        parts = [*parts[:2], np.zeros(0, dtype=np.int64), *parts[2:]] if kind == "with an empty client" else parts
     counts = label_counts(parts, LABELS, 10)
+    assert counts.shape == (len(parts), 10) and counts.dtype == np.int64
     for part, row in zip(parts, counts, strict=True):
         np.testing.assert_array_equal(row, np.histogram(LABELS[part], bins=np.arange(11))[0])
 

@@ -34,6 +34,7 @@ from database import (
     ExperimentStore,
     ModelWeights,
     Round,
+    json_list,
     resolve_url,
 )
 from experiment_config import ExperimentConfig
@@ -310,6 +311,69 @@ def test_processes_opening_a_new_database_together_all_succeed(db_url):
     store = ExperimentStore(db_url)
     assert sorted(e.config["process"] for e in store.list_experiments()) == [0, 1]
     assert schema_differences(db_url) == []
+
+
+def test_the_store_keeps_nothing_it_wrote_alive(db_url):
+    """A 100,000-client profile list is written once and dropped: nothing in the store (SQLAlchemy's cache of
+    compiled statements held the first one, 24 MB) may keep it; the finish values, written the same way, too."""
+    import gc
+    import tracemalloc
+
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(ExperimentConfig().to_dict())
+    tracemalloc.start()  # the store's first write of profiles: the statement that a cache would keep
+    try:
+        store.set_client_profiles(experiment_id, [{"id": k, "speed": float(k)} for k in range(100_000)])
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept < 2**20, f"{kept / 2**20:.1f} MB still held after the write"
+    assert len(store.get_experiment(experiment_id).client_profiles) == 100_000
+    store.mark_running(experiment_id)
+    assert store.finish(experiment_id, "completed", final={"accuracy": 0.5}, worker_pid=os.getpid())
+    assert store.get_experiment(experiment_id).final_accuracy == 0.5
+
+
+def test_long_lists_are_written_a_chunk_at_a_time_and_read_back_whole(db_url):
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(ExperimentConfig().to_dict())
+    profiles = [{"id": k, "speed": k / 3, "latency_ms": float("nan") if k == 1_500 else 1.0} for k in range(2_345)]
+    store.set_client_profiles(experiment_id, iter(profiles))  # 3 chunks of JSON_CHUNK, the last one short
+    counts = np.arange(2_001 * 3).reshape(2_001, 3)
+    store.set_label_counts(experiment_id, counts)  # a numpy array's rows
+    experiment = store.get_experiment(experiment_id)
+    profiles[1_500]["latency_ms"] = None  # NaN is stored as null, as everywhere
+    assert experiment.client_profiles == profiles and experiment.label_counts == counts.tolist()
+    assert json_list([]) == "[]" and json_list(iter([[1, 2]])) == "[[1, 2]]"
+    store.set_client_profiles(experiment_id, [])
+    assert store.get_experiment(experiment_id).client_profiles == []
+
+
+def test_profiles_given_as_columns_are_stored_as_columns_and_read_back_as_rows(db_url):
+    """`ClientProfiles.table()`: 100,000 clients written from 7 columns, never 100,000 dicts at once, and read
+    back exactly as `[p.to_dict() for p in profiles]` (the rows older runs stored, still read as they were)."""
+    import tracemalloc
+
+    from engine.client_population import make_profiles
+
+    config = ExperimentConfig.from_dict({"federation": {"num_clients": 100_000, "clients_per_round": 10,
+                                                        "speed_spread": 0.5}, "attack": {"fraction": 0.1}})  # fmt: skip
+    profiles = make_profiles(config, sizes=[6] * 100_000)
+    store = ExperimentStore(db_url)
+    experiment_id = store.create_experiment(config.to_dict())
+    tracemalloc.start()
+    try:
+        store.set_client_profiles(experiment_id, profiles.table())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, f"{peak / 2**20:.1f} MB at the peak"  # 24 MB; as dicts 52 (in chunks) to 91 MB
+    assert store.get_experiment(experiment_id).client_profiles == [p.to_dict() for p in profiles]
+    with store.sessions() as session:
+        assert set(session.get(Experiment, experiment_id).client_profiles["columns"]) == {"id", *profiles.columns}
+    with pytest.raises(ValueError, match="one length"):
+        store.set_client_profiles(experiment_id, {"id": [0, 1], "speed": [1.0]})
 
 
 def test_federation_details_round_trip(db_url):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_handler import synthetic_population
+from data_handler import split_holdout, synthetic_population
 from experiment_config import ExperimentConfig
 
 
@@ -21,6 +21,22 @@ def test_each_client_draws_distinct_examples_and_the_clients_outnumber_the_data(
     other = synthetic_population(50, num_clients=2_000, per_client=5, seed=4)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again))
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_the_population_is_one_array_whatever_its_size():
+    """100,000 clients are one (clients, n) array, each client's row a view made when asked for, and nothing is
+    held out: the training parts come back as they are, with one shared empty array for every holdout."""
+    parts = synthetic_population(60_000, num_clients=100_000, per_client=6, seed=0)
+    assert parts.rows.shape == (100_000, 6) and parts[7].base is parts.rows
+    assert np.array_equal(parts[-1], parts.rows[99_999]) and len(parts[10:20]) == 10
+    assert np.array_equal(np.stack(list(parts[:3])), parts.rows[:3])
+    with pytest.raises(IndexError):
+        parts[100_000]
+    train, held_out = split_holdout(parts, 0.0, seed=0)
+    assert train is parts and len(held_out) == 100_000 and len({id(h) for h in held_out}) == 1
+    assert len(held_out[5]) == 0 and held_out[5].dtype == np.int64
+    train, held_out = split_holdout(synthetic_population(50, num_clients=4, per_client=10, seed=1), 0.2, seed=0)
+    assert [len(t) for t in train] == [8] * 4 and [len(h) for h in held_out] == [2] * 4
 
 
 def test_a_client_may_take_every_example_but_not_more():
