@@ -416,6 +416,16 @@ def token_lengths(token_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     return objectives.row_lengths(token_ids != pad_token_id)
 
 
+def cpu_layout(model: nn.Module, *, private: bool) -> nn.Module:
+    """`model`, its convolutions' weights (and so their activations) in channels-last layout when it has any
+    and trains without DP-SGD: oneDNN's channels-last convolutions take a CNN step at B = 50 on one thread in
+    0.87× the time. The weights' values and flat order are unchanged; per-example clipping keeps the default
+    layout its hooks were written for."""
+    if private or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    return model.to(memory_format=torch.channels_last)
+
+
 class ClientTrainer:
     """One process's trainer: a model reused for every client it trains.
 
@@ -433,9 +443,9 @@ class ClientTrainer:
             raise ValueError(f"local DP clips per-example gradients in fp32: precision {settings.precision!r} "
                              "cannot be used with it")  # fmt: skip
         self.train_x, self.train_y, self.settings = train_x, train_y, settings
-        self.model = create_model(
+        self.model = cpu_layout(create_model(
             settings.model_name, num_classes=settings.num_classes, seed=settings.model_seed, **settings.model_options
-        )
+        ), private=settings.local_dp)  # fmt: skip
         self.params = get_parameters(self.model)
         self.lengths = token_lengths(train_x, self.model.pad_token_id) if settings.bucket_by_length else None
         self.dp_model: Any = None

@@ -171,3 +171,31 @@ def test_the_engine_tells_every_trainer_the_configured_optimizer():
     adamw = ExperimentConfig.from_dict({"federation": {"client_optimizer": "adamw", "learning_rate": 0.001}})
     assert train_settings(adamw, 10, noise_multiplier=0.0).optimizer == "adamw"
     assert train_settings(ExperimentConfig(), 10, noise_multiplier=0.0).optimizer == "sgd"
+
+
+def test_a_conv_trainer_trains_in_channels_last_layout_to_the_default_layouts_weights():
+    """`cpu_layout`: the trainer's CNN holds its conv weights channels-last (oneDNN's faster kernels); the flat
+    weights it loads and reports keep their order and values, and FedProx's anchor lines up with them, so its
+    result is the written-out SGD of a default-layout model (to float rounding). DP-SGD keeps the default layout."""
+    x, y = tiny_data(120)
+    settings = TrainSettings(model_name="cnn", num_classes=10, local_epochs=1, batch_size=40, learning_rate=0.1,
+                             proximal_mu=0.5)  # fmt: skip
+    trainer = ClientTrainer(x, y, settings)
+    conv = trainer.model.conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    start = flatten(get_parameters(create_model("cnn", seed=3)))
+    out = torch.empty_like(start)
+    indices = np.arange(120)
+    outcome = trainer.run(TrainTask(0, 0, indices, 7), start, out)
+    assert outcome.steps == 3 and not outcome.error
+
+    reference = create_model("cnn", seed=3).double()  # float64: either layout's float32 only approximates it
+    manual_steps(reference, x.double(), y, indices, batch_size=40, lr=0.1, seed=7, mu=0.5, anchor=start.double())
+    expected = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
+    assert (out - start).abs().max() > 1e-3
+
+    private = ClientTrainer(x, y, TrainSettings(model_name="cnn", num_classes=10, local_epochs=1, batch_size=40,
+                                                learning_rate=0.1, local_dp=True, noise_multiplier=1.0,
+                                                max_grad_norm=1.0))  # fmt: skip
+    assert private.model.conv2.weight.is_contiguous()
