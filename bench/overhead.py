@@ -104,7 +104,7 @@ def small_clients_overhead(data, model_name: str, rounds: int, num_workers: int)
         "system": {"num_workers": num_workers},
     })  # fmt: skip
     run = FederatedRun(config, data=data)
-    model, pairs = create_model(model_name, seed=0), []
+    model, pairs = cpu_layout(create_model(model_name, seed=0), private=False), []  # as the trainers hold it
     for result in run.rounds():
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as each worker trains

@@ -13,8 +13,8 @@ before the deadline, and how long a transfer takes over a client's simulated lin
 from __future__ import annotations
 
 import math
-import random
 import operator
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
