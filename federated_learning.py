@@ -135,8 +135,8 @@ class RunState:
             "weights": self.weights, "strategy": self.strategy.state_dict(),
             "residuals": self.compressor.state_dict(), "heads": dict(self.heads),
             "histories": {c: [list(entry) for entry in h] for c, h in self.histories.items()},
-            "client_epsilons": dict(self.client_epsilons), "selected": dict(self.tally.selected),
-            "arrived": dict(self.tally.arrived), "trained_clients": sorted(self.trained_clients),
+            "client_epsilons": dict(self.client_epsilons), "selected": torch.from_numpy(self.tally.selected.copy()),
+            "arrived": torch.from_numpy(self.tally.arrived.copy()), "trained_clients": sorted(self.trained_clients),
             "clip_norm": float(self.clip_norm),
             "flagged_rounds": {c: list(rounds) for c, rounds in self.flagged_rounds.items()}, "ema": self.ema,
             "directions": dict(self.directions),
@@ -170,7 +170,7 @@ class RunState:
         self.heads = dict(state["heads"])
         self.histories = {c: tuple(tuple(entry) for entry in h) for c, h in state["histories"].items()}
         self.client_epsilons = dict(state["client_epsilons"])
-        self.tally = ParticipationTally(selected=dict(state["selected"]), arrived=dict(state["arrived"]))
+        self.tally = ParticipationTally.restored(state["selected"], state["arrived"])
         self.trained_clients = set(state["trained_clients"])
         flagged = state.get("flagged_rounds", {})  # absent from checkpoints written before suspicion scores
         self.flagged_rounds = {int(c): tuple(int(r) for r in rounds) for c, rounds in flagged.items()}

@@ -87,6 +87,27 @@ def test_power_of_choice_picks_the_highest_loss_candidates():
     assert chosen == sorted(sorted(candidates, key=lambda c: -losses[c])[:5])
 
 
+def test_the_tally_is_two_arrays_that_grow_and_come_back_from_a_checkpoint():
+    tally = ParticipationTally()
+    for client, arrived in [(3, True), (3, False), (0, True), (40, False), (3, True)]:
+        tally.record(client, arrived)
+    assert len(tally.selected) >= 41 and tally.selected.dtype == np.int64  # grown to the highest id seen
+    expected = {0: (1, 1), 3: (3, 2), 40: (1, 0)}
+    reliabilities = tally.reliabilities(60)  # beyond the arrays: never selected, (0 + 1) / (0 + 2)
+    for client in range(60):
+        selected, arrived = expected.get(client, (0, 0))
+        assert reliabilities[client] == tally.reliability(client) == (arrived + 1) / (selected + 2)
+    import torch
+
+    again = ParticipationTally.restored(torch.from_numpy(tally.selected), torch.from_numpy(tally.arrived))
+    older = ParticipationTally.restored({0: 1, 3: 3, 40: 1}, {0: 1, 3: 2, 40: 0})  # a checkpoint's dicts
+    assert np.array_equal(again.reliabilities(60), reliabilities)
+    assert np.array_equal(older.reliabilities(60), reliabilities)
+    big = ParticipationTally()
+    big.record(99_999, True)
+    assert big.selected.nbytes + big.arrived.nbytes == 1_600_000  # 100,000 clients: 1.6 MB, however many took part
+
+
 def test_availability_selection_prefers_clients_that_deliver():
     cfg = config(selection="availability")
     tally = ParticipationTally()
