@@ -69,17 +69,15 @@ class ParticipationTally:
     def restored(cls, selected: Any, arrived: Any) -> ParticipationTally:
         """From a checkpoint's counts: arrays or tensors, or {client: count} dicts (checkpoints written before
         the arrays)."""
-        tally = cls()
         if isinstance(selected, dict):
+            size = max(map(int, selected), default=-1) + 1
+            tally = cls(np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64))
             for client, count in selected.items():
-                tally._grow(int(client) + 1)
-                tally.selected[int(client)] = int(count)
-                tally.arrived[int(client)] = int(arrived.get(client, 0))
+                tally.selected[int(client)], tally.arrived[int(client)] = count, arrived.get(client, 0)
             return tally
         if hasattr(selected, "numpy"):  # tensors, as `RunState.to_bytes` writes them
             selected, arrived = selected.numpy(), arrived.numpy()
-        tally.selected, tally.arrived = np.array(selected, dtype=np.int64), np.array(arrived, dtype=np.int64)
-        return tally
+        return cls(np.array(selected, dtype=np.int64), np.array(arrived, dtype=np.int64))
 
     def record(self, client: int, arrived: bool) -> None:
         self._grow(client + 1)
@@ -88,14 +86,16 @@ class ParticipationTally:
 
     def reliability(self, client: int) -> float:
         """Posterior mean of its arrival probability under a uniform prior: (a + 1) / (s + 2)."""
-        return float(self.reliabilities(client + 1)[client])
+        if client >= len(self.selected):  # never recorded
+            return 1 / 2
+        return (int(self.arrived[client]) + 1) / (int(self.selected[client]) + 2)
 
     def reliabilities(self, num_clients: int) -> np.ndarray:
         """`reliability` of clients 0 … num_clients − 1, (num_clients,) float64."""
-        counts = np.zeros((2, num_clients), dtype=np.int64)
         known = min(num_clients, len(self.selected))
-        counts[0, :known], counts[1, :known] = self.arrived[:known], self.selected[:known]
-        return (counts[0] + 1) / (counts[1] + 2)
+        selected, arrived = np.zeros(num_clients, dtype=np.int64), np.zeros(num_clients, dtype=np.int64)
+        selected[:known], arrived[:known] = self.selected[:known], self.arrived[:known]
+        return (arrived + 1) / (selected + 2)
 
     def _grow(self, size: int) -> None:
         if size > len(self.selected):  # doubling: a round's records cost O(1) each, amortised
@@ -106,7 +106,7 @@ class ParticipationTally:
 
 class ClientProfiles(Sequence[ClientProfile]):
     """The federation's profiles as columns, one array a field, each `ClientProfile` built when asked
-    for: 100,000 clients take 4 MB instead of 30 MB of objects (`data.examples_per_client`)."""
+    for: 100,000 clients take 4 MB instead of 18 MB of objects (`data.examples_per_client`)."""
 
     FIELDS = ("num_examples", "speed", "dropout_probability", "bandwidth_mbps", "latency_ms", "malicious")
 
